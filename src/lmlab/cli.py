@@ -1,0 +1,143 @@
+"""The `lmlab` command line. Core commands live here; each method adds its own subcommands in
+`lmlab/commands/<name>.py` through `register(subparsers)` (discovered automatically)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
+from lmlab.utils import LmlabError
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """`key=value` pairs from the command line (values stay strings; callers cast them)."""
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise LmlabError(f"override {it!r} is not key=value (e.g. train.max_steps=50)")
+        k, v = it.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def cast_value(v: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(v)
+    except yaml.YAMLError:
+        return v
+
+
+def cmd_list(args) -> int:
+    from lmlab import experiments
+
+    reg = experiments.registry()
+    if not reg:
+        print("No experiments are registered yet.")
+        return 0
+    for exp in reg.values():
+        print(f"{exp.name}  —  {exp.paper}")
+        for cid, st in exp.claims.items():
+            print(f"    {cid}: {st}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from lmlab import experiments
+
+    overrides = {k: cast_value(v) for k, v in parse_overrides(args.overrides).items()}
+    out = Path(args.out) if args.out else Path("reports") / args.preset / args.name
+    rep = experiments.run_experiment(args.name, args.preset, out, seed=args.seed, device=args.device,
+                                     data=args.data, overrides=overrides)
+    print(f"report: {out / 'report.md'}")
+    for c in rep.claims.values():
+        from lmlab.report import verdict
+
+        print(f"  {c.id}: {verdict(c.held)} — {c.evidence[:160]}")
+    if rep.error:
+        print(f"error: the experiment failed: {rep.error.splitlines()[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from lmlab import experiments
+    from lmlab.report import verdict, write_report_card
+
+    out = Path(args.out)
+    reg = experiments.registry()
+    names = args.only.split(",") if args.only else list(reg)
+    reports = []
+    for i, name in enumerate(names, 1):
+        print(f"[{i}/{len(names)}] {name} (preset {args.preset}) ...", flush=True)
+        rep = experiments.run_experiment(name, args.preset, out / name, seed=args.seed, device=args.device,
+                                         data=args.data)
+        summary = ", ".join(f"{c.id}={verdict(c.held)}" for c in rep.claims.values())
+        status = "FAILED" if rep.error else f"{rep.runtime_s:.0f}s"
+        print(f"      {status}: {summary}", flush=True)
+        reports.append(rep)
+    card = write_report_card(out, reports, args.preset)
+    print(f"report card: {card}")
+    if not reg:
+        print("No experiments are registered yet.")
+    failed = [r.experiment for r in reports if r.error]
+    if failed:
+        print(f"error: {len(failed)} experiment(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmlab", description="A laboratory for small-scale language-model science.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("list", help="list experiments and their claims")
+    s.set_defaults(func=cmd_list)
+
+    def common(s):
+        s.add_argument("--preset", default="tiny", help="tiny | small | gpu")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--device", default=None, help="cpu | cuda | auto (default: auto)")
+        s.add_argument("--data", default=None, help="real-data root (default: $LMLAB_DATA)")
+
+    s = sub.add_parser("run", help="run one experiment and write its report")
+    s.add_argument("name")
+    s.add_argument("--out", default=None)
+    s.add_argument("overrides", nargs="*", help="preset overrides key=value")
+    common(s)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("reproduce", help="run every experiment and write a REPORT.md report card")
+    s.add_argument("--out", default="reports/reproduce")
+    s.add_argument("--only", default=None, help="comma-separated subset of experiments")
+    common(s)
+    s.set_defaults(func=cmd_reproduce)
+
+    from lmlab import commands
+
+    for mod in pkgutil.iter_modules(commands.__path__):
+        m = importlib.import_module(f"lmlab.commands.{mod.name}")
+        m.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LmlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Experiment registry. One module per seed claim lives in this package and registers itself with
+`@experiment(...)`; modules are discovered automatically (no central list to edit).
+
+    @experiment(name="scaling_smoke", paper="...", claims={"wider_lower_loss": "..."},
+                presets={"tiny": {...}, "small": {...}, "gpu": {...}})
+    def run(ctx: RunContext) -> None:
+        ...
+        ctx.report.decide("wider_lower_loss", held=..., evidence="...")
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lmlab.report import Report
+from lmlab.utils import DATA_HINT, LmlabError, find_data, get_device, seed_everything
+
+PRESETS = ("tiny", "small", "gpu")
+
+
+@dataclass
+class Experiment:
+    name: str
+    paper: str
+    claims: dict[str, str]
+    presets: dict[str, dict[str, Any]]
+    fn: Callable[["RunContext"], None]
+    needs_data: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass
+class RunContext:
+    experiment: Experiment
+    preset: str
+    cfg: dict[str, Any]
+    seed: int
+    device: torch.device
+    out_dir: Path
+    data_arg: str | None = None
+    report: Report = field(init=False)
+    quiet: bool = False
+
+    def __post_init__(self):
+        self.report = Report(self.experiment.name, self.preset, self.seed, self.out_dir,
+                             paper=self.experiment.paper, config=dict(self.cfg))
+        for cid, statement in self.experiment.claims.items():
+            self.report.add_claim(cid, statement)
+
+    def data(self, sub: str) -> Path | None:
+        """Real-data subfolder (e.g. "sumerian") or None; experiments then mark data claims undecided
+        with `ctx.no_data_reason(sub)` as evidence."""
+        return find_data(sub, self.data_arg)
+
+    @staticmethod
+    def no_data_reason(sub: str) -> str:
+        return f"undecided: needs real data `{sub}/`; {DATA_HINT}"
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{self.experiment.name}] {msg}", flush=True)
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+
+def experiment(name: str, paper: str, claims: dict[str, str], presets: dict[str, dict[str, Any]],
+               needs_data: tuple[str, ...] = (), description: str = ""):
+    missing = [p for p in PRESETS if p not in presets]
+    if missing:
+        raise ValueError(f"experiment {name!r} lacks presets {missing}")
+
+    def deco(fn):
+        _REGISTRY[name] = Experiment(name, paper, dict(claims), {k: dict(v) for k, v in presets.items()}, fn,
+                                     tuple(needs_data), description or (fn.__doc__ or "").strip())
+        return fn
+
+    return deco
+
+
+def _discover() -> None:
+    for mod in pkgutil.iter_modules(__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{mod.name}")
+
+
+def registry() -> dict[str, Experiment]:
+    if not _REGISTRY:
+        _discover()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(name: str) -> Experiment:
+    reg = registry()
+    if name not in reg:
+        raise LmlabError(f"unknown experiment {name!r}; available: {', '.join(reg) or '(none)'} (see `lmlab list`)")
+    return reg[name]
+
+
+def resolve_config(exp: Experiment, preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    if preset not in exp.presets:
+        raise LmlabError(f"experiment {exp.name!r} has no preset {preset!r}; choose from {', '.join(exp.presets)}")
+    cfg = dict(exp.presets[preset])
+    for k, v in (overrides or {}).items():
+        if k not in cfg:
+            raise LmlabError(f"unknown config key {k!r} for {exp.name} preset {preset}; known: {', '.join(cfg)}")
+        cfg[k] = type(cfg[k])(v) if cfg[k] is not None and not isinstance(cfg[k], (list, dict, bool)) else v
+    return cfg
+
+
+def run_experiment(name: str, preset: str = "tiny", out_dir: str | Path | None = None, seed: int = 0,
+                   device: str | None = None, data: str | None = None, overrides: dict[str, Any] | None = None,
+                   quiet: bool = False, raise_errors: bool = False) -> Report:
+    """Run one experiment and write its report. Errors inside the experiment are recorded in the
+    report (and re-raised when `raise_errors`)."""
+    exp = get(name)
+    cfg = resolve_config(exp, preset, overrides)
+    out = Path(out_dir) if out_dir is not None else Path("reports") / preset / name
+    dev = get_device(device)
+    ctx = RunContext(exp, preset, cfg, seed, dev, out, data_arg=data, quiet=quiet)
+    seed_everything(seed)
+    threads = torch.get_num_threads()
+    if preset == "tiny" and dev.type == "cpu":
+        torch.set_num_threads(1)
+    t0 = time.time()
+    try:
+        exp.fn(ctx)
+    except Exception as e:  # recorded in the report; reproduce keeps going
+        ctx.report.error = f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"
+        for c in ctx.report.claims.values():
+            if c.evidence == "not evaluated in this run":
+                c.evidence = f"undecided: the run failed ({type(e).__name__}: {e})"
+        if raise_errors:
+            ctx.report.runtime_s = time.time() - t0
+            ctx.report.write()
+            raise
+    finally:
+        torch.set_num_threads(threads)
+    ctx.report.runtime_s = time.time() - t0
+    ctx.report.write()
+    return ctx.report

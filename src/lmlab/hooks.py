@@ -1,0 +1,63 @@
+"""TransformerLens-style hook points: identity modules whose forward hooks can read or replace
+activations. Names follow TransformerLens (`blocks.{i}.hook_resid_post`, `blocks.{i}.attn.hook_pattern`)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+
+class HookPoint(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def active(self) -> bool:
+        return bool(self._forward_hooks) or bool(self._forward_pre_hooks)
+
+
+def hook_points(model: nn.Module) -> dict[str, HookPoint]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, HookPoint)}
+
+
+@contextlib.contextmanager
+def hooks(model: nn.Module, fwd_hooks: Iterable[tuple[str, Callable]]):
+    """Temporarily attach `fn(activation, name) -> activation | None` to named hook points.
+
+    Returning a tensor replaces the activation (patching); returning None leaves it unchanged.
+    """
+    points = hook_points(model)
+    handles = []
+    try:
+        for name, fn in fwd_hooks:
+            if name not in points:
+                close = [n for n in points if n.split(".")[-1] == name.split(".")[-1]][:5]
+                raise KeyError(f"no hook point {name!r} in {type(model).__name__}; e.g. {close}")
+            handles.append(points[name].register_forward_hook(
+                lambda mod, inp, out, _fn=fn, _n=name: _fn(out, _n)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run_with_cache(model: nn.Module, *args, names: Iterable[str] | Callable[[str], bool] | None = None,
+                   detach: bool = True, **kwargs):
+    """Run the model and return (output, {hook name: activation}) for the selected hook points."""
+    points = hook_points(model)
+    if names is None:
+        selected = list(points)
+    elif callable(names):
+        selected = [n for n in points if names(n)]
+    else:
+        selected = list(names)
+    store: dict[str, torch.Tensor] = {}
+
+    def save(x, name):
+        store[name] = x.detach() if detach else x
+
+    with hooks(model, [(n, save) for n in selected]):
+        out = model(*args, **kwargs)
+    return out, store

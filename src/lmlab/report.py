@@ -1,0 +1,184 @@
+"""Experiment reports: report.md + results.json + PNG figures, and the reproduce report card.
+
+A report is filled in by an experiment while it runs: claims are declared up front (statement only)
+and decided from the run's numbers with `decide(id, held, evidence)`; `held=None` means undecided,
+and the evidence must then say why.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmlab.utils import atomic_write_json, atomic_write_text, to_jsonable
+
+
+@dataclass
+class Claim:
+    id: str
+    statement: str
+    held: bool | None = None
+    evidence: str = "not evaluated in this run"
+
+
+def verdict(held: bool | None) -> str:
+    return {True: "held", False: "not held", None: "undecided"}[held]
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+           "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+@dataclass
+class Report:
+    experiment: str
+    preset: str
+    seed: int
+    out_dir: Path
+    paper: str = ""
+    config: dict = field(default_factory=dict)
+    claims: dict[str, Claim] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    sections: list[str] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+    runtime_s: float | None = None
+    error: str | None = None
+
+    def __post_init__(self):
+        self.out_dir = Path(self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- filled in by experiments
+    def add_claim(self, cid: str, statement: str) -> None:
+        self.claims[cid] = Claim(cid, statement)
+
+    def decide(self, cid: str, held: bool | None, evidence: str) -> None:
+        if cid not in self.claims:
+            raise KeyError(f"unknown claim {cid!r}; declared: {sorted(self.claims)}")
+        c = self.claims[cid]
+        c.held = None if held is None else bool(held)
+        c.evidence = evidence
+
+    def metric(self, key: str, value: Any) -> None:
+        self.metrics[key] = to_jsonable(value)
+
+    def text(self, markdown: str) -> None:
+        self.sections.append(markdown.strip() + "\n")
+
+    def table(self, rows: list[list[Any]], headers: list[str], title: str | None = None) -> None:
+        def fmt(v):
+            if isinstance(v, float):
+                return f"{v:.4g}"
+            return str(v)
+
+        lines = []
+        if title:
+            lines.append(f"**{title}**\n")
+        lines.append("| " + " | ".join(headers) + " |")
+        lines.append("|" + "---|" * len(headers))
+        for r in rows:
+            lines.append("| " + " | ".join(fmt(v) for v in r) + " |")
+        self.sections.append("\n".join(lines) + "\n")
+
+    def figure(self, fig, name: str, caption: str) -> Path:
+        """Save a matplotlib figure as NAME.png (atomically) and reference it in the report."""
+        import io
+
+        import matplotlib.pyplot as plt
+
+        from lmlab.utils import atomic_write_bytes
+
+        fname = name if name.endswith(".png") else f"{name}.png"
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        path = self.out_dir / fname
+        atomic_write_bytes(path, buf.getvalue())
+        self.figures.append((fname, caption))
+        return path
+
+    # ---- output
+    def to_json(self) -> dict:
+        return to_jsonable({
+            "experiment": self.experiment, "paper": self.paper, "preset": self.preset, "seed": self.seed,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "runtime_s": self.runtime_s, "environment": environment(), "config": self.config,
+            "metrics": self.metrics, "error": self.error,
+            "claims": [{"id": c.id, "statement": c.statement, "held": c.held, "evidence": c.evidence}
+                       for c in self.claims.values()],
+            "figures": [f for f, _ in self.figures],
+        })
+
+    def to_markdown(self) -> str:
+        env = environment()
+        hw = env.get("gpu") or f"CPU ({env['cpu_threads']} threads)"
+        lines = [f"# {self.experiment} — preset `{self.preset}`", ""]
+        if self.paper:
+            lines += [f"Paper: {self.paper}", ""]
+        rt = f"{self.runtime_s:.1f} s" if self.runtime_s is not None else "n/a"
+        lines += [f"Run: seed {self.seed}, {hw}, torch {env['torch']}, runtime {rt}.", ""]
+        if self.error:
+            lines += ["**The run failed:**", "", "```", self.error.strip(), "```", ""]
+        lines += ["## Claims", "", "| id | claim | verdict at this scale | evidence |", "|---|---|---|---|"]
+        for c in self.claims.values():
+            ev = c.evidence.replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {c.id} | {c.statement} | **{verdict(c.held)}** | {ev} |")
+        lines.append("")
+        if self.sections:
+            lines += ["## Results", ""] + self.sections
+        for fname, cap in self.figures:
+            lines += [f"![{cap}]({fname})", "", f"*{cap}*", ""]
+        if self.config:
+            import yaml
+
+            lines += ["## Configuration", "", "```yaml", yaml.safe_dump(to_jsonable(self.config), sort_keys=False)
+                      .strip(), "```", ""]
+        return "\n".join(lines)
+
+    def write(self) -> Path:
+        atomic_write_json(self.out_dir / "results.json", self.to_json())
+        atomic_write_text(self.out_dir / "report.md", self.to_markdown())
+        return self.out_dir
+
+
+def write_report_card(out_dir: Path, reports: list[Report], preset: str) -> Path:
+    """REPORT.md: one row per claim of every experiment, with links to each report."""
+    out_dir = Path(out_dir)
+    counts = {"held": 0, "not held": 0, "undecided": 0}
+    lines = [f"# lmlab report card — preset `{preset}`", "",
+             f"Date: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}; "
+             f"hardware: {environment().get('gpu') or 'CPU'}.", "",
+             "| experiment | claim | verdict | evidence |", "|---|---|---|---|"]
+    failed = []
+    for r in reports:
+        link = f"[{r.experiment}]({r.out_dir.relative_to(out_dir) if r.out_dir.is_relative_to(out_dir) else r.out_dir}/report.md)"
+        if r.error:
+            failed.append(r.experiment)
+        for c in r.claims.values():
+            v = verdict(c.held)
+            counts[v] += 1
+            ev = c.evidence.replace("|", "\\|").replace("\n", " ")
+            if len(ev) > 300:
+                ev = ev[:297] + "..."
+            lines.append(f"| {link} | {c.id}: {c.statement} | **{v}** | {ev} |")
+    lines += ["", f"Totals: {counts['held']} held, {counts['not held']} not held, {counts['undecided']} undecided "
+              f"across {len(reports)} experiments."]
+    if failed:
+        lines += ["", f"**Experiments that failed:** {', '.join(failed)} (see their report.md for the error)."]
+    if not reports:
+        lines += ["", "No experiments are registered yet."]
+    path = out_dir / "REPORT.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_json(out_dir / "report_card.json", {
+        "preset": preset, "counts": counts, "failed": failed,
+        "experiments": [r.to_json() for r in reports]})
+    return path

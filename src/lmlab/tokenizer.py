@@ -1,0 +1,173 @@
+"""Tokenizers with special tokens: character-level (synthetic tasks) and byte-level BPE (HF `tokenizers`).
+
+Both expose `encode(text, bos=False, eos=False) -> list[int]`, `decode(ids) -> str`, `vocab_size`,
+`bos_id`, `eos_id`, `pad_id`, `token_id(special)`, `save(path)` and `Tokenizer.load(path)`.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from lmlab.utils import LmlabError, atomic_write_text
+
+DEFAULT_SPECIALS = ("<pad>", "<bos>", "<eos>")
+
+
+class Tokenizer(ABC):
+    specials: list[str]
+    vocab_size: int
+
+    @property
+    def pad_id(self) -> int:
+        return self.token_id("<pad>")
+
+    @property
+    def bos_id(self) -> int:
+        return self.token_id("<bos>")
+
+    @property
+    def eos_id(self) -> int:
+        return self.token_id("<eos>")
+
+    @abstractmethod
+    def token_id(self, special: str) -> int: ...
+
+    @abstractmethod
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids, skip_special: bool = False) -> str: ...
+
+    @abstractmethod
+    def save(self, path: str | Path) -> None: ...
+
+    @staticmethod
+    def load(path: str | Path) -> "Tokenizer":
+        p = Path(path)
+        if p.is_dir():
+            p = p / "tokenizer.json"
+        if not p.exists():
+            raise LmlabError(f"tokenizer file {p} not found")
+        data = json.loads(p.read_text())
+        if data.get("lmlab_type") == "char":
+            return CharTokenizer(data["chars"], data["specials"])
+        if data.get("lmlab_type") == "bpe" or "model" in data:
+            return BPETokenizer.from_file(p)
+        raise LmlabError(f"{p} is not an lmlab tokenizer file")
+
+
+class CharTokenizer(Tokenizer):
+    """Specials first (ids 0..S-1: <pad>, <bos>, <eos>, then task markers), then one id per character."""
+
+    def __init__(self, chars, specials=DEFAULT_SPECIALS):
+        self.specials = list(specials)
+        for s in DEFAULT_SPECIALS:
+            if s not in self.specials:
+                self.specials.insert(DEFAULT_SPECIALS.index(s), s)
+        self.chars = sorted(set(chars))
+        self.itos = self.specials + self.chars
+        self.stoi = {s: i for i, s in enumerate(self.itos)}
+        self._special_ids = {s: i for i, s in enumerate(self.specials)}
+
+    @classmethod
+    def from_text(cls, text: str, specials=DEFAULT_SPECIALS) -> "CharTokenizer":
+        return cls(set(text), specials)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def token_id(self, special: str) -> int:
+        if special not in self._special_ids:
+            raise KeyError(f"unknown special token {special!r}; have {self.specials}")
+        return self._special_ids[special]
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = []
+        i = 0
+        while i < len(text):
+            if text[i] == "<":  # special tokens may appear inline, e.g. "<sep>"
+                j = text.find(">", i)
+                if j > 0 and text[i:j + 1] in self._special_ids:
+                    ids.append(self._special_ids[text[i:j + 1]])
+                    i = j + 1
+                    continue
+            c = text[i]
+            if c not in self.stoi:
+                raise LmlabError(f"character {c!r} is not in the tokenizer's vocabulary ({len(self.chars)} chars)")
+            ids.append(self.stoi[c])
+            i += 1
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def decode(self, ids, skip_special: bool = False) -> str:
+        out = []
+        for i in ids:
+            i = int(i)
+            if i < len(self.specials):
+                if not skip_special:
+                    out.append(self.itos[i])
+            elif i < len(self.itos):
+                out.append(self.itos[i])
+        return "".join(out)
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        if p.suffix != ".json":
+            p = p / "tokenizer.json"
+        atomic_write_text(p, json.dumps({"lmlab_type": "char", "chars": self.chars, "specials": self.specials}))
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE trained with HF `tokenizers`; specials get the first ids."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.specials = [t for t in DEFAULT_SPECIALS if tok.token_to_id(t) is not None]
+        self.specials += [t.content for t in tok.get_added_tokens_decoder().values()
+                          if t.content not in self.specials]
+
+    @classmethod
+    def train(cls, texts, vocab_size: int = 1024, specials=DEFAULT_SPECIALS, min_frequency: int = 2) -> "BPETokenizer":
+        from tokenizers import Tokenizer as HFTok
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        tok = HFTok(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        specials = list(dict.fromkeys(list(DEFAULT_SPECIALS) + list(specials)))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=min_frequency,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "BPETokenizer":
+        from tokenizers import Tokenizer as HFTok
+
+        return cls(HFTok.from_file(str(path)))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def token_id(self, special: str) -> int:
+        i = self.tok.token_to_id(special)
+        if i is None:
+            raise KeyError(f"unknown special token {special!r}")
+        return i
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = self.tok.encode(text).ids
+        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+
+    def decode(self, ids, skip_special: bool = False) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        if p.suffix != ".json":
+            p = p / "tokenizer.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(p, self.tok.to_str())

@@ -1,0 +1,138 @@
+"""Small shared helpers: user-facing errors, atomic writes, seeding, devices, data locations."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class LmlabError(Exception):
+    """An error caused by the user's input (config, path, model name...).
+
+    The CLI prints its message as one line and exits non-zero; the message should name the problem
+    and, where possible, the fix.
+    """
+
+
+# ---------------------------------------------------------------- atomic files
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy/torch scalars, arrays, paths and dataclasses into plain JSON types."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        v = float(obj)
+        return v if np.isfinite(v) else None
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    return obj
+
+
+# ---------------------------------------------------------------- seeding & devices
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def get_device(name: str | None = None) -> torch.device:
+    """`None`/"auto" picks CUDA when available, else CPU. Unknown or unavailable names raise LmlabError."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise LmlabError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LmlabError(f"device {name!r} requested but CUDA is not available: use --device cpu")
+    return dev
+
+
+def autocast_ctx(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA, a no-op elsewhere."""
+    import contextlib
+
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def tiny_threads() -> None:
+    """Tiny models on few cores run far faster single-threaded (intra-op overhead dominates)."""
+    torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------- real data
+def data_root(explicit: str | Path | None = None) -> Path | None:
+    """The real-data root: an explicit `--data DIR`, else `$LMLAB_DATA`; None when neither is set.
+
+    Layout as in the project's shared data folder: sumerian/, knowledge/, lmc/, text/.
+    """
+    cand = explicit or os.environ.get("LMLAB_DATA")
+    if not cand:
+        return None
+    p = Path(cand).expanduser()
+    if not p.is_dir():
+        raise LmlabError(f"data directory {p} does not exist: pass --data DIR or set LMLAB_DATA to a folder "
+                         "holding sumerian/, knowledge/, lmc/, text/")
+    return p
+
+
+def find_data(sub: str, explicit: str | Path | None = None) -> Path | None:
+    """Path to a real-data subfolder (e.g. "sumerian"), or None when it is not available."""
+    root = data_root(explicit)
+    if root is None:
+        return None
+    p = root / sub
+    return p if p.exists() else None
+
+
+DATA_HINT = ("real data not found: pass --data DIR or set LMLAB_DATA to a folder with sumerian/, knowledge/, "
+             "lmc/, text/ (the lmlab repository's CI uses ../shared/data)")
