@@ -1,0 +1,1 @@
+"""lmlab.analysis package."""

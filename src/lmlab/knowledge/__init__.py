@@ -1,0 +1,1 @@
+"""lmlab.knowledge package."""

@@ -1,0 +1,1 @@
+"""lmlab.tasks package."""
