@@ -7,11 +7,21 @@ on them. `fit()` is the light loop experiments use for small models; `pretrain()
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
-from typing import Callable, Iterable
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+
+from lmlab.utils import LmlabError
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95), eps: float = 1e-8,
@@ -73,3 +83,464 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor], 
             callback(step, losses[-1])
     model.eval()
     return losses
+
+
+# ---------------------------------------------------------------- one optimisation step
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: Sequence,
+    loss_fn: Callable[[nn.Module, object], torch.Tensor],
+    *,
+    grad_clip: float | None = None,
+    weights: Sequence[float] | None = None,
+    amp: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Accumulate gradients over `micro_batches`, clip, and step unless the loss or gradient is NaN/Inf.
+
+    The loss is the weighted mean of the micro-batch losses (equal weights by default: pass each
+    micro-batch's share of the counted tokens when they differ). Under DDP only the last micro-batch
+    all-reduces gradients, and the finite check is agreed across ranks. Returns (loss, grad norm, applied).
+    """
+    from lmlab.utils import autocast_ctx
+
+    n = len(micro_batches)
+    w = [1.0 / n] * n if weights is None else [float(x) for x in weights]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    dev = params[0].device
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=dev)
+    ddp = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
+    ddp = ddp if isinstance(ddp, nn.parallel.DistributedDataParallel) else None
+    for i, batch in enumerate(micro_batches):
+        with contextlib.nullcontext() if ddp is None or i == n - 1 else ddp.no_sync():
+            with autocast_ctx(dev, amp):
+                loss = loss_fn(model, batch)
+            (loss * w[i]).backward()
+        total += loss.detach().float() * w[i]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
+    ok = (torch.isfinite(total) & torch.isfinite(norm)).float()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    applied = bool(ok.item())
+    if applied:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, norm, applied
+
+
+# ---------------------------------------------------------------- throughput
+# Dense bf16 tensor-core peaks (datasheet, FLOP/s), matched in order against the device name.
+PEAK_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("A6000", 155e12),
+)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The card's dense bf16 peak, or None (CPU, unknown card: no MFU is reported)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_FLOPS:
+        if key in name:
+            return flops
+    return None
+
+
+# ---------------------------------------------------------------- pretraining
+class TrainingDiverged(LmlabError):
+    """The loss or gradient became NaN/Inf; the update was not applied."""
+
+
+def lm_loss(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return model(x, y)
+
+
+def _setup_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether we initialised the process group). torchrun sets WORLD_SIZE."""
+    from lmlab.utils import get_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 and not (dist.is_available() and dist.is_initialized()):
+        return 0, 1, get_device(device_name), False
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = get_device(device_name)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), dev, created
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+class _StopOnSigint:
+    """First Ctrl-C (or SIGTERM, which torchrun and schedulers send): finish the step, save, return.
+    A second one aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)",
+            flush=True,
+        )
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def _check_resume_config(saved: dict | None, cfg, run: Path) -> None:
+    if not saved:
+        return
+    now = cfg.to_dict()
+    for section in ("model", "data"):
+        if saved.get(section) != now[section]:
+            raise LmlabError(
+                f"cannot resume {run}: its {section} config differs from the one given "
+                f"(saved {saved.get(section)}); resume with the run's config.yaml"
+            )
+    for key in ("batch_size", "grad_accum", "seq_len", "seed", "data_seed"):
+        if saved.get("train", {}).get(key) != now["train"][key]:
+            raise LmlabError(
+                f"cannot resume {run}: train.{key} was {saved['train'].get(key)}, now "
+                f"{now['train'][key]}; an exact resume needs the same value"
+            )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from (they will be recomputed)."""
+    if not path.exists():
+        return
+    keep = [
+        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step
+    ]
+    from lmlab.utils import atomic_write_text
+
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+class _Pretrainer:
+    """The state of one pretraining run on one process (see `pretrain`)."""
+
+    def __init__(self, cfg, out: Path, resume: bool, loss_fn, rank: int, world: int, device: torch.device):
+        import yaml
+
+        from lmlab import checkpoint as ck
+        from lmlab.data import DataSpec
+        from lmlab.model import GPT
+        from lmlab.tokenizer import Tokenizer
+        from lmlab.utils import atomic_write_text, seed_everything
+
+        self.cfg, self.t, self.out, self.loss_fn = cfg, cfg.train, out, loss_fn
+        t = self.t
+        self.rank, self.world, self.device = rank, world, device
+        self.main = rank == 0
+        if self.main:
+            ck.remove_partial(out)
+        steps = ck.list_steps(out)
+        if steps and not resume:
+            raise LmlabError(
+                f"{out} already holds checkpoints (steps {steps[0]}..{steps[-1]}): pass --resume to "
+                "continue it, or choose another --out"
+            )
+        start = steps[-1] if resume and steps else None
+        if start is not None:
+            _check_resume_config(ck.read_meta(ck.resolve(out, start)).get("run_config"), cfg, out)
+
+        # the tokenizer is built once by rank 0 and saved with the run: resumes and other ranks reuse it
+        self.spec = DataSpec(cfg.data)
+        tok_path = out / "tokenizer.json"
+        if self.main and not (start is not None and tok_path.exists()):
+            self.spec.build_tokenizer().save(tok_path)
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        _barrier(self.world)
+        self.tokenizer = Tokenizer.load(tok_path)
+        mcfg = cfg.model_config(self.tokenizer.vocab_size)
+        if mcfg.vocab_size < self.tokenizer.vocab_size:
+            raise LmlabError(
+                f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's "
+                f"{self.tokenizer.vocab_size}: remove model.vocab_size (it defaults to the tokenizer's)"
+            )
+        self.seq_len = cfg.seq_len
+        self.data_seed = t.seed if t.data_seed is None else t.data_seed
+
+        seed_everything(t.seed)
+        self.model = GPT(mcfg).to(self.device)
+        self.opt = make_optimizer(self.model, t.lr, t.weight_decay, betas=tuple(t.betas))
+        self.loader = self.spec.loader(
+            self.tokenizer, self.seq_len, rows=t.batch_size * self.world, seed=self.data_seed
+        )
+        self.step, self.tokens_seen, self.resumed = 0, 0, start is not None
+        if start is not None:
+            meta = ck.load_into(self.model, self.opt, out, start)
+            self.loader.load_state_dict(meta["data_state"])
+            if meta.get("rng"):
+                ck.set_rng_state(meta["rng"])
+            self.step, self.tokens_seen = meta["step"], meta["tokens_seen"]
+        else:
+            self.save()  # the seed checkpoint (step 0)
+
+        self.amp = t.dtype == "bf16" or (t.dtype == "auto" and self.device.type == "cuda")
+        self.train_model: nn.Module = self.model
+        if self.world > 1:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if t.compile:
+            self.train_model = torch.compile(self.train_model, dynamic=False)
+        self.val_batches = []
+        if self.main and t.eval_every:
+            vl = self.spec.loader(
+                self.tokenizer, self.seq_len, rows=t.batch_size, seed=self.data_seed, split="val"
+            )
+            self.val_batches = [vl.next_batch() for _ in range(t.eval_batches)]
+        self.metrics_path = out / "metrics.jsonl"
+        self.writer = None
+        if self.main:
+            _truncate_metrics(self.metrics_path, self.step)
+            if t.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tb"), purge_step=self.step if self.resumed else None)
+
+    # ------------------------------------------------------------ pieces
+    def save(self, extra: dict | None = None) -> None:
+        from lmlab import checkpoint as ck
+
+        if self.main:
+            ck.save(
+                self.out,
+                self.step,
+                self.model,
+                self.opt,
+                config=self.cfg.to_dict(),
+                tokens_seen=self.tokens_seen,
+                data_state=self.loader.state_dict(),
+                extra=extra,
+            )
+        _barrier(self.world)
+
+    def micro_batches(self) -> list:
+        """This rank's slice of the next global micro-batches (every rank packs the same global rows)."""
+        b, lo = self.t.batch_size, self.rank * self.t.batch_size
+        out = []
+        for _ in range(self.t.grad_accum):
+            x, y = self.loader.next_batch()
+            x, y = x[lo : lo + b], y[lo : lo + b]
+            if self.device.type == "cuda":
+                x, y = x.pin_memory(), y.pin_memory()
+            out.append((x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)))
+        return out
+
+    def evaluate(self) -> float:
+        from lmlab.utils import autocast_ctx
+
+        self.model.eval()
+        losses = []
+        with torch.no_grad():
+            for x, y in self.val_batches:
+                with autocast_ctx(self.device, self.amp):
+                    losses.append(float(self.model(x.to(self.device), y.to(self.device))))
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def log(self, rec: dict) -> None:
+        if not self.main:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.writer is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.writer.add_scalar("val/loss" if k == "val_loss" else f"train/{k}", v, rec["step"])
+
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when it is True on any (Ctrl-C may reach the ranks at different steps)."""
+        if self.world == 1:
+            return flag
+        f = torch.tensor(float(flag), device=self.device)
+        dist.all_reduce(f, op=dist.ReduceOp.MAX)
+        return bool(f.item())
+
+    def diverged(self, loss, norm) -> TrainingDiverged:
+        from lmlab import checkpoint as ck
+
+        last = ck.latest_step(self.out)
+        self.log({"step": self.step + 1, "event": "diverged"})
+        return TrainingDiverged(
+            f"loss or gradient became NaN/Inf at step {self.step + 1} (loss {float(loss):.4g}, grad "
+            f"norm {float(norm):.4g}); the update was not applied and training stopped; the last good "
+            f"checkpoint is {ck.step_dir(self.out, last) if last is not None else 'none'}. Lower train.lr, "
+            "raise train.warmup or set train.grad_clip"
+        )
+
+    # ------------------------------------------------------------ the loop
+    def due(self, every: int, extra=()) -> bool:
+        return bool(every and self.step % every == 0) or self.step == self.t.max_steps or self.step in extra
+
+    def report(self, loss, norm, lr: float, meter: "_Throughput", bar) -> float:
+        """Log the step's metrics (loss averaged over ranks) and update the progress line."""
+        if self.world > 1:
+            dist.all_reduce(loss)
+            loss /= self.world
+        tok_s = meter.rate(self.tokens_seen)
+        mfu = meter.mfu(tok_s)
+        rec = {
+            "step": self.step,
+            "loss": float(loss),
+            "lr": lr,
+            "grad_norm": float(norm),
+            "tokens": self.tokens_seen,
+            "tok_per_s": tok_s,
+            **({"mfu": mfu} if mfu else {}),
+        }
+        self.log(rec)
+        line = f"loss {rec['loss']:.4f} | {tok_s:,.0f} tok/s" + (f" | MFU {100 * mfu:.1f}%" if mfu else "")
+        bar.set_postfix_str(line, refresh=False)
+        if self.main and not self.t.progress:
+            print(f"step {self.step}/{self.t.max_steps} | {line} | lr {lr:.2e}", flush=True)
+        return rec["loss"]
+
+    def run(self) -> dict:
+        from tqdm.auto import tqdm
+
+        t = self.t
+        tokens_per_step = t.grad_accum * t.batch_size * self.world * self.seq_len
+        meter = _Throughput(
+            self.tokens_seen, self.model.estimate_flops(self.seq_len), peak_flops(self.device), self.world
+        )
+        bar = tqdm(
+            total=t.max_steps,
+            initial=self.step,
+            disable=not (self.main and t.progress),
+            dynamic_ncols=True,
+            desc=f"pretrain {self.out.name}",
+        )
+        last_loss = val_loss = None
+        interrupted = False
+        self.model.train()
+        try:
+            with _StopOnSigint() as sigint:
+                while self.step < t.max_steps and not interrupted:
+                    lr = lr_at(self.step, t.max_steps, t.lr, t.warmup, t.min_lr_frac, t.schedule)
+                    set_lr(self.opt, lr)
+                    loss, norm, applied = train_step(
+                        self.train_model,
+                        self.opt,
+                        self.micro_batches(),
+                        self.loss_fn,
+                        grad_clip=t.grad_clip,
+                        amp=self.amp,
+                    )
+                    if not applied:
+                        raise self.diverged(loss, norm)
+                    self.step += 1
+                    self.tokens_seen += tokens_per_step
+                    bar.update(1)
+                    interrupted = self.agree(sigint.requested)
+                    if self.due(t.log_every) or interrupted:
+                        last_loss = self.report(loss, norm, lr, meter, bar)
+                    with meter.paused():  # evaluation and saving do not count against tok/s
+                        if self.val_batches and self.due(t.eval_every):
+                            val_loss = self.evaluate()
+                            self.log({"step": self.step, "val_loss": val_loss})
+                            bar.write(f"step {self.step}: val loss {val_loss:.4f}")
+                        if self.due(t.save_every, t.save_steps) or interrupted:
+                            self.save({"loss": last_loss, "val_loss": val_loss})
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        if self.main and interrupted:
+            print(
+                f"interrupted at step {self.step}: checkpoint saved in {self.out}; continue with --resume",
+                flush=True,
+            )
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "loss": last_loss,
+            "val_loss": val_loss,
+            "interrupted": interrupted,
+            "run_dir": str(self.out),
+        }
+
+
+class _Throughput:
+    """Tokens/s between reports (pauses excluded) and MFU against the card's peak."""
+
+    def __init__(self, tokens: int, flops_per_token: float, peak: float | None, world: int):
+        self.t0, self.tokens0 = time.perf_counter(), tokens
+        self.flops_per_token, self.peak, self.world = flops_per_token, peak, world
+
+    def rate(self, tokens: int) -> float:
+        now = time.perf_counter()
+        r = (tokens - self.tokens0) / max(now - self.t0, 1e-9)
+        self.t0, self.tokens0 = now, tokens
+        return r
+
+    def mfu(self, tok_s: float) -> float | None:
+        return tok_s * self.flops_per_token / (self.peak * self.world) if self.peak else None
+
+    @contextlib.contextmanager
+    def paused(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t0 += time.perf_counter() - start
+
+
+def pretrain(
+    cfg,
+    out_dir: str | Path,
+    resume: bool = False,
+    loss_fn: Callable[[nn.Module, object], torch.Tensor] = lm_loss,
+) -> dict:
+    """Train an lmlab GPT from a `lmlab.config.RunConfig`; writes to out_dir: step_N/ checkpoints (step 0 =
+    the seed), metrics.jsonl, tb/ (TensorBoard), tokenizer.json and config.yaml.
+
+    Launch under `torchrun --nproc_per_node N` for DDP. `resume=True` continues from the latest checkpoint
+    and ends with exactly the weights of an uninterrupted run (bit for bit on CPU). Ctrl-C saves and
+    returns with "interrupted": True. Returns {"step", "tokens_seen", "loss", "val_loss", "interrupted",
+    "run_dir"}; raises TrainingDiverged on NaN/Inf.
+    """
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    rank, world, device, owns_group = _setup_distributed(cfg.train.device)
+    try:
+        return _Pretrainer(cfg, Path(out_dir), resume, loss_fn, rank, world, device).run()
+    finally:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,356 @@
+"""Step-indexed checkpoints: `RUN/step_000123/{model.safetensors, optim.pt, meta.json}`.
+
+A checkpoint is written into a hidden temporary folder and renamed into place only when complete, so a
+`step_*` folder is either whole or absent. `meta.json` records the model config (enough to rebuild the
+model, custom attention included), the full run config, step, tokens seen, the data-loader state, RNG
+states, versions and the sha256 of every file; `load` refuses a file whose hash differs, naming it.
+
+    path = save(run, step, model, optimizer, config=cfg.to_dict(), tokens_seen=n,
+                data_state=loader.state_dict())
+    model, meta = load(run)            # latest complete step
+    model, meta = load(run, step=0)    # the seed checkpoint
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmlab.utils import LmlabError, to_jsonable
+
+FORMAT_VERSION = 1
+MODEL_FILE, OPTIM_FILE, META_FILE = "model.safetensors", "optim.pt", "meta.json"
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+def step_dir(run: str | Path, step: int) -> Path:
+    return Path(run) / f"step_{step:06d}"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def list_steps(run: str | Path) -> list[int]:
+    """Steps with a complete checkpoint (a `step_N` folder holding meta.json), ascending."""
+    run = Path(run)
+    if not run.is_dir():
+        return []
+    steps = []
+    for p in run.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / META_FILE).is_file():
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+def latest_step(run: str | Path) -> int | None:
+    steps = list_steps(run)
+    return steps[-1] if steps else None
+
+
+def remove_partial(run: str | Path) -> list[Path]:
+    """Tidy up after saves killed midway: delete unfinished temporary folders, and put back a replaced
+    checkpoint whose replacement never landed. Returns the folders removed."""
+    run = Path(run)
+    gone = []
+    for p in sorted(run.glob(".old-step_*")):
+        final = run / p.name[len(".old-") :].rsplit("-", 1)[0]
+        if p.is_dir() and not final.exists():
+            os.rename(p, final)
+        elif p.is_dir():
+            gone.append(p)
+    gone += [p for p in run.glob(".tmp-step_*") if p.is_dir()]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
+
+
+# ---------------------------------------------------------------- RNG states
+def rng_state() -> dict:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [
+            base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()
+        ]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    def tensor(b64: str) -> torch.Tensor:
+        return torch.from_numpy(np.frombuffer(base64.b64decode(b64), dtype=np.uint8).copy())
+
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(tensor(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        states = [tensor(s) for s in state["cuda"]]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+
+
+# ---------------------------------------------------------------- saving
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def model_config_dict(model: nn.Module) -> dict:
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(cfg, "to_dict"):
+        raise LmlabError(f"cannot checkpoint {type(model).__name__}: lmlab checkpoints hold lmlab GPT models")
+    return cfg.to_dict()
+
+
+def save(
+    run: str | Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    config: dict | None = None,
+    tokens_seen: int = 0,
+    data_state: dict | None = None,
+    extra: dict | None = None,
+    save_rng: bool = True,
+) -> Path:
+    """Write checkpoint `step` of `run` atomically and return its folder (an existing one is replaced)."""
+    from safetensors.torch import save_model
+
+    import lmlab
+
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    model = unwrap(model)
+    tmp = run / f".tmp-step_{step:06d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "tokens_seen": int(tokens_seen),
+            "model_config": model_config_dict(model),
+            "attention_modules": sorted({type(b.attn).__module__ for b in getattr(model, "blocks", [])}),
+            "run_config": config,
+            "data_state": data_state,
+            "rng": rng_state() if save_rng else None,
+            "extra": extra or {},
+            "lmlab_version": lmlab.__version__,
+            "torch_version": torch.__version__,
+            "git_sha": _git_sha(),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "files": files,
+            "content_hash": files[MODEL_FILE],
+        }
+        with open(tmp / META_FILE, "w") as f:  # written last: its presence marks the folder complete
+            json.dump(to_jsonable(meta), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        for p in tmp.iterdir():
+            _fsync(p)
+        final = step_dir(run, step)
+        old = None
+        if final.exists():
+            old = run / f".old-{final.name}-{os.getpid()}"
+            os.rename(final, old)
+        os.rename(tmp, final)
+        _fsync(run)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------- loading
+def resolve(run: str | Path, step: int | None = None) -> Path:
+    """The folder of checkpoint `step` (latest complete by default); `run` may itself be a step folder."""
+    run = Path(run)
+    if _STEP_DIR.match(run.name) and step is None:
+        d = run
+    else:
+        if not run.is_dir():
+            raise LmlabError(f"run folder {run} does not exist: pass the --out folder of a pretrain run")
+        steps = list_steps(run)
+        if step is None:
+            if not steps:
+                raise LmlabError(f"no complete checkpoint in {run}: train first (lmlab pretrain --out {run})")
+            step = steps[-1]
+        d = step_dir(run, step)
+        if step not in steps and not d.is_dir():
+            raise LmlabError(f"no checkpoint for step {step} in {run}: available steps {steps}")
+    if not (d / META_FILE).is_file():
+        raise LmlabError(
+            f"checkpoint {d} is incomplete: {d / META_FILE} is missing (a half-written save?); "
+            "delete the folder and load another step"
+        )
+    return d
+
+
+def read_meta(d: Path) -> dict:
+    path = d / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LmlabError(
+            f"checkpoint metadata {path} is unreadable ({e}): the checkpoint is damaged; "
+            "delete the folder and load another step"
+        ) from None
+    if not isinstance(meta, dict) or "files" not in meta or "model_config" not in meta:
+        raise LmlabError(f"checkpoint metadata {path} lacks files/model_config: not an lmlab checkpoint")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise LmlabError(
+            f"checkpoint {path} has format {meta['format_version']}, newer than this lmlab "
+            f"({FORMAT_VERSION}): upgrade lmlab"
+        )
+    return meta
+
+
+def verify(d: Path, meta: dict, name: str) -> Path:
+    """Check file `name` of checkpoint folder `d` against the sha256 in its meta.json."""
+    path = d / name
+    want = meta["files"].get(name)
+    if want is None:
+        raise LmlabError(f"checkpoint {d} has no {name} (meta.json lists {sorted(meta['files'])})")
+    if not path.is_file():
+        raise LmlabError(
+            f"checkpoint file {path} is missing: the checkpoint is incomplete; "
+            "delete the folder and load another step"
+        )
+    if sha256_file(path) != want:
+        raise LmlabError(
+            f"checkpoint file {path} is corrupted or was modified (sha256 differs from meta.json): "
+            "delete the folder and load another step"
+        )
+    return path
+
+
+def build_model(model_config: dict, attention_modules=()) -> nn.Module:
+    """A fresh GPT from a saved config; attention classes registered outside lmlab.attention are imported."""
+    from lmlab.model import GPT, GPTConfig
+
+    for mod in attention_modules:
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise LmlabError(
+                f"the checkpoint's attention needs module {mod!r}, which does not import ({e})"
+            ) from None
+    try:
+        return GPT(GPTConfig.from_dict(model_config))
+    except ValueError as e:
+        raise LmlabError(f"checkpoint model config is invalid: {e}") from None
+
+
+def load(
+    run: str | Path, step: int | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict]:
+    """(model, meta) of checkpoint `step` of `run` (latest complete step by default), hash-checked."""
+    from safetensors.torch import load_model
+
+    d = resolve(run, step)
+    meta = read_meta(d)
+    path = verify(d, meta, MODEL_FILE)
+    model = build_model(meta["model_config"], meta.get("attention_modules", ()))
+    load_model(model, str(path), strict=True, device=str(device))
+    model.to(device)
+    meta["path"] = str(d)
+    return model, meta
+
+
+def load_into(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, run: str | Path, step: int | None = None
+) -> dict:
+    """Load weights (and optimizer state when given) of a checkpoint into existing objects; returns meta."""
+    from safetensors.torch import load_model
+
+    d = resolve(run, step)
+    meta = read_meta(d)
+    model = unwrap(model)
+    saved, current = meta["model_config"], model_config_dict(model)
+    if saved != current:
+        diff = {
+            k: (saved.get(k), current.get(k))
+            for k in set(saved) | set(current)
+            if saved.get(k) != current.get(k)
+        }
+        raise LmlabError(
+            f"checkpoint {d} was saved with a different model config {diff} (saved, current): "
+            "resume with the same model settings"
+        )
+    device = next(model.parameters()).device
+    load_model(model, str(verify(d, meta, MODEL_FILE)), strict=True, device=str(device))
+    if optimizer is not None:
+        state = torch.load(verify(d, meta, OPTIM_FILE), map_location=device, weights_only=True)
+        optimizer.load_state_dict(state)
+    meta["path"] = str(d)
+    return meta
+
+
+def seed_checkpoint(run: str | Path, model: nn.Module, **kwargs: Any) -> Path:
+    """Step 0: the initial weights, for same-init experiments (LMC, CALM, TTT)."""
+    return save(run, 0, model, **kwargs)

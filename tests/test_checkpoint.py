@@ -1,0 +1,149 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from lmlab import checkpoint as ck
+from lmlab.attention import MultiHeadAttention, register_attention
+from lmlab.model import GPT, GPTConfig
+from lmlab.train import make_optimizer
+from lmlab.utils import LmlabError
+
+
+@register_attention("test_gained_mha")
+class GainedMHA(MultiHeadAttention):
+    """MHA with an extra learned per-head gain whose initial value comes from attention_options."""
+
+    def __init__(self, cfg, layer_idx):
+        super().__init__(cfg, layer_idx)
+        self.gain0 = cfg.attention_options.get("gain", 1.0)
+        self.head_gain = nn.Parameter(torch.full((cfg.n_heads,), self.gain0))
+
+    def reset_custom_parameters(self):
+        nn.init.constant_(self.head_gain, self.gain0)
+
+    def forward(self, x, rope, ctx):
+        return super().forward(x, rope, ctx) * self.head_gain.mean()
+
+
+def tiny(**kw):
+    return GPTConfig(**{"vocab_size": 61, "n_layers": 2, "n_heads": 2, "d_model": 32, "seq_len": 16, **kw})
+
+
+def trained(cfg, steps=2):
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    opt = make_optimizer(model, 1e-2, 0.1)
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    for _ in range(steps):
+        opt.zero_grad()
+        model(x, x).backward()
+        opt.step()
+    return model, opt, x
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        tiny(),
+        tiny(tie_embeddings=False),
+        tiny(layer_attention=["mha", "test_gained_mha"], attention_options={"gain": 0.5}, n_kv_heads=1),
+    ],
+    ids=["tied", "untied", "custom-attention"],
+)
+def test_roundtrip(tmp_path, cfg):
+    model, opt, x = trained(cfg)
+    path = ck.save(tmp_path, 3, model, opt, config={"k": "v"}, tokens_seen=96, data_state={"pos": 5})
+    assert sorted(p.name for p in path.iterdir()) == ["meta.json", "model.safetensors", "optim.pt"]
+    loaded, meta = ck.load(tmp_path)
+    assert meta["step"] == 3 and meta["tokens_seen"] == 96 and meta["data_state"] == {"pos": 5}
+    assert meta["run_config"] == {"k": "v"} and meta["content_hash"] == meta["files"]["model.safetensors"]
+    assert loaded.cfg == model.cfg
+    assert (loaded.lm_head.weight is loaded.embed.weight) == cfg.tie_embeddings
+    for (n, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert torch.equal(model(x), loaded(x))
+    if cfg.layer_attention:
+        assert type(loaded.blocks[1].attn) is GainedMHA and "test_checkpoint" in meta["attention_modules"][-1]
+
+
+def test_optimizer_and_rng_roundtrip(tmp_path):
+    model, opt, x = trained(tiny())
+    torch.manual_seed(123)
+    ck.save(tmp_path, 1, model, opt)
+    expected = torch.rand(3)
+    model2 = GPT(tiny())
+    opt2 = make_optimizer(model2, 1e-2, 0.1)
+    meta = ck.load_into(model2, opt2, tmp_path)
+    ck.set_rng_state(json.loads(json.dumps(meta["rng"])))
+    assert torch.equal(torch.rand(3), expected)
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert s1.keys() == s2.keys()
+    assert all(torch.equal(s1[k]["exp_avg_sq"], s2[k]["exp_avg_sq"]) for k in s1)
+    for o in (opt, opt2):  # one more identical step keeps them identical
+        o.zero_grad()
+    model(x, x).backward()
+    model2(x, x).backward()
+    opt.step()
+    opt2.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+
+
+def test_latest_step_and_listing(tmp_path):
+    model, _, _ = trained(tiny(), steps=0)
+    for step in (0, 10, 5):
+        ck.save(tmp_path, step, model)
+    (tmp_path / ".tmp-step_000020-999").mkdir()  # a save killed midway
+    (tmp_path / "step_000030").mkdir()  # no meta.json: not complete
+    assert ck.list_steps(tmp_path) == [0, 5, 10]
+    assert ck.load(tmp_path)[1]["step"] == 10
+    assert ck.load(tmp_path, step=0)[1]["step"] == 0
+    with pytest.raises(LmlabError, match="available steps"):
+        ck.load(tmp_path, step=7)
+    with pytest.raises(LmlabError, match="meta.json is missing"):
+        ck.load(tmp_path, step=30)
+    ck.remove_partial(tmp_path)
+    assert not (tmp_path / ".tmp-step_000020-999").exists()
+
+
+def test_interrupted_replacement_is_restored(tmp_path):
+    model, _, _ = trained(tiny(), steps=0)
+    ck.save(tmp_path, 4, model)
+    (tmp_path / "step_000004").rename(tmp_path / ".old-step_000004-123")  # killed between the two renames
+    ck.remove_partial(tmp_path)
+    assert ck.list_steps(tmp_path) == [4]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "meta"])
+def test_damaged_checkpoint_is_refused(tmp_path, damage):
+    model, opt, _ = trained(tiny())
+    d = ck.save(tmp_path, 2, model, opt)
+    f = d / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x01
+        f.write_bytes(bytes(data))
+    elif damage == "truncate":
+        f.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        (d / "meta.json").write_text((d / "meta.json").read_text()[:50])
+    with pytest.raises(LmlabError) as e:
+        ck.load(tmp_path)
+    assert str(d / ("meta.json" if damage == "meta" else "model.safetensors")) in str(e.value)
+
+
+def test_damaged_optimizer_state_is_refused(tmp_path):
+    model, opt, _ = trained(tiny())
+    d = ck.save(tmp_path, 2, model, opt)
+    with open(d / "optim.pt", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(LmlabError, match="optim.pt"):
+        ck.load_into(GPT(tiny()), make_optimizer(model, 1e-2), tmp_path)
+
+
+def test_resume_into_a_different_model_is_refused(tmp_path):
+    model, _, _ = trained(tiny(), steps=0)
+    ck.save(tmp_path, 0, model)
+    with pytest.raises(LmlabError, match="different model config"):
+        ck.load_into(GPT(tiny(n_layers=3)), None, tmp_path)

@@ -1,0 +1,53 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmlab.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
+from lmlab.utils import LmlabError
+
+ALPHABET = "abcdefghij ,.\n<>"
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    texts = [f"the {w} sat on the mat number {i}. ünïcödé → ok" for i in range(60) for w in ("cat", "dog")]
+    return BPETokenizer.train(texts, vocab_size=400, specials=["<sep>", "<ans>"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=ALPHABET, max_size=40))
+def test_char_round_trip(text):
+    tok = CharTokenizer(ALPHABET, specials=["<pad>", "<bos>", "<eos>", "<sep>"])
+    ids = tok.encode(text, bos=True, eos=True)
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    assert tok.decode(ids[1:-1]) == text
+
+
+def test_char_specials_are_single_ids_and_skippable(tmp_path):
+    tok = CharTokenizer.from_text("ab=", specials=["<sep>"])
+    assert tok.specials[:3] == ["<pad>", "<bos>", "<eos>"] and tok.pad_id == 0
+    ids = tok.encode("ab<sep>ba")
+    assert ids.count(tok.token_id("<sep>")) == 1 and len(ids) == 5
+    assert tok.decode(ids) == "ab<sep>ba" and tok.decode(ids, skip_special=True) == "abba"
+    tok.save(tmp_path)
+    again = Tokenizer.load(tmp_path)
+    assert again.encode("ab<sep>ba") == ids and again.vocab_size == tok.vocab_size
+    with pytest.raises(LmlabError, match="not in the tokenizer"):
+        tok.encode("abc")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(max_size=30))
+def test_bpe_round_trips_any_text(bpe, text):
+    assert bpe.decode(bpe.encode(text)) == text  # byte-level: nothing is out of vocabulary
+
+
+def test_bpe_specials_save_load(bpe, tmp_path):
+    assert bpe.vocab_size <= 400
+    ids = bpe.encode("the cat<sep>42", bos=True)
+    assert ids[0] == bpe.bos_id and bpe.token_id("<sep>") in ids
+    assert len(bpe.encode("the cat sat on the mat")) < len("the cat sat on the mat") / 2  # merges learned
+    bpe.save(tmp_path / "tok.json")
+    again = Tokenizer.load(tmp_path / "tok.json")
+    assert isinstance(again, BPETokenizer) and again.encode("the cat<sep>42", bos=True) == ids
+    assert again.decode(ids, skip_special=True) == "the cat42"

@@ -1,0 +1,232 @@
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmlab import checkpoint as ck
+from lmlab.config import load_config
+from lmlab.model import GPT, GPTConfig
+from lmlab.train import TrainingDiverged, lm_loss, lr_at, make_optimizer, peak_flops, pretrain, train_step
+
+MICRO = {
+    "model.n_layers": 1,
+    "model.n_heads": 2,
+    "model.d_model": 32,
+    "model.seq_len": 32,
+    "data.sources": [
+        {"kind": "synthetic", "generator": "grammar", "weight": 3},
+        {"kind": "synthetic", "generator": "arithmetic", "weight": 1},
+    ],
+    "data.buffer_docs": 16,
+    "train.batch_size": 4,
+    "train.max_steps": 8,
+    "train.warmup": 2,
+    "train.lr": 1e-2,
+    "train.save_every": 3,
+    "train.eval_every": 4,
+    "train.eval_batches": 1,
+    "train.log_every": 1,
+    "train.device": "cpu",
+    "train.threads": 1,
+    "train.progress": False,
+    "train.tensorboard": False,
+}
+
+
+def micro_cfg(**kw):
+    return load_config(None, {**MICRO, **{k.replace("__", "."): v for k, v in kw.items()}})
+
+
+def final_weights(run):
+    model, meta = ck.load(run)
+    return model.state_dict(), meta
+
+
+def assert_same(a, b, exact=True):
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 8-step run (TensorBoard on)."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    pretrain(micro_cfg(train__tensorboard=True), out)
+    return out
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    torch.manual_seed(0)
+    a = GPT(GPTConfig(vocab_size=40, n_layers=2, n_heads=2, d_model=32, seq_len=16))
+    b = copy.deepcopy(a)
+    x = torch.randint(0, 40, (8, 16))
+    opt_a, opt_b = make_optimizer(a, 1e-2, 0.1), make_optimizer(b, 1e-2, 0.1)
+    micro = [(x[i : i + 2], x[i : i + 2].roll(-1, 1)) for i in range(0, 8, 2)]
+    la, na, _ = train_step(a, opt_a, micro, lm_loss, grad_clip=0.5)
+    lb, nb, _ = train_step(b, opt_b, [(x, x.roll(-1, 1))], lm_loss, grad_clip=0.5)
+    torch.testing.assert_close(la, lb)
+    torch.testing.assert_close(na, nb)
+    assert na > 0.5  # clipping was active
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_step_is_not_applied():
+    model = GPT(GPTConfig(vocab_size=40, n_layers=1, n_heads=2, d_model=16, seq_len=8))
+    before = copy.deepcopy(model.state_dict())
+    opt = make_optimizer(model, 1e-2)
+    x = torch.randint(0, 40, (2, 8))
+    _, _, applied = train_step(model, opt, [(x, x)], lambda m, b: m(*b) * float("nan"))
+    assert not applied
+    assert_same(before, model.state_dict())
+
+
+def test_lr_schedule():
+    assert lr_at(0, 100, 1.0, warmup=10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, warmup=10) == pytest.approx(1.0)
+    assert lr_at(10, 100, 1.0, warmup=10) == pytest.approx(1.0)
+    assert lr_at(100, 100, 1.0, warmup=10, min_lr_frac=0.1) == pytest.approx(0.1)
+    assert lr_at(55, 100, 1.0, warmup=10, min_lr_frac=0.0) == pytest.approx(0.5)
+    assert peak_flops(torch.device("cpu")) is None
+
+
+def test_pretrain_writes_run_folder(reference):
+    assert ck.list_steps(reference) == [0, 3, 6, 8]
+    for name in ("config.yaml", "tokenizer.json", "metrics.jsonl"):
+        assert (reference / name).is_file()
+    assert any((reference / "tb").glob("events.out.tfevents.*"))
+    recs = [json.loads(ln) for ln in (reference / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in recs if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 9))
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert [r["step"] for r in recs if "val_loss" in r] == [4, 8]
+    _, meta = final_weights(reference)
+    assert meta["tokens_seen"] == 8 * 4 * 32 and meta["data_state"]["rows_emitted"] == 8 * 4
+    seed, _ = ck.load(reference, step=0)  # the seed checkpoint is the initialisation
+    torch.manual_seed(0)
+    assert_same(seed.state_dict(), GPT(seed.cfg).state_dict())
+
+
+def test_existing_run_needs_resume(reference):
+    with pytest.raises(Exception, match="--resume"):
+        pretrain(micro_cfg(), reference)
+
+
+def test_sigint_saves_and_resume_is_bit_identical(reference, tmp_path):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+
+    def interrupting_loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:  # during step 5: like Ctrl-C
+            signal.raise_signal(signal.SIGINT)
+        return lm_loss(model, batch)
+
+    res = pretrain(micro_cfg(), out, loss_fn=interrupting_loss)
+    assert res["interrupted"] and res["step"] == 5 and ck.list_steps(out) == [0, 3, 5]
+    res = pretrain(micro_cfg(), out, resume=True)
+    assert res["step"] == 8 and not res["interrupted"]
+    assert_same(final_weights(reference)[0], final_weights(out)[0])
+    ref_losses = [json.loads(ln).get("loss") for ln in (reference / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(ln).get("loss") for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert losses == ref_losses
+
+
+def test_kill9_between_checkpoints_then_resume_is_bit_identical(tmp_path):
+    # a slower run (more steps, larger batch) so that the kill lands between checkpoints
+    kw = {"train__max_steps": 40, "train__save_every": 10, "train__batch_size": 8, "train__eval_every": 0}
+    ref = tmp_path / "ref"
+    pretrain(micro_cfg(**kw), ref)
+    cfg = tmp_path / "cfg.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump(micro_cfg(**kw).to_dict()))
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmlab.cli", "pretrain", "--config", str(cfg), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:  # wait until it is past step 12 (checkpoint 10 written)
+            if metrics.exists() and sum(1 for _ in metrics.open()) >= 12:
+                break
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    steps = ck.list_steps(out)
+    assert 10 <= steps[-1] < 40, steps  # killed mid-run
+    res = pretrain(micro_cfg(**kw), out, resume=True)
+    assert res["step"] == 40
+    assert_same(final_weights(ref)[0], final_weights(out)[0])
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+
+    def exploding_loss(model, batch):
+        calls["n"] += 1
+        loss = lm_loss(model, batch)
+        return loss * float("inf") if calls["n"] == 5 else loss
+
+    with pytest.raises(TrainingDiverged, match="step 5") as e:
+        pretrain(micro_cfg(), out, loss_fn=exploding_loss)
+    assert "step_000003" in str(e.value)
+    assert ck.list_steps(out) == [0, 3]
+    ck.load(out)  # the last good checkpoint is intact
+
+
+def test_ddp_gloo_two_processes_equal_single_process_accumulation(tmp_path):
+    import yaml
+
+    single = tmp_path / "single"
+    pretrain(
+        micro_cfg(train__batch_size=2, train__grad_accum=2, train__max_steps=4, train__eval_every=0), single
+    )
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(
+        yaml.safe_dump(micro_cfg(train__batch_size=2, train__max_steps=4, train__eval_every=0).to_dict())
+    )
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "lmlab.cli",
+        "pretrain",
+        "--config",
+        str(cfg),
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if sys.platform == "linux":
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # no dependence on the hostname resolving
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parent)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert ck.list_steps(out) == [0, 3, 4]
+    a, meta_a = final_weights(single)
+    b, meta_b = final_weights(out)
+    assert meta_a["tokens_seen"] == meta_b["tokens_seen"] and meta_a["data_state"] == meta_b["data_state"]
+    assert_same(a, b, exact=False)
