@@ -1,36 +1,72 @@
-"""Hugging Face interop: load local `transformers` models behind the small interface lmlab's methods use.
+"""Hugging Face interop: local `transformers` models behind lmlab's interface, and export to Llama.
 
 Everything is offline (`local_files_only=True`). Architectures with named projections are
-Llama, Qwen2/3, Mistral, OLMo (`model.layers[i].self_attn.{q,k,v,o}_proj`) and GPT-2 (fused `c_attn`).
+Llama, Qwen2/3, Mistral, OLMo (`model.layers[i].self_attn.{q,k,v,o}_proj`), GPT-2 (fused `c_attn`),
+BERT-like encoders (`attention.self.{query,key,value}`) and T5 (`SelfAttention.{q,k,v,o}`).
+
+`HFModel` wraps a causal LM so that lmlab code runs on it unchanged: `model(idx)` -> logits,
+`model(idx, targets)` -> loss over targets != -100, `key_mask`/`positions`/`inputs_embeds`/
+`return_hidden`, `new_cache()` for `lmlab.generate`, and TransformerLens-named hook points
+(`hook_embed`, `blocks.{i}.hook_resid_pre|hook_attn_out|hook_resid_mid|hook_mlp_out|hook_resid_post`,
+`blocks.{i}.attn.hook_q|hook_k|hook_v|hook_z|hook_pattern`, `blocks.{i}.mlp.hook_pre|hook_post`) that work
+with `lmlab.hooks.hooks` and `run_with_cache`. They are forward hooks on the HF modules routed through
+lmlab `HookPoint`s, so a hook may read or replace the activation (except `hook_pattern`: read-only, and
+the model switches to eager attention while it is hooked). Adapter conventions: `hook_q/k/v` are the
+projection outputs shaped (B, H, T, D) before RoPE/QK-norm (lmlab's own are after RoPE); `hook_z` is the
+input of the output projection shaped (B, H, T, D).
+
+`export_llama(gpt, dir, tokenizer)` writes an lmlab GPT (standard attention, SwiGLU) as a Llama
+checkpoint with a `PreTrainedTokenizerFast`; `from_llama(dir)` reads such a checkpoint back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from pathlib import Path
 
-import torch.nn as nn
+import torch
+import torch.nn.functional as F
+from torch import nn
 
+from lmlab.hooks import HookPoint
 from lmlab.utils import LmlabError
 
 KINDS = ("causal", "seq2seq", "encoder", "classifier")
 
 
-def load_model(path: str | Path, kind: str = "causal", **kwargs) -> nn.Module:
-    """Load a local HF model directory; kind: causal | seq2seq | encoder | classifier."""
+# ============================================================================ loading
+def load_model(path: str | Path, kind: str = "causal", *, wrap: bool = False, **kwargs) -> nn.Module:
+    """Load a local HF model directory; kind: causal | seq2seq | encoder | classifier.
+
+    wrap=True (causal only) returns an `HFModel` adapter instead of the raw transformers model.
+    """
     import transformers as tf
 
     p = Path(path)
     if not p.is_dir() or not (p / "config.json").exists():
-        raise LmlabError(f"{p} is not a Hugging Face model directory (no config.json): pass a folder saved "
-                         "with save_pretrained (weights cannot be downloaded here)")
-    auto = {"causal": tf.AutoModelForCausalLM, "seq2seq": tf.AutoModelForSeq2SeqLM, "encoder": tf.AutoModel,
-            "classifier": tf.AutoModelForSequenceClassification}
+        raise LmlabError(
+            f"{p} is not a Hugging Face model directory (no config.json): pass a folder saved "
+            "with save_pretrained (weights cannot be downloaded here)"
+        )
+    auto = {
+        "causal": tf.AutoModelForCausalLM,
+        "seq2seq": tf.AutoModelForSeq2SeqLM,
+        "encoder": tf.AutoModel,
+        "classifier": tf.AutoModelForSequenceClassification,
+    }
     if kind not in auto:
         raise LmlabError(f"unknown model kind {kind!r}; choose from {', '.join(KINDS)}")
+    if wrap and kind != "causal":
+        raise LmlabError(
+            f"wrap=True gives the causal-LM adapter; kind={kind!r} models are returned unwrapped"
+        )
     try:
-        return auto[kind].from_pretrained(str(p), local_files_only=True, **kwargs)
+        model = auto[kind].from_pretrained(str(p), local_files_only=True, **kwargs)
     except (OSError, ValueError, KeyError) as e:
         raise LmlabError(f"could not load {p} as a {kind} model: {e}") from e
+    model.eval()
+    return HFModel(model) if wrap else model
 
 
 def load_tokenizer(path: str | Path):
@@ -42,37 +78,651 @@ def load_tokenizer(path: str | Path):
         raise LmlabError(f"no tokenizer in {path}: {e}") from e
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.hf if isinstance(model, HFModel) else model
+
+
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The list of transformer blocks of an lmlab GPT or a HF decoder model."""
+    """The list of transformer blocks of an lmlab GPT, an HFModel or a HF decoder model."""
+    model = _unwrap(model)
     if hasattr(model, "blocks"):  # lmlab GPT
         return list(model.blocks)
     base = getattr(model, "model", None) or getattr(model, "transformer", None) or model
+    if hasattr(base, "decoder") and hasattr(base.decoder, "layers"):  # e.g. OPT-style nesting
+        base = base.decoder
     for attr in ("layers", "h", "blocks"):
         if hasattr(base, attr):
             return list(getattr(base, attr))
-    raise LmlabError(f"cannot find the decoder layers of {type(model).__name__}: supported are lmlab GPT, "
-                     "Llama/Qwen/Mistral/OLMo (model.layers) and GPT-2 (transformer.h)")
+    raise LmlabError(
+        f"cannot find the decoder layers of {type(model).__name__}: supported are lmlab GPT, "
+        "Llama/Qwen/Mistral/OLMo (model.layers) and GPT-2 (transformer.h)"
+    )
 
 
-def attention_projections(model: nn.Module) -> list[dict[str, nn.Module]]:
-    """Per layer {"q": ..., "k": ..., "v": ..., "o": ...} linear modules (GPT-2: {"qkv": c_attn, "o": c_proj})."""
+def encoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The blocks of a BERT-like encoder (`encoder.layer`) or a T5 encoder (`encoder.block`)."""
+    enc = getattr(model, "encoder", None)
+    if enc is None:
+        base = getattr(model, model.base_model_prefix, None) if hasattr(model, "base_model_prefix") else None
+        enc = getattr(base, "encoder", None)
+    for attr in ("layer", "block", "layers"):
+        if enc is not None and hasattr(enc, attr):
+            return list(getattr(enc, attr))
+    raise LmlabError(
+        f"cannot find the encoder layers of {type(model).__name__}: supported are BERT-like "
+        "(encoder.layer) and T5 (encoder.block) models"
+    )
+
+
+def _attn_projections(attn: nn.Module) -> dict[str, nn.Module] | None:
+    if hasattr(attn, "q_proj"):
+        return {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj, "o": attn.o_proj}
+    if hasattr(attn, "c_attn"):
+        return {"qkv": attn.c_attn, "o": attn.c_proj}
+    if hasattr(attn, "self") and hasattr(attn.self, "query"):  # BERT: attention.self / attention.output
+        return {"q": attn.self.query, "k": attn.self.key, "v": attn.self.value, "o": attn.output.dense}
+    if hasattr(attn, "q") and hasattr(attn, "o"):  # T5
+        return {"q": attn.q, "k": attn.k, "v": attn.v, "o": attn.o}
+    return None
+
+
+def attention_projections(model: nn.Module, encoder: bool = False) -> list[dict[str, nn.Module]]:
+    """Per layer {"q", "k", "v", "o"} linear modules (GPT-2: {"qkv": c_attn, "o": c_proj}).
+
+    encoder=True: the self-attention of encoder layers (BERT-like, T5 encoder).
+    """
     out = []
-    for layer in decoder_layers(model):
-        attn = getattr(layer, "attn", None) or getattr(layer, "self_attn", None) or getattr(layer, "attention", None)
-        if attn is None:
-            raise LmlabError(f"no attention module found in {type(layer).__name__}")
-        if hasattr(attn, "q_proj"):
-            out.append({"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj, "o": attn.o_proj})
-        elif hasattr(attn, "c_attn"):
-            out.append({"qkv": attn.c_attn, "o": attn.c_proj})
-        else:
-            raise LmlabError(f"{type(attn).__name__} has no named q/k/v projections")
+    for layer in encoder_layers(model) if encoder else decoder_layers(model):
+        attn = (
+            getattr(layer, "attn", None)
+            or getattr(layer, "self_attn", None)
+            or getattr(layer, "attention", None)
+        )
+        if attn is None and hasattr(layer, "layer"):  # T5 block: layer[0] is T5LayerSelfAttention
+            attn = getattr(layer.layer[0], "SelfAttention", None)
+        proj = _attn_projections(attn) if attn is not None else None
+        if proj is None:
+            raise LmlabError(f"{type(layer).__name__} has no named q/k/v projections")
+        out.append(proj)
     return out
 
 
 def hidden_size(model: nn.Module) -> int:
+    model = _unwrap(model)
     cfg = getattr(model, "cfg", None)
     if cfg is not None and hasattr(cfg, "d_model"):
         return cfg.d_model
     c = model.config
     return getattr(c, "hidden_size", None) or getattr(c, "n_embd", None) or c.d_model
+
+
+@torch.no_grad()
+def embed_texts(
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    batch_size: int = 32,
+    normalize: bool = True,
+    max_length: int = 256,
+) -> torch.Tensor:
+    """Mean-pooled sentence embeddings (B, d) from an encoder (e.g. the packaged all-MiniLM-L6-v2)."""
+    dev = next(model.parameters()).device
+    chunks = []
+    for s in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            texts[s : s + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        ).to(dev)
+        h = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+        e = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        chunks.append(F.normalize(e, dim=-1) if normalize else e)
+    return torch.cat(chunks).float()
+
+
+# ============================================================================ causal-LM adapter
+class _HookSet(nn.Module):
+    def __init__(self, names):
+        super().__init__()
+        for n in names:
+            setattr(self, n, HookPoint())
+
+
+class _BlockHooks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        for n in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
+            setattr(self, n, HookPoint())
+        self.attn = _HookSet(("hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern"))
+        self.mlp = _HookSet(("hook_pre", "hook_post"))
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _replace_first(out, new):
+    return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
+
+
+def _route(hp: HookPoint, act: torch.Tensor, view=None, unview=None):
+    """Pass an activation through a HookPoint; return the replacement or None when unchanged."""
+    v = view(act) if view else act
+    new = hp(v)
+    if new is v:
+        return None
+    return unview(new) if unview else new
+
+
+def _output_hook(hp: HookPoint, view=None, unview=None):
+    def fn(mod, args, out):
+        if not hp.active():
+            return None
+        new = _route(hp, _first(out), view, unview)
+        return None if new is None else _replace_first(out, new)
+
+    return fn
+
+
+def _input_hook(hp: HookPoint, view=None, unview=None, kwarg: str = "hidden_states"):
+    def fn(mod, args, kwargs):
+        if not hp.active():
+            return None
+        if args:
+            new = _route(hp, args[0], view, unview)
+            return None if new is None else ((new,) + tuple(args[1:]), kwargs)
+        new = _route(hp, kwargs[kwarg], view, unview)
+        return None if new is None else (args, {**kwargs, kwarg: new})
+
+    return fn
+
+
+def _heads_view(n_heads: int, head_dim: int):
+    def view(x):  # (B, T, H*D) -> (B, H, T, D)
+        b, t, _ = x.shape
+        return x.view(b, t, n_heads, head_dim).transpose(1, 2)
+
+    def unview(x):
+        b, h, t, d = x.shape
+        return x.transpose(1, 2).reshape(b, t, h * d)
+
+    return view, unview
+
+
+class HFCache:
+    """Decoding state of an `HFModel`: the transformers cache plus the running attention mask/positions."""
+
+    def __init__(self, batch_size: int, device):
+        self.past = None
+        self.mask = torch.zeros(batch_size, 0, dtype=torch.bool, device=device)
+        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.frozen = False
+
+    @property
+    def length(self) -> int:
+        return self.mask.shape[1]
+
+
+class HFModel(nn.Module):
+    """A `transformers` causal LM behind lmlab's GPT interface (see the module docstring)."""
+
+    def __init__(self, hf_model: nn.Module, tokenizer=None):
+        super().__init__()
+        self.hf = hf_model
+        self.tokenizer = tokenizer
+        c = hf_model.config
+        self.config = c
+        self.n_layers = len(decoder_layers(hf_model))
+        self.n_heads = getattr(c, "num_attention_heads", None) or c.n_head
+        self.n_kv_heads = getattr(c, "num_key_value_heads", None) or self.n_heads
+        self.d_model = hidden_size(hf_model)
+        self.head_dim = getattr(c, "head_dim", None) or self.d_model // self.n_heads
+        self.vocab_size = c.vocab_size
+        self.hook_embed = HookPoint()
+        self.blocks = nn.ModuleList(_BlockHooks() for _ in range(self.n_layers))
+        self._handles = []
+        self._install_hooks()
+        self.train(
+            hf_model.training
+        )  # mirror the wrapped model's mode (dropout) instead of nn.Module's default
+        self._cache_kwarg = (
+            "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
+        )
+
+    # ------------------------------------------------------------ hooks
+    def _install_hooks(self) -> None:
+        reg = self._handles.append
+        reg(self.hf.get_input_embeddings().register_forward_hook(_output_hook(self.hook_embed)))
+        q_view = _heads_view(self.n_heads, self.head_dim)
+        kv_view = _heads_view(self.n_kv_heads, self.head_dim)
+        for layer, hk in zip(decoder_layers(self.hf), self.blocks):
+            attn = getattr(layer, "self_attn", None) or getattr(layer, "attn", None)
+            mlp = getattr(layer, "mlp", None)
+            if attn is None or mlp is None:
+                raise LmlabError(f"{type(layer).__name__}: no self_attn/attn and mlp submodules to hook")
+            reg(layer.register_forward_pre_hook(_input_hook(hk.hook_resid_pre), with_kwargs=True))
+            reg(layer.register_forward_hook(_output_hook(hk.hook_resid_post)))
+            post_norm = hasattr(layer, "post_feedforward_layernorm") and not hasattr(
+                layer, "pre_feedforward_layernorm"
+            )
+            if post_norm:  # OLMo2-style: the normed sublayer outputs are what enters the residual
+                reg(layer.post_attention_layernorm.register_forward_hook(_output_hook(hk.hook_attn_out)))
+                reg(layer.post_feedforward_layernorm.register_forward_hook(_output_hook(hk.hook_mlp_out)))
+                reg(
+                    mlp.register_forward_pre_hook(_input_hook(hk.hook_resid_mid, kwarg="x"), with_kwargs=True)
+                )
+            else:
+                reg(attn.register_forward_hook(_output_hook(hk.hook_attn_out)))
+                reg(mlp.register_forward_hook(_output_hook(hk.hook_mlp_out)))
+                mid = (
+                    getattr(layer, "pre_feedforward_layernorm", None)
+                    or getattr(layer, "post_attention_layernorm", None)
+                    or getattr(layer, "ln_2", None)
+                )
+                if mid is not None:
+                    reg(mid.register_forward_pre_hook(_input_hook(hk.hook_resid_mid), with_kwargs=True))
+            reg(attn.register_forward_hook(self._pattern_hook(hk.attn.hook_pattern)))
+            proj = _attn_projections(attn)
+            if proj is not None and "q" in proj:
+                reg(proj["q"].register_forward_hook(_output_hook(hk.attn.hook_q, *q_view)))
+                reg(proj["k"].register_forward_hook(_output_hook(hk.attn.hook_k, *kv_view)))
+                reg(proj["v"].register_forward_hook(_output_hook(hk.attn.hook_v, *kv_view)))
+            elif proj is not None:
+                reg(proj["qkv"].register_forward_hook(self._fused_qkv_hook(hk.attn)))
+            if proj is not None:
+                reg(
+                    proj["o"].register_forward_pre_hook(
+                        _input_hook(hk.attn.hook_z, *q_view), with_kwargs=True
+                    )
+                )
+            pre = (
+                getattr(mlp, "gate_proj", None)
+                or getattr(mlp, "up_proj", None)
+                or getattr(mlp, "c_fc", None)
+                or getattr(mlp, "fc1", None)
+            )
+            down = (
+                getattr(mlp, "down_proj", None) or getattr(mlp, "c_proj", None) or getattr(mlp, "fc2", None)
+            )
+            if pre is not None:
+                reg(pre.register_forward_hook(_output_hook(hk.mlp.hook_pre)))
+            if down is not None:
+                reg(down.register_forward_pre_hook(_input_hook(hk.mlp.hook_post), with_kwargs=True))
+
+    def _fused_qkv_hook(self, hooks: _HookSet):
+        view, unview = _heads_view(self.n_heads, self.head_dim)
+
+        def fn(mod, args, out):
+            points = (hooks.hook_q, hooks.hook_k, hooks.hook_v)
+            if not any(p.active() for p in points):
+                return None
+            parts = list(out.split(out.shape[-1] // 3, dim=-1))
+            changed = False
+            for i, p in enumerate(points):
+                if p.active():
+                    new = _route(p, parts[i], view, unview)
+                    if new is not None:
+                        parts[i], changed = new, True
+            return torch.cat(parts, -1) if changed else None
+
+        return fn
+
+    @staticmethod
+    def _pattern_hook(hp: HookPoint):
+        def fn(mod, args, out):
+            if not hp.active():
+                return
+            weights = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+            if weights is None:
+                raise LmlabError(
+                    "this attention module returned no attention weights: hook_pattern needs eager "
+                    "attention (load with attn_implementation='eager')"
+                )
+            if hp(weights) is not weights:
+                raise LmlabError(
+                    "hook_pattern is read-only on Hugging Face models: patch hook_z or hook_v instead"
+                )
+            return
+
+        return fn
+
+    @contextlib.contextmanager
+    def _eager_if_pattern_hooked(self):
+        if not any(b.attn.hook_pattern.active() for b in self.blocks):
+            yield
+            return
+        old = self.hf.config._attn_implementation
+        self.hf.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.hf.set_attn_implementation(old)
+
+    # ------------------------------------------------------------ lmlab interface
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> HFCache:
+        return HFCache(batch_size, next(self.hf.parameters()).device)
+
+    def forward(
+        self,
+        idx: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        *,
+        cache: HFCache | None = None,
+        positions: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        loss_reduction: str = "mean",
+        return_hidden: bool = False,
+    ):
+        """Same contract as `lmlab.model.GPT.forward` (targets are next-token ids, -100 = ignored)."""
+        if cache is not None and cache.frozen:
+            raise LmlabError("frozen caches (qTTT) are only supported by lmlab GPT models")
+        src = idx if idx is not None else inputs_embeds
+        b, t = src.shape[:2]
+        dev = src.device
+        new_mask = key_mask.bool() if key_mask is not None else torch.ones(b, t, dtype=torch.bool, device=dev)
+        base = cache.next_pos if cache is not None else torch.zeros(b, dtype=torch.long, device=dev)
+        if positions is None:
+            positions = base[:, None] + (new_mask.long().cumsum(1) - 1).clamp(min=0)
+        full_mask = new_mask if cache is None else torch.cat([cache.mask, new_mask], 1)
+        kwargs = {
+            "input_ids": idx,
+            "inputs_embeds": inputs_embeds,
+            "position_ids": positions,
+            "attention_mask": None if (cache is None and key_mask is None) else full_mask.long(),
+            "use_cache": cache is not None,
+        }
+        if cache is not None and cache.past is not None:
+            kwargs[self._cache_kwarg] = cache.past
+        with self._eager_if_pattern_hooked():
+            if return_hidden:
+                out = self.hf.base_model(**kwargs)
+            else:
+                out = self.hf(**kwargs)
+        if cache is not None:
+            cache.past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            cache.mask = full_mask
+            cache.next_pos = positions[:, -1] + 1
+        if return_hidden:
+            return out.last_hidden_state
+        logits = out.logits
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=-100,
+            reduction="none",
+        ).view(b, t)
+        if loss_reduction == "none":
+            return loss
+        return loss.sum() / (targets != -100).sum().clamp(min=1)
+
+    def run_with_cache(self, *args, names=None, **kwargs):
+        from lmlab.hooks import run_with_cache
+
+        return run_with_cache(self, *args, names=names, **kwargs)
+
+    def attention_projections(self) -> list[dict[str, nn.Module]]:
+        return attention_projections(self.hf)
+
+
+def as_lmlab(model: nn.Module, tokenizer=None) -> nn.Module:
+    """An lmlab GPT or HFModel passes through; a transformers causal LM is wrapped in HFModel."""
+    if isinstance(model, HFModel) or hasattr(model, "new_cache"):
+        return model
+    return HFModel(model, tokenizer)
+
+
+@torch.no_grad()
+def generate_hf(
+    model: nn.Module,
+    prompts,
+    max_new_tokens: int | list[int] = 32,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens=None,
+    pad_id: int = 0,
+    seed: int | None = None,
+    cache_implementation: str | None = None,
+):
+    """Sample with transformers' own `generate()` and return an `lmlab.generate.Generation`.
+
+    Per-sequence stop sets and budgets are applied to HF's output (HF itself only knows global EOS ids).
+    Log-probs are under the temperature-scaled distribution, as in `lmlab.generate.generate`.
+    """
+    from lmlab.generate import Generation, _as_lists, _budgets, _left_pad, _stops
+
+    hf = _unwrap(model)
+    prompts = _as_lists(prompts)
+    b = len(prompts)
+    budgets, stops = _budgets(max_new_tokens, b), _stops(stop_tokens, b)
+    dev = next(hf.parameters()).device
+    ids, mask = _left_pad(prompts, pad_id, dev)
+    same_stops = all(s == stops[0] for s in stops) and stops[0]
+    kwargs = {
+        "max_new_tokens": max(budgets),
+        "pad_token_id": pad_id,
+        "return_dict_in_generate": True,
+        "output_logits": True,
+        "do_sample": temperature > 0,
+        "eos_token_id": sorted(stops[0]) if same_stops else None,
+    }
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p)
+    if cache_implementation:
+        kwargs["cache_implementation"] = cache_implementation
+    if seed is not None:
+        torch.manual_seed(seed)
+    was_training = hf.training
+    hf.eval()
+    out = hf.generate(input_ids=ids, attention_mask=mask.long(), **kwargs)
+    hf.train(was_training)
+    new = out.sequences[:, ids.shape[1] :].tolist()
+    logits = torch.stack(out.logits, 1).float()  # (B, steps, V) raw logits
+    if temperature > 0:
+        logits = logits / temperature
+    lp = torch.log_softmax(logits, -1).gather(-1, out.sequences[:, ids.shape[1] :, None]).squeeze(-1).tolist()
+    toks, lps, fin = [], [], []
+    for i in range(b):
+        n, hit = min(budgets[i], len(new[i])), False
+        for j in range(n):
+            if new[i][j] in stops[i]:
+                n, hit = j + 1, True
+                break
+        toks.append(new[i][:n])
+        lps.append(lp[i][:n])
+        fin.append(hit)
+    return Generation(toks, lps, fin)
+
+
+# ============================================================================ export to Llama
+def hf_tokenizer(tok):
+    """Wrap an lmlab tokenizer as a `transformers.PreTrainedTokenizerFast` with the same ids."""
+    from tokenizers import AddedToken, decoders, models
+    from tokenizers import Tokenizer as HFTok
+    from transformers import PreTrainedTokenizerFast
+
+    from lmlab.tokenizer import BPETokenizer, CharTokenizer
+
+    if isinstance(tok, BPETokenizer):
+        backend = HFTok.from_str(tok.tok.to_str())
+    elif isinstance(tok, CharTokenizer):
+        # BPE without merges on un-pre-tokenized text = one token per character
+        backend = HFTok(models.BPE(vocab=dict(tok.stoi), merges=[]))
+        backend.decoder = decoders.Fuse()
+        backend.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in tok.specials])
+    else:
+        raise LmlabError(
+            f"cannot convert a {type(tok).__name__} to a Hugging Face tokenizer: "
+            "use lmlab's CharTokenizer or BPETokenizer"
+        )
+    extra = [s for s in tok.specials if s not in ("<pad>", "<bos>", "<eos>")]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        additional_special_tokens=extra,
+    )
+
+
+def _check_exportable(cfg) -> None:
+    names = cfg.layer_attention or [cfg.attention]
+    bad = sorted({a for a in names if a != "mha"})
+    if bad:
+        raise LmlabError(
+            f"cannot export attention {', '.join(bad)} to Llama: only standard attention ('mha') "
+            "has a Llama equivalent (IHA's pseudo-heads and mixing have none)"
+        )
+    if cfg.mlp != "swiglu":
+        raise LmlabError(
+            f"cannot export mlp={cfg.mlp!r} to Llama: Llama's MLP is SwiGLU; train with "
+            "model.mlp=swiglu to export"
+        )
+
+
+def llama_config(cfg, tokenizer=None):
+    from transformers import LlamaConfig
+
+    ids = {}
+    if tokenizer is not None:
+        ids = {
+            "pad_token_id": tokenizer.pad_id,
+            "bos_token_id": tokenizer.bos_id,
+            "eos_token_id": tokenizer.eos_id,
+        }
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.hidden,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=cfg.seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        **ids,
+    )
+
+
+def to_llama(model) -> nn.Module:
+    """An in-memory `LlamaForCausalLM` with the weights of an lmlab GPT (same logits)."""
+    from transformers import LlamaForCausalLM
+
+    cfg = model.cfg
+    _check_exportable(cfg)
+    hf = LlamaForCausalLM(llama_config(cfg))
+    v = cfg.vocab_size
+    sd = {
+        "model.embed_tokens.weight": model.embed.weight[:v],
+        "model.norm.weight": model.ln_f.weight,
+        "lm_head.weight": model.lm_head.weight[:v],
+    }
+    for i, blk in enumerate(model.blocks):
+        p = f"model.layers.{i}."
+        a, m = blk.attn, blk.mlp
+        sd.update(
+            {
+                p + "input_layernorm.weight": blk.ln1.weight,
+                p + "post_attention_layernorm.weight": blk.ln2.weight,
+                p + "self_attn.q_proj.weight": a.q_proj.weight,
+                p + "self_attn.k_proj.weight": a.k_proj.weight,
+                p + "self_attn.v_proj.weight": a.v_proj.weight,
+                p + "self_attn.o_proj.weight": a.o_proj.weight,
+                p + "mlp.gate_proj.weight": m.gate_proj.weight,
+                p + "mlp.up_proj.weight": m.up_proj.weight,
+                p + "mlp.down_proj.weight": m.down_proj.weight,
+            }
+        )
+    sd = {k: t.detach().clone().float().cpu() for k, t in sd.items()}
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"export mapping is incomplete: missing {missing}, unexpected {unexpected}")
+    if cfg.tie_embeddings:
+        hf.tie_weights()
+    return hf.eval()
+
+
+def export_llama(model, out_dir: str | Path, tokenizer=None) -> Path:
+    """Write an lmlab GPT (mha attention, SwiGLU) as a Llama directory loadable with
+    `LlamaForCausalLM.from_pretrained(out_dir)`, plus the tokenizer when given."""
+    out = Path(out_dir)
+    hf = to_llama(model)
+    if tokenizer is not None:
+        for k, v in (
+            ("pad_token_id", tokenizer.pad_id),
+            ("bos_token_id", tokenizer.bos_id),
+            ("eos_token_id", tokenizer.eos_id),
+        ):
+            setattr(hf.config, k, v)
+            setattr(hf.generation_config, k, v)
+    out.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(out))
+    if tokenizer is not None:
+        hf_tokenizer(tokenizer).save_pretrained(str(out))
+    return out
+
+
+def from_llama(path_or_model) -> nn.Module:
+    """An lmlab GPT with the weights of a Llama checkpoint (directory or in-memory LlamaForCausalLM)."""
+    from lmlab.model import GPT, GPTConfig
+
+    hf = load_model(path_or_model) if isinstance(path_or_model, (str, Path)) else path_or_model
+    c = hf.config
+    if (
+        c.model_type != "llama"
+        or getattr(c, "attention_bias", False)
+        or getattr(c, "mlp_bias", False)
+        or getattr(c, "hidden_act", "silu") != "silu"
+    ):
+        raise LmlabError(f"from_llama reads plain Llama checkpoints (no biases, SiLU); got {c.model_type}")
+    rope = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
+    if (rope.get("rope_type") or rope.get("type") or "default") != "default":
+        raise LmlabError("from_llama: RoPE scaling is not supported by lmlab's GPT")
+    theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    if head_dim * c.num_attention_heads != c.hidden_size:
+        raise LmlabError("from_llama: lmlab's GPT needs head_dim * n_heads == hidden_size")
+    cfg = GPTConfig(
+        vocab_size=c.vocab_size,
+        n_layers=c.num_hidden_layers,
+        n_heads=c.num_attention_heads,
+        d_model=c.hidden_size,
+        n_kv_heads=c.num_key_value_heads,
+        seq_len=c.max_position_embeddings,
+        mlp="swiglu",
+        mlp_hidden=c.intermediate_size,
+        rope_theta=float(theta),
+        tie_embeddings=bool(c.tie_word_embeddings),
+        norm_eps=c.rms_norm_eps,
+    )
+    gpt = GPT(cfg)
+    sd = hf.state_dict()
+    v = c.vocab_size
+    with torch.no_grad():
+        gpt.embed.weight.zero_()
+        gpt.embed.weight[:v] = sd["model.embed_tokens.weight"]
+        if not cfg.tie_embeddings:
+            gpt.lm_head.weight.zero_()
+            gpt.lm_head.weight[:v] = sd["lm_head.weight"]
+        gpt.ln_f.weight.copy_(sd["model.norm.weight"])
+        for i, blk in enumerate(gpt.blocks):
+            p = f"model.layers.{i}."
+            blk.ln1.weight.copy_(sd[p + "input_layernorm.weight"])
+            blk.ln2.weight.copy_(sd[p + "post_attention_layernorm.weight"])
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                getattr(blk.attn, name).weight.copy_(sd[p + f"self_attn.{name}.weight"])
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                getattr(blk.mlp, name).weight.copy_(sd[p + f"mlp.{name}.weight"])
+    return gpt.eval()

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmlab.utils import atomic_write_json, atomic_write_text, to_jsonable
+
+NOT_EVALUATED = "not evaluated in this run"
 
 
 @dataclass
@@ -21,7 +24,7 @@ class Claim:
     id: str
     statement: str
     held: bool | None = None
-    evidence: str = "not evaluated in this run"
+    evidence: str = NOT_EVALUATED
 
 
 def verdict(held: bool | None) -> str:
@@ -31,8 +34,13 @@ def verdict(held: bool | None) -> str:
 def environment() -> dict[str, Any]:
     import torch
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-           "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
@@ -50,8 +58,10 @@ class Report:
     metrics: dict[str, Any] = field(default_factory=dict)
     sections: list[str] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
-    runtime_s: float | None = None
+    runtime_s: float | None = None  # wall clock
+    cpu_time_s: float | None = None  # this process's CPU time (steadier than wall time on a shared machine)
     error: str | None = None
+    device: str = ""
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -62,8 +72,11 @@ class Report:
         self.claims[cid] = Claim(cid, statement)
 
     def decide(self, cid: str, held: bool | None, evidence: str) -> None:
+        """Record a claim's verdict from this run's numbers; `held=None` needs the reason in `evidence`."""
         if cid not in self.claims:
             raise KeyError(f"unknown claim {cid!r}; declared: {sorted(self.claims)}")
+        if not str(evidence).strip():
+            raise ValueError(f"claim {cid!r}: evidence must state the numbers and margin (or why undecided)")
         c = self.claims[cid]
         c.held = None if held is None else bool(held)
         c.evidence = evidence
@@ -97,6 +110,20 @@ class Report:
 
         from lmlab.utils import atomic_write_bytes
 
+        unlabeled = [
+            i
+            for i, ax in enumerate(fig.axes)
+            if ax.get_visible()
+            and ax.axison
+            and ax.get_label() != "<colorbar>"
+            and not (ax.get_xlabel() and ax.get_ylabel())
+        ]
+        if unlabeled:
+            warnings.warn(
+                f"figure {name!r}: axes {unlabeled} lack an x or y label; figures must be readable "
+                "without the text (ax.set_xlabel / ax.set_ylabel)",
+                stacklevel=2,
+            )
         fname = name if name.endswith(".png") else f"{name}.png"
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -108,15 +135,27 @@ class Report:
 
     # ---- output
     def to_json(self) -> dict:
-        return to_jsonable({
-            "experiment": self.experiment, "paper": self.paper, "preset": self.preset, "seed": self.seed,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "runtime_s": self.runtime_s, "environment": environment(), "config": self.config,
-            "metrics": self.metrics, "error": self.error,
-            "claims": [{"id": c.id, "statement": c.statement, "held": c.held, "evidence": c.evidence}
-                       for c in self.claims.values()],
-            "figures": [f for f, _ in self.figures],
-        })
+        return to_jsonable(
+            {
+                "experiment": self.experiment,
+                "paper": self.paper,
+                "preset": self.preset,
+                "seed": self.seed,
+                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "runtime_s": self.runtime_s,
+                "cpu_time_s": self.cpu_time_s,
+                "device": self.device,
+                "environment": environment(),
+                "config": self.config,
+                "metrics": self.metrics,
+                "error": self.error,
+                "claims": [
+                    {"id": c.id, "statement": c.statement, "held": c.held, "evidence": c.evidence}
+                    for c in self.claims.values()
+                ],
+                "figures": [f for f, _ in self.figures],
+            }
+        )
 
     def to_markdown(self) -> str:
         env = environment()
@@ -125,13 +164,18 @@ class Report:
         if self.paper:
             lines += [f"Paper: {self.paper}", ""]
         rt = f"{self.runtime_s:.1f} s" if self.runtime_s is not None else "n/a"
-        lines += [f"Run: seed {self.seed}, {hw}, torch {env['torch']}, runtime {rt}.", ""]
+        if self.cpu_time_s is not None:
+            rt += f" (process CPU time {self.cpu_time_s:.1f} s)"
+        lines += [
+            f"Run: seed {self.seed}, {hw}, torch {env['torch']}, runtime {rt}. "
+            f"Reproduce with `lmlab run {self.experiment} --preset {self.preset} --seed {self.seed}`.",
+            "",
+        ]
         if self.error:
             lines += ["**The run failed:**", "", "```", self.error.strip(), "```", ""]
         lines += ["## Claims", "", "| id | claim | verdict at this scale | evidence |", "|---|---|---|---|"]
         for c in self.claims.values():
-            ev = c.evidence.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {c.id} | {c.statement} | **{verdict(c.held)}** | {ev} |")
+            lines.append(f"| {c.id} | {_cell(c.statement)} | **{verdict(c.held)}** | {_cell(c.evidence)} |")
         lines.append("")
         if self.sections:
             lines += ["## Results", ""] + self.sections
@@ -140,8 +184,14 @@ class Report:
         if self.config:
             import yaml
 
-            lines += ["## Configuration", "", "```yaml", yaml.safe_dump(to_jsonable(self.config), sort_keys=False)
-                      .strip(), "```", ""]
+            lines += [
+                "## Configuration",
+                "",
+                "```yaml",
+                yaml.safe_dump(to_jsonable(self.config), sort_keys=False).strip(),
+                "```",
+                "",
+            ]
         return "\n".join(lines)
 
     def write(self) -> Path:
@@ -150,35 +200,70 @@ class Report:
         return self.out_dir
 
 
+def _cell(text: str, limit: int | None = None) -> str:
+    """Text safe inside a markdown table cell."""
+    t = str(text).replace("|", "\\|").replace("\n", " ")
+    return t if limit is None or len(t) <= limit else t[: limit - 3] + "..."
+
+
 def write_report_card(out_dir: Path, reports: list[Report], preset: str) -> Path:
-    """REPORT.md: one row per claim of every experiment, with links to each report."""
+    """REPORT.md: one row per experiment (status, runtime, verdict counts) and one row per claim of every
+    experiment, with links to each report; report_card.json holds the same machine-readably."""
     out_dir = Path(out_dir)
     counts = {"held": 0, "not held": 0, "undecided": 0}
-    lines = [f"# lmlab report card — preset `{preset}`", "",
-             f"Date: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}; "
-             f"hardware: {environment().get('gpu') or 'CPU'}.", "",
-             "| experiment | claim | verdict | evidence |", "|---|---|---|---|"]
-    failed = []
+    env = environment()
+    lines = [
+        f"# lmlab report card — preset `{preset}`",
+        "",
+        f"Date: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}; "
+        f"hardware: {env.get('gpu') or 'CPU'}; torch {env['torch']}. "
+        f"Reproduce with `lmlab reproduce --preset {preset}`.",
+        "",
+        "## Experiments",
+        "",
+        "| experiment | paper | status | runtime | held / not held / undecided |",
+        "|---|---|---|---|---|",
+    ]
+    failed, claim_rows = [], []
     for r in reports:
-        link = f"[{r.experiment}]({r.out_dir.relative_to(out_dir) if r.out_dir.is_relative_to(out_dir) else r.out_dir}/report.md)"
+        rel = r.out_dir.relative_to(out_dir) if r.out_dir.is_relative_to(out_dir) else r.out_dir
+        link = f"[{r.experiment}]({rel}/report.md)"
+        per = {"held": 0, "not held": 0, "undecided": 0}
         if r.error:
             failed.append(r.experiment)
         for c in r.claims.values():
             v = verdict(c.held)
             counts[v] += 1
-            ev = c.evidence.replace("|", "\\|").replace("\n", " ")
-            if len(ev) > 300:
-                ev = ev[:297] + "..."
-            lines.append(f"| {link} | {c.id}: {c.statement} | **{v}** | {ev} |")
-    lines += ["", f"Totals: {counts['held']} held, {counts['not held']} not held, {counts['undecided']} undecided "
-              f"across {len(reports)} experiments."]
+            per[v] += 1
+            claim_rows.append(
+                f"| {link} | {c.id}: {_cell(c.statement)} | **{v}** | {_cell(c.evidence, 300)} |"
+            )
+        status = f"**failed**: {_cell((r.error or '').splitlines()[0], 120)}" if r.error else "ok"
+        rt = f"{r.runtime_s:.1f} s" if r.runtime_s is not None else "n/a"
+        if r.cpu_time_s is not None:
+            rt += f" (CPU {r.cpu_time_s:.1f} s)"
+        lines.append(
+            f"| {link} | {_cell(r.paper)} | {status} | {rt} | "
+            f"{per['held']} / {per['not held']} / {per['undecided']} |"
+        )
+    lines += ["", "## Claims", "", "| experiment | claim | verdict | evidence |", "|---|---|---|---|"]
+    lines += claim_rows
+    lines += [
+        "",
+        f"Totals: {counts['held']} held, {counts['not held']} not held, {counts['undecided']} undecided "
+        f"across {len(reports)} experiments.",
+    ]
     if failed:
-        lines += ["", f"**Experiments that failed:** {', '.join(failed)} (see their report.md for the error)."]
+        lines += [
+            "",
+            f"**Experiments that failed:** {', '.join(failed)} (see their report.md for the error).",
+        ]
     if not reports:
         lines += ["", "No experiments are registered yet."]
     path = out_dir / "REPORT.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
-    atomic_write_json(out_dir / "report_card.json", {
-        "preset": preset, "counts": counts, "failed": failed,
-        "experiments": [r.to_json() for r in reports]})
+    atomic_write_json(
+        out_dir / "report_card.json",
+        {"preset": preset, "counts": counts, "failed": failed, "experiments": [r.to_json() for r in reports]},
+    )
     return path

@@ -14,13 +14,14 @@ import importlib
 import pkgutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from lmlab.report import Report
+from lmlab.report import NOT_EVALUATED, Report
 from lmlab.utils import DATA_HINT, LmlabError, find_data, get_device, seed_everything
 
 PRESETS = ("tiny", "small", "gpu")
@@ -32,7 +33,7 @@ class Experiment:
     paper: str
     claims: dict[str, str]
     presets: dict[str, dict[str, Any]]
-    fn: Callable[["RunContext"], None]
+    fn: Callable[[RunContext], None]
     needs_data: tuple[str, ...] = ()
     description: str = ""
 
@@ -50,8 +51,15 @@ class RunContext:
     quiet: bool = False
 
     def __post_init__(self):
-        self.report = Report(self.experiment.name, self.preset, self.seed, self.out_dir,
-                             paper=self.experiment.paper, config=dict(self.cfg))
+        self.report = Report(
+            self.experiment.name,
+            self.preset,
+            self.seed,
+            self.out_dir,
+            paper=self.experiment.paper,
+            config=dict(self.cfg),
+            device=str(self.device),
+        )
         for cid, statement in self.experiment.claims.items():
             self.report.add_claim(cid, statement)
 
@@ -68,32 +76,86 @@ class RunContext:
         if not self.quiet:
             print(f"[{self.experiment.name}] {msg}", flush=True)
 
+    def progress(self, iterable, total: int | None = None, desc: str = "", every_s: float = 10.0):
+        """Yield from `iterable`, logging `desc i/total` at most every `every_s` seconds and at the end."""
+        total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        t0 = last = time.time()
+        i = 0
+        for i, item in enumerate(iterable, 1):
+            yield item
+            now = time.time()
+            if now - last >= every_s:
+                last = now
+                of = f"/{total}" if total else ""
+                self.log(f"{desc} {i}{of} ({now - t0:.0f}s)")
+        self.log(f"{desc} done: {i} in {time.time() - t0:.1f}s")
+
 
 _REGISTRY: dict[str, Experiment] = {}
+_DISCOVERED = False
 
 
-def experiment(name: str, paper: str, claims: dict[str, str], presets: dict[str, dict[str, Any]],
-               needs_data: tuple[str, ...] = (), description: str = ""):
+def experiment(
+    name: str,
+    paper: str,
+    claims: dict[str, str],
+    presets: dict[str, dict[str, Any]],
+    needs_data: tuple[str, ...] = (),
+    description: str = "",
+):
     missing = [p for p in PRESETS if p not in presets]
     if missing:
         raise ValueError(f"experiment {name!r} lacks presets {missing}")
 
     def deco(fn):
-        _REGISTRY[name] = Experiment(name, paper, dict(claims), {k: dict(v) for k, v in presets.items()}, fn,
-                                     tuple(needs_data), description or (fn.__doc__ or "").strip())
+        _REGISTRY[name] = Experiment(
+            name,
+            paper,
+            dict(claims),
+            {k: dict(v) for k, v in presets.items()},
+            fn,
+            tuple(needs_data),
+            description or (fn.__doc__ or "").strip(),
+        )
         return fn
 
     return deco
 
 
+def _broken(name: str, error: BaseException) -> Experiment:
+    """Stand-in for an experiment module that fails to import: running it records the import error, so
+    `lmlab reproduce` still reports it (as failed) and keeps going."""
+    detail = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+    def fn(ctx: RunContext) -> None:
+        raise ImportError(f"experiment module lmlab.experiments.{name} failed to import:\n{detail}")
+
+    return Experiment(
+        name,
+        "(module failed to import)",
+        {},
+        {p: {} for p in PRESETS},
+        fn,
+        description=f"import error: {type(error).__name__}: {error}",
+    )
+
+
 def _discover() -> None:
+    global _DISCOVERED
+    _DISCOVERED = True
     for mod in pkgutil.iter_modules(__path__):
-        if not mod.name.startswith("_"):
+        if mod.name.startswith("_"):
+            continue
+        before = set(_REGISTRY)
+        try:
             importlib.import_module(f"{__name__}.{mod.name}")
+        except Exception as e:  # one broken module must not take the whole registry down
+            if mod.name not in _REGISTRY and not (set(_REGISTRY) - before):
+                _REGISTRY[mod.name] = _broken(mod.name, e)
 
 
 def registry() -> dict[str, Experiment]:
-    if not _REGISTRY:
+    if not _DISCOVERED:
         _discover()
     return dict(sorted(_REGISTRY.items()))
 
@@ -101,24 +163,38 @@ def registry() -> dict[str, Experiment]:
 def get(name: str) -> Experiment:
     reg = registry()
     if name not in reg:
-        raise LmlabError(f"unknown experiment {name!r}; available: {', '.join(reg) or '(none)'} (see `lmlab list`)")
+        raise LmlabError(
+            f"unknown experiment {name!r}; available: {', '.join(reg) or '(none)'} (see `lmlab list`)"
+        )
     return reg[name]
 
 
 def resolve_config(exp: Experiment, preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     if preset not in exp.presets:
-        raise LmlabError(f"experiment {exp.name!r} has no preset {preset!r}; choose from {', '.join(exp.presets)}")
+        raise LmlabError(
+            f"experiment {exp.name!r} has no preset {preset!r}; choose from {', '.join(exp.presets)}"
+        )
     cfg = dict(exp.presets[preset])
     for k, v in (overrides or {}).items():
         if k not in cfg:
-            raise LmlabError(f"unknown config key {k!r} for {exp.name} preset {preset}; known: {', '.join(cfg)}")
+            raise LmlabError(
+                f"unknown config key {k!r} for {exp.name} preset {preset}; known: {', '.join(cfg)}"
+            )
         cfg[k] = type(cfg[k])(v) if cfg[k] is not None and not isinstance(cfg[k], (list, dict, bool)) else v
     return cfg
 
 
-def run_experiment(name: str, preset: str = "tiny", out_dir: str | Path | None = None, seed: int = 0,
-                   device: str | None = None, data: str | None = None, overrides: dict[str, Any] | None = None,
-                   quiet: bool = False, raise_errors: bool = False) -> Report:
+def run_experiment(
+    name: str,
+    preset: str = "tiny",
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    data: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    quiet: bool = False,
+    raise_errors: bool = False,
+) -> Report:
     """Run one experiment and write its report. Errors inside the experiment are recorded in the
     report (and re-raised when `raise_errors`)."""
     exp = get(name)
@@ -130,20 +206,24 @@ def run_experiment(name: str, preset: str = "tiny", out_dir: str | Path | None =
     threads = torch.get_num_threads()
     if preset == "tiny" and dev.type == "cpu":
         torch.set_num_threads(1)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     try:
         exp.fn(ctx)
     except Exception as e:  # recorded in the report; reproduce keeps going
         ctx.report.error = f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"
+        first_line = (str(e).splitlines() or [""])[0]
         for c in ctx.report.claims.values():
-            if c.evidence == "not evaluated in this run":
-                c.evidence = f"undecided: the run failed ({type(e).__name__}: {e})"
+            if c.evidence == NOT_EVALUATED:
+                c.evidence = f"undecided: the run failed ({type(e).__name__}: {first_line})"
         if raise_errors:
-            ctx.report.runtime_s = time.time() - t0
+            ctx.report.runtime_s, ctx.report.cpu_time_s = time.time() - t0, time.process_time() - c0
             ctx.report.write()
             raise
     finally:
         torch.set_num_threads(threads)
-    ctx.report.runtime_s = time.time() - t0
+    ctx.report.runtime_s, ctx.report.cpu_time_s = time.time() - t0, time.process_time() - c0
+    for c in ctx.report.claims.values():
+        if c.evidence == NOT_EVALUATED:
+            c.held, c.evidence = None, "undecided: the experiment finished without deciding this claim"
     ctx.report.write()
     return ctx.report

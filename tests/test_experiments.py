@@ -1,0 +1,133 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+import lmlab.experiments as ex
+from lmlab import cli
+from lmlab.experiments import Experiment, experiment, resolve_config, run_experiment
+from lmlab.utils import LmlabError
+
+FAST_SMOKE = {
+    "vocab": 12,
+    "branching": 2,
+    "seq_len": 16,
+    "layers": 1,
+    "heads": 2,
+    "lr": 3e-3,
+    "eval_every": 10,
+    "eval_seqs": 16,
+    "widths": [8, 32],
+    "seeds": 1,
+    "steps": 20,
+    "batch": 8,
+}
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The real registry (discovered), with a failing experiment added for this test only and a
+    fast scaling_smoke tiny preset."""
+    reg = ex.registry()
+
+    def boom(ctx):
+        ctx.report.decide("c_ok", True, "decided before the failure")
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setitem(
+        ex._REGISTRY,
+        "boom",
+        Experiment(
+            "boom",
+            "A failing paper",
+            {"c_ok": "decided", "c_lost": "never reached"},
+            {"tiny": {}, "small": {}, "gpu": {}},
+            boom,
+        ),
+    )
+    monkeypatch.setitem(reg["scaling_smoke"].presets, "tiny", FAST_SMOKE)
+    return ex.registry()
+
+
+def test_registry_and_config(registry):
+    assert {"scaling_smoke", "boom"} <= set(registry)
+    smoke = registry["scaling_smoke"]
+    assert set(smoke.presets) >= {"tiny", "small", "gpu"} and "c1_wider_lower_loss" in smoke.claims
+    cfg = resolve_config(smoke, "tiny", {"steps": "7", "lr": 0.01})
+    assert cfg["steps"] == 7 and cfg["lr"] == 0.01
+    with pytest.raises(LmlabError, match="unknown config key"):
+        resolve_config(smoke, "tiny", {"stepz": 3})
+    with pytest.raises(LmlabError, match="no preset"):
+        resolve_config(smoke, "huge")
+    with pytest.raises(LmlabError, match="unknown experiment"):
+        ex.get("no_such_experiment")
+    with pytest.raises(ValueError, match="lacks presets"):
+        experiment("x", "p", {}, {"tiny": {}})
+
+
+def test_failing_experiment_is_recorded(registry, tmp_path):
+    rep = run_experiment("boom", "tiny", tmp_path / "boom", quiet=True)
+    assert "simulated failure" in rep.error
+    data = json.loads((tmp_path / "boom" / "results.json").read_text())
+    claims = {c["id"]: c for c in data["claims"]}
+    assert claims["c_ok"]["held"] is True
+    assert claims["c_lost"]["held"] is None and "run failed" in claims["c_lost"]["evidence"]
+    assert "simulated failure" in (tmp_path / "boom" / "report.md").read_text()
+    with pytest.raises(RuntimeError):
+        run_experiment("boom", "tiny", tmp_path / "boom2", quiet=True, raise_errors=True)
+
+
+def test_broken_module_is_reported_not_fatal(monkeypatch):
+    import pkgutil
+
+    real = pkgutil.iter_modules
+    fake = type("M", (), {"name": "zz_broken_module_for_test"})
+    monkeypatch.setattr(pkgutil, "iter_modules", lambda path: list(real(path)) + [fake])
+    monkeypatch.setattr(ex, "_DISCOVERED", False)
+    monkeypatch.setattr(ex, "_REGISTRY", dict(ex._REGISTRY))
+    reg = ex.registry()
+    assert "zz_broken_module_for_test" in reg and "scaling_smoke" in reg
+    with pytest.raises(ImportError, match="failed to import"):
+        reg["zz_broken_module_for_test"].fn(None)
+
+
+def test_reproduce_writes_reports_and_keeps_going(registry, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["reproduce", "--preset", "tiny", "--only", "boom,scaling_smoke", "--out", str(out)])
+    assert rc != 0  # boom failed ...
+    smoke = out / "scaling_smoke"  # ... and scaling_smoke still ran after it
+    for f in ("report.md", "results.json", "heldout_loss.png"):
+        assert (smoke / f).is_file()
+    data = json.loads((smoke / "results.json").read_text())
+    assert data["experiment"] == "scaling_smoke" and data["preset"] == "tiny" and data["error"] is None
+    assert data["cpu_time_s"] > 0 and data["runtime_s"] > 0
+    assert data["claims"][0]["id"] == "c1_wider_lower_loss" and data["claims"][0]["held"] in (True, False)
+    assert data["metrics"]["entropy_floor"] > 0
+    card = (out / "REPORT.md").read_text()
+    assert "[scaling_smoke](scaling_smoke/report.md)" in card and "**Experiments that failed:** boom" in card
+    assert "c_lost" in card
+    assert "1 experiment(s) failed: boom" in capsys.readouterr().err
+
+
+def test_run_and_list_commands(registry, tmp_path, capsys):
+    assert cli.main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert "scaling_smoke" in listed and "c1_wider_lower_loss" in listed
+    assert cli.main(["run", "boom", "--out", str(tmp_path / "b")]) == 1
+    assert cli.main(["run", "scaling_smoke", "--preset", "nope"]) == 2  # user error: one line, exit 2
+    assert "no preset" in capsys.readouterr().err
+
+
+def test_console_script_lists_experiments():
+    r = subprocess.run(
+        [sys.executable, "-m", "lmlab.cli", "list"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and "scaling_smoke" in r.stdout
+
+
+@pytest.mark.slow
+def test_scaling_smoke_tiny_preset(tmp_path):
+    rep = run_experiment("scaling_smoke", "tiny", tmp_path, quiet=True)
+    assert rep.error is None and rep.cpu_time_s > 0
+    assert rep.claims["c1_wider_lower_loss"].held is not None

