@@ -171,3 +171,33 @@ def test_kv_task_is_deterministic_disjoint_and_correct():
     tok = t1.tokenizer()
     p, c = t1.dataset("kv_math", 1, "dc", 0)[0]
     assert tok.decode(tok.encode(p + c)) == p + c
+
+
+def test_compose_cli_trains_bridges_between_two_checkpoints(tmp_path):
+    import json
+
+    from lmlab import checkpoint
+    from lmlab.cli import main
+    from lmlab.compose import ComposedModel
+
+    task = KVTask(n_keys=30)
+    tok = task.tokenizer()
+    runs = []
+    for name, d in (("anchor", 32), ("aug", 16)):
+        torch.manual_seed(0)
+        m = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=2, n_heads=2, d_model=d, seq_len=64))
+        checkpoint.save(tmp_path / name, 0, m)
+        tok.save(tmp_path / name / "tokenizer.json")
+        runs.append(tmp_path / name)
+    data = tmp_path / "dc.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p, "completion": c}) for p, c in task.dc_dataset(40, 0)))
+    out = tmp_path / "bridge.pt"
+    rc = main(["compose", "--anchor", str(runs[0]), "--augment", str(runs[1]), "--data", str(data),
+               "--steps", "3", "--batch", "4", "--out", str(out), "--eval", str(data), "--n-connections", "1"])
+    assert rc == 0 and out.exists()
+    anchor, _ = checkpoint.load(runs[0])
+    aug, _ = checkpoint.load(runs[1])
+    cm = ComposedModel.load_bridges(out, anchor, aug)
+    assert cm.connections == [(1, 1)]
+    assert main(["compose", "--anchor", str(runs[0]), "--augment", str(runs[1]), "--data",
+                 str(tmp_path / "missing.jsonl")]) == 2
