@@ -329,12 +329,10 @@ class GPT(nn.Module):
         return n
 
     def estimate_flops(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward): 6·N (matmuls, embedding excluded, lm_head
-        included) plus the attention-score FLOPs of each layer at this sequence length."""
+        """Training FLOPs per token (forward + backward): 6·N over the Linear weights (embedding lookup
+        excluded, lm_head included) plus the attention-score FLOPs of each layer at this sequence length."""
         t = seq_len or self.cfg.seq_len
-        n = self.num_params(non_embedding=True)
-        if self.cfg.tie_embeddings:
-            n += self.lm_head.weight.numel()
+        n = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))  # lm_head counted once
         attn = sum(b.attn.flops_per_token(t) for b in self.blocks)
         return 6 * n + attn
 
