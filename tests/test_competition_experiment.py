@@ -1,0 +1,40 @@
+"""The task_competition experiment end to end on a miniature configuration (toy + LM code paths)."""
+
+import json
+
+from lmlab.experiments import get, run_experiment
+
+MINI = {"seeds": 2, "widths": [4, 16], "sweep_steps": 300, "inj_widths": [8, 64], "inj_steps": 399,
+        "inj_periods": [100, 20], "relu": True, "relu_widths": [8], "lm": True, "lm_sizes": [[1, 16], [1, 32]],
+        "lm_freqs": [1, 0.5], "lm_steps": 12, "lm_eval_every": 6, "lm_batch": 4, "lm_seq": 16, "lm_vocab": 16,
+        "cmp_items": 5, "mod_p": 5, "lm_probe_freqs": [1]}
+
+
+def test_presets_and_claims_are_declared():
+    exp = get("task_competition")
+    assert set(exp.claims) == {"c1_tasks_learned_grow", "c2_allocation", "c3_retention_threshold",
+                               "c4_common_gradient", "c5_frequency_substitutes", "c6_lm_rare_tasks"}
+    assert exp.presets["tiny"]["lm"] is False and exp.presets["small"]["lm"] is True
+
+
+def test_miniature_run_writes_a_complete_report(tmp_path):
+    rep = run_experiment("task_competition", "tiny", tmp_path, overrides=MINI, quiet=True, raise_errors=True)
+    assert rep.error is None
+    res = json.loads((tmp_path / "results.json").read_text())
+    claims = {c["id"]: c for c in res["claims"]}
+    for c in claims.values():
+        assert c["evidence"] != "not evaluated in this run"
+        assert c["held"] in (True, False, None)
+    # 4 units can hold tasks 0-1 (ranks 1, 2) and one direction of task 2; 300 SGD steps learn the first two
+    err4 = res["metrics"]["toy_errors"]["4"]
+    assert max(err4[:2]) < 0.1 and min(err4[3:]) > 0.9
+    assert abs(sum(res["metrics"]["toy_alloc"]["4"]) - 1.0) < 1e-6  # every one of the 4 units is allocated
+    lm = res["metrics"]["lm"]
+    assert len(lm) == 4 and {r["freq"] for r in lm} == {1, 0.5}
+    for r in lm:
+        probes = r["tasks"]["comparison"]["probe"]
+        assert sorted(probes) == (["-1", "0"] if r["freq"] == 1 else [])
+        assert all(0.0 <= v <= 1.0 for v in probes.values())
+    for name in ("error_heatmap", "allocation", "retention", "gradient_norms", "lm_frequency_size_grid",
+                 "lm_signal_interference"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
