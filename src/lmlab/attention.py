@@ -52,11 +52,13 @@ class AttnContext:
     """What an attention layer needs beyond its input.
 
     mask: None (plain causal over the given tokens, no cache), or a bool tensor (B, 1, Tq, Tk) over
-    [cached keys ++ new keys] (True = may attend). cache: the KVCache or None.
+    [cached keys ++ new keys] (True = may attend). cache: the KVCache or None. positions: (B, T) query
+    positions when the caller provides them (IHA needs them with a frozen cache).
     """
 
     mask: torch.Tensor | None = None
     cache: "KVCache | None" = None
+    positions: torch.Tensor | None = None
 
 
 def attend(q, k, v, ctx: AttnContext, hook_pattern: HookPoint | None = None, causal_if_no_mask: bool = True):
@@ -123,3 +125,7 @@ class MultiHeadAttention(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Attention-score FLOPs per token (fwd+bwd), excluding the projections (counted as parameters)."""
         return 12 * self.n_heads * self.head_dim * seq_len
+
+
+# Registers "iha" (Interleaved Head Attention); imported last because it builds on the names above.
+from lmlab import attention_iha  # noqa: E402,F401

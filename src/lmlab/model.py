@@ -266,7 +266,7 @@ class GPT(nn.Module):
                 positions = base[:, None] + (key_mask.long().cumsum(1) - 1).clamp(min=0)
             else:
                 positions = base[:, None] + torch.arange(t, device=dev)[None]
-        ctx = AttnContext(cache=cache, mask=self._mask(positions, key_mask, cache, t))
+        ctx = AttnContext(cache=cache, mask=self._mask(positions, key_mask, cache, t), positions=positions)
         rope = self.rope(positions, x.dtype)
         if cache is not None and not cache.frozen:
             cache._new_tokens = t
