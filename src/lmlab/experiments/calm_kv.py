@@ -250,6 +250,7 @@ def _figure(rep, mean):
     for i, (sys_, name) in enumerate((("aug", "augmenting m_A"), ("anchor", "anchor m_B"), ("calm", "CALM"))):
         ax.bar([x + (i - 1) * w for x in range(3)], [mean[f"{sys_}/{v}"] for v in views], w, label=name)
     ax.set_xticks(range(3), labels)
+    ax.set_xlabel("evaluation set")
     ax.set_ylabel("exact-match accuracy")
     ax.set_ylim(0, 1.05)
     ax.set_title("CALM key-value arithmetic: base models vs composition")

@@ -1,0 +1,539 @@
+"""RL, SFT, SFT→RL and parallel averaging on intermediate pre-training checkpoints (spec 01).
+
+Pre-train a small GPT on a mixture of general text and verifiable-reasoning documents (worked solutions
+in random valid orders, intermediate results corrupted at rate `noise`, a knob for the share of hard
+problems), keep in-memory checkpoints at a list of steps, apply the post-training pipelines to each, and
+measure pass@k (unbiased, k up to n) on a hard held-out split and general capability (held-out loss on
+the general language, copy and recall accuracy).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import torch
+
+from lmlab.experiments import RunContext, experiment
+
+CLAIMS = {
+    "c1_too_early": "RL is ineffective while the base never samples a verified solution and effective as soon as "
+                    "it sometimes does (pass@1 rises by a margin at the first such checkpoint).",
+    "c2_expand_vs_sharpen": "RL from a base checkpoint raises pass@1 and pass@k_max (expansion); RL after SFT "
+                            "raises pass@1 but not pass@k_max (sharpening).",
+    "c3_general": "General capability is about unchanged by RL and degraded by SFT.",
+    "c4_parallel_avg": "Parallel averaging reaches the best pass@k_max while preserving general capability.",
+    "c5_data_vs_size": "Targeted pre-training data (more hard problems) helps RL more than doubling model size.",
+}
+
+# margins used to decide the claims (absolute differences of pass rates / nats)
+M_RL_GAIN = 0.10  # c1: pass@1 gain that counts as "RL effective"
+M_NO_GAIN = 0.02  # c1: at most this gain counts as "ineffective"
+M_PASS1 = 0.05  # c2: pass@1 rise
+M_PASSK = 0.03  # c2: pass@k_max rise that counts as expansion; sharpening = rise below it
+SATURATED = 0.98  # c2/c4: pass@k_max at or above this is saturated and cannot show a difference
+M_NLL = 0.02  # c3/c4: nats of general held-out loss
+M_PASSK_TIE = 0.02  # c4: pass@k_max within this of the best counts as "best"
+M_DATA = 0.05  # c5: post-RL pass@1 advantage of the targeted mix over the 2x model
+
+_BASE = {
+    "task": "digitsum", "easy": [2, 3], "hard": [4, 5], "hard_share": 0.1, "noise": 0.1, "task_weight": 0.8,
+    "d_model": 64, "n_layers": 2, "n_heads": 4, "pretrain_docs": 64, "pretrain_lr": 3e-3, "warmup": 30,
+    "pretrain_schedule": "constant",
+    "test_difficulty": 4, "train_difficulties": [3, 4], "n_train": 400, "n_test": 40, "eval_samples": 32,
+    "rl_steps": 30, "rl_prompts": 8, "rl_group": 16, "rl_lr": 3e-4, "rl_scale": "std", "rl_kl": 0.0,
+    "rl_log_kl": True,
+    "sft_steps": 40, "sft_batch": 32, "sft_lr": 1e-3, "gold_limit": 16, "mixed_sft_lr": 1e-3,
+    "pipelines": ["rl", "sft", "sft_gold", "sft_rl", "parallel_avg"], "early_arms": None,
+    "dynamics_every": 0, "dynamics_samples": 16, "data_arm": False, "targeted_hard_share": 0.5, "big_d_model": 96,
+    "general_eval": 96, "seeds": 1, "sample_batch": 512, "max_value": 99,
+}
+PRESETS = {
+    # ≈ 55 s single-threaded: one seed, an early and a mid checkpoint, four pipelines (two at the early one)
+    "tiny": {**_BASE, "pretrain_steps": 600, "checkpoints": [200, 600],
+             "pipelines": ["rl", "sft", "sft_rl", "parallel_avg"], "early_arms": ["rl", "sft"],
+             "rl_log_kl": False, "n_test": 32, "general_eval": 64},
+    # ≈ 13 min single-threaded: two seeds, four checkpoints, five pipelines, RL dynamics, the data-vs-size arm
+    "small": {**_BASE, "pretrain_steps": 1000, "checkpoints": [200, 400, 600, 1000], "hard": [4, 5, 6],
+              "rl_steps": 50, "sft_steps": 60, "n_test": 48, "dynamics_every": 10, "data_arm": True, "seeds": 2},
+    # not yet run on a GPU (budget estimate ≈ 5 min on one H100): a 4-layer d=128 model, harder problems
+    "gpu": {**_BASE, "easy": [3, 4, 5], "hard": [6, 7], "test_difficulty": 6, "train_difficulties": [5, 6],
+            "d_model": 128, "n_layers": 4, "n_heads": 4, "pretrain_docs": 128, "pretrain_lr": 2e-3,
+            "pretrain_steps": 2000, "checkpoints": [200, 700, 2000], "n_train": 2000, "n_test": 128,
+            "eval_samples": 64, "rl_steps": 60, "rl_prompts": 32, "rl_group": 16, "rl_lr": 1e-4,
+            "sft_steps": 100, "sft_batch": 128, "sft_lr": 3e-4, "mixed_sft_lr": 3e-4, "dynamics_every": 15,
+            "dynamics_samples": 32, "data_arm": True, "big_d_model": 176, "seeds": 2, "sample_batch": 8192},
+}
+
+
+# ---------------------------------------------------------------------------------------------- pre-training
+def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int, dev, log):
+    """Pre-train on the mixture; returns (model, {step: state_dict copy}) for cfg["checkpoints"]."""
+    from lmlab.data import GeneratorSource, Mixture
+    from lmlab.model import GPT, IGNORE_INDEX, GPTConfig
+    from lmlab.sft import right_pad
+    from lmlab.tasks.reasoning import pretraining_document
+    from lmlab.train import fit
+
+    def task_doc(rng: random.Random) -> str:
+        diffs = cfg["hard"] if rng.random() < hard_share else cfg["easy"]
+        return pretraining_document(task, rng, diffs, cfg["noise"]) + "<eos>"
+
+    def general_doc(rng: random.Random) -> str:
+        return suite.document(rng) + "<eos>"
+
+    w = cfg["task_weight"]
+    mix = Mixture([GeneratorSource(task_doc, tok, seed, "task"), GeneratorSource(general_doc, tok, seed, "general")],
+                  [w, 1 - w])
+
+    def batches():
+        # one document per row, each starting at position 0 (packing several short documents per row lets
+        # the tiny model copy digits from the wrong document, and it then fails to learn the task)
+        while True:
+            ids, mask = right_pad([mix.next_doc().tolist() for _ in range(cfg["pretrain_docs"])], tok.pad_id)
+            y = ids[:, 1:].clone()
+            y[~mask[:, 1:]] = IGNORE_INDEX
+            yield ids[:, :-1].to(dev), y.to(dev)
+
+    torch.manual_seed(seed)
+    mcfg = GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], d_model=d_model,
+                     seq_len=128)
+    model = GPT(mcfg).to(dev)
+    snaps = {}
+    wanted = set(cfg["checkpoints"])
+
+    def snap(step: int, loss: float) -> None:
+        if step + 1 in wanted:
+            snaps[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    t0 = time.time()
+    losses = fit(model, lambda m, b: m(*b), batches(), cfg["pretrain_steps"], lr=cfg["pretrain_lr"],
+                 warmup=cfg["warmup"], schedule=cfg["pretrain_schedule"], callback=snap)
+    log(f"pre-trained d={d_model} hard_share={hard_share} seed={seed}: loss {losses[0]:.3f} -> {losses[-1]:.3f} "
+        f"in {time.time() - t0:.1f}s; composition {mix.composition()}")
+    return model, snaps
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def _evaluate(model, tok, task, test, suite, cfg, seed: int) -> dict:
+    from lmlab.rl import sample_pass_at_k
+    from lmlab.tasks.general import evaluate_general
+
+    n = cfg["eval_samples"]
+    res = sample_pass_at_k(model, tok, task, test, n, ks=(1, n), seed=seed, batch_size=cfg["sample_batch"])
+    gen = evaluate_general(model, tok, suite, n=cfg["general_eval"])
+    return {"pass1": res["pass"][1], "passk": res["pass"][n], "curve": res["curve"], "counts": res["counts"],
+            "format_rate": res["format_rate"], **gen}
+
+
+def _post_cfg(cfg, task):
+    from lmlab.posttrain import PostTrainConfig
+    from lmlab.rl import GRPOConfig
+    from lmlab.sft import SFTConfig
+
+    rl = GRPOConfig(steps=cfg["rl_steps"], prompts_per_step=cfg["rl_prompts"], group_size=cfg["rl_group"],
+                    lr=cfg["rl_lr"], scale_advantages=cfg["rl_scale"], kl_coef=cfg["rl_kl"],
+                    log_kl=cfg["rl_log_kl"],
+                    max_new_tokens=task.max_completion_chars(max(cfg["hard"] + [cfg["test_difficulty"]])) + 1)
+    sft = SFTConfig(steps=cfg["sft_steps"], batch_size=cfg["sft_batch"], lr=cfg["sft_lr"])
+    return PostTrainConfig(rl=rl, sft=sft, gold_limit=cfg["gold_limit"], mixed_sft_lr=cfg["mixed_sft_lr"])
+
+
+def _dynamics_callback(model, tok, task, probe, cfg, seed, store: list):
+    """Evaluate pass@1 / pass@k on `probe` every `dynamics_every` RL steps (and once when RL starts)."""
+    from lmlab.rl import sample_pass_at_k
+
+    every, n = cfg["dynamics_every"], cfg["dynamics_samples"]
+
+    def record(step: int) -> None:
+        r = sample_pass_at_k(model, tok, task, probe, n, ks=(1, n), seed=seed + 7, batch_size=cfg["sample_batch"])
+        store.append({"rl_step": step, "pass1": r["pass"][1], "passk": r["pass"][n]})
+        model.train()
+
+    def cb(phase, step, log):
+        if phase == "sft" and step + 1 == cfg["sft_steps"]:
+            record(0)  # SFT→RL: RL starts from here
+        elif phase == "rl" and (step + 1) % every == 0:
+            record(step + 1)
+
+    return record, cb
+
+
+# ---------------------------------------------------------------------------------------------- the experiment
+@experiment(name="rl_checkpoints",
+            paper="RL Excursions during Pre-Training: Re-examining Policy Optimization for LLM training "
+                  "(Bansal, Mohri, Qin et al., 2026)",
+            claims=CLAIMS, presets=PRESETS)
+def run(ctx: RunContext) -> None:
+    """Post-training pipelines applied to intermediate pre-training checkpoints of a tiny GPT."""
+    from lmlab.model import GPT, GPTConfig
+    from lmlab.posttrain import run_pipeline
+    from lmlab.tasks.general import GeneralSuite
+    from lmlab.tasks.reasoning import get_task, make_split
+    from lmlab.tokenizer import CharTokenizer
+
+    cfg, dev = ctx.cfg, ctx.device
+    if dev.type == "cpu":
+        torch.set_num_threads(1)  # tiny models: intra-op threading only adds overhead (restored by the runner)
+    task = get_task(cfg["task"], **({"max_value": cfg["max_value"]} if cfg["task"] == "wordprob" else {}))
+    suite = GeneralSuite()
+    tok = CharTokenizer(set(task.alphabet + suite.alphabet))
+    test = make_split(task, cfg["n_test"], cfg["test_difficulty"], seed=10_000)
+    train = make_split(task, cfg["n_train"], cfg["train_difficulties"], seed=1, exclude={p.prompt for p in test})
+    post_cfg = _post_cfg(cfg, task)
+    seeds = [ctx.seed + i for i in range(cfg["seeds"])]
+    results: dict = {}  # (seed, ckpt, arm) -> eval dict
+    rl_logs: list = []
+    dynamics: dict = {}
+    t_start = time.time()
+
+    def fresh(d_model, state):
+        m = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
+                          d_model=d_model, seq_len=128)).to(dev)
+        m.load_state_dict(state)
+        return m
+
+    for seed in seeds:
+        _, snaps = _pretrain(cfg, task, suite, tok, cfg["hard_share"], cfg["d_model"], seed, dev, ctx.log)
+        for ck in cfg["checkpoints"]:
+            base = fresh(cfg["d_model"], snaps[ck])
+            results[(seed, ck, "base")] = _evaluate(base, tok, task, test, suite, cfg, seed)
+            never = results[(seed, ck, "base")]["passk"] == 0
+            for arm in cfg["pipelines"]:
+                if never and cfg["early_arms"] is not None and arm not in cfg["early_arms"]:
+                    continue  # budget: RL has no signal here, so mixed arms add little (tiny preset only)
+                model = fresh(cfg["d_model"], snaps[ck])
+                cb = None
+                if cfg["dynamics_every"] and ck == cfg["checkpoints"][-1] and arm in ("rl", "sft_rl"):
+                    probe = test[: max(8, len(test) // 2)]
+                    record, cb = _dynamics_callback(model, tok, task, probe, cfg, seed,
+                                                    dynamics.setdefault((seed, arm), []))
+                    if arm == "rl":
+                        record(0)
+                hist = run_pipeline(arm, model, tok, task, train, post_cfg, seed=seed, callback=cb)
+                rl_hist = [e for k, h in hist.items() if k != "sft" for e in h if "reward" in e]
+                rl_logs += rl_hist
+                results[(seed, ck, arm)] = _evaluate(model, tok, task, test, suite, cfg, seed)
+                if rl_hist:
+                    res = results[(seed, ck, arm)]
+                    res["rl_frac_zero_std"] = float(np.mean([e["frac_zero_std"] for e in rl_hist]))
+                    tail = rl_hist[-5:]  # the end of RL training
+                    for key in ("reward", "reward_std", "frac_zero_std", "completion_len", "entropy", "kl"):
+                        if key in tail[-1]:
+                            res[f"rl_end_{key}"] = float(np.mean([e[key] for e in tail]))
+            r = results
+            ctx.log(f"seed {seed} ckpt {ck}: " + ", ".join(
+                f"{a} {r[(seed, ck, a)]['pass1']:.2f}/{r[(seed, ck, a)]['passk']:.2f}"
+                for a in ["base"] + cfg["pipelines"] if (seed, ck, a) in r) + f"  ({time.time() - t_start:.0f}s)")
+
+    data_arm = {}
+    if cfg["data_arm"]:
+        last = cfg["checkpoints"][-1]
+        for seed in seeds:
+            for name, share, d in (("base mix", cfg["hard_share"], cfg["d_model"]),
+                                   ("targeted mix", cfg["targeted_hard_share"], cfg["d_model"]),
+                                   ("base mix, 2x model", cfg["hard_share"], cfg["big_d_model"])):
+                if name == "base mix" and (seed, last, "rl") in results:
+                    before, after = results[(seed, last, "base")], results[(seed, last, "rl")]
+                else:
+                    _, sn = _pretrain(cfg, task, suite, tok, share, d, seed, dev, ctx.log)
+                    model = fresh(d, sn[last])
+                    before = _evaluate(model, tok, task, test, suite, cfg, seed)
+                    run_pipeline("rl", model, tok, task, train, post_cfg, seed=seed)
+                    after = _evaluate(model, tok, task, test, suite, cfg, seed)
+                params = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
+                                       d_model=d, seq_len=128)).num_params()
+                data_arm[(seed, name)] = {"before": before, "after": after, "params": params}
+            ctx.log(f"data arm seed {seed}: " + ", ".join(
+                f"{nm} {data_arm[(seed, nm)]['before']['pass1']:.2f}->{data_arm[(seed, nm)]['after']['pass1']:.2f}"
+                for (s_, nm) in data_arm if s_ == seed))
+
+    _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _mean(results, seeds, ck, arm, key):
+    vals = [results[(s, ck, arm)][key] for s in seeds if key in results.get((s, ck, arm), {})]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _se_diff(results, seeds, ck, arm_a, arm_b, k: int, n: int) -> float:
+    """Standard error (over test questions, paired) of pass@k(arm_a) - pass@k(arm_b), averaged over seeds."""
+    from lmlab.evaluate import pass_at_k
+
+    ses = []
+    for s in seeds:
+        a, b = results.get((s, ck, arm_a)), results.get((s, ck, arm_b))
+        if a is None or b is None or "counts" not in a or "counts" not in b:
+            continue
+        d = [pass_at_k(n, ca, k) - pass_at_k(n, cb, k) for ca, cb in zip(a["counts"], b["counts"])]
+        ses.append(float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"))
+    return float(np.mean(ses) / np.sqrt(len(ses))) if ses else float("nan")
+
+
+def _decide(ctx, cfg, results, seeds, data_arm) -> None:
+    """Decide the claims. Checkpoint comparisons average over the seeds whose base sometimes samples a
+    verified solution there (pass@n > 0): pre-training is seed-brittle around the point where the task is
+    first solved, and a seed whose base never succeeds gives RL nothing to work with."""
+    rep, cks, arms = ctx.report, cfg["checkpoints"], cfg["pipelines"]
+    n = cfg["eval_samples"]
+    live = lambda ck: [s for s in seeds if results[(s, ck, "base")]["passk"] > 0]
+    m = lambda ck, arm, key: _mean(results, live(ck), ck, arm, key)
+    se = lambda ck, a, b, k: _se_diff(results, live(ck), ck, a, b, k, n)
+    seeds_note = f"mean over the seeds (of {seeds}) whose base succeeds at each checkpoint"
+    active = [ck for ck in cks if live(ck)]  # checkpoints where some seed's base sometimes succeeds
+
+    # c1 ----------------------------------------------------------------------------------------------
+    early_gains, ready_gains, lines = [], [], []
+    for s in seeds:
+        never = [ck for ck in cks if results[(s, ck, "base")]["passk"] == 0]
+        ready = next((ck for ck in cks if results[(s, ck, "base")]["passk"] > 0), None)
+        for ck in never:
+            if (s, ck, "rl") in results:
+                early_gains.append(results[(s, ck, "rl")]["pass1"] - results[(s, ck, "base")]["pass1"])
+        parts = [f"seed {s}: base pass@{n} = 0 at steps {never or 'none'}"]
+        if never and (s, never[-1], "rl") in results:
+            r = results[(s, never[-1], "rl")]
+            parts.append(f"RL there: pass@1 gain {early_gains[-1]:+.3f}, zero-std groups "
+                         f"{r.get('rl_frac_zero_std', float('nan')):.2f}")
+        if ready is not None and (s, ready, "rl") in results:
+            b, r = results[(s, ready, "base")], results[(s, ready, "rl")]
+            ready_gains.append(r["pass1"] - b["pass1"])
+            parts.append(f"first step with pass@{n} > 0: {ready} (pass@{n} {b['passk']:.3f}), RL pass@1 "
+                         f"{b['pass1']:.3f} -> {r['pass1']:.3f} ({ready_gains[-1]:+.3f} ± "
+                         f"{_se_diff(results, [s], ready, 'rl', 'base', 1, n):.3f} SE)")
+        lines.append(", ".join(parts))
+    if "rl" not in arms:
+        rep.decide("c1_too_early", None, "undecided: the preset does not run the rl pipeline")
+    elif not early_gains or not ready_gains:
+        rep.decide("c1_too_early", None, "undecided: needs checkpoints where the base never samples a verified "
+                   "solution and later ones where it sometimes does; " + "; ".join(lines))
+    else:
+        g = float(np.mean(ready_gains))
+        held = max(early_gains) <= M_NO_GAIN and g >= M_RL_GAIN
+        rep.decide("c1_too_early", held,
+                   "; ".join(lines) + f". Largest RL pass@1 gain where the base never succeeds "
+                   f"{max(early_gains):+.3f} (ineffective if <= {M_NO_GAIN}); mean gain at each seed's first "
+                   f"checkpoint with successes {g:+.3f} (effective if >= {M_RL_GAIN})")
+
+    # c2 ----------------------------------------------------------------------------------------------
+    if not {"rl", "sft", "sft_rl"} <= set(arms):
+        rep.decide("c2_expand_vs_sharpen", None, "undecided: needs the rl, sft and sft_rl pipelines")
+    else:
+        cand = [ck for ck in active if m(ck, "base", "passk") < SATURATED and m(ck, "sft", "passk") < SATURATED]
+        if not cand:
+            rep.decide("c2_expand_vs_sharpen", None,
+                       f"undecided: at every checkpoint where RL has signal, pass@{n} of the base or of SFT is "
+                       f"saturated (>= {SATURATED}) or zero, so k_max cannot show expansion vs sharpening")
+        else:
+            ck = cand[-1]
+            d1 = m(ck, "rl", "pass1") - m(ck, "base", "pass1")
+            dk = m(ck, "rl", "passk") - m(ck, "base", "passk")
+            s1 = m(ck, "sft_rl", "pass1") - m(ck, "sft", "pass1")
+            sk = m(ck, "sft_rl", "passk") - m(ck, "sft", "passk")
+            expansion = d1 >= M_PASS1 and dk >= M_PASSK
+            sharpening = s1 >= M_PASS1 and sk < M_PASSK
+            rep.decide("c2_expand_vs_sharpen", expansion and sharpening,
+                       f"step {ck} (latest checkpoint with unsaturated base and SFT pass@{n}): RL from base "
+                       f"Δpass@1 {d1:+.3f} ± {se(ck, 'rl', 'base', 1):.3f}, Δpass@{n} {dk:+.3f} ± "
+                       f"{se(ck, 'rl', 'base', n):.3f} -> expansion={expansion} (needs Δpass@1 >= {M_PASS1} and "
+                       f"Δpass@{n} >= {M_PASSK}); SFT→RL vs SFT Δpass@1 {s1:+.3f} ± {se(ck, 'sft_rl', 'sft', 1):.3f}, "
+                       f"Δpass@{n} {sk:+.3f} ± {se(ck, 'sft_rl', 'sft', n):.3f} -> sharpening={sharpening} (needs "
+                       f"Δpass@1 >= {M_PASS1} and Δpass@{n} < {M_PASSK}); ± = SE over test questions; mean over "
+                       f"seeds {live(ck)} whose base succeeds there")
+
+    # c3 ----------------------------------------------------------------------------------------------
+    sft_arms = [a for a in ("sft", "sft_gold") if a in arms]
+    use = active
+    dnll = lambda arm: float(np.mean([m(ck, arm, "general_nll") - m(ck, "base", "general_nll")
+                                      for ck in use]))
+    if "rl" not in arms or not sft_arms:
+        rep.decide("c3_general", None, "undecided: needs the rl and sft pipelines")
+    elif not active:
+        rep.decide("c3_general", None, f"undecided: the base never samples a verified solution (pass@{n} = 0) at "
+                   "any checkpoint, so RL never updates and its effect on general capability is not tested")
+    else:
+        d_rl = dnll("rl")
+        d_sft = {a: dnll(a) for a in sft_arms}
+        worst = max(d_sft.values())
+        held = abs(d_rl) <= M_NLL and worst - d_rl >= M_NLL
+        rep.decide("c3_general", held,
+                   f"general held-out loss change vs base (nats; mean over checkpoints {use} where the base "
+                   f"sometimes succeeds, so RL has signal): RL {d_rl:+.4f}, "
+                   + ", ".join(f"{a} {v:+.4f}" for a, v in d_sft.items())
+                   + f"; held needs |ΔRL| <= {M_NLL} and ΔSFT - ΔRL >= {M_NLL}; {seeds_note}")
+
+    # c4 ----------------------------------------------------------------------------------------------
+    if "parallel_avg" not in arms or "rl" not in arms:
+        rep.decide("c4_parallel_avg", None, "undecided: needs the parallel_avg and rl pipelines")
+    else:
+        others = [a for a in arms if a != "parallel_avg"] + ["base"]
+        rows = []
+        for ck in active:
+            best_other = max(m(ck, a, "passk") for a in others)
+            rows.append((ck, m(ck, "parallel_avg", "passk"), best_other))
+        open_rows = [r for r in rows if max(r[1], r[2]) < SATURATED]
+        if not open_rows:
+            rep.decide("c4_parallel_avg", None,
+                       f"undecided: pass@{n} is saturated (>= {SATURATED}) or RL has no signal at every checkpoint")
+        else:
+            best = all(pa >= bo - M_PASSK_TIE for _, pa, bo in open_rows)
+            d_pa, d_rl = dnll("parallel_avg"), dnll("rl")
+            keeps = d_pa <= d_rl + M_NLL
+            rep.decide("c4_parallel_avg", best and keeps,
+                       f"pass@{n} parallel_avg vs best other arm: "
+                       + ", ".join(f"step {ck}: {pa:.3f} vs {bo:.3f}" for ck, pa, bo in open_rows)
+                       + f" (best if within {M_PASSK_TIE}) -> {best}; general loss change parallel_avg "
+                       f"{d_pa:+.4f} vs RL {d_rl:+.4f} nats (preserved if <= RL + {M_NLL}) -> {keeps}; {seeds_note}")
+
+    # c5 ----------------------------------------------------------------------------------------------
+    if not data_arm:
+        rep.decide("c5_data_vs_size", None, "undecided: this preset does not run the data-composition arm "
+                   "(run --preset small or gpu)")
+    else:
+        tgt = [data_arm[(s, "targeted mix")]["after"]["pass1"] for s in seeds]
+        big = [data_arm[(s, "base mix, 2x model")]["after"]["pass1"] for s in seeds]
+        diff = float(np.mean(tgt) - np.mean(big))
+        held = diff >= M_DATA
+        no_signal = all(data_arm[(s, nm)]["before"]["passk"] == 0 and data_arm[(s, nm)]["after"]["pass1"] == 0
+                        for s in seeds for nm in ("targeted mix", "base mix, 2x model"))
+        if no_signal:
+            rep.decide("c5_data_vs_size", None, f"undecided: neither the targeted-mix nor the 2x-model checkpoint "
+                       f"ever samples a verified solution (pass@{n} = 0), so RL cannot act on either")
+            return
+        rep.decide("c5_data_vs_size", held,
+                   f"post-RL pass@1 on the hard test split: targeted mix (hard share {cfg['targeted_hard_share']}) "
+                   f"{np.mean(tgt):.3f} vs base mix with the 2x model (d={cfg['big_d_model']}) {np.mean(big):.3f}: "
+                   f"difference {diff:+.3f} (held if >= {M_DATA}); per seed targeted {tgt}, 2x {big}")
+
+
+def _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lmlab.rl import summarize_history
+
+    rep, cks = ctx.report, cfg["checkpoints"]
+    arms = ["base"] + cfg["pipelines"]
+    n = cfg["eval_samples"]
+    m = lambda ck, arm, key: _mean(results, seeds, ck, arm, key)
+    rep.text(f"Task `{cfg['task']}` (test difficulty {cfg['test_difficulty']}, {cfg['n_test']} held-out questions, "
+             f"n = {n} samples each, unbiased pass@k), pre-training mixture {cfg['task_weight']:.0%} task documents "
+             f"(hard share {cfg['hard_share']}, noise {cfg['noise']}) / {1 - cfg['task_weight']:.0%} general text; "
+             f"GPT d={cfg['d_model']}, {cfg['n_layers']} layers; seeds {seeds}. General capability = held-out loss "
+             f"on the general language (nats; floor {next(iter(results.values()))['general_nll_floor']:.3f}), "
+             "copy and recall accuracy (greedy).")
+    rows = []
+    for ck in cks:
+        for arm in arms:
+            vals = [m(ck, arm, k) for k in ("pass1", "passk", "format_rate", "general_nll", "copy_acc", "recall_acc")]
+            rows.append([ck, arm] + ["—" if np.isnan(v) else v for v in vals])
+            for key in ("pass1", "passk", "general_nll", "copy_acc"):
+                rep.metric(f"{key}/step{ck}/{arm}", m(ck, arm, key))
+    rep.table(rows, ["ckpt", "arm", "pass@1", f"pass@{n}", "format", "general NLL", "copy", "recall"],
+              f"Per checkpoint and pipeline ({len(seeds)} seed(s), mean)")
+    keep = ("pass1", "passk", "format_rate", "general_nll", "copy_acc", "recall_acc", "counts")
+    rep.metric("runs", {f"seed{s}/step{ck}/{arm}": {k: v for k, v in r.items() if k in keep or k.startswith("rl_")}
+                        for (s, ck, arm), r in results.items()})  # per seed: the claims can be re-derived
+    diag = []
+    for ck in cks:
+        for arm in cfg["pipelines"]:
+            vals = [m(ck, arm, f"rl_end_{k}") for k in ("reward", "reward_std", "frac_zero_std", "completion_len",
+                                                         "entropy", "kl")]
+            if not np.isnan(vals[0]):
+                diag.append([ck, arm] + ["—" if np.isnan(v) else v for v in vals])
+    if diag:
+        rep.table(diag, ["ckpt", "arm", "reward", "reward std", "zero-std groups", "completion len", "entropy",
+                         "KL to RL start (k3)"], "RL diagnostics, mean of the last 5 RL steps")
+    if rl_logs:
+        summ = summarize_history(rl_logs)
+        rep.metric("rollout_tok_s", summ["rollout_tok_s"])
+        rep.metric("rollout_s", summ["rollout_s"])
+        rep.metric("update_s", summ["update_s"])
+        rep.metric("rollout_time_frac", summ["rollout_frac"])
+        rep.text(f"RL time split: rollouts {summ['rollout_s']:.1f}s ({summ['rollout_frac']:.0%}), updates "
+                 f"{summ['update_s']:.1f}s; rollout throughput {summ['rollout_tok_s']:.0f} tokens/s "
+                 f"(KV-cached engine, {ctx.device}).")
+
+    # figures ------------------------------------------------------------------------------------------
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "pass1", "pass@1"), (axes[1], "passk", f"pass@{n}")):
+        for arm in arms:
+            ax.plot(cks, [m(ck, arm, key) for ck in cks], marker="o", label=arm)
+        ax.set_xlabel("pre-training step of the checkpoint")
+        ax.set_ylabel(f"{label} on held-out test")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(label)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    rep.figure(fig, "pass_per_checkpoint", f"pass@1 and pass@{n} per checkpoint and pipeline")
+
+    fig, axes = plt.subplots(1, len(cks), figsize=(3.6 * len(cks), 3.4), squeeze=False)
+    ks = np.arange(1, n + 1)
+    for ax, ck in zip(axes[0], cks):
+        for arm in arms:
+            curves = [results[(s, ck, arm)]["curve"] for s in seeds if (s, ck, arm) in results]
+            if curves:
+                ax.plot(ks, np.mean(curves, axis=0), label=arm)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k")
+        ax.set_ylabel("pass@k")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"checkpoint {ck}")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    rep.figure(fig, "pass_at_k_curves", "pass@k curves (k = 1..n) per checkpoint and pipeline")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm in arms:
+        axes[0].plot(cks, [m(ck, arm, "general_nll") for ck in cks], marker="o", label=arm)
+        axes[1].plot(cks, [m(ck, arm, "copy_acc") for ck in cks], marker="o", label=arm)
+    axes[0].set_ylabel("general held-out loss (nats)")
+    axes[1].set_ylabel("copy accuracy (greedy)")
+    for ax in axes:
+        ax.set_xlabel("pre-training step of the checkpoint")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    rep.figure(fig, "general_capability", "general capability per checkpoint and pipeline (lower loss is better)")
+
+    if dynamics:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for (seed, arm), pts in sorted(dynamics.items()):
+            name = "RL from base" if arm == "rl" else "RL after SFT"
+            steps = [p["rl_step"] for p in pts]
+            axes[0].plot(steps, [p["pass1"] for p in pts], marker=".", label=f"{name} (seed {seed})")
+            axes[1].plot(steps, [p["passk"] for p in pts], marker=".", label=f"{name} (seed {seed})")
+        for ax, lab in ((axes[0], "pass@1"), (axes[1], f"pass@{cfg['dynamics_samples']}")):
+            ax.set_xlabel("RL step")
+            ax.set_ylabel(f"{lab} (half of the test split)")
+        axes[1].legend(fontsize=7)
+        fig.tight_layout()
+        rep.figure(fig, "rl_dynamics", f"pass@1 / pass@k over RL steps at checkpoint {cks[-1]}")
+        rep.metric("dynamics", {f"{arm}/seed{s}": pts for (s, arm), pts in dynamics.items()})
+
+    if data_arm:
+        names = ["base mix", "targeted mix", "base mix, 2x model"]
+        rows = []
+        for nm in names:
+            b = [data_arm[(s, nm)]["before"]["pass1"] for s in seeds]
+            a = [data_arm[(s, nm)]["after"]["pass1"] for s in seeds]
+            ak = [data_arm[(s, nm)]["after"]["passk"] for s in seeds]
+            rows.append([nm, data_arm[(seeds[0], nm)]["params"], float(np.mean(b)), float(np.mean(a)),
+                         float(np.mean(a) - np.mean(b)), float(np.mean(ak))])
+            rep.metric(f"data_arm/{nm}/post_rl_pass1", float(np.mean(a)))
+        rep.table(rows, ["pre-training", "params", "pass@1 base", "pass@1 after RL", "RL gain", f"pass@{n} after RL"],
+                  f"Data composition vs model size (checkpoint {cks[-1]}, hard test split)")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, [r[2] for r in rows], 0.4, label="base checkpoint")
+        ax.bar(x + 0.2, [r[3] for r in rows], 0.4, label="after RL")
+        ax.set_xticks(x, names, fontsize=8)
+        ax.set_xlabel("pre-training data / model")
+        ax.set_ylabel("pass@1 on the hard test split")
+        ax.legend()
+        rep.figure(fig, "data_vs_size", "RL outcome: targeted pre-training data vs doubling model size")
+
+    _decide(ctx, cfg, results, seeds, data_arm)

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+import torch
+
+from lmlab.cli import main
+from lmlab.tasks.general import GeneralSuite
+from lmlab.tasks.reasoning import DigitSumTask
+
+CHARS = sorted(set(DigitSumTask.alphabet + GeneralSuite.alphabet))
+
+
+def save_tiny_hf_llama(path):
+    """A tiny random Llama and a char-level HF tokenizer, saved like any local HF model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmlab.hf import hf_tokenizer
+    from lmlab.tokenizer import CharTokenizer
+
+    tok = hf_tokenizer(CharTokenizer(CHARS))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+SMALL = ["--task", "digitsum", "--difficulty", "3", "--n-train", "8", "--n-test", "3", "--eval-samples", "2"]
+
+
+@pytest.mark.parametrize("pipeline", ["parallel_avg", "sft_rl"])
+def test_post_train_on_a_local_hf_model(tmp_path, pipeline):
+    from transformers import AutoModelForCausalLM
+
+    src, out = tmp_path / "hf", tmp_path / "out"
+    save_tiny_hf_llama(src)
+    before = AutoModelForCausalLM.from_pretrained(src).state_dict()
+    rc = main(["post-train", str(src), "--pipeline", pipeline, "--out", str(out), *SMALL,
+               "--rl-steps", "2", "--sft-steps", "2", "--prompts-per-step", "2", "--group-size", "2",
+               "--sft-batch-size", "4", "--max-new-tokens", "8", "--device", "cpu"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["pipeline"] == pipeline and "pass@1" in metrics["after"] and "general_nll" in metrics["after"]
+    assert metrics["rollout"]["rollout_tok_s"] > 0
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the SFT side always moves the weights
+    lines = (out / "history.jsonl").read_text().splitlines()
+    assert len(lines) == 4 if pipeline == "sft_rl" else 2
+
+
+def test_sft_and_rl_commands_on_an_lmlab_checkpoint(tmp_path):
+    from lmlab import checkpoint
+    from lmlab.model import GPT, GPTConfig
+    from lmlab.tokenizer import CharTokenizer
+
+    tok = CharTokenizer(CHARS)
+    run = tmp_path / "run"
+    checkpoint.save(run, 7, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16,
+                                          seq_len=64)))
+    tok.save(run / "tokenizer.json")
+    assert main(["sft", str(run), "--step", "7", "--out", str(tmp_path / "sft"), *SMALL, "--steps", "2",
+                 "--batch-size", "4", "--gold"]) == 0
+    _, meta = checkpoint.load(tmp_path / "sft")
+    assert meta["extra"]["posttrain"] == "sft_gold"
+    assert main(["rl", str(tmp_path / "sft"), "--out", str(tmp_path / "rl"), *SMALL, "--steps", "2",
+                 "--group-size", "2", "--prompts-per-step", "2", "--kl-coef", "0.01"]) == 0
+    m = json.loads((tmp_path / "rl" / "metrics.json").read_text())
+    assert m["config"]["rl"]["kl_coef"] == 0.01 and "pass@2" in m["after"]
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    assert main(["rl", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "error:" in capsys.readouterr().err
+    src = tmp_path / "hf"
+    save_tiny_hf_llama(src)
+    assert main(["rl", str(src), "--out", str(tmp_path / "o"), "--task", "chess"]) == 2
+    assert "unknown reasoning task" in capsys.readouterr().err
+    assert main(["rl", str(src), "--out", str(tmp_path / "o2"), "--group-size", "1"]) == 2
