@@ -234,3 +234,21 @@ def test_packaged_minilm_is_a_real_pretrained_encoder():
     sim = e @ e.T
     assert torch.allclose(sim.diagonal(), torch.ones(3), atol=1e-5)
     assert sim[0, 1] > sim[0, 2] + 0.3  # paraphrases are far closer than unrelated sentences
+
+
+def test_generate_on_a_raw_hf_model_does_not_stack_hooks():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmlab.generate import generate
+
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=2))
+
+    def n_hooks():
+        return sum(len(mod._forward_hooks) + len(mod._forward_pre_hooks) for mod in m.modules())
+
+    generate(m, [[1, 2, 3]], 4, seed=0)
+    first = n_hooks()
+    for _ in range(3):
+        generate(m, [[1, 2, 3]], 4, seed=0)
+    assert n_hooks() == first

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from lmlab.hooks import HookPoint
 
@@ -33,7 +33,7 @@ def register_attention(name: str):
     return deco
 
 
-def build_attention(name: str, cfg: "GPTConfig", layer_idx: int) -> nn.Module:
+def build_attention(name: str, cfg: GPTConfig, layer_idx: int) -> nn.Module:
     if name not in ATTENTIONS:
         raise ValueError(f"unknown attention {name!r}; registered: {', '.join(sorted(ATTENTIONS))}")
     return ATTENTIONS[name](cfg, layer_idx)
@@ -57,7 +57,7 @@ class AttnContext:
     """
 
     mask: torch.Tensor | None = None
-    cache: "KVCache | None" = None
+    cache: KVCache | None = None
     positions: torch.Tensor | None = None
 
 
@@ -89,7 +89,7 @@ def attend(q, k, v, ctx: AttnContext, hook_pattern: HookPoint | None = None, cau
 class MultiHeadAttention(nn.Module):
     """Standard causal multi-head attention with RoPE, optional grouped-query KV heads, no biases."""
 
-    def __init__(self, cfg: "GPTConfig", layer_idx: int):
+    def __init__(self, cfg: GPTConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
@@ -127,5 +127,14 @@ class MultiHeadAttention(nn.Module):
         return 12 * self.n_heads * self.head_dim * seq_len
 
 
+@register_attention("nope")
+class NoPositionAttention(MultiHeadAttention):
+    """Causal attention without positional encoding (NoPE): content-only retrieval at any length."""
+
+    def forward(self, x, rope, ctx):
+        cos, sin = rope
+        return super().forward(x, (torch.ones_like(cos), torch.zeros_like(sin)), ctx)
+
+
 # Registers "iha" (Interleaved Head Attention); imported last because it builds on the names above.
-from lmlab import attention_iha  # noqa: E402,F401
+from lmlab import attention_iha  # noqa: F401

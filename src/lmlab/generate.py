@@ -225,9 +225,9 @@ def as_generation_model(model: nn.Module) -> nn.Module:
     if hasattr(model, "new_cache"):
         return model
     if hasattr(model, "config") and hasattr(model, "get_input_embeddings"):
-        from lmlab.hf import HFModel
+        from lmlab.hf import as_lmlab
 
-        return HFModel(model)
+        return as_lmlab(model)
     raise LmlabError(
         f"{type(model).__name__} cannot generate: pass an lmlab GPT, a lmlab.hf.HFModel or a "
         "transformers causal LM"

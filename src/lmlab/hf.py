@@ -21,6 +21,8 @@ checkpoint with a `PreTrainedTokenizerFast`; `from_llama(dir)` reads such a chec
 
 from __future__ import annotations
 
+import weakref
+
 import contextlib
 import inspect
 from pathlib import Path
@@ -470,11 +472,17 @@ class HFModel(nn.Module):
         return attention_projections(self.hf)
 
 
+_WRAPPERS: "weakref.WeakKeyDictionary[nn.Module, HFModel]" = weakref.WeakKeyDictionary()
+
+
 def as_lmlab(model: nn.Module, tokenizer=None) -> nn.Module:
-    """An lmlab GPT or HFModel passes through; a transformers causal LM is wrapped in HFModel."""
+    """An lmlab GPT or HFModel passes through; a transformers causal LM is wrapped in HFModel once
+    (the wrapper installs forward hooks, so repeated calls reuse it instead of stacking hooks)."""
     if isinstance(model, HFModel) or hasattr(model, "new_cache"):
         return model
-    return HFModel(model, tokenizer)
+    if model not in _WRAPPERS or tokenizer is not None:
+        _WRAPPERS[model] = HFModel(model, tokenizer)
+    return _WRAPPERS[model]
 
 
 @torch.no_grad()

@@ -25,24 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.analysis import attention_stats as ast
-from lmlab.attention import ATTENTIONS, MultiHeadAttention, register_attention
 from lmlab.experiments import RunContext, experiment
 from lmlab.flops_ttt import FlopModel
 from lmlab.model import GPT, GPTConfig
 from lmlab.tasks.longctx import PAUSE, KVRetrieval, collate
 from lmlab.ttt import QTTT, QTTTConfig
 from lmlab.utils import tiny_threads
-
-if "nope" not in ATTENTIONS:
-
-    @register_attention("nope")
-    class NoPositionAttention(MultiHeadAttention):
-        """Causal attention without positional encoding (NoPE): content-only retrieval at any length."""
-
-        def forward(self, x, rope, ctx):
-            cos, sin = rope
-            return super().forward(x, (torch.ones_like(cos), torch.zeros_like(sin)), ctx)
-
 
 CLAIMS = {
     "c1_dilution": "Accuracy and attention mass on the needle fall as the context grows (score dilution).",
