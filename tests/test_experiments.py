@@ -78,6 +78,27 @@ def test_failing_experiment_is_recorded(registry, tmp_path):
         run_experiment("boom", "tiny", tmp_path / "boom2", quiet=True, raise_errors=True)
 
 
+def test_interrupted_experiment_keeps_its_report(monkeypatch, tmp_path):
+    def stopped(ctx):
+        ctx.report.decide("c_ok", True, "decided before Ctrl-C")
+        raise KeyboardInterrupt
+
+    exp = Experiment("stopped", "p", {"c_ok": "decided", "c_lost": "never reached"},
+                     {"tiny": {}, "small": {}, "gpu": {}}, stopped)
+    monkeypatch.setitem(ex._REGISTRY, "stopped", exp)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("stopped", "tiny", tmp_path / "s", quiet=True)
+    data = json.loads((tmp_path / "s" / "results.json").read_text())
+    claims = {c["id"]: c for c in data["claims"]}
+    assert "interrupted" in data["error"] and claims["c_ok"]["held"] is True
+    assert claims["c_lost"]["held"] is None and "interrupted" in claims["c_lost"]["evidence"]
+
+
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "lmlab", "list"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "scaling_smoke" in out.stdout
+
+
 def test_broken_module_is_reported_not_fatal(monkeypatch):
     import pkgutil
 

@@ -219,6 +219,15 @@ def run_experiment(
             ctx.report.runtime_s, ctx.report.cpu_time_s = time.time() - t0, time.process_time() - c0
             ctx.report.write()
             raise
+    except KeyboardInterrupt:  # Ctrl-C or `timeout -s INT`: keep what was measured, then stop
+        ctx.report.error = f"interrupted after {time.time() - t0:.0f} s (KeyboardInterrupt); claims not yet " \
+                           "decided stay undecided"
+        for c in ctx.report.claims.values():
+            if c.evidence == NOT_EVALUATED:
+                c.evidence = "undecided: the run was interrupted before deciding this claim"
+        ctx.report.runtime_s, ctx.report.cpu_time_s = time.time() - t0, time.process_time() - c0
+        ctx.report.write()
+        raise
     finally:
         torch.set_num_threads(threads)
     ctx.report.runtime_s, ctx.report.cpu_time_s = time.time() - t0, time.process_time() - c0
