@@ -142,6 +142,27 @@ def test_matches_torch_adamw_on_wq():
         assert (w.detach() - w_init - d).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("params", ["q_full", "q_lora"])
+def test_optimizer_gets_grads_laid_out_like_params(monkeypatch, params):
+    """Fused CUDA AdamW refuses grads whose strides differ from their params (einsum returns permuted
+    grads); a GPU run of long_context_ttt failed on exactly that. Checked here on CPU."""
+    import lmlab.ttt as ttt
+
+    seen = []
+
+    class CheckingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    seen.append(p.grad.stride() == p.stride())
+            return super().step(closure)
+
+    monkeypatch.setattr(ttt.torch.optim, "AdamW", CheckingAdamW)
+    with QTTT(tiny_gpt(), QTTTConfig(steps=2, span_len=8, params=params, lora_rank=2)).adapt([ctx(40, 1), ctx(40, 2)]):
+        pass
+    assert seen and all(seen)
+
+
 def test_repeated_span_loss_decreases():
     m = tiny_gpt(init_std=0.2)  # large enough weights that queries matter
     c = ctx(40, 8)

@@ -602,7 +602,7 @@ class QTTT:
             loss = backend.span_loss(cache, st, k, w)
             grads = torch.autograd.grad(loss.sum(), params)
             for p, g in zip(params, grads):
-                p.grad = g
+                p.grad = g.contiguous()  # einsum's grads are permuted views; fused CUDA AdamW rejects those
             norms = deltas.clip_(cfg.grad_clip)
             deltas.decay_(cfg.lr)
             opt.step()
