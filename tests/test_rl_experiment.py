@@ -26,6 +26,30 @@ def test_experiment_runs_end_to_end_and_decides_every_claim(tmp_path):
     assert "pass1/step12/parallel_avg" in m and "data_arm/targeted mix/post_rl_pass1" in m
 
 
+def test_interrupt_in_data_arm_still_reports_claims_1_to_4(tmp_path, monkeypatch):
+    """A time limit (SIGINT) during the data arm keeps the report: c1-c4 decided, c5 over finished seeds."""
+    import lmlab.experiments.rl_checkpoints as rc
+
+    real = rc._pretrain
+
+    def pretrain(cfg, task, suite, tok, share, d, seed, dev, log):
+        if seed == 1 and share == cfg["targeted_hard_share"]:
+            raise KeyboardInterrupt
+        return real(cfg, task, suite, tok, share, d, seed, dev, log)
+
+    monkeypatch.setattr(rc, "_pretrain", pretrain)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("rl_checkpoints", "tiny", tmp_path, overrides={**FAST, "seeds": 2}, quiet=True)
+    out = json.loads((tmp_path / "results.json").read_text())
+    assert "interrupted" in out["error"]
+    claims = {c["id"]: c for c in out["claims"]}
+    for cid in ("c1_too_early", "c2_expand_vs_sharpen", "c3_general", "c4_parallel_avg"):
+        assert "interrupted" not in claims[cid]["evidence"]
+    c5 = claims["c5_data_vs_size"]["evidence"]
+    assert "per seed ([0])" in c5 or "undecided: neither" in c5
+    assert (tmp_path / "data_vs_size.png").is_file()
+
+
 def test_presets_declare_the_budgeted_configurations():
     exp = get("rl_checkpoints")
     assert exp.presets["tiny"]["seeds"] == 1 and exp.presets["small"]["seeds"] >= 2

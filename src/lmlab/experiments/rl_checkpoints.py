@@ -228,28 +228,48 @@ def run(ctx: RunContext) -> None:
                 for a in ["base"] + cfg["pipelines"] if (seed, ck, a) in r) + f"  ({time.time() - t_start:.0f}s)")
 
     data_arm = {}
+    interrupted = False
     if cfg["data_arm"]:
-        last = cfg["checkpoints"][-1]
-        for seed in seeds:
-            for name, share, d in (("base mix", cfg["hard_share"], cfg["d_model"]),
-                                   ("targeted mix", cfg["targeted_hard_share"], cfg["d_model"]),
-                                   ("base mix, 2x model", cfg["hard_share"], cfg["big_d_model"])):
-                if name == "base mix" and (seed, last, "rl") in results:
-                    before, after = results[(seed, last, "base")], results[(seed, last, "rl")]
-                else:
-                    _, sn = _pretrain(cfg, task, suite, tok, share, d, seed, dev, ctx.log)
-                    model = fresh(d, sn[last])
-                    before = _evaluate(model, tok, task, test, suite, cfg, seed)
-                    run_pipeline("rl", model, tok, task, train, post_cfg, seed=seed)
-                    after = _evaluate(model, tok, task, test, suite, cfg, seed)
-                params = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
-                                       d_model=d, seq_len=128)).num_params()
-                data_arm[(seed, name)] = {"before": before, "after": after, "params": params}
-            ctx.log(f"data arm seed {seed}: " + ", ".join(
-                f"{nm} {data_arm[(seed, nm)]['before']['pass1']:.2f}->{data_arm[(seed, nm)]['after']['pass1']:.2f}"
-                for (s_, nm) in data_arm if s_ == seed))
+        try:
+            _data_arm(ctx, cfg, task, suite, tok, train, test, post_cfg, seeds, results, fresh, data_arm)
+        except KeyboardInterrupt:  # e.g. a time limit: report c1-c4 and c5 over the seeds the arm finished
+            interrupted = True
+            done = {s for s in seeds if all((s, nm) in data_arm for nm in DATA_ARMS)}
+            data_arm = {k: v for k, v in data_arm.items() if k[0] in done}
+            ctx.log(f"interrupted in the data arm; reporting it for seeds {sorted(done) or 'none'}")
 
     _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm)
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+DATA_ARMS = ("base mix", "targeted mix", "base mix, 2x model")
+
+
+def _data_arm(ctx, cfg, task, suite, tok, train, test, post_cfg, seeds, results, fresh, data_arm) -> None:
+    """Claim 5: RL after pre-training with more hard problems vs after pre-training a 2x wider model."""
+    from lmlab.model import GPT, GPTConfig
+    from lmlab.posttrain import run_pipeline
+
+    dev = ctx.device
+    last = cfg["checkpoints"][-1]
+    for seed in seeds:
+        for name, share, d in zip(DATA_ARMS, (cfg["hard_share"], cfg["targeted_hard_share"], cfg["hard_share"]),
+                                  (cfg["d_model"], cfg["d_model"], cfg["big_d_model"])):
+            if name == "base mix" and (seed, last, "rl") in results:
+                before, after = results[(seed, last, "base")], results[(seed, last, "rl")]
+            else:
+                _, sn = _pretrain(cfg, task, suite, tok, share, d, seed, dev, ctx.log)
+                model = fresh(d, sn[last])
+                before = _evaluate(model, tok, task, test, suite, cfg, seed)
+                run_pipeline("rl", model, tok, task, train, post_cfg, seed=seed)
+                after = _evaluate(model, tok, task, test, suite, cfg, seed)
+            params = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
+                                   d_model=d, seq_len=128)).num_params()
+            data_arm[(seed, name)] = {"before": before, "after": after, "params": params}
+        ctx.log(f"data arm seed {seed}: " + ", ".join(
+            f"{nm} {data_arm[(seed, nm)]['before']['pass1']:.2f}->{data_arm[(seed, nm)]['after']['pass1']:.2f}"
+            for (s_, nm) in data_arm if s_ == seed))
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -392,12 +412,13 @@ def _decide(ctx, cfg, results, seeds, data_arm) -> None:
         rep.decide("c5_data_vs_size", None, "undecided: this preset does not run the data-composition arm "
                    "(run --preset small or gpu)")
     else:
-        tgt = [data_arm[(s, "targeted mix")]["after"]["pass1"] for s in seeds]
-        big = [data_arm[(s, "base mix, 2x model")]["after"]["pass1"] for s in seeds]
+        arm_seeds = sorted({s for s, _ in data_arm})  # fewer than `seeds` if the run was interrupted
+        tgt = [data_arm[(s, "targeted mix")]["after"]["pass1"] for s in arm_seeds]
+        big = [data_arm[(s, "base mix, 2x model")]["after"]["pass1"] for s in arm_seeds]
         diff = float(np.mean(tgt) - np.mean(big))
         held = diff >= M_DATA
         no_signal = all(data_arm[(s, nm)]["before"]["passk"] == 0 and data_arm[(s, nm)]["after"]["pass1"] == 0
-                        for s in seeds for nm in ("targeted mix", "base mix, 2x model"))
+                        for s in arm_seeds for nm in ("targeted mix", "base mix, 2x model"))
         if no_signal:
             rep.decide("c5_data_vs_size", None, f"undecided: neither the targeted-mix nor the 2x-model checkpoint "
                        f"ever samples a verified solution (pass@{n} = 0), so RL cannot act on either")
@@ -405,7 +426,7 @@ def _decide(ctx, cfg, results, seeds, data_arm) -> None:
         rep.decide("c5_data_vs_size", held,
                    f"post-RL pass@1 on the hard test split: targeted mix (hard share {cfg['targeted_hard_share']}) "
                    f"{np.mean(tgt):.3f} vs base mix with the 2x model (d={cfg['big_d_model']}) {np.mean(big):.3f}: "
-                   f"difference {diff:+.3f} (held if >= {M_DATA}); per seed targeted {tgt}, 2x {big}")
+                   f"difference {diff:+.3f} (held if >= {M_DATA}); per seed ({arm_seeds}) targeted {tgt}, 2x {big}")
 
 
 def _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm) -> None:
@@ -518,10 +539,11 @@ def _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm) -> None:
         names = ["base mix", "targeted mix", "base mix, 2x model"]
         rows = []
         for nm in names:
-            b = [data_arm[(s, nm)]["before"]["pass1"] for s in seeds]
-            a = [data_arm[(s, nm)]["after"]["pass1"] for s in seeds]
-            ak = [data_arm[(s, nm)]["after"]["passk"] for s in seeds]
-            rows.append([nm, data_arm[(seeds[0], nm)]["params"], float(np.mean(b)), float(np.mean(a)),
+            arm_seeds = sorted({s for s, _ in data_arm})
+            b = [data_arm[(s, nm)]["before"]["pass1"] for s in arm_seeds]
+            a = [data_arm[(s, nm)]["after"]["pass1"] for s in arm_seeds]
+            ak = [data_arm[(s, nm)]["after"]["passk"] for s in arm_seeds]
+            rows.append([nm, data_arm[(arm_seeds[0], nm)]["params"], float(np.mean(b)), float(np.mean(a)),
                          float(np.mean(a) - np.mean(b)), float(np.mean(ak))])
             rep.metric(f"data_arm/{nm}/post_rl_pass1", float(np.mean(a)))
         rep.table(rows, ["pre-training", "params", "pass@1 base", "pass@1 after RL", "RL gain", f"pass@{n} after RL"],
