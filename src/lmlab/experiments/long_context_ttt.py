@@ -90,7 +90,7 @@ PRESETS = {
         "n_layers": 4,
         "n_heads": 4,
         "upper_attention": "mha",
-        "train_steps": 3000,
+        "train_steps": 1200,  # an H200 run reached loss 0.03 by step 750 and 0.000 by 1125
         "batch_size": 64,
         "lr": 1e-3,
         "train_lines": [16, 128],
