@@ -50,6 +50,26 @@ def test_interrupt_in_data_arm_still_reports_claims_1_to_4(tmp_path, monkeypatch
     assert (tmp_path / "data_vs_size.png").is_file()
 
 
+def test_interrupt_after_the_first_seed_reports_that_seed(tmp_path, monkeypatch):
+    import lmlab.experiments.rl_checkpoints as rc
+
+    real = rc._pretrain
+
+    def pretrain(cfg, task, suite, tok, share, d, seed, dev, log):
+        if seed == 1:
+            raise KeyboardInterrupt
+        return real(cfg, task, suite, tok, share, d, seed, dev, log)
+
+    monkeypatch.setattr(rc, "_pretrain", pretrain)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("rl_checkpoints", "tiny", tmp_path, overrides={**FAST, "seeds": 2}, quiet=True)
+    out = json.loads((tmp_path / "results.json").read_text())
+    claims = {c["id"]: c for c in out["claims"]}
+    assert "interrupted" not in claims["c3_general"]["evidence"]
+    assert "interrupted before the data-composition arm" in claims["c5_data_vs_size"]["evidence"]
+    assert "pass1/step12/rl" in out["metrics"]
+
+
 def test_presets_declare_the_budgeted_configurations():
     exp = get("rl_checkpoints")
     assert exp.presets["tiny"]["seeds"] == 1 and exp.presets["small"]["seeds"] >= 2

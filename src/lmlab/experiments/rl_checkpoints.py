@@ -195,42 +195,53 @@ def run(ctx: RunContext) -> None:
         m.load_state_dict(state)
         return m
 
-    for seed in seeds:
-        _, snaps = _pretrain(cfg, task, suite, tok, cfg["hard_share"], cfg["d_model"], seed, dev, ctx.log)
-        for ck in cfg["checkpoints"]:
-            base = fresh(cfg["d_model"], snaps[ck])
-            results[(seed, ck, "base")] = _evaluate(base, tok, task, test, suite, cfg, seed)
-            never = results[(seed, ck, "base")]["passk"] == 0
-            for arm in cfg["pipelines"]:
-                if never and cfg["early_arms"] is not None and arm not in cfg["early_arms"]:
-                    continue  # budget: RL has no signal here, so mixed arms add little (tiny preset only)
-                model = fresh(cfg["d_model"], snaps[ck])
-                cb = None
-                if cfg["dynamics_every"] and ck == cfg["checkpoints"][-1] and arm in ("rl", "sft_rl"):
-                    probe = test[: max(8, len(test) // 2)]
-                    record, cb = _dynamics_callback(model, tok, task, probe, cfg, seed,
-                                                    dynamics.setdefault((seed, arm), []))
-                    if arm == "rl":
-                        record(0)
-                hist = run_pipeline(arm, model, tok, task, train, post_cfg, seed=seed, callback=cb)
-                rl_hist = [e for k, h in hist.items() if k != "sft" for e in h if "reward" in e]
-                rl_logs += rl_hist
-                results[(seed, ck, arm)] = _evaluate(model, tok, task, test, suite, cfg, seed)
-                if rl_hist:
-                    res = results[(seed, ck, arm)]
-                    res["rl_frac_zero_std"] = float(np.mean([e["frac_zero_std"] for e in rl_hist]))
-                    tail = rl_hist[-5:]  # the end of RL training
-                    for key in ("reward", "reward_std", "frac_zero_std", "completion_len", "entropy", "kl"):
-                        if key in tail[-1]:
-                            res[f"rl_end_{key}"] = float(np.mean([e[key] for e in tail]))
-            r = results
-            ctx.log(f"seed {seed} ckpt {ck}: " + ", ".join(
-                f"{a} {r[(seed, ck, a)]['pass1']:.2f}/{r[(seed, ck, a)]['passk']:.2f}"
-                for a in ["base"] + cfg["pipelines"] if (seed, ck, a) in r) + f"  ({time.time() - t_start:.0f}s)")
+    finished: list[int] = []  # seeds whose checkpoints and arms all ran
+    interrupted = False
+    try:
+        for seed in seeds:
+            _, snaps = _pretrain(cfg, task, suite, tok, cfg["hard_share"], cfg["d_model"], seed, dev, ctx.log)
+            for ck in cfg["checkpoints"]:
+                base = fresh(cfg["d_model"], snaps[ck])
+                results[(seed, ck, "base")] = _evaluate(base, tok, task, test, suite, cfg, seed)
+                never = results[(seed, ck, "base")]["passk"] == 0
+                for arm in cfg["pipelines"]:
+                    if never and cfg["early_arms"] is not None and arm not in cfg["early_arms"]:
+                        continue  # budget: RL has no signal here, so mixed arms add little (tiny preset only)
+                    model = fresh(cfg["d_model"], snaps[ck])
+                    cb = None
+                    if cfg["dynamics_every"] and ck == cfg["checkpoints"][-1] and arm in ("rl", "sft_rl"):
+                        probe = test[: max(8, len(test) // 2)]
+                        record, cb = _dynamics_callback(model, tok, task, probe, cfg, seed,
+                                                        dynamics.setdefault((seed, arm), []))
+                        if arm == "rl":
+                            record(0)
+                    hist = run_pipeline(arm, model, tok, task, train, post_cfg, seed=seed, callback=cb)
+                    rl_hist = [e for k, h in hist.items() if k != "sft" for e in h if "reward" in e]
+                    rl_logs += rl_hist
+                    results[(seed, ck, arm)] = _evaluate(model, tok, task, test, suite, cfg, seed)
+                    if rl_hist:
+                        res = results[(seed, ck, arm)]
+                        res["rl_frac_zero_std"] = float(np.mean([e["frac_zero_std"] for e in rl_hist]))
+                        tail = rl_hist[-5:]  # the end of RL training
+                        for key in ("reward", "reward_std", "frac_zero_std", "completion_len", "entropy", "kl"):
+                            if key in tail[-1]:
+                                res[f"rl_end_{key}"] = float(np.mean([e[key] for e in tail]))
+                r = results
+                ctx.log(f"seed {seed} ckpt {ck}: " + ", ".join(
+                    f"{a} {r[(seed, ck, a)]['pass1']:.2f}/{r[(seed, ck, a)]['passk']:.2f}"
+                    for a in ["base"] + cfg["pipelines"] if (seed, ck, a) in r) + f"  ({time.time() - t_start:.0f}s)")
+            finished.append(seed)
+    except KeyboardInterrupt:  # e.g. a time limit: report the seeds that finished, if any
+        if not finished:
+            raise
+        interrupted = True
+        ctx.log(f"interrupted; reporting the finished seeds {finished} (of {seeds}) without the data arm")
+        results = {k: v for k, v in results.items() if k[0] in finished}
+        dynamics = {k: v for k, v in dynamics.items() if k[0] in finished}
+        seeds = finished
 
     data_arm = {}
-    interrupted = False
-    if cfg["data_arm"]:
+    if cfg["data_arm"] and not interrupted:
         try:
             _data_arm(ctx, cfg, task, suite, tok, train, test, post_cfg, seeds, results, fresh, data_arm)
         except KeyboardInterrupt:  # e.g. a time limit: report c1-c4 and c5 over the seeds the arm finished
@@ -410,8 +421,9 @@ def _decide(ctx, cfg, results, seeds, data_arm) -> None:
 
     # c5 ----------------------------------------------------------------------------------------------
     if not data_arm:
-        rep.decide("c5_data_vs_size", None, "undecided: this preset does not run the data-composition arm "
-                   "(run --preset small or gpu)")
+        rep.decide("c5_data_vs_size", None, "undecided: the run was interrupted before the data-composition arm "
+                   "finished a seed" if cfg["data_arm"] else "undecided: this preset does not run the "
+                   "data-composition arm (run --preset small or gpu)")
     else:
         arm_seeds = sorted({s for s, _ in data_arm})  # fewer than `seeds` if the run was interrupted
         tgt = [data_arm[(s, "targeted mix")]["after"]["pass1"] for s in arm_seeds]
