@@ -26,14 +26,15 @@ def test_experiment_runs_end_to_end_and_decides_every_claim(tmp_path):
     assert "pass1/step12/parallel_avg" in m and "data_arm/targeted mix/post_rl_pass1" in m
 
 
-def test_interrupt_in_data_arm_still_reports_claims_1_to_4(tmp_path, monkeypatch):
-    """A time limit (SIGINT) during the data arm keeps the report: c1-c4 decided, c5 over finished seeds."""
+def _interrupted_run(tmp_path, monkeypatch, stop) -> dict:
+    """Run the FAST preset with 2 seeds, raising KeyboardInterrupt (as a time limit's SIGINT would) when
+    pre-training is called with arguments for which `stop(seed, share, cfg)` is true; return results.json."""
     import lmlab.experiments.rl_checkpoints as rc
 
     real = rc._pretrain
 
     def pretrain(cfg, task, suite, tok, share, d, seed, dev, log):
-        if seed == 1 and share == cfg["targeted_hard_share"]:
+        if stop(seed, share, cfg):
             raise KeyboardInterrupt
         return real(cfg, task, suite, tok, share, d, seed, dev, log)
 
@@ -42,7 +43,13 @@ def test_interrupt_in_data_arm_still_reports_claims_1_to_4(tmp_path, monkeypatch
         run_experiment("rl_checkpoints", "tiny", tmp_path, overrides={**FAST, "seeds": 2}, quiet=True)
     out = json.loads((tmp_path / "results.json").read_text())
     assert "interrupted" in out["error"]
-    claims = {c["id"]: c for c in out["claims"]}
+    out["claims"] = {c["id"]: c for c in out["claims"]}
+    return out
+
+
+def test_interrupt_in_data_arm_still_reports_claims_1_to_4(tmp_path, monkeypatch):
+    out = _interrupted_run(tmp_path, monkeypatch, lambda seed, share, cfg: seed == 1 and share == cfg["targeted_hard_share"])
+    claims = out["claims"]
     for cid in ("c1_too_early", "c2_expand_vs_sharpen", "c3_general", "c4_parallel_avg"):
         assert "interrupted" not in claims[cid]["evidence"]
     c5 = claims["c5_data_vs_size"]["evidence"]
@@ -51,22 +58,9 @@ def test_interrupt_in_data_arm_still_reports_claims_1_to_4(tmp_path, monkeypatch
 
 
 def test_interrupt_after_the_first_seed_reports_that_seed(tmp_path, monkeypatch):
-    import lmlab.experiments.rl_checkpoints as rc
-
-    real = rc._pretrain
-
-    def pretrain(cfg, task, suite, tok, share, d, seed, dev, log):
-        if seed == 1:
-            raise KeyboardInterrupt
-        return real(cfg, task, suite, tok, share, d, seed, dev, log)
-
-    monkeypatch.setattr(rc, "_pretrain", pretrain)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment("rl_checkpoints", "tiny", tmp_path, overrides={**FAST, "seeds": 2}, quiet=True)
-    out = json.loads((tmp_path / "results.json").read_text())
-    claims = {c["id"]: c for c in out["claims"]}
-    assert "interrupted" not in claims["c3_general"]["evidence"]
-    assert "interrupted before the data-composition arm" in claims["c5_data_vs_size"]["evidence"]
+    out = _interrupted_run(tmp_path, monkeypatch, lambda seed, share, cfg: seed == 1)
+    assert "interrupted" not in out["claims"]["c3_general"]["evidence"]
+    assert "interrupted before the data-composition arm" in out["claims"]["c5_data_vs_size"]["evidence"]
     assert "pass1/step12/rl" in out["metrics"]
 
 

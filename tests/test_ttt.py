@@ -146,7 +146,7 @@ def test_matches_torch_adamw_on_wq():
 def test_optimizer_gets_grads_laid_out_like_params(monkeypatch, params):
     """Fused CUDA AdamW refuses grads whose strides differ from their params (einsum returns permuted
     grads); a GPU run of long_context_ttt failed on exactly that. Checked here on CPU."""
-    import lmlab.ttt as ttt
+    from lmlab import ttt
 
     seen = []
 
