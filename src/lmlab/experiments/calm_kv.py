@@ -127,7 +127,7 @@ def run(ctx: RunContext) -> None:
     alt = [[k.split("/")[0], v] for k, v in mean.items() if k.endswith("/heldout") and not k.startswith("calm/")]
     alt.insert(0, ["CALM", mean["calm/kv_math"]])
     rep.table(alt, ["system", "KV-MATH accuracy on held-out keys"], title="Alternatives (same composition data)")
-    rows = table
+    rep.text(_alternatives_note(mean))
 
     a_subs, a_math = mean["aug/kv_subs"], mean["aug/kv_math"]
     rep.decide("augment_knows_values", a_subs >= 0.8 and a_math <= 0.2,
@@ -232,6 +232,26 @@ def run_seed(ctx: RunContext, seed: int) -> dict:
             raise ValueError(f"unknown baseline {base!r}")
     ctx.log(f"seed {seed}: " + ", ".join(f"{k}={v:.2f}" for k, v in res.items()))
     return res
+
+
+def _alternatives_note(mean: dict, tie: float = 0.05) -> str:
+    """One sentence per alternative: how it compares with CALM on held-out keys (within `tie` = matches)."""
+    c = mean["calm/kv_math"]
+    what = {"random_augment": "composition with a random (untrained) augmenting model",
+            "prefix_encoder": "the augmenting model run on the prompt only, as an encoder (paper ablation)",
+            "projection_only": "a position-aligned projection of the augmenting states, no cross-attention",
+            "anchor_finetune": "the anchor fine-tuned on the composition data"}
+    lines = []
+    for key, desc in what.items():
+        v = mean.get(f"{key}/heldout")
+        if v is None:
+            continue
+        verdict = ("matches CALM" if abs(v - c) <= tie else "beats CALM" if v > c else "falls short of CALM")
+        lines.append(f"- `{key}` ({desc}): {v:.2f} vs CALM {c:.2f} on held-out keys, {verdict}"
+                     f"{' (within ' + str(tie) + ')' if verdict == 'matches CALM' else ''}.")
+    if not lines:
+        return "No alternatives ran in this preset."
+    return "How the alternatives compare (mean over seeds):\n\n" + "\n".join(lines)
 
 
 def _prefix_len(targets: torch.Tensor) -> int:
