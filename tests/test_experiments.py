@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import lmlab.experiments as ex
 from lmlab import cli
@@ -116,7 +117,12 @@ def test_broken_module_is_reported_not_fatal(monkeypatch):
 
 def test_reproduce_writes_reports_and_keeps_going(registry, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = cli.main(["reproduce", "--preset", "tiny", "--only", "boom,scaling_smoke", "--out", str(out)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the report must give the threads the run used, not the caller's setting
+    try:
+        rc = cli.main(["reproduce", "--preset", "tiny", "--only", "boom,scaling_smoke", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
     assert rc != 0  # boom failed ...
     smoke = out / "scaling_smoke"  # ... and scaling_smoke still ran after it
     for f in ("report.md", "results.json", "heldout_loss.png"):
@@ -124,6 +130,8 @@ def test_reproduce_writes_reports_and_keeps_going(registry, tmp_path, capsys):
     data = json.loads((smoke / "results.json").read_text())
     assert data["experiment"] == "scaling_smoke" and data["preset"] == "tiny" and data["error"] is None
     assert data["cpu_time_s"] > 0 and data["runtime_s"] > 0
+    assert data["environment"]["cpu_threads"] == 1  # tiny presets run single-threaded, and say so
+    assert "CPU (1 threads)" in (smoke / "report.md").read_text()
     assert data["claims"][0]["id"] == "c1_wider_lower_loss" and data["claims"][0]["held"] in (True, False)
     assert data["metrics"]["entropy_floor"] > 0
     card = (out / "REPORT.md").read_text()

@@ -31,14 +31,15 @@ def verdict(held: bool | None) -> str:
     return {True: "held", False: "not held", None: "undecided"}[held]
 
 
-def environment() -> dict[str, Any]:
+def environment(cpu_threads: int | None = None) -> dict[str, Any]:
+    """Versions and hardware; `cpu_threads`: the intra-op threads a run used (default: the current setting)."""
     import torch
 
     env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "cpu_threads": torch.get_num_threads(),
+        "cpu_threads": cpu_threads or torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
@@ -62,6 +63,7 @@ class Report:
     cpu_time_s: float | None = None  # this process's CPU time (steadier than wall time on a shared machine)
     error: str | None = None
     device: str = ""
+    cpu_threads: int | None = None  # intra-op threads the run used (set by the runner; tiny presets use 1)
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -145,7 +147,7 @@ class Report:
                 "runtime_s": self.runtime_s,
                 "cpu_time_s": self.cpu_time_s,
                 "device": self.device,
-                "environment": environment(),
+                "environment": environment(self.cpu_threads),
                 "config": self.config,
                 "metrics": self.metrics,
                 "error": self.error,
@@ -158,7 +160,7 @@ class Report:
         )
 
     def to_markdown(self) -> str:
-        env = environment()
+        env = environment(self.cpu_threads)
         hw = env.get("gpu") or f"CPU ({env['cpu_threads']} threads)"
         lines = [f"# {self.experiment} — preset `{self.preset}`", ""]
         if self.paper:

@@ -229,6 +229,7 @@ def run_experiment(
         ctx.report.write()
         raise
     finally:
+        ctx.report.cpu_threads = torch.get_num_threads()  # as the run left it (experiments may lower it)
         torch.set_num_threads(threads)
     ctx.report.runtime_s, ctx.report.cpu_time_s = time.time() - t0, time.process_time() - c0
     for c in ctx.report.claims.values():
