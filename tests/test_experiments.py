@@ -57,6 +57,8 @@ def test_registry_and_config(registry):
     assert set(smoke.presets) >= {"tiny", "small", "gpu"} and "c1_wider_lower_loss" in smoke.claims
     cfg = resolve_config(smoke, "tiny", {"steps": "7", "lr": 0.01})
     assert cfg["steps"] == 7 and cfg["lr"] == 0.01
+    calm = registry["calm_kv"]
+    assert resolve_config(calm, "small", {"baselines": None})["baselines"] == ""  # `baselines=` clears the list
     with pytest.raises(LmlabError, match="unknown config key"):
         resolve_config(smoke, "tiny", {"stepz": 3})
     with pytest.raises(LmlabError, match="no preset"):

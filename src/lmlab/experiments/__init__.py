@@ -176,6 +176,8 @@ def resolve_config(exp: Experiment, preset: str, overrides: dict[str, Any] | Non
         )
     cfg = dict(exp.presets[preset])
     for k, v in (overrides or {}).items():
+        if v is None and isinstance(cfg.get(k), str):  # `key=` on the command line: the empty string
+            v = ""
         if k not in cfg:
             raise LmlabError(
                 f"unknown config key {k!r} for {exp.name} preset {preset}; known: {', '.join(cfg)}"
