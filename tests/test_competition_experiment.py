@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from lmlab.experiments import get, run_experiment
 
 MINI = {"seeds": 2, "widths": [4, 16], "sweep_steps": 300, "inj_widths": [8, 64], "inj_steps": 399,
@@ -38,3 +40,25 @@ def test_miniature_run_writes_a_complete_report(tmp_path):
     for name in ("error_heatmap", "allocation", "retention", "gradient_norms", "lm_frequency_size_grid",
                  "lm_signal_interference"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_interrupt_in_the_lm_ladder_decides_claim_6_on_finished_frequencies(tmp_path, monkeypatch):
+    import lmlab.experiments.task_competition as tc
+
+    real, calls = tc.lm_run, []
+
+    def lm_run(cfg, setup, layers, d, freq, *args):
+        calls.append(freq)
+        if len(calls) == 4:  # the second size of the second frequency: as a time limit's SIGINT would
+            raise KeyboardInterrupt
+        return real(cfg, setup, layers, d, freq, *args)
+
+    monkeypatch.setattr(tc, "lm_run", lm_run)
+    mini = {**MINI, "lm_freqs": [1, 0.5, 0.25], "relu": False, "relu_widths": []}
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("task_competition", "tiny", tmp_path, overrides=mini, quiet=True)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert "interrupted" in res["error"]
+    assert [r["freq"] for r in res["metrics"]["lm"]] == [1, 1]  # the half-finished frequency is dropped
+    c6 = {c["id"]: c for c in res["claims"]}["c6_lm_rare_tasks"]
+    assert c6["held"] in (True, False) and "only frequencies [1] of [1, 0.5, 0.25] finished" in c6["evidence"]

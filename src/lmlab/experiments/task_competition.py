@@ -475,7 +475,9 @@ def decide_c6(rep, lm, cfg, setup):
                  f"{'yes' if mono and lower else 'no'}). Interference = |g_background·ĝ_task| at the end, mean over "
                  f"tasks and frequencies: " + ", ".join(f"d{s[1]}: {proj[s]:.3g}" for s in sizes)
                + f" (smallest ÷ largest = {ratio:.2f}, criterion ≥ 2); cos(g_background, g_task): "
-               + ", ".join(f"d{s[1]}: {cosv[s]:+.3f}" for s in sizes) + f". One seed per cell; {cfg['lm_steps']} steps.")
+               + ", ".join(f"d{s[1]}: {cosv[s]:+.3f}" for s in sizes) + f". One seed per cell; {cfg['lm_steps']} steps"
+               + ("." if len(freqs) == len(cfg["lm_freqs"]) else f"; only frequencies {freqs} of {cfg['lm_freqs']} "
+                  "finished (the run was interrupted)."))
 
 
 # ================================================================ figures
@@ -613,22 +615,30 @@ def run(ctx: RunContext) -> None:
         decide_c5(rep, inj, cfg)
     finally:
         torch.set_num_threads(threads)
-    lm = []
+    lm, interrupted = [], False
     if cfg["lm"]:
         if ctx.device.type == "cpu":
             torch.set_num_threads(1)  # small models on a shared CPU
         setup = LMSetup(cfg, ctx.seed)
-        for f in cfg["lm_freqs"]:
-            for layers, d in cfg["lm_sizes"]:
-                lm.append(lm_run(cfg, setup, layers, d, f, ctx.seed, ctx.device, ctx.log))
+        try:
+            for f in cfg["lm_freqs"]:
+                for layers, d in cfg["lm_sizes"]:
+                    lm.append(lm_run(cfg, setup, layers, d, f, ctx.seed, ctx.device, ctx.log))
+        except KeyboardInterrupt:  # e.g. a time limit: keep the frequencies that every size finished
+            interrupted = True
+            lm = lm[: len(lm) // len(cfg["lm_sizes"]) * len(cfg["lm_sizes"])]
+            ctx.log(f"interrupted in the LM ladder; reporting {len(lm) // len(cfg['lm_sizes'])} complete frequencies")
         rep.metric("lm", [{k: v for k, v in r.items() if k not in ("track",)} for r in lm])
         rep.metric("lm_background_entropy", setup.entropy)
-        decide_c6(rep, lm, cfg, setup)
-        _lm_tables(rep, lm)
+        if lm:
+            decide_c6(rep, lm, cfg, setup)
+            _lm_tables(rep, lm)
     else:
         rep.decide("c6_lm_rare_tasks", None, "undecided: the LM sweep is not part of the tiny preset "
                    "(run --preset small or gpu)")
     _figures(rep, sweep, inj, lm, cfg)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _lm_tables(rep, lm):
