@@ -49,7 +49,7 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
 def run(args) -> int:
     import torch
 
-    from lmlab.commands.posttrain import load_policy
+    from lmlab.loading import load_policy
     from lmlab.compose import compose, parse_connections
     from lmlab.experiments.calm_kv import encode_pairs
     from lmlab.train import fit

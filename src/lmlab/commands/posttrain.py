@@ -80,31 +80,6 @@ def register(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_policy(path: str, step: int | None, tokenizer: str | None, device):
-    """(model, codec, kind) from an HF causal-LM folder or an lmlab run/step folder."""
-    from lmlab.tokenizer import Tokenizer
-
-    p = Path(path)
-    if (p / "config.json").is_file():
-        from lmlab import hf
-        from lmlab.posttrain import HFCodec
-
-        model = hf.load_model(p, "causal", wrap=True).to(device)  # lmlab's interface: KV-cached engine, hooks
-        codec = Tokenizer.load(tokenizer) if tokenizer else HFCodec(hf.load_tokenizer(p))
-        return model, codec, "hf"
-    from lmlab import checkpoint
-
-    model, meta = checkpoint.load(p, step, device=device)
-    if tokenizer is None:
-        cands = [Path(meta["path"]) / "tokenizer.json", Path(meta["path"]).parent / "tokenizer.json",
-                 p / "tokenizer.json"]
-        found = next((c for c in cands if c.is_file()), None)
-        if found is None:
-            raise LmlabError(f"no tokenizer.json next to checkpoint {meta['path']}: pass --tokenizer FILE")
-        tokenizer = str(found)
-    return model, Tokenizer.load(tokenizer), "lmlab"
-
-
 def _config(args, pipeline: str, task, difficulty: int):
     from lmlab.posttrain import PostTrainConfig
     from lmlab.rl import GRPOConfig
@@ -158,6 +133,8 @@ def run(args, pipeline: str) -> int:
     cfg = _config(args, pipeline, task, difficulty)
     device = get_device(args.device)
     seed_everything(args.seed)
+    from lmlab.loading import load_policy
+
     model, codec, kind = load_policy(args.model, args.step, args.tokenizer, device)
     try:
         codec.encode(make_split(task, 1, difficulty, seed=0)[0].prompt)

@@ -44,7 +44,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from lmlab.commands.posttrain import load_policy
+    from lmlab.loading import load_policy
     from lmlab.flops_ttt import FlopModel
     from lmlab.ttt import QTTT, QTTTConfig
     from lmlab.utils import get_device
