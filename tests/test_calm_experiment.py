@@ -25,7 +25,8 @@ def test_accuracy_scores_substitution_and_final_answers():
     pairs = TASK.dataset("kv_math", 6, "heldout", seed=1)
     gold = [TOK.encode(c, eos=True) for _, c in pairs]
     assert accuracy(lambda prompts, n: gold, TOK, TASK, pairs, "kv_math", 24) == 1.0
-    wrong = [TOK.encode(c.rsplit("=", 1)[0] + "=99", eos=True) for _, c in pairs]  # right substitution, wrong sum
+    # the right substitution with a wrong sum
+    wrong = [TOK.encode(c.rsplit("=", 1)[0] + "=99", eos=True) for _, c in pairs]
     assert accuracy(lambda prompts, n: wrong, TOK, TASK, pairs, "kv_math", 24) == 0.0
     subs = TASK.dataset("kv_subs", 6, "heldout", seed=1)
     # a substitution counts even if the model goes on to compute a result

@@ -58,7 +58,8 @@ def test_registry_and_config(registry):
     cfg = resolve_config(smoke, "tiny", {"steps": "7", "lr": 0.01})
     assert cfg["steps"] == 7 and cfg["lr"] == 0.01
     calm = registry["calm_kv"]
-    assert resolve_config(calm, "small", {"baselines": None})["baselines"] == ""  # `baselines=` clears the list
+    # `baselines=` on the command line clears the list
+    assert resolve_config(calm, "small", {"baselines": None})["baselines"] == ""
     with pytest.raises(LmlabError, match="unknown config key"):
         resolve_config(smoke, "tiny", {"stepz": 3})
     with pytest.raises(LmlabError, match="no preset"):
@@ -95,6 +96,23 @@ def test_interrupted_experiment_keeps_its_report(monkeypatch, tmp_path):
     claims = {c["id"]: c for c in data["claims"]}
     assert "interrupted" in data["error"] and claims["c_ok"]["held"] is True
     assert claims["c_lost"]["held"] is None and "interrupted" in claims["c_lost"]["evidence"]
+
+
+def test_interruptible_block_lets_the_experiment_report_then_stops_the_run(monkeypatch, tmp_path):
+    def partial(ctx):
+        with ctx.interruptible():
+            raise KeyboardInterrupt
+        ctx.report.decide("c_ok", True, "decided from what finished before the interrupt")
+
+    exp = Experiment("partial", "p", {"c_ok": "decided", "c_lost": "never reached"},
+                     {"tiny": {}, "small": {}, "gpu": {}}, partial)
+    monkeypatch.setitem(ex._REGISTRY, "partial", exp)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("partial", "tiny", tmp_path / "p", quiet=True)
+    data = json.loads((tmp_path / "p" / "results.json").read_text())
+    claims = {c["id"]: c for c in data["claims"]}
+    assert "interrupted" in data["error"] and claims["c_ok"]["held"] is True
+    assert "interrupted" in claims["c_lost"]["evidence"]
 
 
 def test_python_dash_m_runs_the_cli():

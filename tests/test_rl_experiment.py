@@ -48,7 +48,8 @@ def _interrupted_run(tmp_path, monkeypatch, stop) -> dict:
 
 
 def test_interrupt_in_data_arm_still_reports_claims_1_to_4(tmp_path, monkeypatch):
-    out = _interrupted_run(tmp_path, monkeypatch, lambda seed, share, cfg: seed == 1 and share == cfg["targeted_hard_share"])
+    out = _interrupted_run(tmp_path, monkeypatch,
+                           lambda seed, share, cfg: seed == 1 and share == cfg["targeted_hard_share"])
     claims = out["claims"]
     for cid in ("c1_too_early", "c2_expand_vs_sharpen", "c3_general", "c4_parallel_avg"):
         assert "interrupted" not in claims[cid]["evidence"]

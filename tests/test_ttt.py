@@ -158,7 +158,8 @@ def test_optimizer_gets_grads_laid_out_like_params(monkeypatch, params):
             return super().step(closure)
 
     monkeypatch.setattr(ttt.torch.optim, "AdamW", CheckingAdamW)
-    with QTTT(tiny_gpt(), QTTTConfig(steps=2, span_len=8, params=params, lora_rank=2)).adapt([ctx(40, 1), ctx(40, 2)]):
+    q = QTTT(tiny_gpt(), QTTTConfig(steps=2, span_len=8, params=params, lora_rank=2))
+    with q.adapt([ctx(40, 1), ctx(40, 2)]):
         pass
     assert seen and all(seen)
 

@@ -79,7 +79,7 @@ def register(sub) -> None:
     p.set_defaults(func=lambda a: run(a, a.pipeline))
 
 
-# ---------------------------------------------------------------------------------------------- loading
+# ---------------------------------------------------------------------------------------------- configuration
 def _config(args, pipeline: str, task, difficulty: int):
     from lmlab.posttrain import PostTrainConfig
     from lmlab.rl import GRPOConfig
@@ -120,6 +120,7 @@ def _evaluate(model, codec, task, test, n: int, max_new: int, seed: int) -> dict
 
 
 def run(args, pipeline: str) -> int:
+    from lmlab.loading import load_policy
     from lmlab.posttrain import run_pipeline
     from lmlab.rl import summarize_history
     from lmlab.tasks.reasoning import get_task, make_split
@@ -133,8 +134,6 @@ def run(args, pipeline: str) -> int:
     cfg = _config(args, pipeline, task, difficulty)
     device = get_device(args.device)
     seed_everything(args.seed)
-    from lmlab.loading import load_policy
-
     model, codec, kind = load_policy(args.model, args.step, args.tokenizer, device)
     try:
         codec.encode(make_split(task, 1, difficulty, seed=0)[0].prompt)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 import time
@@ -49,6 +50,7 @@ class RunContext:
     data_arg: str | None = None
     report: Report = field(init=False)
     quiet: bool = False
+    interrupted: bool = field(default=False, init=False)
 
     def __post_init__(self):
         self.report = Report(
@@ -71,6 +73,16 @@ class RunContext:
     @staticmethod
     def no_data_reason(sub: str) -> str:
         return f"undecided: needs real data `{sub}/`; {DATA_HINT}"
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """A KeyboardInterrupt (Ctrl-C, `timeout -s INT`) inside this block ends the block, not the run: the
+        experiment goes on to report what it finished (check `self.interrupted`), then the runner marks the
+        report interrupted and re-raises."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.interrupted = True
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -209,33 +221,32 @@ def run_experiment(
     if preset == "tiny" and dev.type == "cpu":
         torch.set_num_threads(1)
     t0, c0 = time.time(), time.process_time()
+
+    def close(unreached: str) -> None:
+        """Write the report: times, threads, and a reason on every claim the run did not reach."""
+        ctx.report.runtime_s, ctx.report.cpu_time_s = time.time() - t0, time.process_time() - c0
+        ctx.report.cpu_threads = torch.get_num_threads()  # as the run left it (experiments may lower it)
+        for c in ctx.report.claims.values():
+            if c.evidence == NOT_EVALUATED:
+                c.held, c.evidence = None, unreached
+        ctx.report.write()
+
     try:
         exp.fn(ctx)
+        if ctx.interrupted:  # the experiment reported what it finished; the run still stops
+            raise KeyboardInterrupt
+        close("undecided: the experiment finished without deciding this claim")
     except Exception as e:  # recorded in the report; reproduce keeps going
         ctx.report.error = f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"
         first_line = (str(e).splitlines() or [""])[0]
-        for c in ctx.report.claims.values():
-            if c.evidence == NOT_EVALUATED:
-                c.evidence = f"undecided: the run failed ({type(e).__name__}: {first_line})"
+        close(f"undecided: the run failed ({type(e).__name__}: {first_line})")
         if raise_errors:
-            ctx.report.runtime_s, ctx.report.cpu_time_s = time.time() - t0, time.process_time() - c0
-            ctx.report.write()
             raise
     except KeyboardInterrupt:  # Ctrl-C or `timeout -s INT`: keep what was measured, then stop
         ctx.report.error = f"interrupted after {time.time() - t0:.0f} s (KeyboardInterrupt); claims not yet " \
                            "decided stay undecided"
-        for c in ctx.report.claims.values():
-            if c.evidence == NOT_EVALUATED:
-                c.evidence = "undecided: the run was interrupted before deciding this claim"
-        ctx.report.runtime_s, ctx.report.cpu_time_s = time.time() - t0, time.process_time() - c0
-        ctx.report.write()
+        close("undecided: the run was interrupted before deciding this claim")
         raise
     finally:
-        ctx.report.cpu_threads = torch.get_num_threads()  # as the run left it (experiments may lower it)
         torch.set_num_threads(threads)
-    ctx.report.runtime_s, ctx.report.cpu_time_s = time.time() - t0, time.process_time() - c0
-    for c in ctx.report.claims.values():
-        if c.evidence == NOT_EVALUATED:
-            c.held, c.evidence = None, "undecided: the experiment finished without deciding this claim"
-    ctx.report.write()
     return ctx.report

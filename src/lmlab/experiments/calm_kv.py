@@ -27,8 +27,9 @@ CLAIMS = {
                              "held-out keys (≥ 0.2 below CALM) and forgets numeric arithmetic.",
 }
 
-BASE = dict(n_keys=1000, value_max=9, ops="+-", d_model=64, n_layers=3, n_heads=4, batch=32, lr=2e-3, augment_lr=2e-3,
-            anchor_steps=700, augment_steps=900, bridge_steps=1200, n_connections=3, connections="2:0,2:1,2:2", dc_key_frac=0.2,
+BASE = dict(n_keys=1000, value_max=9, ops="+-", d_model=64, n_layers=3, n_heads=4, batch=32, lr=2e-3,
+            augment_lr=2e-3, anchor_steps=700, augment_steps=900, bridge_steps=1200, n_connections=3,
+            connections="2:0,2:1,2:2", dc_key_frac=0.2,
             dc_source="kv_math", fmt="scratchpad", n_eval=150, baselines="random_augment", finetune_steps=600,
             seeds=1)
 
@@ -42,7 +43,8 @@ PRESETS = {
                   baselines="random_augment,prefix_encoder,projection_only,anchor_finetune", finetune_steps=1500,
                   seeds=2),
     "gpu": dict(BASE, n_keys=5000, d_model=256, n_layers=6, n_heads=8, batch=128, lr=1e-3, augment_lr=1e-3,
-                anchor_steps=3000, augment_steps=4000, bridge_steps=3000, n_connections=3, connections="", n_eval=1000, ops="+-*",
+                anchor_steps=3000, augment_steps=4000, bridge_steps=3000, n_connections=3, connections="", n_eval=1000,
+                ops="+-*",
                 baselines="random_augment,prefix_encoder,projection_only,anchor_finetune", finetune_steps=3000,
                 seeds=2),
 }
@@ -250,9 +252,9 @@ def _alternatives_note(mean: dict, tie: float = 0.05) -> str:
         v = mean.get(f"{key}/heldout")
         if v is None:
             continue
-        verdict = ("matches CALM" if abs(v - c) <= tie else "beats CALM" if v > c else "falls short of CALM")
-        lines.append(f"- `{key}` ({desc}): {v:.2f} vs CALM {c:.2f} on held-out keys, {verdict}"
-                     f"{' (within ' + str(tie) + ')' if verdict == 'matches CALM' else ''}.")
+        verdict = (f"matches CALM (within {tie})" if abs(v - c) <= tie
+                   else "beats CALM" if v > c else "falls short of CALM")
+        lines.append(f"- `{key}` ({desc}): {v:.2f} vs CALM {c:.2f} on held-out keys, {verdict}.")
     if not lines:
         return "No alternatives ran in this preset."
     return "How the alternatives compare (mean over seeds):\n\n" + "\n".join(lines)

@@ -57,8 +57,9 @@ PRESETS = {
     # ≈ 13 min single-threaded: two seeds, four checkpoints, five pipelines, RL dynamics, the data-vs-size arm
     "small": {**_BASE, "pretrain_steps": 1000, "checkpoints": [200, 400, 600, 1000], "hard": [4, 5, 6],
               "rl_steps": 50, "sft_steps": 60, "n_test": 48, "dynamics_every": 10, "data_arm": True, "seeds": 2},
-    # fits one H200 lease (≤ 5 min alone): an earlier 2000-step version took > 7.8 min beside two other runs and
-    # saturated pass@64 on difficulty-6 tests (0.98-1.00 from step 700), so the test split is now difficulty 7
+    # sized after two H200 runs: a 2000-step version took > 7.8 min beside two other runs and saturated pass@64
+    # on difficulty-6 tests (0.98-1.00 from step 700), so the test split is now difficulty 7. This version was
+    # cut in seed 1 at 205 s; from that pace it needs ≈ 7 min alone, over the 5-minute target (not re-timed)
     "gpu": {**_BASE, "easy": [3, 4, 5], "hard": [6, 7], "test_difficulty": 7, "train_difficulties": [6, 7],
             "d_model": 128, "n_layers": 4, "n_heads": 4, "pretrain_docs": 128, "pretrain_lr": 2e-3,
             "pretrain_steps": 1200, "checkpoints": [150, 500, 1200], "n_train": 2000, "n_test": 96,
@@ -196,8 +197,7 @@ def run(ctx: RunContext) -> None:
         return m
 
     finished: list[int] = []  # seeds whose checkpoints and arms all ran
-    interrupted = False
-    try:
+    with ctx.interruptible():  # e.g. a time limit: the seeds that finished are still reported
         for seed in seeds:
             _, snaps = _pretrain(cfg, task, suite, tok, cfg["hard_share"], cfg["d_model"], seed, dev, ctx.log)
             for ck in cfg["checkpoints"]:
@@ -231,28 +231,24 @@ def run(ctx: RunContext) -> None:
                     f"{a} {r[(seed, ck, a)]['pass1']:.2f}/{r[(seed, ck, a)]['passk']:.2f}"
                     for a in ["base"] + cfg["pipelines"] if (seed, ck, a) in r) + f"  ({time.time() - t_start:.0f}s)")
             finished.append(seed)
-    except KeyboardInterrupt:  # e.g. a time limit: report the seeds that finished, if any
+    if ctx.interrupted:
         if not finished:
-            raise
-        interrupted = True
+            raise KeyboardInterrupt  # nothing to report
         ctx.log(f"interrupted; reporting the finished seeds {finished} (of {seeds}) without the data arm")
         results = {k: v for k, v in results.items() if k[0] in finished}
         dynamics = {k: v for k, v in dynamics.items() if k[0] in finished}
         seeds = finished
 
     data_arm = {}
-    if cfg["data_arm"] and not interrupted:
-        try:
+    if cfg["data_arm"] and not ctx.interrupted:
+        with ctx.interruptible():  # c1-c4 are reported either way, c5 over the seeds the arm finished
             _data_arm(ctx, cfg, task, suite, tok, train, test, post_cfg, seeds, results, fresh, data_arm)
-        except KeyboardInterrupt:  # e.g. a time limit: report c1-c4 and c5 over the seeds the arm finished
-            interrupted = True
+        if ctx.interrupted:
             done = {s for s in seeds if all((s, nm) in data_arm for nm in DATA_ARMS)}
             data_arm = {k: v for k, v in data_arm.items() if k[0] in done}
             ctx.log(f"interrupted in the data arm; reporting it for seeds {sorted(done) or 'none'}")
 
     _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm)
-    if interrupted:
-        raise KeyboardInterrupt
 
 
 DATA_ARMS = ("base mix", "targeted mix", "base mix, 2x model")

@@ -615,19 +615,19 @@ def run(ctx: RunContext) -> None:
         decide_c5(rep, inj, cfg)
     finally:
         torch.set_num_threads(threads)
-    lm, interrupted = [], False
+    lm = []
     if cfg["lm"]:
         if ctx.device.type == "cpu":
             torch.set_num_threads(1)  # small models on a shared CPU
         setup = LMSetup(cfg, ctx.seed)
-        try:
+        with ctx.interruptible():  # e.g. a time limit: claim 6 is decided on the frequencies all sizes did
             for f in cfg["lm_freqs"]:
                 for layers, d in cfg["lm_sizes"]:
                     lm.append(lm_run(cfg, setup, layers, d, f, ctx.seed, ctx.device, ctx.log))
-        except KeyboardInterrupt:  # e.g. a time limit: keep the frequencies that every size finished
-            interrupted = True
-            lm = lm[: len(lm) // len(cfg["lm_sizes"]) * len(cfg["lm_sizes"])]
-            ctx.log(f"interrupted in the LM ladder; reporting {len(lm) // len(cfg['lm_sizes'])} complete frequencies")
+        if ctx.interrupted:
+            done = len(lm) // len(cfg["lm_sizes"])  # frequencies that every size finished
+            lm = lm[: done * len(cfg["lm_sizes"])]
+            ctx.log(f"interrupted in the LM ladder; reporting {done} finished frequencies")
         rep.metric("lm", [{k: v for k, v in r.items() if k not in ("track",)} for r in lm])
         rep.metric("lm_background_entropy", setup.entropy)
         if lm:
@@ -637,8 +637,6 @@ def run(ctx: RunContext) -> None:
         rep.decide("c6_lm_rare_tasks", None, "undecided: the LM sweep is not part of the tiny preset "
                    "(run --preset small or gpu)")
     _figures(rep, sweep, inj, lm, cfg)
-    if interrupted:
-        raise KeyboardInterrupt
 
 
 def _lm_tables(rep, lm):
