@@ -10,29 +10,15 @@ from lmlab.utils import LmlabError
 transformers = pytest.importorskip("transformers")
 
 
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256)
+
+
 def _tiny(kind, tmp_path):
     if kind == "llama":
-        cfg = transformers.LlamaConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-        )
-        model = transformers.LlamaForCausalLM(cfg)
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY))
     else:  # Qwen2: biases on q/k/v
-        cfg = transformers.Qwen2Config(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-        )
-        model = transformers.Qwen2ForCausalLM(cfg)
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**TINY))
     model.save_pretrained(tmp_path / kind)
     return hf.load_model(tmp_path / kind).eval()
 
