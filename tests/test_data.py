@@ -180,3 +180,21 @@ def test_python_generator_sources():
     text = tok.decode(spec.loader(tok, 64, 2, seed=0).next_rows(1)[0], skip_special=True)
     assert "=" in text and set(text) <= set(arithmetic_doc.alphabet)
     assert _generator_alphabet(lambda rng: rng.choice(["xy", "z"])) == {"x", "y", "z"}  # sampled
+
+
+def test_in_background_yields_the_same_items_in_order():
+    import itertools
+
+    import torch
+
+    from lmlab.data import in_background
+
+    def make():
+        g = torch.Generator().manual_seed(3)
+        for i in itertools.count():
+            yield torch.randint(0, 50, (4, 5), generator=g), torch.full((2,), i)
+
+    direct = list(itertools.islice(make(), 20))
+    produced = list(itertools.islice(in_background(make, depth=3), 20))
+    for (a, i), (b, j) in zip(direct, produced):
+        assert torch.equal(a, b) and torch.equal(i, j)

@@ -122,3 +122,22 @@ def test_unknown_override_is_rejected(tmp_path):
 
     with pytest.raises(LmlabError):
         run_experiment("rl_checkpoints", "tiny", tmp_path, overrides={"no_such_key": 1}, quiet=True)
+
+
+def test_pretraining_with_a_data_worker_process_gives_the_same_checkpoints():
+    import torch
+
+    from lmlab.experiments.rl_checkpoints import PRESETS, _pretrain
+    from lmlab.tasks.general import GeneralSuite
+    from lmlab.tasks.reasoning import get_task
+    from lmlab.tokenizer import CharTokenizer
+
+    task, suite = get_task("digitsum"), GeneralSuite()
+    tok = CharTokenizer(set(task.alphabet + suite.alphabet))
+    snaps = {}
+    for worker in (False, True):
+        cfg = {**PRESETS["tiny"], **FAST, "pretrain_steps": 6, "checkpoints": [3, 6], "data_process": worker}
+        _, snaps[worker] = _pretrain(cfg, task, suite, tok, 0.1, 16, 0, torch.device("cpu"), lambda m: None)
+    for step in (3, 6):
+        for k, v in snaps[False][step].items():
+            assert torch.equal(v, snaps[True][step][k]), (step, k)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -400,3 +400,26 @@ class DataSpec:
                 )
         weights = [w for *_, w in self.entries]
         return PackedLoader(Mixture(sources, weights), seq_len, rows, self.cfg.buffer_docs)
+
+
+# ---------------------------------------------------------------- producing batches beside the GPU
+class _Produced(torch.utils.data.IterableDataset):
+    def __init__(self, make_batches: Callable[[], Iterator]):
+        self.make_batches = make_batches
+
+    def __iter__(self):
+        return iter(self.make_batches())
+
+
+def in_background(make_batches: Callable[[], Iterator], depth: int = 8, pin_memory: bool = False) -> Iterator:
+    """The items of `make_batches()`, in the same order, produced by one forked worker process.
+
+    Synthetic batches are generated in Python; on a GPU the training step waits for that generation
+    unless another process does it. One worker keeps the stream sequential (a `Mixture`'s choice of the
+    next document depends on every earlier one), so the batches are exactly those of `make_batches()`.
+    The worker must only build CPU tensors (a forked child cannot use CUDA); move them in the step.
+    """
+    loader = torch.utils.data.DataLoader(_Produced(make_batches), batch_size=None, num_workers=1,
+                                         prefetch_factor=depth, pin_memory=pin_memory,
+                                         multiprocessing_context="fork")
+    return iter(loader)

@@ -56,10 +56,12 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 def fit(model: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor], batches: Iterable, steps: int,
         lr: float = 3e-3, weight_decay: float = 0.0, warmup: int = 0, grad_clip: float | None = 1.0,
         schedule: str = "cosine", optimizer: torch.optim.Optimizer | None = None,
-        callback: Callable[[int, float], None] | None = None, device: torch.device | None = None) -> list[float]:
+        callback: Callable[[int, torch.Tensor], None] | None = None, device: torch.device | None = None) -> list[float]:
     """Train for `steps` steps on `loss_fn(model, batch)`; returns the loss per step.
 
-    The light loop for experiments on small models (no checkpoints). bf16 autocast on CUDA.
+    The light loop for experiments on small models (no checkpoints). bf16 autocast on CUDA. The loss is
+    not read back every step (that would stall the CPU on the GPU each step): `callback(step, loss)` gets
+    it as a 0-d tensor (`float(loss)` waits for the GPU) and the floats are returned at the end.
     """
     from lmlab.utils import autocast_ctx
 
@@ -78,11 +80,11 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor], 
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())
         if callback is not None:
             callback(step, losses[-1])
     model.eval()
-    return losses
+    return torch.stack(losses).float().tolist() if losses else []
 
 
 # ---------------------------------------------------------------- one optimisation step

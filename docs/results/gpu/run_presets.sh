@@ -5,7 +5,9 @@
 #
 #   bash docs/results/gpu/run_presets.sh OUT_DIR [experiment ...]
 #   env: LMLAB_GPU_LIMIT_S (per-experiment wall limit, default 480; on expiry the run is interrupted and
-#        writes a report marked "interrupted"), LMLAB_GPU_TOTAL_S (whole script, default 570)
+#        writes a report marked "interrupted"), LMLAB_GPU_TOTAL_S (whole script, default 570),
+#        LMLAB_GPU_THREADS (CPU threads per experiment, default 4: with torch's default of one thread per
+#        core, experiments side by side oversubscribed the 16 cores in the first runs)
 set -u
 out=${1:?usage: run_presets.sh OUT_DIR [experiment ...]}
 shift
@@ -14,6 +16,7 @@ limit=${LMLAB_GPU_LIMIT_S:-480}
 total=${LMLAB_GPU_TOTAL_S:-570}
 start=$(date +%s)
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export OMP_NUM_THREADS=${LMLAB_GPU_THREADS:-4} MKL_NUM_THREADS=${LMLAB_GPU_THREADS:-4}
 mkdir -p "$out/logs"
 {
   date -u +"date %Y-%m-%dT%H:%M:%SZ"

@@ -48,6 +48,7 @@ _BASE = {
     "pipelines": ["rl", "sft", "sft_gold", "sft_rl", "parallel_avg"], "early_arms": None,
     "dynamics_every": 0, "dynamics_samples": 16, "data_arm": False, "targeted_hard_share": 0.5, "big_d_model": 96,
     "general_eval": 96, "seeds": 1, "sample_batch": 512, "max_value": 99,
+    "data_process": None,  # generate pre-training batches in a worker process (None: on CUDA only)
 }
 PRESETS = {
     # ≈ 55 s single-threaded: one seed, an early and a mid checkpoint, four pipelines (two at the early one)
@@ -72,7 +73,7 @@ PRESETS = {
 # ---------------------------------------------------------------------------------------------- pre-training
 def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int, dev, log):
     """Pre-train on the mixture; returns (model, {step: state_dict copy}) for cfg["checkpoints"]."""
-    from lmlab.data import GeneratorSource, Mixture
+    from lmlab.data import GeneratorSource, Mixture, in_background
     from lmlab.model import GPT, IGNORE_INDEX, GPTConfig
     from lmlab.sft import right_pad
     from lmlab.tasks.reasoning import pretraining_document
@@ -96,7 +97,16 @@ def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int,
             ids, mask = right_pad([mix.next_doc().tolist() for _ in range(cfg["pretrain_docs"])], tok.pad_id)
             y = ids[:, 1:].clone()
             y[~mask[:, 1:]] = IGNORE_INDEX
-            yield ids[:, :-1].to(dev), y.to(dev)
+            yield ids[:, :-1], y
+
+    def loss(m, batch):
+        x, y = (t.to(dev, non_blocking=True) for t in batch)
+        return m(x, y)
+
+    # on a GPU, generating 128 documents in Python takes longer than the step itself: a worker process
+    # makes them (the same batches in the same order) while the GPU trains
+    background = cfg["data_process"] if cfg["data_process"] is not None else dev.type == "cuda"
+    stream = in_background(batches, pin_memory=dev.type == "cuda") if background else batches()
 
     torch.manual_seed(seed)
     mcfg = GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], d_model=d_model,
@@ -110,7 +120,7 @@ def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int,
             snaps[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     t0 = time.time()
-    losses = fit(model, lambda m, b: m(*b), batches(), cfg["pretrain_steps"], lr=cfg["pretrain_lr"],
+    losses = fit(model, loss, stream, cfg["pretrain_steps"], lr=cfg["pretrain_lr"],
                  warmup=cfg["warmup"], schedule=cfg["pretrain_schedule"], callback=snap)
     log(f"pre-trained d={d_model} hard_share={hard_share} seed={seed}: loss {losses[0]:.3f} -> {losses[-1]:.3f} "
         f"in {time.time() - t0:.1f}s; composition {mix.composition()}")

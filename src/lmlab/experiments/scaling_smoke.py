@@ -99,7 +99,7 @@ def train_width(cfg: dict, width: int, seed: int, source: MarkovSource, held: to
 
     curve = []
 
-    def on_step(step: int, loss: float) -> None:
+    def on_step(step: int, loss: torch.Tensor) -> None:
         if (step + 1) % cfg["eval_every"] == 0 or step + 1 == cfg["steps"]:
             model.eval()
             curve.append((step + 1, held_out_loss(model, held)))

@@ -11,6 +11,7 @@ background stream with comparison and modular-addition instances injected at con
 from __future__ import annotations
 
 import math
+import time
 from itertools import pairwise
 
 import numpy as np
@@ -341,6 +342,7 @@ def lm_run(cfg, setup: LMSetup, layers, d_model, freq, seed, device, log) -> dic
     from lmlab.train import lr_at, make_optimizer, set_lr
     from lmlab.utils import autocast_ctx
 
+    t0 = time.time()
     torch.manual_seed(seed)
     stream = tc.InjectionStream(setup.bg, setup.tasks, [freq] * len(setup.tasks), cfg["lm_batch"], cfg["lm_seq"],
                                 seed=seed + 1)
@@ -421,7 +423,7 @@ def lm_run(cfg, setup: LMSetup, layers, d_model, freq, seed, device, log) -> dic
     res["alloc_injected"] = _lm_allocation(model, loss_fns(), setup)
     log(f"LM L={layers} d={d_model} ({res['params'] / 1e6:.2f}M) freq {freq}/batch: "
         + ", ".join(f"{n} acc {v['acc_train']:.2f}/{v['acc_heldout']:.2f}" for n, v in res["tasks"].items())
-        + f", bg loss {res['bg_loss']:.3f} (entropy {setup.entropy:.3f})")
+        + f", bg loss {res['bg_loss']:.3f} (entropy {setup.entropy:.3f}) in {time.time() - t0:.1f}s")
     return res
 
 
