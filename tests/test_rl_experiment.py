@@ -134,10 +134,14 @@ def test_pretraining_with_a_data_worker_process_gives_the_same_checkpoints():
 
     task, suite = get_task("digitsum"), GeneralSuite()
     tok = CharTokenizer(set(task.alphabet + suite.alphabet))
-    snaps = {}
+    snaps, logs = {}, {}
     for worker in (False, True):
         cfg = {**PRESETS["tiny"], **FAST, "pretrain_steps": 6, "checkpoints": [3, 6], "data_process": worker}
-        _, snaps[worker] = _pretrain(cfg, task, suite, tok, 0.1, 16, 0, torch.device("cpu"), lambda m: None)
+        log = logs.setdefault(worker, []).append
+        _, snaps[worker] = _pretrain(cfg, task, suite, tok, 0.1, 16, 0, torch.device("cpu"), log)
+    composition = [line.split("token composition ")[1] for line in logs[False]]
+    assert composition == [line.split("token composition ")[1] for line in logs[True]]
+    assert "task 0.0" not in composition[0] and "general 0.0" not in composition[0]
     for step in (3, 6):
         for k, v in snaps[False][step].items():
             assert torch.equal(v, snaps[True][step][k]), (step, k)

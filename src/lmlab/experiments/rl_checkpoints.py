@@ -58,9 +58,9 @@ PRESETS = {
     # ≈ 13 min single-threaded: two seeds, four checkpoints, five pipelines, RL dynamics, the data-vs-size arm
     "small": {**_BASE, "pretrain_steps": 1000, "checkpoints": [200, 400, 600, 1000], "hard": [4, 5, 6],
               "rl_steps": 50, "sft_steps": 60, "n_test": 48, "dynamics_every": 10, "data_arm": True, "seeds": 2},
-    # sized after two H200 runs: a 2000-step version took > 7.8 min beside two other runs and saturated pass@64
-    # on difficulty-6 tests (0.98-1.00 from step 700), so the test split is now difficulty 7. This version was
-    # cut in seed 1 at 205 s; from that pace it needs ≈ 7 min alone, over the 5-minute target (not re-timed)
+    # sized after H200 runs: a 2000-step version saturated pass@64 on difficulty-6 tests, so the test split is
+    # difficulty 7 (in a CPU probe, base and SFT solved no difficulty-8 test up to step 800). With batches made in a
+    # worker process this preset took 271 s and 288 s on an H200 beside task_competition (docs/results/gpu)
     "gpu": {**_BASE, "easy": [3, 4, 5], "hard": [6, 7], "test_difficulty": 7, "train_difficulties": [6, 7],
             "d_model": 128, "n_layers": 4, "n_heads": 4, "pretrain_docs": 128, "pretrain_lr": 2e-3,
             "pretrain_steps": 1200, "checkpoints": [150, 500, 1200], "n_train": 2000, "n_test": 96,
@@ -97,7 +97,7 @@ def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int,
             ids, mask = right_pad([mix.next_doc().tolist() for _ in range(cfg["pretrain_docs"])], tok.pad_id)
             y = ids[:, 1:].clone()
             y[~mask[:, 1:]] = IGNORE_INDEX
-            yield ids[:, :-1], y
+            yield ids[:, :-1], y, torch.tensor(mix.tokens)  # tokens drawn per source so far
 
     def loss(m, batch):
         x, y = (t.to(dev, non_blocking=True) for t in batch)
@@ -106,7 +106,14 @@ def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int,
     # on a GPU, generating 128 documents in Python takes longer than the step itself: a worker process
     # makes them (the same batches in the same order) while the GPU trains
     background = cfg["data_process"] if cfg["data_process"] is not None else dev.type == "cuda"
-    stream = in_background(batches, pin_memory=dev.type == "cuda") if background else batches()
+    drawn = {}
+
+    def consumed(stream):  # the mixture lives in the worker: its token counts travel with each batch
+        for x, y, tokens in stream:
+            drawn["tokens"] = tokens
+            yield x, y
+
+    stream = consumed(in_background(batches, pin_memory=dev.type == "cuda") if background else batches())
 
     torch.manual_seed(seed)
     mcfg = GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], d_model=d_model,
@@ -115,15 +122,17 @@ def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int,
     snaps = {}
     wanted = set(cfg["checkpoints"])
 
-    def snap(step: int, loss: float) -> None:
+    def snap(step: int, loss: torch.Tensor) -> None:
         if step + 1 in wanted:
             snaps[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     t0 = time.time()
     losses = fit(model, loss, stream, cfg["pretrain_steps"], lr=cfg["pretrain_lr"],
                  warmup=cfg["warmup"], schedule=cfg["pretrain_schedule"], callback=snap)
+    share = drawn["tokens"] / drawn["tokens"].sum()
     log(f"pre-trained d={d_model} hard_share={hard_share} seed={seed}: loss {losses[0]:.3f} -> {losses[-1]:.3f} "
-        f"in {time.time() - t0:.1f}s; composition {mix.composition()}")
+        f"in {time.time() - t0:.1f}s; token composition "
+        + ", ".join(f"{src.name} {float(f):.3f}" for src, f in zip(mix.sources, share)))
     return model, snaps
 
 
