@@ -62,3 +62,27 @@ def test_interrupt_in_the_lm_ladder_decides_claim_6_on_finished_frequencies(tmp_
     assert [r["freq"] for r in res["metrics"]["lm"]] == [1, 1]  # the half-finished frequency is dropped
     c6 = {c["id"]: c for c in res["claims"]}["c6_lm_rare_tasks"]
     assert c6["held"] in (True, False) and "only frequencies [1] of [1, 0.5, 0.25] finished" in c6["evidence"]
+
+
+def test_toy_in_a_forked_process_reports_the_same_numbers(tmp_path):
+    """The toy runs beside the LM ladder in a child process when the LM is on; its claims must not change."""
+    mini = {**MINI, "relu": False, "relu_widths": [], "lm_freqs": [1], "lm_sizes": [[1, 16]]}
+    out = {}
+    for overlap in (False, True):
+        run_experiment("task_competition", "tiny", tmp_path / str(overlap),
+                       overrides={**mini, "toy_in_process": overlap}, quiet=True, raise_errors=True)
+        out[overlap] = json.loads((tmp_path / str(overlap) / "results.json").read_text())
+    for key in ("toy_errors", "toy_alloc", "injection", "lm"):
+        assert out[True]["metrics"][key] == out[False]["metrics"][key], key
+    assert out[True]["claims"] == out[False]["claims"]
+
+
+def test_a_failing_toy_process_raises_with_its_traceback(monkeypatch):
+    import lmlab.experiments.task_competition as tc
+
+    def broken(cfg, seed, log):
+        raise ValueError("bad toy width")
+
+    monkeypatch.setattr(tc, "toy_part", broken)
+    with pytest.raises(RuntimeError, match="bad toy width"):
+        tc._ToyProcess({}, 0, print).result()

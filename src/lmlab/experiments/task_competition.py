@@ -11,6 +11,7 @@ background stream with comparison and modular-addition instances injected at con
 from __future__ import annotations
 
 import math
+import pickle
 import time
 from itertools import pairwise
 
@@ -28,7 +29,8 @@ TOY = {"n_tasks": 12, "block_dim": 8, "zipf": 1.2, "ranks": [1, 2, 4, 8], "toy_l
        "widths": [4, 8, 16, 32, 64, 128], "inj_periods": [100, 20]}
 LM_OFF = {"lm": False, "lm_sizes": [], "lm_freqs": [], "lm_steps": 0, "lm_batch": 16, "lm_seq": 32, "lm_lr": 3e-3,
           "lm_vocab": 64, "lm_order": 2, "lm_branching": 3, "cmp_items": 12, "mod_p": 11, "heldout_frac": 0.2,
-          "lm_learned_acc": 0.8, "lm_eval_every": 50, "lm_probe_freqs": []}
+          "lm_learned_acc": 0.8, "lm_eval_every": 50, "lm_probe_freqs": [],
+          "toy_in_process": None}  # run the toy in a forked process beside the LM ladder (None: when lm is on)
 
 PRESETS = {
     "tiny": {**TOY, **LM_OFF, "seeds": 3, "sweep_steps": 2000, "inj_widths": [8, 16, 32, 64], "inj_steps": 2999,
@@ -40,7 +42,8 @@ PRESETS = {
     # The toy part runs on the CPU in every preset; an H200 run with 5 seeds x 3000 steps and frequencies
     # [100, 10, 1, 0.1] was cut at 462 s (beside two other runs) after 2 of the 4 LM frequencies, where every size
     # learned comparison at 100/batch. So the toy is the small preset's and the LM ladder starts at 10/batch.
-    # On an H200 beside rl_checkpoints this took 327 s (and 293 s, cut in the last cell): over 5 min shared.
+    # On an H200 beside rl_checkpoints this took 327 s (and 293 s, cut in the last cell): over 5 min shared, of
+    # which the 12 LM cells took 277 s. The toy (~45 s, CPU) has since moved to a process beside the LM ladder.
     "gpu": {**TOY, **LM_OFF, "seeds": 3, "sweep_steps": 2000, "inj_widths": [8, 16, 32, 64, 128], "inj_steps": 2999,
             "relu": True, "relu_widths": [8, 16, 32, 64, 128],
             "lm": True, "lm_sizes": [[2, 64], [4, 128], [6, 256], [8, 512]], "lm_freqs": [10, 1, 0.1],
@@ -589,34 +592,14 @@ def _figures(rep, sweep, inj, lm, cfg):
 def run(ctx: RunContext) -> None:
     """Task competition: allocation, interference and rare-task retention vs width."""
     cfg, rep = ctx.cfg, ctx.report
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the toy nets are tiny: one thread is fastest
-    try:
-        sweep = toy_sweep(cfg, ctx.seed, "linear", cfg["widths"], ctx.log)
-        rep.metric("toy_errors", {n: e.mean(0) for n, e in sweep["errors"].items()})
-        rep.metric("toy_alloc", {n: a.mean(0) for n, a in sweep["alloc"].items()})
-        rep.metric("toy_learned_counts", decide_c1(rep, sweep, cfg))
-        rep.metric("toy_top3_share", decide_c2(rep, sweep, cfg))
-        scaling_section(rep, sweep, "linear_toy_D=steps")
-        if cfg["relu"]:
-            rs = toy_sweep(cfg, ctx.seed, "relu", cfg["relu_widths"], ctx.log)
-            widths = sorted(rs["errors"])
-            rep.table([[n, int((rs["errors"][n].mean(0) < cfg["learned_err"]).sum()),
-                        float(rs["alloc"][n][:, :3].sum(1).mean()),
-                        " ".join(f"{e:.2f}" for e in rs["errors"][n].mean(0))] for n in widths],
-                      ["width", "tasks learned", "top-3 allocation (ablation)", "errors per task"],
-                      title="ReLU toy (supplementary): same ordering, graded errors; allocation by exact unit ablation")
-            rep.metric("relu_errors", {n: e.mean(0) for n, e in rs["errors"].items()})
-            rep.metric("relu_top3_share", {n: float(rs["alloc"][n][:, :3].sum(1).mean()) for n in widths})
-        inj = {p: toy_injection(cfg, ctx.seed, p, cfg["inj_widths"], ctx.log) for p in cfg["inj_periods"]}
-        rep.metric("injection", {p: {n: {k: r[k] for k in ("final", "peak", "decay_frac", "jump", "g_batch",
-                                                           "g_expected", "cos_end")} for n, r in res.items()}
-                                 for p, res in inj.items()})
-        thr = decide_c3(rep, inj, cfg)
-        decide_c4(rep, inj, thr, cfg)
-        decide_c5(rep, inj, cfg)
-    finally:
-        torch.set_num_threads(threads)
+    overlap = cfg["lm"] if cfg["toy_in_process"] is None else cfg["toy_in_process"]
+    toy = _ToyProcess(cfg, ctx.seed, ctx.log) if overlap else None  # the CPU toy beside the LM ladder
+    if toy is None:
+        threads = torch.get_num_threads()
+        try:
+            results = toy_part(cfg, ctx.seed, ctx.log)
+        finally:
+            torch.set_num_threads(threads)
     lm = []
     if cfg["lm"]:
         if ctx.device.type == "cpu":
@@ -630,6 +613,10 @@ def run(ctx: RunContext) -> None:
             done = len(lm) // len(cfg["lm_sizes"])  # frequencies that every size finished
             lm = lm[: done * len(cfg["lm_sizes"])]
             ctx.log(f"interrupted in the LM ladder; reporting {done} finished frequencies")
+    if toy is not None:
+        results = toy.result()
+    sweep, inj = report_toy(rep, cfg, results)
+    if cfg["lm"]:
         rep.metric("lm", [{k: v for k, v in r.items() if k not in ("track",)} for r in lm])
         rep.metric("lm_background_entropy", setup.entropy)
         if lm:
@@ -639,6 +626,81 @@ def run(ctx: RunContext) -> None:
         rep.decide("c6_lm_rare_tasks", None, "undecided: the LM sweep is not part of the tiny preset "
                    "(run --preset small or gpu)")
     _figures(rep, sweep, inj, lm, cfg)
+
+
+def toy_part(cfg, seed, log) -> dict:
+    """Every toy-regression run (linear sweep, ReLU sweep, injection), on the CPU with one thread."""
+    torch.set_num_threads(1)  # the toy nets are tiny: one thread is fastest
+    out = {"sweep": toy_sweep(cfg, seed, "linear", cfg["widths"], log)}
+    if cfg["relu"]:
+        out["relu"] = toy_sweep(cfg, seed, "relu", cfg["relu_widths"], log)
+    out["inj"] = {p: toy_injection(cfg, seed, p, cfg["inj_widths"], log) for p in cfg["inj_periods"]}
+    return out
+
+
+class _ToyProcess:
+    """`toy_part` in a forked process, so that the CPU-only toy runs while the parent trains the LM ladder.
+
+    Forked, not spawned: the child inherits the config and imports, and it never touches the GPU. Its result
+    comes back as plain pickle bytes (multiprocessing would pass tensors as shared-memory handles, which die
+    with the child); an exception in it is raised again here with the child's traceback.
+    """
+
+    def __init__(self, cfg, seed, log):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork")
+        self.queue = ctx.SimpleQueue()
+        self.proc = ctx.Process(target=self._main, args=(cfg, seed, log), daemon=True)
+        self.proc.start()
+
+    def _main(self, cfg, seed, log):
+        import traceback
+
+        try:
+            self.queue.put(("ok", pickle.dumps(toy_part(cfg, seed, log))))
+        except KeyboardInterrupt:
+            self.queue.put(("interrupted", None))
+        except BaseException:
+            self.queue.put(("error", traceback.format_exc()))
+
+    def result(self) -> dict:
+        try:
+            status, value = self.queue.get()
+        finally:
+            self.proc.join()
+        if status == "interrupted":
+            raise KeyboardInterrupt
+        if status == "error":
+            raise RuntimeError(f"the toy-regression process failed:\n{value}")
+        return pickle.loads(value)
+
+
+def report_toy(rep, cfg, toy) -> tuple[dict, dict]:
+    """Claims 1-5 from the toy runs; returns (linear sweep, injection runs) for the figures."""
+    sweep, inj = toy["sweep"], toy["inj"]
+    rep.metric("toy_errors", {n: e.mean(0) for n, e in sweep["errors"].items()})
+    rep.metric("toy_alloc", {n: a.mean(0) for n, a in sweep["alloc"].items()})
+    rep.metric("toy_learned_counts", decide_c1(rep, sweep, cfg))
+    rep.metric("toy_top3_share", decide_c2(rep, sweep, cfg))
+    scaling_section(rep, sweep, "linear_toy_D=steps")
+    if "relu" in toy:
+        rs = toy["relu"]
+        widths = sorted(rs["errors"])
+        rep.table([[n, int((rs["errors"][n].mean(0) < cfg["learned_err"]).sum()),
+                    float(rs["alloc"][n][:, :3].sum(1).mean()),
+                    " ".join(f"{e:.2f}" for e in rs["errors"][n].mean(0))] for n in widths],
+                  ["width", "tasks learned", "top-3 allocation (ablation)", "errors per task"],
+                  title="ReLU toy (supplementary): same ordering, graded errors; allocation by exact unit ablation")
+        rep.metric("relu_errors", {n: e.mean(0) for n, e in rs["errors"].items()})
+        rep.metric("relu_top3_share", {n: float(rs["alloc"][n][:, :3].sum(1).mean()) for n in widths})
+    rep.metric("injection", {p: {n: {k: r[k] for k in ("final", "peak", "decay_frac", "jump", "g_batch",
+                                                       "g_expected", "cos_end")} for n, r in res.items()}
+                             for p, res in inj.items()})
+    thr = decide_c3(rep, inj, cfg)
+    decide_c4(rep, inj, thr, cfg)
+    decide_c5(rep, inj, cfg)
+    return sweep, inj
 
 
 def _lm_tables(rep, lm):
