@@ -151,7 +151,7 @@ def test_reproduce_writes_reports_and_keeps_going(registry, tmp_path, capsys):
     assert data["experiment"] == "scaling_smoke" and data["preset"] == "tiny" and data["error"] is None
     assert data["cpu_time_s"] > 0 and data["runtime_s"] > 0
     assert data["environment"]["cpu_threads"] == 1  # tiny presets run single-threaded, and say so
-    assert "CPU (1 threads)" in (smoke / "report.md").read_text()
+    assert "CPU (1 thread)" in (smoke / "report.md").read_text()
     assert data["claims"][0]["id"] == "c1_wider_lower_loss" and data["claims"][0]["held"] in (True, False)
     assert data["metrics"]["entropy_floor"] > 0
     card = (out / "REPORT.md").read_text()
@@ -181,3 +181,22 @@ def test_scaling_smoke_tiny_preset(tmp_path):
     rep = run_experiment("scaling_smoke", "tiny", tmp_path, quiet=True)
     assert rep.error is None and rep.cpu_time_s > 0
     assert rep.claims["c1_wider_lower_loss"].held is not None
+
+
+def test_cpu_seconds_counts_the_children_the_run_waited_for():
+    import multiprocessing as mp
+    import time
+
+    from lmlab.experiments import cpu_seconds
+
+    def burn():
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+
+    c0, own0 = cpu_seconds(), time.process_time()
+    child = mp.get_context("fork").Process(target=burn)
+    child.start()
+    child.join()
+    assert time.process_time() - own0 < 0.2  # the parent itself mostly waited
+    assert cpu_seconds() - c0 >= 0.25  # the child's 0.3 s are counted

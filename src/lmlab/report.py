@@ -60,7 +60,7 @@ class Report:
     sections: list[str] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
     runtime_s: float | None = None  # wall clock
-    cpu_time_s: float | None = None  # this process's CPU time (steadier than wall time on a shared machine)
+    cpu_time_s: float | None = None  # CPU time of the run and its waited-for workers (steadier than wall time)
     error: str | None = None
     device: str = ""
     cpu_threads: int | None = None  # intra-op threads the run used (set by the runner; tiny presets use 1)
@@ -161,13 +161,14 @@ class Report:
 
     def to_markdown(self) -> str:
         env = environment(self.cpu_threads)
-        hw = env.get("gpu") or f"CPU ({env['cpu_threads']} threads)"
+        n = env["cpu_threads"]
+        hw = env.get("gpu") or f"CPU ({n} thread{'' if n == 1 else 's'})"
         lines = [f"# {self.experiment} — preset `{self.preset}`", ""]
         if self.paper:
             lines += [f"Paper: {self.paper}", ""]
         rt = f"{self.runtime_s:.1f} s" if self.runtime_s is not None else "n/a"
         if self.cpu_time_s is not None:
-            rt += f" (process CPU time {self.cpu_time_s:.1f} s)"
+            rt += f" (CPU time {self.cpu_time_s:.1f} s)"
         lines += [
             f"Run: seed {self.seed}, {hw}, torch {env['torch']}, runtime {rt}. "
             f"Reproduce with `lmlab run {self.experiment} --preset {self.preset} --seed {self.seed}`.",
