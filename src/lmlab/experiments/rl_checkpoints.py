@@ -97,7 +97,7 @@ def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int,
             ids, mask = right_pad([mix.next_doc().tolist() for _ in range(cfg["pretrain_docs"])], tok.pad_id)
             y = ids[:, 1:].clone()
             y[~mask[:, 1:]] = IGNORE_INDEX
-            yield ids[:, :-1], y, torch.tensor(mix.tokens)  # tokens drawn per source so far
+            yield ids[:, :-1], y, mix.composition()  # token shares drawn so far
 
     def loss(m, batch):
         x, y = (t.to(dev, non_blocking=True) for t in batch)
@@ -108,9 +108,9 @@ def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int,
     background = cfg["data_process"] if cfg["data_process"] is not None else dev.type == "cuda"
     drawn = {}
 
-    def consumed(stream):  # the mixture lives in the worker: its token counts travel with each batch
-        for x, y, tokens in stream:
-            drawn["tokens"] = tokens
+    def consumed(stream):  # the mixture lives in the worker: its composition travels with each batch
+        for x, y, composition in stream:
+            drawn["composition"] = composition
             yield x, y
 
     stream = consumed(in_background(batches, pin_memory=dev.type == "cuda") if background else batches())
@@ -129,10 +129,9 @@ def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int,
     t0 = time.time()
     losses = fit(model, loss, stream, cfg["pretrain_steps"], lr=cfg["pretrain_lr"],
                  warmup=cfg["warmup"], schedule=cfg["pretrain_schedule"], callback=snap)
-    share = drawn["tokens"] / drawn["tokens"].sum()
     log(f"pre-trained d={d_model} hard_share={hard_share} seed={seed}: loss {losses[0]:.3f} -> {losses[-1]:.3f} "
         f"in {time.time() - t0:.1f}s; token composition "
-        + ", ".join(f"{src.name} {float(f):.3f}" for src, f in zip(mix.sources, share)))
+        + ", ".join(f"{name} {share:.3f}" for name, share in drawn["composition"].items()))
     return model, snaps
 
 
