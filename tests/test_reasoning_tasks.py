@@ -98,6 +98,19 @@ def test_wordproblem_solution_count_is_the_number_of_chain_interleavings():
         assert task.num_solutions(p) == expected == len(task.solutions(p, 10_000, rng))
 
 
+@pytest.mark.parametrize("difficulty", [7, 8])
+@pytest.mark.parametrize("limit", [1, 8, 64])
+def test_long_wordproblems_keep_every_question_in_the_sft_data(difficulty, limit):
+    # Long chains have few valid orders among all permutations: each question must still get
+    # min(limit, #solutions) distinct verified solutions, not silently drop out of SFT/SFT-Gold.
+    task, rng = WordProblemTask(), random.Random(difficulty * limit)
+    for _ in range(30):
+        p = task.sample(rng, difficulty)
+        sols = task.solutions(p, limit, rng)
+        assert len(sols) == len(set(sols)) == min(limit, task.num_solutions(p))
+        assert all(task.verify(p, s) for s in sols)
+
+
 def test_wordproblem_values_stay_in_range():
     task, rng = WordProblemTask(max_value=99), random.Random(0)
     for _ in range(300):

@@ -69,11 +69,11 @@ class ReasoningTask(ABC):
     def max_completion_chars(self, difficulty: int) -> int: ...
 
 
-def _distinct_orders(items: list, limit: int, rng: random.Random, valid=None) -> list[tuple]:
+def _distinct_orders(items: list, limit: int, rng: random.Random) -> list[tuple]:
     """Up to `limit` distinct orderings of `items` (all of them when few; a random sample otherwise)."""
     n_all = math.factorial(len(items))
     if n_all <= 4 * limit:
-        orders = sorted({p for p in itertools.permutations(items) if valid is None or valid(p)})
+        orders = sorted(set(itertools.permutations(items)))
         rng.shuffle(orders)
         return orders[:limit]
     seen: set = set()
@@ -81,11 +81,34 @@ def _distinct_orders(items: list, limit: int, rng: random.Random, valid=None) ->
         p = list(items)
         rng.shuffle(p)
         t = tuple(p)
-        if (valid is None or valid(t)) and t not in seen:
+        if t not in seen:
             seen.add(t)
             if len(seen) == limit:
                 break
     return sorted(seen, key=lambda _: rng.random())
+
+
+def _interleavings(chains: list[list]):
+    """Every order of the chains' items that keeps each chain's own order."""
+    if not any(chains):
+        yield ()
+        return
+    for i, c in enumerate(chains):
+        if c:
+            rest = chains[:i] + [c[1:]] + chains[i + 1:]
+            for tail in _interleavings(rest):
+                yield (c[0],) + tail
+
+
+def _random_interleaving(chains: list[list], rng: random.Random) -> tuple:
+    """A uniformly random interleaving: the next item comes from a chain with probability ∝ its remaining length."""
+    chains = [list(c) for c in chains]
+    order = []
+    while any(chains):
+        live = [c for c in chains if c]
+        c = rng.choices(live, [len(c) for c in live])[0]
+        order.append(c.pop(0))
+    return tuple(order)
 
 
 # ----------------------------------------------------------------------------------------------- digit sums
@@ -229,21 +252,6 @@ class WordProblemTask(ReasoningTask):
         ends = [c[-1][0] for c in self._unpack(problem)[0]]
         return "+".join(ends) + "=" + "+".join(str(values[e]) for e in ends) + f"={problem.answer};#{problem.answer}"
 
-    def _orders_valid(self, problem: Problem):
-        chains = self._unpack(problem)[0]
-        pos = {step[0]: (ci, si) for ci, c in enumerate(chains) for si, step in enumerate(c)}
-
-        def valid(order) -> bool:
-            nxt = [0] * len(chains)
-            for name in order:
-                ci, si = pos[name]
-                if si != nxt[ci]:
-                    return False
-                nxt[ci] += 1
-            return True
-
-        return valid
-
     def _trace(self, problem: Problem, order, noise: float = 0.0, rng: random.Random | None = None) -> str:
         chains, values = self._unpack(problem)
         steps = {s[0]: s for c in chains for s in c}
@@ -289,19 +297,25 @@ class WordProblemTask(ReasoningTask):
         return n
 
     def solutions(self, problem: Problem, limit: int, rng: random.Random) -> list[str]:
-        names = [s[0] for c in self._unpack(problem)[0] for s in c]
-        orders = _distinct_orders(names, limit, rng, valid=self._orders_valid(problem))
+        # Valid orders are the interleavings of the chains: enumerate them when few, else draw them uniformly
+        # (shuffling all step names and filtering kept almost none once chains are long).
+        chains = [[s[0] for s in c] for c in self._unpack(problem)[0]]
+        if self.num_solutions(problem) <= 4 * limit:
+            orders = list(_interleavings(chains))
+            rng.shuffle(orders)
+            orders = orders[:limit]
+        else:
+            seen: dict = {}
+            for _ in range(50 * limit):
+                seen.setdefault(_random_interleaving(chains, rng))
+                if len(seen) == limit:
+                    break
+            orders = list(seen)
         return [self._trace(problem, o) for o in orders]
 
     def sample_solution(self, problem: Problem, rng: random.Random, noise: float = 0.0) -> str:
-        chains = [list(c) for c in self._unpack(problem)[0]]
-        order = []
-        while any(chains):  # a uniformly random interleaving of the chains
-            live = [c for c in chains if c]
-            weights = [len(c) for c in live]
-            c = rng.choices(live, weights)[0]
-            order.append(c.pop(0)[0])
-        return self._trace(problem, order, noise, rng)
+        chains = [[s[0] for s in c] for c in self._unpack(problem)[0]]
+        return self._trace(problem, _random_interleaving(chains, rng), noise, rng)
 
     def max_completion_chars(self, difficulty: int) -> int:
         return 14 * difficulty + 8 * 3 + 16
