@@ -238,35 +238,55 @@ def _split_threshold(final: dict, lost: float, kept: float):
     return None
 
 
+MIN_FIT_R2 = 0.9  # below this the L(N, D) power law does not describe the sweep
+VISIBLE_PEAK = 0.05  # a rise of the rare-task signal that a plot shows (5% of the task)
+
+
+def _rise_and_decay(r, retained: float) -> np.ndarray:
+    """Per seed: the signal rose visibly (peak ≥ VISIBLE_PEAK), each injection's gain was mostly lost before
+    the next one (decay fraction ≥ 0.5), and the task was not retained at the end."""
+    return (r["peak"] >= VISIBLE_PEAK) & (np.nan_to_num(r["decay_frac"]) >= 0.5) & (r["final"] < retained)
+
+
 def decide_c3(rep, inj, cfg):
+    """Threshold at the slowest schedule; rise-and-decay must be visible in a narrow model (majority of seeds) at
+    some schedule where it loses the task, and every width from the threshold on must accumulate."""
     slow = max(inj)
     res = inj[slow]
     final = {n: float(r["final"].mean()) for n, r in res.items()}
     thr = _split_threshold(final, cfg["lost"], cfg["retained"])
-    below = [n for n in res if thr is None or n < thr]
-    above = [n for n in res if thr is not None and n >= thr]
-    forget = {n: float(np.nanmean(res[n]["decay_frac"])) for n in res}
-    # a visible rise-and-decay, per training run (seeds rise and fall at different times): the run's
-    # signal peaked ≥ 0.05 and ended below `lost`
-    visible = [(p, n, int(((r["peak"] >= 0.05) & (r["final"] < cfg["lost"])).sum()), len(r["final"]))
-               for p in sorted(inj, reverse=True) for n, r in sorted(inj[p].items())]
-    visible = [v for v in visible if v[2] > 0]
-    forget_ok = bool(below) and np.mean([forget[n] for n in below]) >= 0.5 and \
-        all(forget[n] < 0.5 for n in above)
-    held = thr is not None and forget_ok and bool(visible)
+    if thr is None:
+        rep.decide("c3_retention_threshold", False,
+                   f"injection every {slow} steps: final rare signal (1 − error, seed mean) "
+                   + ", ".join(f"N={n}: {v:.2f}" for n, v in sorted(final.items()))
+                   + f" — no width splits lost (< {cfg['lost']}) from retained (> {cfg['retained']}).")
+        return None
+    rd = {(p, n): _rise_and_decay(r, cfg["retained"]) for p in inj for n, r in inj[p].items() if n < thr}
+    shown = sorted(((p, n) for (p, n), ok in rd.items() if ok.sum() * 2 > len(ok)), key=lambda k: (-k[0], k[1]))
+    accum = {(p, n): float(np.nanmean(r["decay_frac"])) for p in inj for n, r in inj[p].items() if n >= thr}
+    accumulates = all(v < 0.5 for v in accum.values())
+    jumps = {n: float(r["jump"].mean()) for n, r in res.items()}
+    held = bool(shown) and accumulates
     rep.decide("c3_retention_threshold", held,
                f"injection every {slow} steps: final rare signal (1 − error, seed mean) "
                + ", ".join(f"N={n}: {v:.2f}" for n, v in sorted(final.items()))
-               + f" → threshold {thr} (criterion: < {cfg['lost']} below, > {cfg['retained']} from it on). "
-                 f"Fraction of each injection's gain lost before the next: "
-               + ", ".join(f"N={n}: {v:.2f}" for n, v in sorted(forget.items()))
-               + " (criterion: ≥ 0.5 on average below the threshold = update-and-forget, < 0.5 above = accumulation). "
-                 f"Runs with a visible rise-and-decay (peak ≥ 0.05, final < {cfg['lost']}): "
-               + (", ".join(f"N={n} every {p} steps ({k}/{m} seeds)" for p, n, k, m in visible) or "none"))
+               + f" → retained only from N={thr} on (criterion: < {cfg['lost']} below, > {cfg['retained']} from it on). "
+                 f"Rise-and-decay (peak ≥ {VISIBLE_PEAK}, ≥ half of each injection's gain lost before the next, not "
+                 f"retained) in a majority of seeds of a width below N={thr}: "
+               + (", ".join(f"N={n} every {p} steps ({int(rd[(p, n)].sum())}/{len(rd[(p, n)])} seeds)" for p, n in shown)
+                  or "none")
+               + f". At every {slow} steps the narrow widths barely respond to an injection (mean gain per injection "
+               + ", ".join(f"N={n}: {v:.4f}" for n, v in sorted(jumps.items()) if n < thr)
+               + f", vs N={thr}: {jumps[thr]:.4f}), so there they never learn the task rather than learn and forget it. "
+                 f"Accumulation from N={thr} on (fraction of each gain lost < 0.5 at every schedule): "
+               + ("yes" if accumulates else "no: " + ", ".join(f"N={n} every {p}: {v:.2f}" for (p, n), v in
+                                                              sorted(accum.items()) if v >= 0.5)) + ".")
     return thr
 
 
 def decide_c4(rep, inj, thr, cfg):
+    """Every width below the retention threshold must have a ≥ 5× larger common-task gradient than every width
+    from it on (a mean over widths hides a narrow width that sits at a small-gradient saddle)."""
     slow = max(inj)
     res = inj[slow]
     g = {n: float(r["g_batch"].mean()) for n, r in res.items()}
@@ -275,15 +295,19 @@ def decide_c4(rep, inj, thr, cfg):
         rep.decide("c4_common_gradient", None, "undecided: no retention threshold was found (claim 3), so there "
                    "is no small/large split; common minibatch |g| " + ", ".join(f"N={n}: {v:.1e}" for n, v in g.items()))
         return
-    small = [g[n] for n in g if n < thr]
-    large = [g[n] for n in g if n >= thr]
-    ratio = np.mean(small) / max(np.mean(large), 1e-30)
-    rep.decide("c4_common_gradient", bool(ratio >= 5),
+    small = {n: v for n, v in g.items() if n < thr}
+    large = {n: v for n, v in g.items() if n >= thr}
+    worst = min(small.values()) / max(max(large.values()), 1e-30)
+    mean_ratio = np.mean(list(small.values())) / max(np.mean(list(large.values())), 1e-30)
+    rep.decide("c4_common_gradient", bool(worst >= 5),
                f"norm of a common-task minibatch gradient at the end (seed mean, injection every {slow} steps): "
                + ", ".join(f"N={n}: {v:.1e}" for n, v in sorted(g.items()))
-               + f"; mean below the threshold N={thr} ÷ mean above = {ratio:.1f}× (criterion ≥ 5×); min-below ÷ "
-                 f"max-above = {min(small) / max(max(large), 1e-30):.1f}×. Expected (population) common gradient: "
-               + ", ".join(f"N={n}: {v:.1e}" for n, v in sorted(ge.items())))
+               + f"; smallest below the threshold N={thr} ÷ largest from it on = {worst:.1f}× (criterion ≥ 5×: every "
+                 f"narrow width several times above every wide one; ratio of the means {mean_ratio:.1f}×). Expected "
+                 f"(population) common gradient: " + ", ".join(f"N={n}: {v:.1e}" for n, v in sorted(ge.items()))
+               + ("" if worst >= 5 else f". N={min(small, key=small.get)} loses the rare task yet has a smaller "
+                  "common gradient than a width that keeps it, so here a small common gradient is not specific to "
+                  "wide models."))
 
 
 def decide_c5(rep, inj, cfg):
@@ -307,18 +331,24 @@ def scaling_section(rep, sweep, label):
             ns.append(n), ds.append(step), ls.append(max(float(np.mean(loss)), 1e-8))
     fit = fit_scaling_law(ns, ds, ls)
     widths = sorted(sweep["loss_at"])
-    band = unreachable_band(fit, widths[0], widths[-1])
     last, mid = max(sweep["checkpoints"]), sorted(sweep["checkpoints"])[len(sweep["checkpoints"]) // 2]
     small_inf = float(np.mean(sweep["loss_at"][widths[0]][last]))
     large_mid = float(np.mean(sweep["loss_at"][widths[-1]][mid]))
     rep.metric(f"scaling_fit_{label}", fit.to_dict())
+    measured = (f"Measured: N={widths[0]} at the longest training (D={last}) has loss {small_inf:.3g} vs N={widths[-1]} "
+                f"at D={mid}: {large_mid:.3g} ({'larger model ahead with less data' if large_mid < small_inf else 'no unreachable band seen'}).")
+    head = (f"**L(N, D) fit ({label})**: L = {fit.E:.3g} + {fit.A:.3g}·N^-{fit.alpha:.2f} + {fit.B:.3g}·D^-{fit.beta:.2f} "
+            f"(R² on log L = {fit.r2:.3f}, {fit.n_points} points; {label.split('_')[-1]}). ")
+    if fit.r2 < MIN_FIT_R2:
+        band = None  # a band read off a curve that does not describe the data is not evidence
+        rep.text(head + f"The sweep is not described by this power law (R² < {MIN_FIT_R2}), so no unreachable band "
+                 "is derived from it. " + measured)
+    else:
+        band = unreachable_band(fit, widths[0], widths[-1])
+        rep.text(head + f"Unreachable band for N={widths[0]} vs N={widths[-1]}: [{band['band_low']:.3g}, "
+                 f"{band['band_high']:.3g}]; the larger model passes the smaller one's infinite-data loss at "
+                 f"D* ≈ {band['d_star']:.3g}. " + measured)
     rep.metric(f"unreachable_band_{label}", band)
-    rep.text(f"**L(N, D) fit ({label})**: L = {fit.E:.3g} + {fit.A:.3g}·N^-{fit.alpha:.2f} + {fit.B:.3g}·D^-{fit.beta:.2f} "
-             f"(R² on log L = {fit.r2:.3f}, {fit.n_points} points; {label.split('_')[-1]}). Unreachable band for "
-             f"N={widths[0]} vs N={widths[-1]}: [{band['band_low']:.3g}, {band['band_high']:.3g}]; the larger model "
-             f"passes the smaller one's infinite-data loss at D* ≈ {band['d_star']:.3g}. Measured: N={widths[0]} at the "
-             f"longest training (D={last}) has loss {small_inf:.3g} vs N={widths[-1]} at D={mid}: {large_mid:.3g} "
-             f"({'larger model ahead with less data' if large_mid < small_inf else 'no unreachable band seen'}).")
     return fit, band
 
 
@@ -442,7 +472,8 @@ def _probe(model, stream, task, seed, device) -> dict[int, float]:
 
 
 def _lm_allocation(model, fns, setup) -> float:
-    """Fraction of last-layer MLP units whose (first-order) ablation effect goes mostly to injected tasks."""
+    """Soft share of the last-layer MLP units' (first-order) ablation effects that goes to the injected tasks
+    (each unit split across tasks in proportion to its effects; not a count of units)."""
     eff = itf.unit_attributions(model, fns, layer=model.cfg.n_layers - 1)
     names, mat = itf.effect_matrix(eff)
     alloc = itf.allocation(mat, min_frac=0.01)
@@ -466,23 +497,59 @@ def decide_c6(rep, lm, cfg, setup):
               title=f"Claim 6: answer accuracy on trained/held-out pairs (learned: trained ≥ {thr})")
     mono = all(min_freq[(t.name, b)] <= min_freq[(t.name, a)] for t in setup.tasks for a, b in pairwise(sizes))
     lower = any(min_freq[(t.name, sizes[-1])] < min_freq[(t.name, sizes[0])] for t in setup.tasks)
-    proj = {s: float(np.mean([by[(*s, f)]["tasks"][t.name]["bg_projection_end"] for f in freqs for t in setup.tasks]))
-            for s in sizes}
-    cosv = {s: float(np.mean([by[(*s, f)]["tasks"][t.name]["cos_end"] for f in freqs for t in setup.tasks]))
-            for s in sizes}
+    learned_freqs = sorted({f for f in min_freq.values() if f != math.inf})
+    itf_by = {s: lm_interference([by[(*s, f)] for f in freqs], [t.name for t in setup.tasks]) for s in sizes}
+    proj = {s: v["projection"] for s, v in itf_by.items()}
     ratio = proj[sizes[0]] / max(proj[sizes[-1]], 1e-30)
+    proj_mono = all(proj[b] <= proj[a] for a, b in pairwise(sizes))
     held = mono and lower and ratio >= 2
     fmt = lambda v: "never" if v == math.inf else f"{v:g}"
+    name = lambda s: f"d{s[1]}"
     rep.decide("c6_lm_rare_tasks", held,
                "lowest frequency (instances/batch) at which each task is learned, small→large: "
                + "; ".join(f"{t.name}: " + ", ".join(fmt(min_freq[(t.name, s)]) for s in sizes) for t in setup.tasks)
                + f" (criterion: non-increasing with size and lower for the largest model in ≥ 1 task: "
-                 f"{'yes' if mono and lower else 'no'}). Interference = |g_background·ĝ_task| at the end, mean over "
-                 f"tasks and frequencies: " + ", ".join(f"d{s[1]}: {proj[s]:.3g}" for s in sizes)
-               + f" (smallest ÷ largest = {ratio:.2f}, criterion ≥ 2); cos(g_background, g_task): "
-               + ", ".join(f"d{s[1]}: {cosv[s]:+.3f}" for s in sizes) + f". One seed per cell; {cfg['lm_steps']} steps"
+                 f"{'yes' if mono and lower else 'no'}"
+               + (f"; every learned cell is at {learned_freqs[0]:g}/batch, the highest frequency tested, so this "
+                  "shows larger models learning at a frequency too low for the smallest, not a learned region moving "
+                  "further down" if learned_freqs == [max(freqs)] else "")
+               + "). Interference = |g_background·ĝ_task| (the background gradient's component along the task "
+                 "gradient: the first-order change in task loss per unit step), mean over tasks, frequencies and the "
+                 "second half of training: " + ", ".join(f"{name(s)}: {proj[s]:.3g}" for s in sizes)
+               + f" (smallest ÷ largest = {ratio:.2f}, criterion ≥ 2; {'monotone' if proj_mono else 'not monotone'} "
+                 "in size). Its parts: background gradient norm "
+               + ", ".join(f"{name(s)}: {itf_by[s]['bg_norm']:.3g}" for s in sizes)
+               + "; alignment above chance |cos|·√P (≈ 0.8 for unrelated directions in P dimensions) "
+               + ", ".join(f"{name(s)}: {itf_by[s]['alignment']:.1f}" for s in sizes)
+               + ". " + _interference_reading(itf_by[sizes[0]], itf_by[sizes[-1]])
+               + f" One seed per cell; {cfg['lm_steps']} steps"
                + ("." if len(freqs) == len(cfg["lm_freqs"]) else f"; only frequencies {freqs} of {cfg['lm_freqs']} "
                   "finished (the run was interrupted)."))
+
+
+def _interference_reading(small: dict, large: dict) -> str:
+    if large["alignment"] < small["alignment"]:
+        return (f"The alignment above chance fell too ({small['alignment']:.1f} → {large['alignment']:.1f}): the "
+                "larger model's background gradient points less along the task.")
+    bg = large["bg_norm"] < small["bg_norm"] / 1.5
+    return (f"The alignment above chance did not fall ({small['alignment']:.1f} → {large['alignment']:.1f}), so "
+            "the smaller interference comes from near-orthogonal gradients in the larger parameter space"
+            + (f" and a smaller background gradient ({small['bg_norm']:.3g} → {large['bg_norm']:.3g})" if bg else "")
+            + ", not from gradients less aligned than chance.")
+
+
+def lm_interference(cells: list[dict], tasks: list[str]) -> dict:
+    """Mean over cells, tasks and the second half of the evaluation points of |g_bg·ĝ_task|, |cos|·√P and
+    the background gradient norm (one point at the end is as noisy as the sign flips of the cosine)."""
+    proj, align, bg = [], [], []
+    for c in cells:
+        g = c["grads"]
+        half = len(g["steps"]) // 2
+        bg.append(np.mean(g["bg_norm"][half:]))
+        for t in tasks:
+            proj.append(np.mean(np.abs(g[t]["projection"][half:])))
+            align.append(np.mean(np.abs(g[t]["cos"][half:])) * math.sqrt(c["params"]))
+    return {"projection": float(np.mean(proj)), "alignment": float(np.mean(align)), "bg_norm": float(np.mean(bg))}
 
 
 # ================================================================ figures
@@ -715,6 +782,6 @@ def _lm_tables(rep, lm):
                          r["bg_loss"], r["alloc_injected"]])
     rep.table(rows, ["model", "freq/batch", "task", "acc trained", "acc held-out", "Δlogp at injection",
                      "lost before next", "cos(g_bg, g_task)", "|g_bg·ĝ_task|", "probe acc (emb, mid, last)",
-                     "bg loss", "units → injected"],
+                     "bg loss", "injected share of last-layer unit effects"],
               title="LM sweep details (probe: task variable at '=' per layer, trained on train pairs, tested on "
                     "held-out pairs)")
