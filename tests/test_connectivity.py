@@ -1,4 +1,5 @@
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -80,8 +81,11 @@ def test_barrier_matrix_matches_direct_curves_and_caches(tmp_path):
     direct = C.path_curve(MLP(3, 8), models["m0"], models["m2"], C.prepare_batches([(x, y)], "cpu"), 5)
     assert D[0, 2] == pytest.approx(C.barrier_max_subsegment(direct["loss"]), abs=1e-6)
     assert cache.exists()
-    again = C.barrier_matrix(MLP(3, 8), models, [(x, y)], n_points=5, cache=cache, workers=2)
+    # the same models and batches come from the cache (path_curve is not called again)
+    again = C.barrier_matrix(MLP(3, 8), models, [(x[:20], y[:20]), (x[20:], y[20:])], n_points=5, cache=cache,
+                             workers=2)
     np.testing.assert_allclose(again["D"], D, atol=1e-6)
+    assert len(json.loads(cache.read_text())) == 3
     threaded = C.barrier_matrix(MLP(3, 8), models, [(x, y)], n_points=5, workers=2)
     np.testing.assert_allclose(threaded["D"], D, atol=1e-6)
     for name, sd in models.items():  # lazily loaded from files
@@ -129,3 +133,152 @@ def test_connectivity_on_tiny_hf_classifiers(tmp_path):
     from_dirs = C.barrier_matrix(tf.BertForSequenceClassification(cfg).eval(), {"a": tmp_path / "a", "b": tmp_path / "b"},
                                  batches, n_points=4, logit_map=C.three_to_two)
     np.testing.assert_allclose(from_dirs["D"], res["D"], atol=1e-6)
+
+
+def _count_curves(monkeypatch):
+    calls = []
+    real = C.path_curve
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(C, "path_curve", counted)
+    return calls
+
+
+def test_cache_key_covers_batches_logit_map_and_weights(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    models = {f"m{i}": MLP(3, 8).state_dict() for i in range(3)}
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    x2, y2 = 5 * torch.randn(40, 3), torch.randint(0, 2, (40,))
+    cache = tmp_path / "curves.json"
+    calls = _count_curves(monkeypatch)
+    C.barrier_matrix(MLP(3, 8), models, [(x, y)], n_points=5, cache=cache)
+    assert len(calls) == 3
+    C.barrier_matrix(MLP(3, 8), models, [(x, y)], n_points=5, cache=cache)
+    assert len(calls) == 3  # a true cache hit
+    # other evaluation data under the same names: re-evaluated, and equal to a fresh run
+    cached = C.barrier_matrix(MLP(3, 8), models, [(x2, y2)], n_points=5, cache=cache)
+    fresh = C.barrier_matrix(MLP(3, 8), models, [(x2, y2)], n_points=5)
+    np.testing.assert_allclose(cached["D"], fresh["D"], atol=1e-9)
+    assert cached["curves"][("m0", "m1")]["loss"][0] == pytest.approx(cached["endpoints"]["m0"]["loss"], abs=1e-9)
+    # the same inputs with other labels are other data too
+    n0 = len(calls)
+    C.barrier_matrix(MLP(3, 8), models, [(x, 1 - y)], n_points=5, cache=cache)
+    assert len(calls) == n0 + 3
+    # a logit map changes the curves
+    n0 = len(calls)
+    C.barrier_matrix(MLP(3, 8), models, [(x, y)], n_points=5, cache=cache, logit_map=lambda t: 2 * t)
+    assert len(calls) == n0 + 3
+    # new fine-tunes under the old names: re-evaluated
+    torch.manual_seed(1)
+    models2 = {f"m{i}": MLP(3, 8).state_dict() for i in range(3)}
+    n0 = len(calls)
+    again = C.barrier_matrix(MLP(3, 8), models2, [(x, y)], n_points=5, cache=cache)
+    assert len(calls) == n0 + 3
+    np.testing.assert_allclose(again["D"], C.barrier_matrix(MLP(3, 8), models2, [(x, y)], n_points=5)["D"],
+                               atol=1e-9)
+    # one model changed: only its two paths are new
+    models3 = dict(models2, m2={k: v + 0.01 for k, v in models2["m2"].items()})
+    n0 = len(calls)
+    C.barrier_matrix(MLP(3, 8), models3, [(x, y)], n_points=5, cache=cache)
+    assert len(calls) == n0 + 2
+
+
+def test_fingerprints():
+    torch.manual_seed(0)
+    sd = MLP(3, 300).state_dict()  # tensors larger than the hashed sample
+    assert C.model_fingerprint(sd) == C.model_fingerprint({k: v.clone() for k, v in sd.items()})
+    w = sd["fc1.weight"].clone()
+    w.view(-1)[1] += 1e-3  # an element the strided sample skips: the sum still sees it
+    assert C.model_fingerprint(dict(sd, **{"fc1.weight": w})) != C.model_fingerprint(sd)
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    assert C.batches_fingerprint([(x, y)]) != C.batches_fingerprint([(x[:4], y[:4]), (x[4:], y[4:])])
+    assert C.batches_fingerprint([({"a": x}, y)]) != C.batches_fingerprint([({"b": x}, y)])
+    assert C.callable_name(C.three_to_two) == "lmlab.analysis.connectivity.three_to_two"
+    import functools
+    assert C.callable_name(functools.partial(C.three_to_two, entail=1)) != C.callable_name(
+        functools.partial(C.three_to_two, entail=2))
+
+
+def test_interrupted_study_keeps_finished_pairs(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    models = {f"m{i}": MLP(3, 8).state_dict() for i in range(4)}  # 6 pairs
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    cache = tmp_path / "curves.json"
+    real, seen = C.path_curve, []
+
+    def interrupted(*args, **kwargs):
+        if len(seen) == 4:
+            raise KeyboardInterrupt
+        seen.append(json.loads(cache.read_text()) if cache.exists() else {})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(C, "path_curve", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        C.barrier_matrix(MLP(3, 8), models, [(x, y)], n_points=5, cache=cache, flush_every=2)
+    assert [len(s) for s in seen] == [0, 0, 2, 2]  # flushed every 2 pairs while running ...
+    assert len(json.loads(cache.read_text())) == 4  # ... and the rest on the way out
+    monkeypatch.undo()
+    calls = _count_curves(monkeypatch)
+    res = C.barrier_matrix(MLP(3, 8), models, [(x, y)], n_points=5, cache=cache)
+    assert len(calls) == 2  # only the unfinished pairs
+    fresh = C.barrier_matrix(MLP(3, 8), models, [(x, y)], n_points=5)
+    np.testing.assert_allclose(res["D"], fresh["D"], atol=1e-9)
+
+
+def test_nan_curves_raise_with_alpha_points():
+    with pytest.raises(LmlabError, match=r"α = 0.5\b.*diverged"):
+        C.barrier_endpoint([1.0, 1.1, float("nan"), 1.0, 0.9])
+    with pytest.raises(LmlabError, match=r"2 of 5 points \(α = 0.25, 1\)"):
+        C.barrier_max_subsegment([1.0, float("inf"), 1.2, 1.0, float("nan")])
+    torch.manual_seed(0)
+    models = {"a": MLP(3, 8).state_dict(), "b": MLP(3, 8).state_dict()}
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    with pytest.raises(LmlabError, match="path a -> b: .*NaN/inf"):
+        C.barrier_matrix(MLP(3, 8), models, [(x, y)], n_points=5,
+                         logit_map=lambda t: torch.where(t > -1e9, t * float("nan"), t))
+
+
+class _BNNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 8)
+        self.bn = torch.nn.BatchNorm1d(8)
+        self.out = torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.bn(self.fc(x))))
+
+
+def test_float_buffers_are_interpolated_so_alpha_one_is_not_a_jump():
+    """Same weights, different BatchNorm statistics: the path must move smoothly from model 1 to model 2
+    (before, interior points used model 1's statistics and α=1 model 2's: a step at the end)."""
+    torch.manual_seed(0)
+    m1 = _BNNet().eval()
+    m2 = copy.deepcopy(m1)
+    m2.bn.running_mean += 2.0
+    m2.bn.running_var *= 4.0
+    m2.bn.num_batches_tracked += 5
+    x, y = torch.randn(64, 3), torch.randint(0, 2, (64,))
+    batches = C.prepare_batches([(x, y)], "cpu")
+    curve = C.path_curve(copy.deepcopy(m1), m1.state_dict(), m2.state_dict(), batches, n_points=5)
+    for a, loss in zip(curve["alpha"], curve["loss"]):
+        ref = copy.deepcopy(m1)
+        ref.bn.running_mean.copy_(torch.lerp(m1.bn.running_mean, m2.bn.running_mean, float(a)))
+        ref.bn.running_var.copy_(torch.lerp(m1.bn.running_var, m2.bn.running_var, float(a)))
+        assert loss == pytest.approx(C.evaluate(ref, batches)["loss"], abs=1e-6)
+    assert curve["loss"][-1] == C.evaluate(m2, batches)["loss"]
+    back = C.path_curve(copy.deepcopy(m1), m2.state_dict(), m1.state_dict(), batches, n_points=5)
+    np.testing.assert_allclose(back["loss"][::-1], curve["loss"], atol=1e-6)  # a symmetric path
+    keys = C.fixed_keys(m1, m1.state_dict(), m2.state_dict())
+    assert keys == {"bn.num_batches_tracked"}
+    mask = torch.full((2, 2), float("-inf"))  # an equal float buffer (e.g. a mask) is copied, not lerped
+    assert "m" in C.fixed_keys(_WithMask(mask), {"m": mask}, {"m": mask.clone()})
+
+
+class _WithMask(torch.nn.Module):
+    def __init__(self, mask):
+        super().__init__()
+        self.register_buffer("m", mask)

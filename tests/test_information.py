@@ -139,3 +139,49 @@ def test_collect_through_hf_adapter_hook_names():
     acts = I.collect_activations(HFModel(llama), [ids], ["blocks.0.hook_resid_post"], reduce="flatten")
     ref = llama(ids, output_hidden_states=True).hidden_states[1]
     np.testing.assert_allclose(acts.values, ref.reshape(5, -1).detach().numpy(), atol=1e-5)
+
+
+def test_non_finite_activations_raise_naming_the_columns():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((200, 5))
+    a[17, 1] = np.nan
+    a[3, 4] = np.inf
+    with pytest.raises(LmlabError, match=r"neuron_entropy: .*NaN/inf in 2 of 5 neuron columns \[1, 4\].*diverged"):
+        I.neuron_entropy(a)
+    with pytest.raises(LmlabError, match=r"pairwise_mi_ksg: .*columns \[1, 4\].*float32"):
+        I.pairwise_mi_ksg(a)
+    with pytest.raises(LmlabError, match=r"columns \[1, 4\]"):
+        I.select_models({"m": a}, "heuristic")
+
+
+def test_select_models_mi_on_first_neurons_per_layer_entropy_on_all(monkeypatch):
+    """Spec 06 §3: entropy over every neuron, MI over the first 64 neurons of each layer."""
+    rng = np.random.default_rng(3)
+    S, width = 40, 70
+    fake = {}
+    for name, scale in (("narrow", 0.5), ("wide", 2.0)):
+        vals = rng.standard_normal((S, 3 * width)) * np.repeat([1.0, scale, 1.0], width)
+        fake[name] = I.Activations(vals, {f"l{i}": slice(i * width, (i + 1) * width) for i in range(3)})
+    shapes, real = [], I.pairwise_mi_ksg
+
+    def recording(acts, *args, **kwargs):
+        shapes.append(np.asarray(acts).shape)
+        return real(acts, *args, **kwargs)
+
+    monkeypatch.setattr(I, "pairwise_mi_ksg", recording)
+    sel = I.select_models(fake, "heuristic", extrinsic={"narrow": 0.9, "wide": 0.8}, max_pairs=300)
+    assert shapes == [(S, 3 * 64)] * 2  # MI: first 64 of each of the 3 layers, not all 210 columns
+    for name, acts in fake.items():
+        mi = real(acts.first_neurons(64), max_pairs=300)
+        ref = I.summarize(I.neuron_entropy(acts.values), mi)  # entropy: all 210 columns
+        assert sel["summaries"][name] == pytest.approx(ref)
+    assert sel["summaries"]["narrow"]["mean_entropy"] != pytest.approx(
+        I.neuron_entropy(fake["narrow"].first_neurons(64)).mean())
+    # a plain array is one layer: its first `mi_neurons_per_layer` columns; None = every column
+    shapes.clear()
+    I.select_models({"m": fake["wide"].values}, "example", mi_neurons_per_layer=8, max_pairs=10)
+    I.select_models({"m": fake["wide"].values[:, :20]}, "example", mi_neurons_per_layer=None, max_pairs=10)
+    I.select_models({"m": fake["wide"]}, "example", mi_neurons_per_layer=5, max_pairs=10)
+    assert shapes == [(S, 8), (S, 20), (S, 15)]
+    with pytest.raises(LmlabError, match="mi_neurons_per_layer"):
+        I.select_models({"m": fake["wide"]}, "example", mi_neurons_per_layer=0)

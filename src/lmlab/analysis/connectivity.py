@@ -1,13 +1,18 @@
 """Linear mode connectivity (Juneja et al., ICLR 2023): loss along the straight line between two
 fine-tunes, barrier heights, pairwise barrier matrices and spectral clustering into basins.
 
-θ(α) = (1−α)θ₁ + αθ₂ over every floating parameter including the classifier head; buffers (e.g.
-`position_ids`) and integer tensors are copied from model 1. The default barrier is the paper's
-`mod_BH`: the largest bump above the chord joining any two grid points of the 10-point curve.
+θ(α) = (1−α)θ₁ + αθ₂ over every floating parameter including the classifier head. Floating buffers
+that differ between the two models (BatchNorm running statistics) are interpolated the same way, so
+every α — the endpoints included — uses one convention: α=0 is exactly model 1 and α=1 exactly model 2,
+the path is continuous and symmetric, and the endpoints equal each model's own evaluation. Integer
+buffers and buffers equal in both models (`position_ids`, masks) are copied from model 1. The default
+barrier is the paper's `mod_BH`: the largest bump above the chord joining any two grid points of the
+10-point curve.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -29,6 +34,24 @@ StateDict = dict[str, torch.Tensor]
 # ============================================================================ interpolation
 def buffer_keys(model: torch.nn.Module) -> set[str]:
     return {name for name, _ in model.named_buffers()}
+
+
+def fixed_keys(model: torch.nn.Module, sd1: StateDict, sd2: StateDict) -> set[str]:
+    """Buffers copied from model 1 along the path: integer buffers and buffers equal in both models.
+
+    Floating buffers that differ (BatchNorm running mean/var) are interpolated like parameters, so the
+    α=1 end is model 2 with its own statistics and interior points use the matching blend (copying
+    model 1's statistics would make α=1 a jump that reads as a barrier). Equal buffers are copied, not
+    lerped, so that constant masks holding ±inf stay exact.
+    """
+    out = set()
+    for k in buffer_keys(model):
+        if k not in sd1 or k not in sd2:
+            continue
+        a, b = sd1[k], sd2[k]
+        if not a.is_floating_point() or (a.shape == b.shape and torch.equal(a, b.to(a.device, a.dtype))):
+            out.add(k)
+    return out
 
 
 def interpolate_state_dicts(sd1: StateDict, sd2: StateDict, alpha: float, skip: Iterable[str] = ()) -> StateDict:
@@ -142,15 +165,17 @@ def path_curve(
 ) -> dict[str, np.ndarray]:
     """Loss and accuracy at `n_points` evenly spaced α in [0, 1] (model is used as the template).
 
-    Endpoints are evaluated with the models' own weights (so they reproduce each model's loss exactly)
-    or taken from `endpoints`; interior points are evaluated together with vmap when `vectorize` (falls
-    back to one point at a time for models that vmap cannot trace). vectorize=None: vmap on
-    accelerators (one pass instead of n_points−2), a plain loop on CPU where it is not faster.
+    Endpoints are evaluated with the models' own weights and buffers (so they reproduce each model's
+    loss exactly) or taken from `endpoints`; interior points interpolate parameters and the floating
+    buffers that differ (see `fixed_keys`), which is the same convention as the endpoints: α=0 and α=1
+    of the interpolation *are* the two models. Interior points are evaluated together with vmap when
+    `vectorize` (falls back to one point at a time for models that vmap cannot trace). vectorize=None:
+    vmap on accelerators (one pass instead of n_points−2), a plain loop on CPU where it is not faster.
     """
     if n_points < 2:
         raise LmlabError(f"n_points must be >= 2, got {n_points}")
-    skip = buffer_keys(model)
     sd1, sd2 = _unaliased(model, sd1), _unaliased(model, sd2)
+    skip = fixed_keys(model, sd1, sd2)
     alphas = np.linspace(0, 1, n_points)
     if endpoints is None:
         endpoints = []
@@ -176,25 +201,99 @@ def path_curve(
 
 
 # ============================================================================ barriers
-def barrier_endpoint(curve: Sequence[float]) -> float:
-    """Largest height of the curve above the straight chord between its endpoints (floored at 0)."""
+def _finite_curve(curve: Sequence[float]) -> np.ndarray:
+    """The curve as float64; a NaN/inf point raises (max(0, nan) would otherwise read as 'connected')."""
     c = np.asarray(curve, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(c))
+    if bad.size:
+        alphas = np.linspace(0, 1, len(c))[bad] if len(c) > 1 else np.zeros(1)
+        shown = ", ".join(f"{a:.3g}" for a in alphas[:10]) + (", ..." if bad.size > 10 else "")
+        raise LmlabError(
+            f"the path curve is NaN/inf at {bad.size} of {len(c)} points (α = {shown}): the interpolated "
+            "model diverged (overflow, often fp16/bf16 evaluation) or a logit_map produced non-finite "
+            "logits; evaluate in float32 and check the models' own losses")
+    return c
+
+
+def _barrier_endpoint(c: np.ndarray) -> float:
     t = np.linspace(0, 1, len(c))
     return float(max(0.0, np.max(c - ((1 - t) * c[0] + t * c[-1]))))
 
 
+def barrier_endpoint(curve: Sequence[float]) -> float:
+    """Largest height of the curve above the straight chord between its endpoints (floored at 0).
+    Raises LmlabError naming the α points where the curve is NaN/inf."""
+    return _barrier_endpoint(_finite_curve(curve))
+
+
 def barrier_max_subsegment(curve: Sequence[float]) -> float:
-    """The paper's mod_BH: the endpoint barrier maximised over every contiguous sub-segment."""
-    c = np.asarray(curve, dtype=np.float64)
+    """The paper's mod_BH: the endpoint barrier maximised over every contiguous sub-segment.
+    Raises LmlabError naming the α points where the curve is NaN/inf."""
+    c = _finite_curve(curve)
     n = len(c)
-    return max((barrier_endpoint(c[i : j + 1]) for i in range(n) for j in range(i + 2, n)), default=0.0)
+    return max((_barrier_endpoint(c[i : j + 1]) for i in range(n) for j in range(i + 2, n)), default=0.0)
 
 
 BARRIERS = {"mod_bh": barrier_max_subsegment, "endpoint": barrier_endpoint}
 
 
-def _key(names: tuple[str, str], n_points: int, tag: str) -> str:
-    return hashlib.sha1(json.dumps([*names, n_points, tag]).encode()).hexdigest()[:16]
+_FP_SAMPLE = 1024  # elements hashed per tensor (strided); a float64 sum covers the rest
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach()
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t = t.float()
+    return t.cpu().contiguous().numpy().tobytes()
+
+
+def _digest_tensor(h, t: torch.Tensor, full: bool = False) -> None:
+    """dtype, shape, a strided sample of the values and (floats) the float64 sum into hash `h`."""
+    t = t.detach()
+    h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    flat = t.reshape(-1)
+    if not full and flat.numel() > _FP_SAMPLE:
+        flat = flat[:: -(-flat.numel() // _FP_SAMPLE)]
+        if t.is_floating_point():
+            h.update(f"{float(t.sum(dtype=torch.float64)):.10e}".encode())
+    h.update(_tensor_bytes(flat))
+
+
+def model_fingerprint(sd: StateDict) -> str:
+    """Cheap content hash of a state dict: every tensor's dtype, shape, a strided sample of ≤ 1,024 values
+    and its float64 sum (one read of the weights; a fine-tune differs from its sibling in all of them)."""
+    h = hashlib.sha1()
+    for k in sorted(sd):
+        h.update(k.encode())
+        _digest_tensor(h, sd[k])
+    return h.hexdigest()[:16]
+
+
+def batches_fingerprint(batches: Sequence) -> str:
+    """Hash of prepared (inputs, labels) batches: every batch's shapes and the full input/label bytes."""
+    h = hashlib.sha1()
+    for x, y in batches:
+        for k, v in (sorted(x.items()) if isinstance(x, dict) else [("", x)]):
+            h.update(k.encode())
+            _digest_tensor(h, v, full=True)
+        _digest_tensor(h, y, full=True)
+    return h.hexdigest()[:16]
+
+
+def callable_name(fn: Callable | None) -> str:
+    """Qualified name of a logit map (module.qualname; partials with their bound arguments)."""
+    if fn is None:
+        return "none"
+    if isinstance(fn, functools.partial):
+        return f"partial({callable_name(fn.func)}, {fn.args!r}, {sorted(fn.keywords.items())!r})"
+    qual = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', None) or type(fn).__module__}.{qual}"
+
+
+def _key(fingerprints: tuple[str, str], n_points: int, tag: str, context: str) -> str:
+    """Cache key of one path: both models' weight fingerprints (in path order), the grid, the user tag
+    and the evaluation context (batches fingerprint + logit map)."""
+    return hashlib.sha1(json.dumps([*fingerprints, n_points, tag, context]).encode()).hexdigest()[:16]
 
 
 class _Models:
@@ -243,6 +342,7 @@ def barrier_matrix(
     cache_tag: str = "",
     workers: int = 1,
     vectorize: bool | None = None,
+    flush_every: int = 10,
 ) -> dict:
     """Symmetric M×M barrier matrix over named models of one architecture (`model` is the template).
 
@@ -250,9 +350,15 @@ def barrier_matrix(
     time, with the template's class).
 
     Each model's endpoint evaluation is done once and shared by its M−1 paths; evaluation batches are
-    moved to the device once; the interior α-points of a path are evaluated in one vmapped pass. cache: a JSON file of finished curves keyed by (names, n_points,
-    cache_tag) so an interrupted or extended study only evaluates new pairs. workers > 1 evaluates
-    pairs in threads, each with its own model copy (torch releases the GIL in its kernels).
+    moved to the device once; the interior α-points of a path are evaluated in one vmapped pass.
+    cache: a JSON file of finished curves so an interrupted or extended study only evaluates new pairs.
+    A curve's key covers what it depends on: both models' weights (`model_fingerprint`, so a new
+    fine-tune under an old name is re-evaluated), the evaluation batches (shapes and a hash of inputs and
+    labels), the logit_map (qualified name), n_points and cache_tag (use the tag for anything else that
+    changes the evaluation, e.g. a logit_map edited under the same name). The file is rewritten every
+    `flush_every` finished pairs and once more on the way out (also on an exception or Ctrl-C), so
+    finished pairs survive an interruption. workers > 1 evaluates pairs in threads, each with its own
+    model copy (torch releases the GIL in its kernels).
     Returns {"names", "D", "curves": {(a, b): curve}, "endpoints": {name: {"loss", "acc"}}}.
     """
     if barrier not in BARRIERS:
@@ -263,40 +369,75 @@ def barrier_matrix(
     state_dicts = _Models(model, dict(state_dicts), keep=4 + 2 * workers)
     dev = next(model.parameters()).device
     batches = prepare_batches(batches, dev)
+    context = f"{batches_fingerprint(batches)}|{callable_name(logit_map)}"
     store: dict = {}
     cache = Path(cache) if cache else None
     if cache and cache.exists():
         store = json.loads(cache.read_text())
-    ends = {}
+    ends, fps = {}, {}
     for n in names:
-        model.load_state_dict(state_dicts[n])
+        sd = state_dicts[n]
+        fps[n] = model_fingerprint(sd)
+        model.load_state_dict(sd)
         ends[n] = evaluate(model, batches, logit_map)
-    todo = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if _key((a, b), n_points, cache_tag) not in store]
+
+    def key(a, b):
+        return _key((fps[a], fps[b]), n_points, cache_tag, context)
+
+    todo = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if key(a, b) not in store]
+    lock, write_lock, stop = threading.Lock(), threading.Lock(), threading.Event()
+    unsaved = [0]
+
+    def flush():
+        with write_lock:
+            with lock:
+                if not unsaved[0]:
+                    return
+                snapshot, unsaved[0] = dict(store), 0
+            atomic_write_json(cache, snapshot)
 
     def run(pairs, m):
         for a, b in pairs:
+            if stop.is_set():  # another worker failed or the study was interrupted
+                return
             c = path_curve(m, state_dicts[a], state_dicts[b], batches, n_points, logit_map, (ends[a], ends[b]),
                            vectorize)
-            store[_key((a, b), n_points, cache_tag)] = {k: v.tolist() for k, v in c.items()}
+            with lock:
+                store[key(a, b)] = {k: v.tolist() for k, v in c.items()}
+                unsaved[0] += 1
+                due = cache is not None and unsaved[0] >= max(1, flush_every)
+            if due:
+                flush()
 
-    if workers > 1 and len(todo) > 1:
-        chunks = [todo[w::workers] for w in range(workers)]
-        with ThreadPoolExecutor(workers) as ex:
-            list(ex.map(run, chunks, [deepcopy(model) for _ in chunks]))
-    else:
-        run(todo, model)
-    if cache and todo:
-        atomic_write_json(cache, store)
+    try:
+        if workers > 1 and len(todo) > 1:
+            chunks = [todo[w::workers] for w in range(workers)]
+            with ThreadPoolExecutor(workers) as ex:
+                try:
+                    list(ex.map(run, chunks, [deepcopy(model) for _ in chunks]))
+                except BaseException:
+                    stop.set()  # the other workers finish their current pair, then the cache is flushed
+                    raise
+        else:
+            run(todo, model)
+    finally:
+        if cache:
+            flush()
     fn = BARRIERS[barrier]
     D = np.zeros((len(names), len(names)))
     curves = {}
     for i, a in enumerate(names):
         for j in range(i + 1, len(names)):
             b = names[j]
-            c = store[_key((a, b), n_points, cache_tag)]
+            c = store[key(a, b)]
             curves[(a, b)] = c
-            vals = np.asarray(c[metric])
-            D[i, j] = D[j, i] = fn(vals if metric == "loss" else -vals)  # an accuracy dip is a barrier
+            vals = np.asarray(c[metric], dtype=np.float64)
+            try:
+                D[i, j] = D[j, i] = fn(vals if metric == "loss" else -vals)  # an accuracy dip is a barrier
+            except LmlabError as e:
+                bad = [n for n in (a, b) if not np.isfinite(ends[n]["loss"])]
+                who = f"; the endpoint model(s) {bad} already have a non-finite loss" if bad else ""
+                raise LmlabError(f"path {a} -> {b}: {e}{who}") from None
     return {"names": names, "D": D, "curves": curves, "endpoints": ends}
 
 

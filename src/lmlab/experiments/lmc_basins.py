@@ -90,6 +90,63 @@ def _cluster_strategy(labels, info):
     return rows
 
 
+def decide_basins(ari: float, within: float, between: float, delta: float) -> tuple[bool, str]:
+    """c1: clusters recover the families (ARI) and are separated (between >= SEPARATION × within)."""
+    sep = between / max(within, 1e-12)
+    ok = bool(ari >= ARI_OK and sep >= SEPARATION)
+    return ok, (f"ARI(clusters, families) = {ari:.2f} (need >= {ARI_OK}); mean barrier within {within:.4f} vs "
+                f"between {between:.4f} nats = {sep:.2f}x (need >= {SEPARATION}x); δ = {delta}")
+
+
+def decide_strategy(strat: dict) -> tuple[bool, str]:
+    """c2: one cluster fails the diagnostic, the other passes it, at equal ID accuracy.
+    strat: {cluster: (mean diagnostic acc, mean ID acc)} from `_cluster_strategy`."""
+    if len(strat) != 2:
+        return False, f"the barrier matrix split into {len(strat)} cluster(s), not 2: no strategy contrast"
+    (lo_d, lo_id), (hi_d, hi_id) = sorted(strat.values())
+    ok = bool(lo_d < DIAG_LOW and hi_d > DIAG_HIGH and abs(lo_id - hi_id) <= ID_GAP)
+    return ok, (f"cluster diagnostic acc {lo_d:.3f} vs {hi_d:.3f} (need < {DIAG_LOW} and > {DIAG_HIGH}); ID acc "
+                f"{lo_id:.3f} vs {hi_id:.3f} (need within {ID_GAP})")
+
+
+def decide_emergent(diag, r_axis: float, separation: float, p: float) -> tuple[bool, str]:
+    """c3: with one p for all seeds, the spectral axis tracks diagnostic accuracy (|r| >= R_OK);
+    not held when the seeds did not split at all (diagnostic range < 0.05)."""
+    diag = np.asarray(diag, dtype=np.float64)
+    if np.ptp(diag) < 0.05:
+        return False, (f"p={p}: seeds did not split (diagnostic acc {diag.min():.3f}-{diag.max():.3f}), so no "
+                       "strategy to cluster")
+    ok = bool(abs(r_axis) >= R_OK)
+    return ok, (f"p={p}, {len(diag)} seeds: |r(spectral axis, diagnostic acc)| = {abs(r_axis):.2f} (need >= "
+                f"{R_OK}); diagnostic acc {diag.min():.3f}-{diag.max():.3f}; between/within barrier "
+                f"{separation:.2f}x")
+
+
+def decide_real(small, large) -> tuple[bool, str, dict]:
+    """c4: the published small cluster has lower lexical-overlap non-entailed HANS accuracy than the rest
+    (mean gap > LO_MARGIN and AUC(rest > small) >= AUC_OK)."""
+    small, large = list(map(float, small)), list(map(float, large))
+    if not small or not large:
+        return False, f"need runs in both groups, got {len(small)} small-cluster and {len(large)} other runs", {}
+    auc = float(mannwhitneyu(large, small).statistic / (len(small) * len(large)))
+    ms, ml = float(np.mean(small)), float(np.mean(large))
+    ok = bool(ms + LO_MARGIN < ml and auc >= AUC_OK)
+    ev = (f"{len(small) + len(large)} runs: HANS lexical-overlap non-entailed accuracy small cluster "
+          f"(n={len(small)}) {ms:.3f} vs rest (n={len(large)}) {ml:.3f}; AUC(rest > small) = {auc:.3f}; "
+          f"margin {LO_MARGIN} and AUC >= {AUC_OK}")
+    return ok, ev, {"small_mean_lo_nonent": ms, "large_mean_lo_nonent": ml, "auc": auc}
+
+
+def decide_minilm(out: dict, diag, n_models: int, p: float) -> tuple[bool, str]:
+    """c5: MiniLM seeds form separated basins whose axis tracks diagnostic accuracy."""
+    diag = np.asarray(diag, dtype=np.float64)
+    ok = bool(out["separation"] >= SEPARATION and abs(out["r_axis_diag"]) >= R_OK)
+    return ok, (f"{n_models} MiniLM fine-tunes (p_swap={p}): mean barrier {out['D_mean']:.4f}, between/within "
+                f"{out['separation']:.2f} (need >= {SEPARATION}), |r(axis, diagnostic)| "
+                f"{abs(out['r_axis_diag']):.2f} (need >= {R_OK}); diagnostic acc range "
+                f"{diag.min():.3f}-{diag.max():.3f}")
+
+
 def _real_data(ctx) -> None:
     rep = ctx.report
     root = ctx.data("lmc")
@@ -104,13 +161,9 @@ def _real_data(ctx) -> None:
     lo = {int(r[0].split()[1]): float(r[col]) for r in rows}
     small = [v for k, v in lo.items() if k in SMALL_CLUSTER]
     large = [v for k, v in lo.items() if k not in SMALL_CLUSTER]
-    auc = mannwhitneyu(large, small).statistic / (len(small) * len(large))
-    ms, ml = float(np.mean(small)), float(np.mean(large))
-    rep.metric("real_mnli", {"n_runs": len(lo), "small_mean_lo_nonent": ms, "large_mean_lo_nonent": ml, "auc": auc})
-    rep.decide("c4_real_mnli", ms + LO_MARGIN < ml and auc >= AUC_OK,
-               f"{len(lo)} runs: HANS lexical-overlap non-entailed accuracy small cluster (n={len(small)}) "
-               f"{ms:.3f} vs rest (n={len(large)}) {ml:.3f}; AUC(rest > small) = {auc:.3f}; "
-               f"margin {LO_MARGIN} and AUC >= {AUC_OK}")
+    ok, ev, stats = decide_real(small, large)
+    rep.metric("real_mnli", {"n_runs": len(lo), **stats})
+    rep.decide("c4_real_mnli", ok, ev)
 
 
 def _minilm(ctx, task) -> None:
@@ -152,11 +205,7 @@ def _minilm(ctx, task) -> None:
     batches = [({k: v[i : i + 64] for k, v in xi.items()}, yi[i : i + 64]) for i in range(0, len(yi), 64)]
     res = barrier_matrix(template, sds, batches, n_points=cfg["n_points"])
     out, _, diag = _analyse(ctx, "minilm", res, info, cfg["delta"])
-    held = out["separation"] >= SEPARATION and abs(out["r_axis_diag"]) >= R_OK
-    rep.decide("c5_minilm", held,
-               f"{len(sds)} MiniLM fine-tunes (p_swap={cfg['minilm_p']}): mean barrier {out['D_mean']:.4f}, "
-               f"between/within {out['separation']:.2f} (need >= {SEPARATION}), |r(axis, diagnostic)| "
-               f"{abs(out['r_axis_diag']):.2f} (need >= {R_OK}); diagnostic acc range {diag.min():.3f}-{diag.max():.3f}")
+    rep.decide("c5_minilm", *decide_minilm(out, diag, len(sds), cfg["minilm_p"]))
 
 
 @experiment(
@@ -190,26 +239,12 @@ def run(ctx: RunContext) -> None:
     family = [int(p > 0) for p in planted]
     ari = adjusted_rand_score(family, labels)
     rep.metric("planted_ari", ari)
-    rep.decide("c1_basins", ari >= ARI_OK and out["separation"] >= SEPARATION,
-               f"ARI(clusters, families) = {ari:.2f} (need >= {ARI_OK}); mean barrier within "
-               f"{out['within']:.4f} vs between {out['between']:.4f} nats = {out['separation']:.2f}x "
-               f"(need >= {SEPARATION}x); δ = {cfg['delta']}")
-    strat = _cluster_strategy(labels, info)
-    (lo_d, lo_id), (hi_d, hi_id) = sorted(strat.values())
-    rep.decide("c2_strategy", lo_d < DIAG_LOW and hi_d > DIAG_HIGH and abs(lo_id - hi_id) <= ID_GAP,
-               f"cluster diagnostic acc {lo_d:.3f} vs {hi_d:.3f} (need < {DIAG_LOW} and > {DIAG_HIGH}); ID acc "
-               f"{lo_id:.3f} vs {hi_id:.3f} (need within {ID_GAP})")
+    rep.decide("c1_basins", *decide_basins(ari, out["within"], out["between"], cfg["delta"]))
+    rep.decide("c2_strategy", *decide_strategy(_cluster_strategy(labels, info)))
 
     res_e, info_e = _children(task, parent, [cfg["emergent_p"]] * n, cfg, ctx.seed + 500)
     out_e, _, diag_e = _analyse(ctx, "emergent", res_e, info_e, cfg["delta"])
-    if np.ptp(diag_e) < 0.05:
-        rep.decide("c3_emergent", False, f"p={cfg['emergent_p']}: seeds did not split (diagnostic acc "
-                                         f"{diag_e.min():.3f}-{diag_e.max():.3f}), so no strategy to cluster")
-    else:
-        rep.decide("c3_emergent", abs(out_e["r_axis_diag"]) >= R_OK,
-                   f"p={cfg['emergent_p']}, {n} seeds: |r(spectral axis, diagnostic acc)| = "
-                   f"{abs(out_e['r_axis_diag']):.2f} (need >= {R_OK}); diagnostic acc "
-                   f"{diag_e.min():.3f}-{diag_e.max():.3f}; between/within barrier {out_e['separation']:.2f}x")
+    rep.decide("c3_emergent", *decide_emergent(diag_e, out_e["r_axis_diag"], out_e["separation"], cfg["emergent_p"]))
     _real_data(ctx)
     if cfg["minilm"]:
         _minilm(ctx, task)

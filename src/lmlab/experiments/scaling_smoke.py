@@ -38,13 +38,17 @@ PRESETS = {
 
 
 class MarkovSource:
-    """Order-2 Markov chain over `vocab` symbols; each context allows `branching` next symbols."""
+    """Order-2 Markov chain over `vocab` symbols; each context allows `branching` next symbols with
+    Dirichlet(1) probabilities. Fully determined by `seed` (its own generator, not the global RNG)."""
 
     def __init__(self, vocab: int, branching: int, seed: int):
         g = torch.Generator().manual_seed(seed)
         scores = torch.rand(vocab, vocab, vocab, generator=g)
         keep = scores.argsort(-1)[..., :branching]
-        weights = torch.distributions.Dirichlet(torch.ones(branching)).sample((vocab, vocab))
+        # Dirichlet(1) = normalised Exp(1) draws from `g` (torch's Dirichlet takes no generator and would
+        # read the global RNG, so `seed` alone would not determine the source)
+        gam = -torch.log(torch.rand(vocab, vocab, branching, generator=g).clamp_min(1e-12))
+        weights = gam / gam.sum(-1, keepdim=True)
         self.probs = torch.zeros(vocab, vocab, vocab).scatter_(-1, keep, weights)
         self.vocab = vocab
 
