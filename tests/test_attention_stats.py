@@ -74,13 +74,13 @@ def test_needle_mass_matches_manual_attention():
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=30, n_layers=2, n_heads=2, d_model=16, seq_len=64)).eval()
     ids = torch.randint(0, 30, (2, 12))
-    names = [f"blocks.{i}.attn.{h}" for i in range(2) for h in ("hook_q", "hook_k")]
+    names = [f"blocks.{i}.attn.{h}" for i in range(2) for h in ("hook_rot_q", "hook_rot_k")]
     _, acts = m.run_with_cache(ids, names=names)
     _, pats = ast.attention_patterns(m, lambda: m(ids))
     slots = [[2, 5], [0]]
     mass = ast.needle_mass(pats, slots)
     for layer in range(2):
-        q, k = acts[f"blocks.{layer}.attn.hook_q"], acts[f"blocks.{layer}.attn.hook_k"]
+        q, k = acts[f"blocks.{layer}.attn.hook_rot_q"], acts[f"blocks.{layer}.attn.hook_rot_k"]  # post-RoPE
         scores = q[:, :, -1:] @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # last row sees every key
         att = torch.softmax(scores, -1)[:, :, 0]  # (B, H, T)
         for b, s in enumerate(slots):

@@ -56,6 +56,19 @@ def test_defaults_without_a_file():
         ("data.sources.0.generator=nosuch", ["unknown generator 'nosuch'"]),
         ("train.dtype=fp8", ["train.dtype"]),
         ("train.seq_len=4096", ["exceeds model.seq_len"]),
+        # model shape holes (audit #8)
+        ("model.n_kv_heads=-2", ["model.n_kv_heads", "-2"]),
+        ("model.n_kv_heads=0", ["model.n_kv_heads", "got 0"]),
+        ("model.n_kv_heads=8", ["model.n_kv_heads", "1..model.n_heads=4"]),
+        ("model.pad_vocab_to=0", ["model.pad_vocab_to", "got 0"]),
+        ("model.mlp_hidden=0", ["model.mlp_hidden", "got 0"]),
+        ("model.norm_eps=0", ["model.norm_eps", "> 0"]),
+        ("model.rope_theta=-1", ["model.rope_theta", "> 0"]),
+        # attention options are checked at config time (audit #3)
+        ("model.attention_options={n_pseudo: 2}", ["attention_options", "mha takes no options"]),
+        # silent dtype / grad_clip behaviour (audit #12)
+        ("train.grad_clip=-1", ["train.grad_clip", ">= 0"]),
+        ("train.dtype=bf16", ["train.dtype=bf16 needs a CUDA device", "train.dtype=auto"]),  # device: cpu
     ],
 )
 def test_bad_config_one_clear_error(override, words):
@@ -86,3 +99,48 @@ def test_cli_missing_config_file(tmp_path, capsys):
     rc = main(["pretrain", "--config", str(tmp_path / "none.yaml")])
     err = capsys.readouterr().err
     assert rc != 0 and "none.yaml" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["model.attention=iha", "model.attention_options={n_psuedo: 2}"],
+         ["unknown IHA option", "n_psuedo"]),
+        (["model.attention=iha", "model.n_kv_heads=2"], ["grouped-query", "n_kv_heads"]),
+        (["model.attention=iha", "model.attention_options={window: 0}"], ["window"]),
+        (["model.layer_attention=[iha, mha]", "model.attention_options={mask: diag}"], ["mask"]),
+    ],
+)
+def test_bad_attention_options_fail_at_load_config(overrides, words):
+    with pytest.raises(LmlabError) as e:
+        load_config(CONFIGS / "tiny.yaml", overrides)
+    msg = str(e.value)
+    assert "\n" not in msg and "model.attention_options" in msg
+    for w in words:
+        assert w in msg
+
+
+def test_cli_bad_iha_option_fails_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["pretrain", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(out), "model.attention=iha",
+               "model.attention_options={n_psuedo: 2}", "train.max_steps=1"])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and err.startswith("error:") and "n_psuedo" in err
+    assert not out.exists()  # no tokenizer.json / config.yaml left behind
+
+
+def test_valid_iha_and_custom_attention_options_still_load():
+    cfg = load_config(CONFIGS / "tiny.yaml", ["model.attention=iha", "model.attention_options={n_pseudo: 2}"])
+    assert cfg.model_config().attention_options == {"n_pseudo": 2}
+    hybrid = load_config(CONFIGS / "tiny.yaml", ["model.layer_attention=[iha, mha]",
+                                                 "model.attention_options={window: 4}"])
+    assert hybrid.model_config().layer_attention == ["iha", "mha"]
+
+
+def test_eval_on_text_needs_held_out_documents(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text("\n\n".join(f"doc {i}" for i in range(10)))
+    src = f"data.sources=[{{kind: text, path: {f}}}]"
+    with pytest.raises(LmlabError, match="data.val_frac"):
+        load_config(CONFIGS / "tiny.yaml", [src, "data.val_frac=0"])  # tiny.yaml: eval_every=100
+    load_config(CONFIGS / "tiny.yaml", [src, "data.val_frac=0", "train.eval_every=0"])

@@ -149,6 +149,37 @@ def test_text_file_source_and_val_split(tmp_path):
     assert seen_train <= set(range(36)) and len(seen_train) >= 25
 
 
+@pytest.mark.parametrize("n_docs, val_frac, n_val", [(10, 0.04, 1), (10, 0.05, 1), (3, 0.5, 2), (40, 0.1, 4)])
+def test_val_split_never_holds_a_training_document(tmp_path, n_docs, val_frac, n_val):
+    # round(n_docs * val_frac) may be 0 (10 docs at 0.04): the val document must still leave the train split
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(f"doc number {i:02d}\nline" for i in range(n_docs)))
+    spec = DataSpec(DataConfig(sources=[SourceConfig(kind="text", path=str(path))], val_frac=val_frac))
+    tok = spec.build_tokenizer()
+
+    def numbers(loader):  # every document is 21 tokens: rows of 42 hold two whole ones
+        text = "".join(tok.decode(r) for r in loader.next_rows(40))
+        return {int(n) for n in re.findall(r"doc number (\d+)\n", text)}
+
+    val_docs = set(range(n_docs - n_val, n_docs))
+    assert numbers(spec.loader(tok, 41, 2, seed=0, split="val")) == val_docs
+    assert numbers(spec.loader(tok, 41, 2, seed=0)) == set(range(n_docs - n_val))
+
+
+def test_val_split_errors_name_the_fix(tmp_path):
+    from lmlab.utils import LmlabError
+
+    one = tmp_path / "book.txt"
+    one.write_text("a single document without blank lines")
+    with pytest.raises(LmlabError, match=r"1 document.*leaves none to train on.*data.val_frac=0"):
+        DataSpec(DataConfig(sources=[SourceConfig(kind="text", path=str(one))], val_frac=0.05))
+    spec = DataSpec(DataConfig(sources=[SourceConfig(kind="text", path=str(one))], val_frac=0.0))
+    tok = spec.build_tokenizer()
+    assert len(spec.loader(tok, 16, 1, seed=0).next_rows(2)) == 2  # val_frac=0: everything trains
+    with pytest.raises(LmlabError, match="no validation documents.*eval_every=0"):
+        spec.loader(tok, 16, 1, seed=0, split="val")
+
+
 def test_bpe_tokenizer_from_text(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("\n\n".join(f"the quick brown fox {i} jumps" for i in range(200)))

@@ -243,3 +243,11 @@ def test_generation_padded_and_edge_cases(model):
         generate(model, PROMPTS, 3, seeds=[1, 2])
     with pytest.raises(LmlabError):
         generate(model, PROMPTS, [1, 2])
+
+
+def test_docstring_limits_the_token_for_token_claim_to_fp32():
+    import lmlab.generate as g
+
+    doc = " ".join(g.__doc__.split())
+    assert "In fp32, `generate(...)` equals naive no-cache sampling" in doc
+    assert "In bf16" in doc and "does not" in doc

@@ -169,6 +169,22 @@ def test_export_llama_matches_lmlab_logits(tmp_path, tied):
         assert torch.allclose(back(x), m(x), atol=1e-5)
 
 
+def test_hook_q_k_v_mean_the_same_on_lmlab_gpt_and_its_llama_export():
+    """TransformerLens semantics on both sides: hook_q/hook_k before RoPE, (B, H, T, D)."""
+    m = lmlab_gpt()  # grouped-query: 4 query heads, 2 KV heads
+    a = H.HFModel(H.to_llama(m))
+    x = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(4))
+    names = [f"blocks.{i}.attn.{h}" for i in range(2) for h in ("hook_q", "hook_k", "hook_v", "hook_z")]
+    with torch.no_grad():
+        _, ours = m.run_with_cache(x, names=names)
+        _, theirs = a.run_with_cache(x, names=names)
+    for n in names:
+        assert ours[n].shape == theirs[n].shape, n
+        torch.testing.assert_close(ours[n], theirs[n], rtol=1e-4, atol=1e-5, msg=n)
+    assert ours["blocks.0.attn.hook_q"].shape == (2, 4, 9, 8)
+    assert ours["blocks.0.attn.hook_k"].shape == (2, 2, 9, 8)
+
+
 def test_export_bpe_tokenizer(tmp_path):
     texts = ["hello world, hello lab", "language models at small scale"] * 20
     tok = BPETokenizer.train(texts, vocab_size=300)

@@ -12,7 +12,7 @@ from lmlab.model import GPT, GPTConfig
 
 def make_cfg(**opts):
     base = dict(vocab_size=40, n_layers=2, n_heads=4, d_model=32, seq_len=32)
-    model_keys = {"n_kv_heads", "n_layers", "n_heads", "d_model"}
+    model_keys = {"n_kv_heads", "n_layers", "n_heads", "d_model", "seq_len"}
     base.update({k: opts.pop(k) for k in list(opts) if k in model_keys})
     return GPTConfig(attention="iha", attention_options=opts, **base)
 
@@ -265,3 +265,79 @@ def test_hooked_pattern_path_equals_sdpa_and_rows_sum_to_one(opts):
     else:
         assert by_token.tril(-2).max() == 0  # window of 2 tokens
     assert torch.allclose(logits, plain, atol=1e-5)
+
+
+# ------------------------------------------------------------------ window by positions, RoPE, hooks
+@pytest.mark.parametrize("pad", ["right", "left", "inside"])
+def test_window_counts_positions_not_cache_slots(pad):
+    torch.manual_seed(0)
+    model = GPT(make_cfg(n_layers=1, n_heads=2, d_model=16, n_pseudo=2, window=2, init_noise=0.3)).eval()
+    prompt, nxt = [5, 6, 7, 8], torch.tensor([[9]])
+    ids, km = {
+        "right": ([5, 6, 7, 8, 0, 0], [1, 1, 1, 1, 0, 0]),
+        "left": ([0, 0, 5, 6, 7, 8], [0, 0, 1, 1, 1, 1]),
+        "inside": ([5, 6, 0, 0, 7, 8], [1, 1, 0, 0, 1, 1]),
+    }[pad]
+    with torch.no_grad():
+        ref = model(torch.tensor([prompt + [9]]))
+        cache = model.new_cache(1, 10)
+        pre = model(torch.tensor([ids]), cache=cache, key_mask=torch.tensor([km]).bool())
+        got = model(nxt, cache=cache)
+        real = torch.tensor(km).bool()
+        assert torch.allclose(pre[0, real], ref[0, :4], atol=1e-5)  # prefill, padded
+        assert torch.allclose(got[:, -1], ref[:, -1], atol=1e-5)  # then one cached step
+        # the same row without a cache (padding given by key_mask only)
+        nocache = model(torch.tensor([ids + [9]]), key_mask=torch.tensor([km + [1]]).bool())
+        assert torch.allclose(nocache[:, -1], ref[:, -1], atol=1e-5)
+
+
+def test_virtual_rope_from_positions_is_accurate_in_bf16():
+    from lmlab.attention_iha import virtual_rope
+
+    d, p = 32, 8
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
+    pos = torch.arange(0, 2048)[None]
+    ang = pos[0].double()[:, None] * inv.double()
+    emb = torch.cat((ang, ang), -1)
+    cos, sin = emb.cos().to(torch.bfloat16)[None, None], emb.sin().to(torch.bfloat16)[None, None]
+    vpos = torch.arange(2048 * p).double()[:, None] * inv.double()
+    exact_cos, exact_sin = torch.cat((vpos, vpos), -1).cos(), torch.cat((vpos, vpos), -1).sin()
+    vc, vs = virtual_rope(cos, sin, p, inv, "virtual", positions=pos)
+    assert vc.dtype == torch.bfloat16 and vc.shape == (1, 1, 2048 * p, d)
+    # a bf16 value of cos is within 2^-9 of it; the fp32 angle adds ~1e-3 at virtual position 16k
+    assert (vc[0, 0].double() - exact_cos).abs().max() < 4e-3
+    assert (vs[0, 0].double() - exact_sin).abs().max() < 4e-3
+    vc32, _ = virtual_rope(cos.float(), sin.float(), p, inv, "virtual", positions=pos)
+    assert (vc32[0, 0].double() - exact_cos).abs().max() < 2e-3
+
+
+def test_bf16_model_rotates_virtual_queries_at_exact_positions():
+    torch.manual_seed(0)
+    model = GPT(make_cfg(n_layers=1, n_heads=2, d_model=32, seq_len=64, n_pseudo=8)).to(torch.bfloat16).eval()
+    pos = 2000 + torch.arange(6)[None]  # large positions: the phase error of bf16 tables is large
+    names = ["blocks.0.attn.hook_q", "blocks.0.attn.hook_rot_q"]
+    with torch.no_grad():
+        _, acts = model.run_with_cache(torch.randint(0, 40, (1, 6)), positions=pos, names=names)
+    q, rq = acts[names[0]].double(), acts[names[1]].double()  # (1, H, T·P, d): hook_q is before RoPE
+    inv = model.blocks[0].attn.inv_freq.double()
+    vpos = (pos[0, :, None] * 8 + torch.arange(8)).flatten().double()
+    ang = vpos[:, None] * inv
+    c, s = torch.cat((ang, ang), -1).cos(), torch.cat((ang, ang), -1).sin()
+    half = q.shape[-1] // 2
+    want = q * c + torch.cat((-q[..., half:], q[..., :half]), -1) * s
+    assert ((rq - want).abs().max() / q.abs().max()) < 1e-2
+
+
+def test_iha_hook_q_is_before_rope_and_rot_q_after():
+    torch.manual_seed(0)
+    model = GPT(make_cfg(n_layers=1, n_pseudo=2)).eval()
+    names = [f"blocks.0.attn.{h}" for h in ("hook_q", "hook_k", "hook_rot_q", "hook_rot_k")]
+    with torch.no_grad():
+        _, acts = model.run_with_cache(torch.randint(0, 40, (2, 5)), names=names)
+    q, k, rq, rk = (acts[n] for n in names)
+    assert q.shape == rq.shape == (2, 4, 10, 8)
+    assert (q - rq).abs().max() > 1e-3 and (k - rk).abs().max() > 1e-3
+    none = GPT(make_cfg(n_layers=1, n_pseudo=2, rope="none")).eval()
+    with torch.no_grad():
+        _, acts = none.run_with_cache(torch.randint(0, 40, (2, 5)), names=names)
+    assert torch.equal(acts[names[0]], acts[names[2]])

@@ -110,7 +110,7 @@ def test_causal_flop_count_equals_unmasked_pairs(p, window):
 
 
 def test_estimate_flops_counts_mixing_and_virtual_scores():
-    mha = GPT(tiny(attention="mha"))
+    mha = GPT(tiny(attention="mha", attention_options={}))
     iha = GPT(tiny())
     a = iha.blocks[0].attn
     extra_mix = 6 * a.extra_parameters() * a.head_dim * 2  # two layers, mixing used head_dim times/token

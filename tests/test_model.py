@@ -57,6 +57,8 @@ def test_hook_names_follow_transformerlens():
             "hook_resid_post",
             "attn.hook_q",
             "attn.hook_k",
+            "attn.hook_rot_q",
+            "attn.hook_rot_k",
             "attn.hook_v",
             "attn.hook_pattern",
             "attn.hook_z",
@@ -64,6 +66,27 @@ def test_hook_names_follow_transformerlens():
             "mlp.hook_post",
         ):
             assert f"blocks.{i}.{n}" in names
+
+
+def test_rot_hooks_are_q_k_after_rope_and_give_the_pattern():
+    import math
+
+    from lmlab.attention import apply_rope
+
+    model = make(n_kv_heads=2).eval()
+    x = torch.randint(0, 50, (2, 7))
+    names = [f"blocks.0.attn.{h}" for h in ("hook_q", "hook_k", "hook_rot_q", "hook_rot_k", "hook_pattern")]
+    with torch.no_grad():
+        _, acts = model.run_with_cache(x, names=names)
+    q, k, rq, rk, pat = (acts[n] for n in names)
+    assert q.shape == (2, 4, 7, 8) and k.shape == (2, 2, 7, 8)  # (B, heads, T, head_dim)
+    cos, sin = model.rope(torch.arange(7)[None].expand(2, 7), q.dtype)
+    torch.testing.assert_close(rq, apply_rope(q, cos, sin))
+    torch.testing.assert_close(rk, apply_rope(k, cos, sin))
+    assert (q - rq)[:, :, 1:].abs().max() > 1e-3  # hook_q is before RoPE (position 0 is not rotated)
+    scores = rq @ rk.repeat_interleave(2, dim=1).transpose(-1, -2) / math.sqrt(8)
+    scores = scores.masked_fill(~torch.ones(7, 7, dtype=torch.bool).tril(), float("-inf"))
+    torch.testing.assert_close(torch.softmax(scores, -1), pat, rtol=1e-4, atol=1e-5)
 
 
 def test_patching_and_caching_activations():

@@ -51,3 +51,42 @@ def test_bpe_specials_save_load(bpe, tmp_path):
     again = Tokenizer.load(tmp_path / "tok.json")
     assert isinstance(again, BPETokenizer) and again.encode("the cat<sep>42", bos=True) == ids
     assert again.decode(ids, skip_special=True) == "the cat42"
+
+
+def test_foreign_tokenizer_files_give_one_line_errors_naming_the_file(tmp_path):
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import models
+
+    # a Hugging Face tokenizer.json without lmlab's specials (e.g. a BERT-style vocabulary)
+    hf = HFTok(models.WordLevel({"[UNK]": 0, "[CLS]": 1, "<pad>": 2, "a": 3}, unk_token="[UNK]"))
+    path = tmp_path / "foreign.json"
+    path.write_text(hf.to_str())
+    with pytest.raises(LmlabError) as e:
+        Tokenizer.load(path)
+    msg = str(e.value)
+    assert str(path) in msg and "<bos>" in msg and "<eos>" in msg and "data.tokenizer=bpe" in msg
+    assert "<pad>," not in msg.split("special token(s)")[1].split(":")[0]  # only the missing ones are named
+
+    junk = tmp_path / "junk.json"
+    junk.write_text("not json")
+    with pytest.raises(LmlabError, match="junk.json.*not JSON"):
+        Tokenizer.load(junk)
+    binary = tmp_path / "bin.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(LmlabError, match="bin.json"):
+        Tokenizer.load(binary)
+
+
+def test_pretrain_with_a_foreign_tokenizer_fails_before_writing(tmp_path):
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import models
+
+    from lmlab.config import load_config
+    from lmlab.train import pretrain
+
+    path = tmp_path / "foreign.json"
+    path.write_text(HFTok(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).to_str())
+    cfg = load_config(None, {"data.tokenizer": str(path), "train.device": "cpu", "train.max_steps": 1})
+    with pytest.raises(LmlabError, match="<bos>"):
+        pretrain(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "tokenizer.json").exists()

@@ -122,6 +122,76 @@ def test_existing_run_needs_resume(reference):
         pretrain(micro_cfg(), reference)
 
 
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("lr", 2e-2),
+        ("warmup", 3),
+        ("min_lr_frac", 0.5),
+        ("schedule", "constant"),
+        ("weight_decay", 0.0),  # would be silently ignored: the optimizer's saved param_groups win
+        ("betas", [0.8, 0.99]),
+        ("grad_clip", 0.5),
+        ("max_steps", 12),  # the cosine schedule depends on max_steps
+    ],
+)
+def test_resume_refuses_changed_optimisation_settings(reference, key, value):
+    from lmlab.utils import LmlabError
+
+    before = sorted(p.name for p in reference.iterdir())
+    with pytest.raises(LmlabError) as e:
+        pretrain(micro_cfg(**{f"train__{key}": value}), reference, resume=True)
+    msg = str(e.value)
+    saved = micro_cfg().to_dict()["train"][key]
+    assert f"train.{key} was {saved}, now {value}" in msg and f"train.{key}={saved}" in msg
+    assert sorted(p.name for p in reference.iterdir()) == before
+
+
+def test_resume_of_a_finished_run_is_a_clear_error(reference, tmp_path, capsys):
+    import yaml
+
+    from lmlab.cli import main
+    from lmlab.utils import LmlabError
+
+    with pytest.raises(LmlabError, match=r"already at step 8 >= train.max_steps=8: raise train.max_steps"):
+        pretrain(micro_cfg(), reference, resume=True)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(micro_cfg().to_dict()))
+    rc = main(["pretrain", "--config", str(cfg), "--out", str(reference), "--resume"])
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1 and "already at step 8" in err
+
+
+def test_constant_schedule_run_can_be_extended_exactly(tmp_path):
+    kw = {"train__schedule": "constant", "train__eval_every": 0, "train__save_every": 0}
+    ref, ext = tmp_path / "ref", tmp_path / "ext"
+    pretrain(micro_cfg(train__max_steps=5, **kw), ref)
+    assert pretrain(micro_cfg(train__max_steps=3, **kw), ext)["step"] == 3
+    res = pretrain(micro_cfg(train__max_steps=5, **kw), ext, resume=True)
+    assert res["step"] == 5
+    assert_same(final_weights(ref)[0], final_weights(ext)[0])
+
+
+def test_resume_refuses_another_world_size(reference, tmp_path):
+    from lmlab.train import _check_resume_config
+    from lmlab.utils import LmlabError
+
+    meta = ck.read_meta(ck.resolve(reference))
+    assert meta["extra"]["world_size"] == 1  # recorded with every checkpoint
+    with pytest.raises(LmlabError, match=r"trained on 2 process\(es\), now 1.*--nproc_per_node 2"):
+        _check_resume_config(meta["run_config"], micro_cfg(), reference, saved_world=2, world=1)
+    _check_resume_config(meta["run_config"], micro_cfg(), reference, saved_world=1, world=1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="train.device=auto resolves to CUDA here")
+def test_bf16_without_cuda_is_refused_before_anything_is_written(tmp_path):
+    from lmlab.utils import LmlabError
+
+    with pytest.raises(LmlabError, match="train.dtype=bf16 needs a CUDA device"):
+        pretrain(micro_cfg(train__dtype="bf16", train__device="auto"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_sigint_saves_and_resume_is_bit_identical(reference, tmp_path):
     out = tmp_path / "run"
     calls = {"n": 0}

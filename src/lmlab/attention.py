@@ -4,6 +4,11 @@ An attention module is built as `cls(cfg, layer_idx)` and called as
 `attn(x, rope, ctx)` where `rope = (cos, sin)` for the query positions and `ctx` is an
 `AttnContext` (KV cache, masks). Projections are named like Llama's (`q_proj`, `k_proj`, `v_proj`,
 `o_proj`) so that export, qTTT and analysis code find them by name.
+
+Options: `GPTConfig.attention_options` is validated when the config is built. A class declares what it
+accepts with a classmethod `validate_options(cfg) -> bool` (raise ValueError on bad options; return
+whether it reads them) or with `takes_options = False` in its own class body (it reads none). Classes
+that declare neither are assumed to read them (see `check_attention_options`).
 """
 
 from __future__ import annotations
@@ -37,6 +42,19 @@ def build_attention(name: str, cfg: GPTConfig, layer_idx: int) -> nn.Module:
     if name not in ATTENTIONS:
         raise ValueError(f"unknown attention {name!r}; registered: {', '.join(sorted(ATTENTIONS))}")
     return ATTENTIONS[name](cfg, layer_idx)
+
+
+def check_attention_options(name: str, cfg: GPTConfig) -> bool:
+    """Validate `cfg.attention_options` for attention `name` (ValueError when bad); True when it reads them.
+
+    `takes_options` is looked up in the class's own body only, so a subclass of MHA that reads options
+    (a custom attention) is not taken for one that ignores them.
+    """
+    cls = ATTENTIONS[name]
+    validate = getattr(cls, "validate_options", None)
+    if validate is not None:
+        return bool(validate(cfg))
+    return bool(cls.__dict__.get("takes_options", True))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -87,7 +105,14 @@ def attend(q, k, v, ctx: AttnContext, hook_pattern: HookPoint | None = None, cau
 
 @register_attention("mha")
 class MultiHeadAttention(nn.Module):
-    """Standard causal multi-head attention with RoPE, optional grouped-query KV heads, no biases."""
+    """Standard causal multi-head attention with RoPE, optional grouped-query KV heads, no biases.
+
+    Hooks (TransformerLens semantics, lmlab layout (B, heads, T, head_dim)): hook_q/hook_k/hook_v are the
+    projections split into heads, before RoPE; hook_rot_q/hook_rot_k are q/k after RoPE (what the scores
+    use); hook_pattern (B, H, Tq, Tk); hook_z the attention output per head (B, H, T, head_dim).
+    """
+
+    takes_options = False
 
     def __init__(self, cfg: GPTConfig, layer_idx: int):
         super().__init__()
@@ -99,6 +124,7 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()
 
@@ -109,12 +135,14 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, rope, ctx: AttnContext) -> torch.Tensor:
         b, t, _ = x.shape
         cos, sin = rope
-        q = self.hook_q(apply_rope(self._split(self.q_proj(x), self.n_heads), cos, sin))
+        q = self.hook_q(self._split(self.q_proj(x), self.n_heads))
+        q = self.hook_rot_q(apply_rope(q, cos, sin))
         cache = ctx.cache
         if cache is not None and cache.frozen:
             k, v = cache.layer(self.layer_idx)  # qTTT: read-only context keys/values
         else:
-            k = self.hook_k(apply_rope(self._split(self.k_proj(x), self.n_kv_heads), cos, sin))
+            k = self.hook_k(self._split(self.k_proj(x), self.n_kv_heads))
+            k = self.hook_rot_k(apply_rope(k, cos, sin))
             v = self.hook_v(self._split(self.v_proj(x), self.n_kv_heads))
             if cache is not None:
                 k, v = cache.append(self.layer_idx, k, v)
@@ -129,7 +157,10 @@ class MultiHeadAttention(nn.Module):
 
 @register_attention("nope")
 class NoPositionAttention(MultiHeadAttention):
-    """Causal attention without positional encoding (NoPE): content-only retrieval at any length."""
+    """Causal attention without positional encoding (NoPE): content-only retrieval at any length.
+    (hook_rot_q/hook_rot_k equal hook_q/hook_k here.)"""
+
+    takes_options = False
 
     def forward(self, x, rope, ctx):
         cos, sin = rope

@@ -97,15 +97,24 @@ def collapse_pseudo(y: torch.Tensor, r: torch.Tensor, per_head: bool) -> torch.T
     return torch.einsum("bjnpd,hjp->bhnd", y, r.view(r.shape[0], h, p))
 
 
-def virtual_rope(cos: torch.Tensor, sin: torch.Tensor, n_pseudo: int, inv_freq: torch.Tensor, mode: str):
+def virtual_rope(cos: torch.Tensor, sin: torch.Tensor, n_pseudo: int, inv_freq: torch.Tensor, mode: str,
+                 positions: torch.Tensor | None = None):
     """RoPE tables for the virtual sequence from the model's per-token tables (B, 1, T, d).
 
-    "virtual": angle θ·(n·P + p), computed from the given phase θ·n (so cached decoding, padding
-    offsets and custom positions carry over); "shared": every pseudo of token n keeps position n.
+    "virtual": angle θ·(n·P + p). With `positions` (B, T) (integer token positions, as the model passes
+    them) it is computed in float32 from n·P + p directly, like the model's own tables; without them it
+    is rebuilt from the tables' phase θ·n (which multiplies their rounding error by P, large when the
+    tables are bf16). "shared": every pseudo of token n keeps position n.
     """
     p = n_pseudo
     if mode == "shared":
         return cos.repeat_interleave(p, dim=2), sin.repeat_interleave(p, dim=2)
+    if positions is not None:
+        pos = positions.to(device=cos.device, dtype=torch.long)
+        vpos = (pos[:, :, None] * p + torch.arange(p, device=cos.device)).flatten(1, 2)  # (B, T·P)
+        ang = (vpos.float()[:, None, :, None] * inv_freq.float().to(cos.device))  # (B, 1, T·P, d/2)
+        ang = torch.cat((ang, ang), dim=-1)
+        return ang.cos().to(cos.dtype), ang.sin().to(cos.dtype)
     half = cos.shape[-1] // 2
     phase = torch.atan2(sin[..., :half].float(), cos[..., :half].float())  # θ·n mod 2π
     offs = torch.arange(p, device=cos.device, dtype=torch.float32)[:, None] * inv_freq  # (P, d/2)
@@ -118,8 +127,10 @@ def virtual_mask(ctx: AttnContext, t: int, n_pseudo: int, flat: bool, window: in
                  device: torch.device) -> torch.Tensor:
     """Boolean mask (B|1, 1, t·P, Tk·P) over the virtual sequence, derived from the token-level context.
 
-    Token-level rule: the model's mask (causality, padding) and the window. Between the pseudos of
-    one token the flat mask keeps p' ≤ p; the token mask keeps all.
+    Token-level rule: the model's mask (causality, padding) and the window, which counts RoPE positions
+    (`ctx.positions` and the cache's `key_pos`) so that padding slots do not use it up (slots only when
+    no positions are given). Between the pseudos of one token the flat mask keeps p' ≤ p; the token mask
+    keeps all.
     """
     p, cache = n_pseudo, ctx.cache
     if cache is not None and cache.frozen:
@@ -132,16 +143,24 @@ def virtual_mask(ctx: AttnContext, t: int, n_pseudo: int, flat: bool, window: in
                 raise ValueError("IHA with a frozen KV cache and a flat mask or a window needs query "
                                  "positions in AttnContext.positions (pass them from the model forward)")
             dist = (ctx.positions[:, :, None] - cache.key_pos[:, None, :s])[:, None]  # (B, 1, T, S)
+            same = dist == 0
     else:
         s = cache.length if cache is not None else 0
         q_slot = s + torch.arange(t, device=device)
-        dist = (q_slot[:, None] - torch.arange(s + t, device=device)[None])[None, None]
-        allowed = ctx.mask if ctx.mask is not None else dist >= 0
+        slot_dist = (q_slot[:, None] - torch.arange(s + t, device=device)[None])[None, None]
+        allowed = ctx.mask if ctx.mask is not None else slot_dist >= 0
+        same = slot_dist == 0  # the query's own token
+        dist = slot_dist
+        if window is not None and ctx.positions is not None:
+            # the window counts positions, not slots, so padding inside the cache does not use it up
+            key_pos = ctx.positions if cache is None else torch.cat(
+                [cache.key_pos[:, :s].to(ctx.positions.device), ctx.positions], dim=1)
+            dist = (ctx.positions[:, :, None] - key_pos[:, None, :])[:, None]  # (B, 1, T, S+T)
     if window is not None:
         allowed = allowed & (dist < window)
     allowed = allowed.repeat_interleave(p, dim=-2).repeat_interleave(p, dim=-1)
     if flat:
-        same = (dist == 0).repeat_interleave(p, dim=-2).repeat_interleave(p, dim=-1)
+        same = same.repeat_interleave(p, dim=-2).repeat_interleave(p, dim=-1)
         pq = torch.arange(allowed.shape[-2], device=device) % p
         pk = torch.arange(allowed.shape[-1], device=device) % p
         allowed = allowed & (~same | (pk[None, :] <= pq[:, None]))
@@ -175,9 +194,15 @@ def _flex_attention(q, k, v, n_pseudo: int, flat: bool, window: int | None):
 class InterleavedHeadAttention(nn.Module):
     """IHA behind the MHA interface (`q_proj`, `k_proj`, `v_proj`, `o_proj`, same hook names).
 
-    hook_q/hook_k/hook_v see the virtual (mixed, interleaved, rotated) tensors (B, H, N·P, d);
-    hook_pattern the (N·P)×(N·P) pattern; hook_z the collapsed heads (B, H, N, d).
+    hook_q/hook_k/hook_v see the virtual (mixed, interleaved) tensors (B, H, N·P, d) before RoPE, and
+    hook_rot_q/hook_rot_k the same after RoPE (TransformerLens semantics, as in MHA); hook_pattern the
+    (N·P)×(N·P) pattern; hook_z the collapsed heads (B, H, N, d).
     """
+
+    @classmethod
+    def validate_options(cls, cfg: "GPTConfig") -> bool:
+        iha_options(cfg)  # ValueError on unknown or bad options, or grouped-query heads
+        return True
 
     def __init__(self, cfg: "GPTConfig", layer_idx: int):
         super().__init__()
@@ -202,6 +227,7 @@ class InterleavedHeadAttention(nn.Module):
         inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
         self.register_buffer("inv_freq", inv, persistent=False)
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
         self.hook_pattern = HookPoint()
         self.hook_z = HookPoint()
         self._plain_masks: dict = {}
@@ -244,15 +270,15 @@ class InterleavedHeadAttention(nn.Module):
         b, t, _ = x.shape
         cache = ctx.cache
         if self.rope_mode != "none":
-            cos, sin = virtual_rope(*rope, self.n_pseudo, self.inv_freq, self.rope_mode)
+            cos, sin = virtual_rope(*rope, self.n_pseudo, self.inv_freq, self.rope_mode, ctx.positions)
             rot = lambda z: apply_rope(z, cos, sin)  # noqa: E731
         else:
             rot = lambda z: z  # noqa: E731
-        q = self.hook_q(rot(mix_pseudo(self._heads(self.q_proj(x)), self.alpha_q)))
+        q = self.hook_rot_q(rot(self.hook_q(mix_pseudo(self._heads(self.q_proj(x)), self.alpha_q))))
         if cache is not None and cache.frozen:
             k, v = cache.layer(self.layer_idx)  # qTTT: read-only virtual keys/values
         else:
-            k = self.hook_k(rot(mix_pseudo(self._heads(self.k_proj(x)), self.alpha_k)))
+            k = self.hook_rot_k(rot(self.hook_k(mix_pseudo(self._heads(self.k_proj(x)), self.alpha_k))))
             v = self.hook_v(mix_pseudo(self._heads(self.v_proj(x)), self.alpha_v))
             if cache is not None:
                 k, v = cache.append(self.layer_idx, k, v)
@@ -270,8 +296,9 @@ class InterleavedHeadAttention(nn.Module):
             return _flex_attention(q, k, v, self.n_pseudo, flat, self.window)
         if plain:  # the mask depends only on the length: build it once
             key = (t, q.device)
-            if key not in self._plain_masks:
-                self._plain_masks = {key: virtual_mask(ctx, t, self.n_pseudo, flat, self.window, q.device)}
+            if key not in self._plain_masks:  # positions 0..t-1 (slots), whatever ctx.positions holds
+                self._plain_masks = {key: virtual_mask(AttnContext(), t, self.n_pseudo, flat, self.window,
+                                                       q.device)}
             mask = self._plain_masks[key]
         else:
             mask = virtual_mask(ctx, t, self.n_pseudo, flat, self.window, q.device)

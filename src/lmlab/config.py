@@ -22,6 +22,10 @@ from typing import Any
 from lmlab.utils import LmlabError
 
 SYNTHETIC_GENERATORS = ("grammar", "arithmetic")  # built into lmlab.data
+BF16_NEEDS_CUDA = (
+    "train.dtype=bf16 needs a CUDA device (bf16 autocast is CUDA-only in lmlab; on {device} the run "
+    "would silently train in fp32): use train.dtype=auto or fp32, or train.device=cuda"
+)
 
 
 @dataclass
@@ -350,10 +354,14 @@ def validate(cfg: RunConfig) -> None:
         raise LmlabError(f"train.schedule must be 'cosine' or 'constant', got {t.schedule!r}")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise LmlabError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
+    if t.grad_clip < 0:
+        raise LmlabError(f"train.grad_clip must be >= 0 (0 disables clipping), got {t.grad_clip}")
     if t.dtype not in ("auto", "bf16", "fp32"):
         raise LmlabError(f"train.dtype must be auto, bf16 or fp32, got {t.dtype!r}")
     if t.device not in ("auto", "cpu") and not t.device.startswith("cuda"):
         raise LmlabError(f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+    if t.dtype == "bf16" and t.device == "cpu":
+        raise LmlabError(BF16_NEEDS_CUDA.format(device="cpu"))
     if any(s < 0 for s in t.save_steps) or t.save_every < 0 or t.eval_every < 0 or t.log_every < 1:
         raise LmlabError("train.save_steps/save_every/eval_every must be >= 0 and train.log_every >= 1")
     if t.seed < 0 or (t.data_seed is not None and t.data_seed < 0):
@@ -381,3 +389,8 @@ def validate(cfg: RunConfig) -> None:
             )
     if not 0 <= d.val_frac < 1 or d.buffer_docs < 1 or d.bpe_vocab_size < 260:
         raise LmlabError("need 0 <= data.val_frac < 1, data.buffer_docs >= 1 and data.bpe_vocab_size >= 260")
+    if t.eval_every and d.val_frac == 0 and any(s.kind == "text" for s in d.sources):
+        raise LmlabError(
+            f"train.eval_every={t.eval_every} needs held-out text documents, but data.val_frac=0: set "
+            "data.val_frac > 0 or train.eval_every=0"
+        )

@@ -360,6 +360,22 @@ class DataSpec:
             else:
                 payload = resolve_generator(s.generator, f"{key}.generator")
             self.entries.append((s.label(), s.kind, payload, s.weight))
+            if s.kind == "text":
+                n, n_val = len(payload), self.n_val(len(payload))
+                if n_val >= n:
+                    raise LmlabError(
+                        f"text source {s.label()!r} ({key}) has {n} document(s): holding out {n_val} for "
+                        f"validation (data.val_frac={dcfg.val_frac}) leaves none to train on: give at least "
+                        f"{n_val + 1} documents (see {key}.doc_sep) or set data.val_frac=0 and "
+                        "train.eval_every=0 (no validation)"
+                    )
+
+    def n_val(self, n_docs: int) -> int:
+        """Documents of a text source held out for validation: none when data.val_frac=0, else at least one.
+        The same count is taken out of the training split, so validation never sees a training document."""
+        if self.cfg.val_frac <= 0:
+            return 0
+        return max(1, round(n_docs * self.cfg.val_frac))
 
     def build_tokenizer(self) -> Tokenizer:
         kind = self.cfg.tokenizer
@@ -382,13 +398,17 @@ class DataSpec:
     def loader(
         self, tokenizer: Tokenizer, seq_len: int, rows: int, seed: int, split: str = "train"
     ) -> PackedLoader:
-        """split="val": held-out documents (the last val_frac of each text file; another generator stream)."""
+        """split="val": held-out documents (the last `n_val` of each text file, which the train split
+        leaves out; another generator stream)."""
         sources = []
         for i, (label, kind, payload, _) in enumerate(self.entries):
             if kind == "text":
-                n_val = round(len(payload) * self.cfg.val_frac)
+                n_val = self.n_val(len(payload))
                 if split == "val" and n_val == 0:
-                    n_val = 1
+                    raise LmlabError(
+                        f"text source {label!r} has no validation documents (data.val_frac=0): set "
+                        "data.val_frac > 0 or train.eval_every=0"
+                    )
                 part = payload[len(payload) - n_val :] if split == "val" else payload[: len(payload) - n_val]
                 key = (id(tokenizer), i, split)
                 if key not in self._encoded:

@@ -1,7 +1,11 @@
 """Batched sampling with a KV cache for lmlab models (and Hugging Face models through `lmlab.hf`).
 
 Prompts of different lengths are left-padded; each sequence has its own stop tokens and budget.
-`generate(...)` equals naive no-cache sampling (`generate_naive`) token for token under the same seed.
+In fp32, `generate(...)` equals naive no-cache sampling (`generate_naive`) token for token under the same
+seed (log-probs agree to ~1e-6). In bf16 (a model cast with `.to(torch.bfloat16)`) it does not: the cached
+and uncached paths accumulate in different orders, so log-probs can differ by several nats and sampled
+tokens diverge after a few steps. Compare generation log-probs with `sequence_logprobs` in fp32, or allow
+for that noise (e.g. treat bf16 rollouts as slightly off-policy).
 
 Decoding runs without per-step host syncs: tokens, log-probs and stop/budget bookkeeping stay in
 tensors and are read back once at the end. A plain lmlab GPT (standard attention, no active hooks) is

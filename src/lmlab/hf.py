@@ -12,8 +12,9 @@ BERT-like encoders (`attention.self.{query,key,value}`) and T5 (`SelfAttention.{
 with `lmlab.hooks.hooks` and `run_with_cache`. They are forward hooks on the HF modules routed through
 lmlab `HookPoint`s, so a hook may read or replace the activation (except `hook_pattern`: read-only, and
 the model switches to eager attention while it is hooked). Adapter conventions: `hook_q/k/v` are the
-projection outputs shaped (B, H, T, D) before RoPE/QK-norm (lmlab's own are after RoPE); `hook_z` is the
-input of the output projection shaped (B, H, T, D).
+projection outputs shaped (B, H, T, D) before RoPE/QK-norm, as lmlab's own `hook_q/k/v` (TransformerLens
+semantics; an lmlab GPT also has `hook_rot_q/hook_rot_k` after RoPE, which the adapter lacks); `hook_z`
+is the input of the output projection shaped (B, H, T, D).
 
 `export_llama(gpt, dir, tokenizer)` writes an lmlab GPT (standard attention, SwiGLU) as a Llama
 checkpoint with a `PreTrainedTokenizerFast`; `from_llama(dir)` reads such a checkpoint back.

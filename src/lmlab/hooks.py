@@ -1,5 +1,19 @@
 """TransformerLens-style hook points: identity modules whose forward hooks can read or replace
-activations. Names follow TransformerLens (`blocks.{i}.hook_resid_post`, `blocks.{i}.attn.hook_pattern`)."""
+activations. Names follow TransformerLens (`blocks.{i}.hook_resid_post`, `blocks.{i}.attn.hook_pattern`).
+
+Meaning and layout of the attention hooks (lmlab GPT, and `lmlab.hf.HFModel` where noted):
+
+- `attn.hook_q`, `attn.hook_k`, `attn.hook_v`: the projections split into heads, **before RoPE**, as in
+  TransformerLens (and in the HF adapter). `attn.hook_rot_q`, `attn.hook_rot_k`: q and k **after RoPE**,
+  the tensors the attention scores are computed from (TL's `hook_rot_q/k`; lmlab GPT only).
+- Layout is heads first: **(batch, heads, pos, d_head)** for q/k/v/rot_q/rot_k/z, not TransformerLens's
+  (batch, pos, heads, d_head); index a head as `z[:, h]`, not `z[:, :, h]`. With grouped-query attention
+  k/v have n_kv_heads heads. IHA's q/k/v/rot_q/rot_k are the virtual sequences (batch, heads, pos·P, d_head).
+- `attn.hook_pattern`: (batch, heads, query pos, key pos), rows summing to 1. `attn.hook_z`: the
+  attention output per head, before the output projection (batch, heads, pos, d_head).
+- `blocks.{i}.hook_resid_*`, `hook_attn_out`, `hook_mlp_out`, `mlp.hook_pre/post`, `hook_embed`:
+  (batch, pos, features), as in TransformerLens.
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.attention import ATTENTIONS, AttnContext, build_attention
+from lmlab.attention import ATTENTIONS, AttnContext, build_attention, check_attention_options
 from lmlab.hooks import HookPoint, run_with_cache
 
 IGNORE_INDEX = -100
@@ -54,8 +54,24 @@ class GPTConfig:
                 f"choose d_model a multiple of n_heads (e.g. {self.n_heads * max(1, self.d_model // self.n_heads)})")
         if self.head_dim % 2:
             bad(f"head dim d_model/n_heads={self.head_dim} must be even for RoPE")
+        if self.n_kv_heads is not None and (
+                not isinstance(self.n_kv_heads, int) or not 1 <= self.n_kv_heads <= self.n_heads):
+            bad(f"model.n_kv_heads must be None (as many KV heads as query heads) or an integer in "
+                f"1..model.n_heads={self.n_heads}, got {self.n_kv_heads!r}")
         if self.n_heads % self.kv_heads:
             bad(f"model.n_heads={self.n_heads} is not a multiple of model.n_kv_heads={self.kv_heads}")
+        if not isinstance(self.pad_vocab_to, int) or self.pad_vocab_to < 1:
+            bad(f"model.pad_vocab_to must be a positive integer (1: no padding), got {self.pad_vocab_to!r}")
+        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 1):
+            bad(f"model.mlp_hidden must be None (the default width) or a positive integer, "
+                f"got {self.mlp_hidden!r}")
+        for name in ("norm_eps", "rope_theta"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                bad(f"model.{name} must be a number > 0, got {v!r}")
+        std = self.init_std
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or std < 0:
+            bad(f"model.init_std must be a number >= 0, got {self.init_std!r}")
         if self.mlp not in ("swiglu", "relu2"):
             bad(f"model.mlp must be 'swiglu' or 'relu2', got {self.mlp!r}")
         names = self.layer_attention or [self.attention]
@@ -66,6 +82,17 @@ class GPTConfig:
         for a in names:
             if a not in ATTENTIONS:
                 bad(f"unknown attention {a!r}; registered: {', '.join(sorted(ATTENTIONS))}")
+        # options are checked here, not when the layers are built, so a bad one fails at config time
+        used = []
+        for a in dict.fromkeys(names):
+            try:
+                used.append(check_attention_options(a, self))
+            except ValueError as e:
+                bad(f"model.attention_options: {e}")
+        if self.attention_options and not any(used):
+            bad(f"model.attention_options {sorted(self.attention_options)} were given, but attention "
+                f"{', '.join(dict.fromkeys(names))} takes no options: remove model.attention_options "
+                "(they are for attentions such as 'iha': set model.attention=iha)")
 
     @property
     def head_dim(self) -> int:

@@ -50,11 +50,32 @@ class Tokenizer(ABC):
             p = p / "tokenizer.json"
         if not p.exists():
             raise LmlabError(f"tokenizer file {p} not found")
-        data = json.loads(p.read_text())
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise LmlabError(
+                f"tokenizer file {p} is not JSON ({e}): give a tokenizer.json saved by lmlab "
+                "(or use data.tokenizer=char|bpe)"
+            ) from None
+        if not isinstance(data, dict):
+            raise LmlabError(f"{p} is not an lmlab tokenizer file (a JSON object was expected)")
         if data.get("lmlab_type") == "char":
-            return CharTokenizer(data["chars"], data["specials"])
+            try:
+                return CharTokenizer(data["chars"], data["specials"])
+            except (KeyError, TypeError) as e:
+                raise LmlabError(f"char tokenizer file {p} is damaged (missing or bad {e})") from None
         if data.get("lmlab_type") == "bpe" or "model" in data:
-            return BPETokenizer.from_file(p)
+            try:
+                tok = BPETokenizer.from_file(p)
+            except Exception as e:  # tokenizers raises a bare Exception on files it cannot read
+                raise LmlabError(f"tokenizer file {p} could not be read as a BPE tokenizer: {e}") from None
+            missing = [t for t in DEFAULT_SPECIALS if t not in tok.specials]
+            if missing:
+                raise LmlabError(
+                    f"tokenizer file {p} lacks the special token(s) {', '.join(missing)}: lmlab tokenizers "
+                    f"need {', '.join(DEFAULT_SPECIALS)}; train one with data.tokenizer=bpe (or char)"
+                )
+            return tok
         raise LmlabError(f"{p} is not an lmlab tokenizer file")
 
 

@@ -222,7 +222,16 @@ class _StopOnSigint:
             signal.signal(s, old)
 
 
-def _check_resume_config(saved: dict | None, cfg, run: Path) -> None:
+# train keys an exact resume needs unchanged: the data stream, the initialisation, the learning-rate schedule
+# and the optimizer (a resumed optimizer keeps its saved weight_decay/betas, so a new value would be ignored)
+EXACT_RESUME_KEYS = ("batch_size", "grad_accum", "seq_len", "seed", "data_seed", "lr", "warmup",
+                     "min_lr_frac", "schedule", "weight_decay", "betas", "grad_clip")
+
+
+def _check_resume_config(saved: dict | None, cfg, run: Path, saved_world: int | None = None,
+                         world: int = 1) -> None:
+    """Refuse a resume whose config would not continue the saved run exactly. train.max_steps may change
+    (to extend a run) only with schedule=constant: the cosine schedule's rate at every step depends on it."""
     if not saved:
         return
     now = cfg.to_dict()
@@ -232,12 +241,28 @@ def _check_resume_config(saved: dict | None, cfg, run: Path) -> None:
                 f"cannot resume {run}: its {section} config differs from the one given "
                 f"(saved {saved.get(section)}); resume with the run's config.yaml"
             )
-    for key in ("batch_size", "grad_accum", "seq_len", "seed", "data_seed"):
-        if saved.get("train", {}).get(key) != now["train"][key]:
+    old_train, new_train = saved.get("train", {}), now["train"]
+    for key in EXACT_RESUME_KEYS:
+        if key in old_train and old_train[key] != new_train[key]:
             raise LmlabError(
-                f"cannot resume {run}: train.{key} was {saved['train'].get(key)}, now "
-                f"{now['train'][key]}; an exact resume needs the same value"
+                f"cannot resume {run}: train.{key} was {old_train[key]}, now {new_train[key]}; an exact "
+                f"resume needs the same value: pass train.{key}={old_train[key]} (or resume with the run's "
+                "config.yaml), or start a new run to change it"
             )
+    old_max = old_train.get("max_steps")
+    if new_train["schedule"] != "constant" and old_max is not None and old_max != new_train["max_steps"]:
+        raise LmlabError(
+            f"cannot resume {run}: train.max_steps was {old_max}, now {new_train['max_steps']}, and the "
+            f"{new_train['schedule']} schedule's learning rate at every step depends on max_steps: pass "
+            f"train.max_steps={old_max} (only a run with train.schedule=constant can be extended)"
+        )
+    if saved_world is not None and saved_world != world:
+        launch = "without torchrun" if saved_world == 1 else f"with torchrun --nproc_per_node {saved_world}"
+        raise LmlabError(
+            f"cannot resume {run}: it was trained on {saved_world} process(es), now {world}; a step takes "
+            "train.batch_size rows per process, so an exact resume needs the same number of processes: "
+            f"launch it {launch}"
+        )
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -266,6 +291,10 @@ class _Pretrainer:
 
         self.cfg, self.t, self.out, self.loss_fn = cfg, cfg.train, out, loss_fn
         t = self.t
+        if t.dtype == "bf16" and device.type != "cuda":
+            from lmlab.config import BF16_NEEDS_CUDA
+
+            raise LmlabError(BF16_NEEDS_CUDA.format(device=device.type))
         self.rank, self.world, self.device = rank, world, device
         self.main = rank == 0
         if self.main:
@@ -278,7 +307,17 @@ class _Pretrainer:
             )
         start = steps[-1] if resume and steps else None
         if start is not None:
-            _check_resume_config(ck.read_meta(ck.resolve(out, start)).get("run_config"), cfg, out)
+            last = ck.read_meta(ck.resolve(out, start))
+            _check_resume_config(last.get("run_config"), cfg, out,
+                                 (last.get("extra") or {}).get("world_size"), world)
+            if start >= t.max_steps:
+                how = "" if t.schedule == "constant" else (
+                    f" (with train.schedule={t.schedule} the learning rate depends on max_steps, so only a "
+                    "train.schedule=constant run can be extended: start a new run to train further)")
+                raise LmlabError(
+                    f"run {out} is already at step {start} >= train.max_steps={t.max_steps}: raise "
+                    f"train.max_steps to continue{how}"
+                )
 
         # the tokenizer is built once by rank 0 and saved with the run: resumes and other ranks reuse it
         self.spec = DataSpec(cfg.data)
@@ -349,7 +388,7 @@ class _Pretrainer:
                 config=self.cfg.to_dict(),
                 tokens_seen=self.tokens_seen,
                 data_state=self.loader.state_dict(),
-                extra=extra,
+                extra={"world_size": self.world, **(extra or {})},  # checked on resume
             )
         _barrier(self.world)
 
@@ -534,7 +573,9 @@ def pretrain(
     the seed), metrics.jsonl, tb/ (TensorBoard), tokenizer.json and config.yaml.
 
     Launch under `torchrun --nproc_per_node N` for DDP. `resume=True` continues from the latest checkpoint
-    and ends with exactly the weights of an uninterrupted run (bit for bit on CPU). Ctrl-C saves and
+    and ends with exactly the weights of an uninterrupted run (bit for bit on CPU); it refuses a config that
+    would change the run (model, data, `EXACT_RESUME_KEYS`, the number of processes, and train.max_steps
+    unless train.schedule=constant) and a run already at train.max_steps. Ctrl-C saves and
     returns with "interrupted": True. Returns {"step", "tokens_seen", "loss", "val_loss", "interrupted",
     "run_dir"}; raises TrainingDiverged on NaN/Inf.
     """

@@ -28,7 +28,9 @@ def run(args) -> int:
     result = pretrain(cfg, out, resume=args.resume)
     if result["interrupted"]:
         return 130
-    summary = f"done: step {result['step']}, {result['tokens_seen']:,} tokens, loss {result['loss']:.4f}"
+    summary = f"done: step {result['step']}, {result['tokens_seen']:,} tokens"
+    if result["loss"] is not None:
+        summary += f", loss {result['loss']:.4f}"
     if result["val_loss"] is not None:
         summary += f", val loss {result['val_loss']:.4f}"
     print(f"{summary}; checkpoints in {out}")
