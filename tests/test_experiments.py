@@ -200,3 +200,85 @@ def test_cpu_seconds_counts_the_children_the_run_waited_for():
     child.join()
     assert time.process_time() - own0 < 0.2  # the parent itself mostly waited
     assert cpu_seconds() - c0 >= 0.25  # the child's 0.3 s are counted
+
+
+def test_reproduce_only_checks_every_name_before_running(registry, tmp_path, capsys, monkeypatch):
+    ran = []
+    monkeypatch.setattr(ex, "run_experiment", lambda name, *a, **k: ran.append(name))
+    out = tmp_path / "out"
+    assert cli.main(["reproduce", "--only", "boom,scaling_smok", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment(s) 'scaling_smok'" in err and "scaling_smoke" in err  # lists the known ones
+    assert cli.main(["reproduce", "--only", " , ", "--out", str(out)]) == 2
+    assert "names no experiment" in capsys.readouterr().err
+    assert cli.main(["reproduce", "--only", "boom", "--preset", "huge", "--out", str(out)]) == 2
+    assert ran == [] and not out.exists()  # nothing ran, nothing written
+
+
+def test_reproduce_only_strips_names_and_keeps_the_card_when_a_run_dies(registry, tmp_path, capsys, monkeypatch):
+    real = ex.run_experiment
+
+    def run(name, *a, **k):
+        if name == "scaling_smoke":  # a failure outside the experiment's own error handling
+            raise KeyboardInterrupt
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(ex, "run_experiment", run)
+    out = tmp_path / "out"
+    assert cli.main(["reproduce", "--only", " boom , scaling_smoke", "--out", str(out)]) == 130
+    card = (out / "REPORT.md").read_text()  # written with the experiment that finished
+    assert "[boom](boom/report.md)" in card and "scaling_smoke" not in card
+    assert "1 of 2 experiments finished" in capsys.readouterr().out
+
+
+def test_overrides_are_parsed_by_type_with_clear_errors(registry):
+    exp = registry["sumerian_pipeline"]
+    cfg = resolve_config(exp, "tiny", {"mt_steps": "20", "mt_lr": "1e-3", "self_training": "yes",
+                                       "decide_mt": "0", "taggers": "hmm", "beam": 3, "mt_batch": " 8 "})
+    assert cfg["mt_steps"] == 20 and cfg["mt_lr"] == 1e-3 and cfg["self_training"] is True
+    assert cfg["decide_mt"] is False and cfg["taggers"] == "hmm" and cfg["beam"] == 3 and cfg["mt_batch"] == 8
+    bad = [
+        ("mt_steps", "abc", "an integer"),
+        ("mt_steps", "1.5e3", "an integer"),
+        ("mt_steps", "1.9", "an integer"),
+        ("mt_steps", 1.9, "an integer"),
+        ("mt_steps", True, "an integer"),
+        ("mt_lr", "fast", "a number"),
+        ("self_training", "nope", "a boolean"),
+        ("decide_mt", "maybe", "a boolean"),
+        ("decide_mt", 2, "a boolean"),
+    ]
+    for key, value, expected in bad:
+        with pytest.raises(LmlabError) as e:
+            resolve_config(exp, "tiny", {key: value})
+        msg = str(e.value)
+        assert f"'{key}'" in msg and repr(value) in msg and expected in msg, msg
+    for key in ("tag_train", "mt_lr", "decide_mt"):
+        with pytest.raises(LmlabError, match=f"'{key}' was given an empty value"):
+            resolve_config(exp, "tiny", {key: ""})
+    smoke = registry["scaling_smoke"]
+    assert resolve_config(smoke, "tiny", {"widths": "[8, 16]"})["widths"] == [8, 16]
+    with pytest.raises(LmlabError, match="'widths' expects a list"):
+        resolve_config(smoke, "tiny", {"widths": "8,16"})
+
+
+def test_run_command_reports_override_errors_without_a_traceback(registry, tmp_path, capsys):
+    for arg, expected in (("mt_steps=abc", "expects an integer"), ("tag_train=", "empty value"),
+                          ("decide_mt=maybe", "expects a boolean")):
+        assert cli.main(["run", "sumerian_pipeline", "--out", str(tmp_path / "x"), arg]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and expected in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_report_reproduce_line_includes_the_overrides(registry, tmp_path):
+    rep = run_experiment("boom", "tiny", tmp_path / "b", quiet=True)
+    assert "Reproduce with `lmlab run boom --preset tiny --seed 0`." in (tmp_path / "b" / "report.md").read_text()
+    args = ["run", "scaling_smoke", "--seed", "2", "--out", str(tmp_path / "s"), "steps=3", "widths=[8, 16]"]
+    assert cli.main(args) == 0
+    md = (tmp_path / "s" / "report.md").read_text()
+    line = "Reproduce with `lmlab run scaling_smoke --preset tiny --seed 2 steps=3 'widths=[8, 16]'`."
+    assert line in md, md[:600]
+    data = json.loads((tmp_path / "s" / "results.json").read_text())
+    assert data["overrides"] == {"steps": 3, "widths": [8, 16]} and data["config"]["steps"] == 3
+    assert rep.overrides == {}

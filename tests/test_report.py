@@ -102,3 +102,16 @@ def test_report_card(tmp_path):
     assert [verdict(v) for v in (True, False, None)] == ["held", "not held", "undecided"]
     empty = write_report_card(tmp_path / "none", [], "tiny").read_text()
     assert "No experiments are registered yet." in empty
+
+
+def test_reproduce_line_lists_the_overrides(tmp_path):
+    r = make_report(tmp_path)
+    assert "Reproduce with `lmlab run exp_a --preset tiny --seed 3`." in r.to_markdown()
+    r.overrides = {"minilm_models": 3, "minilm_n_train": 800, "lr": 0.001, "fast": False,
+                   "taggers": "hmm,crf", "note": "two words", "widths": [1, 2]}
+    md = r.to_markdown()
+    assert (
+        "Reproduce with `lmlab run exp_a --preset tiny --seed 3 minilm_models=3 minilm_n_train=800 lr=0.001 "
+        "fast=false taggers=hmm,crf 'note=two words' 'widths=[1, 2]'`." in md
+    )
+    assert json.loads(json.dumps(r.to_json()))["overrides"]["minilm_n_train"] == 800

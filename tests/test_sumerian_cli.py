@@ -112,12 +112,58 @@ def test_explain_writes_views(trained, tmp_path):
     assert (tmp_path / "ex" / "line1_integrated_gradients.png").exists()
 
 
-def test_user_errors(tmp_path, capsys):
+def test_explain_pairs_references_with_the_kept_input_lines(trained, tmp_path, monkeypatch):
+    """ATF structure lines are skipped in the input: a line-aligned reference file must skip the same
+    lines, and a reference with one line per text line must be paired in order."""
+    import lmlab.sumerian.pipeline as pipeline
+
+    seen = []
+    real = pipeline.explain_translation
+
+    def spy(tr, line, english=None, **kw):
+        seen.append((line, english))
+        return real(tr, line, english, **kw)
+
+    monkeypatch.setattr(pipeline, "explain_translation", spy)
+    raw = tmp_path / "in.atf"
+    raw.write_text("@obverse\n1. 1(disz) udu\n\n2. lugal e2\n")
+    aligned = tmp_path / "aligned.txt"
+    aligned.write_text("header\n1 sheep\n\nking house\n")  # line-for-line with in.atf
+    per_line = tmp_path / "per_line.txt"
+    per_line.write_text("1 sheep\nking house\n")  # one per Sumerian text line
+    expected = [("1(disz) udu", "1 sheep"), ("lugal e2", "king house")]
+    for ref in (aligned, per_line):
+        seen.clear()
+        args = ["sumerian", "explain", str(raw), "--models", str(trained), "--reference", str(ref)]
+        assert main([*args, "--out", str(tmp_path / ref.stem), "--steps", "2"]) == 0
+        assert seen == expected
+        assert "1(disz) udu" in (tmp_path / ref.stem / "line1.html").read_text()
+
+
+def test_explain_refuses_references_that_do_not_line_up(trained, tmp_path, capsys):
+    raw = tmp_path / "in.atf"
+    raw.write_text("@obverse\n1. 1(disz) udu\n2. lugal e2\n")
+    ref = tmp_path / "ref.txt"
+    ref.write_text("1 sheep\n")
+    args = ["sumerian", "explain", str(raw), "--models", str(trained), "--out", str(tmp_path / "o")]
+    assert main([*args, "--reference", str(ref)]) == 2
+    err = capsys.readouterr().err
+    assert "has 1 lines" in err and "3 lines of which 2 are Sumerian text" in err
+    ref.write_text("header\n\nking house\n")  # aligned, but no reference for input line 2
+    assert main([*args, "--reference", str(ref)]) == 2
+    assert "no reference for input line(s) 2" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_user_errors(trained, tmp_path, capsys):
     raw = tmp_path / "raw.txt"
     raw.write_text("lugal\n")
     assert main(["sumerian", "tag", str(raw), "--models", str(tmp_path / "none")]) == 2
     assert "lmlab sumerian train" in capsys.readouterr().err
-    assert main(["sumerian", "tag", str(tmp_path / "missing.txt"), "--models", str(tmp_path)]) == 2
+    for cmd in ("tag", "translate"):  # real models: only the input file is missing
+        assert main(["sumerian", cmd, str(tmp_path / "missing.txt"), "--models", str(trained)]) == 2
+        err = capsys.readouterr().err
+        assert "missing.txt does not exist" in err and "manifest.json" not in err
     assert main(["sumerian", "train", "--data", str(tmp_path), "--taggers", "svm"]) == 2
     assert "unknown tagger" in capsys.readouterr().err
 
@@ -206,3 +252,56 @@ def test_train_and_translate_with_a_local_hf_model(tmp_path, capsys):
         == 0
     )
     assert "# translation = " in capsys.readouterr().out
+
+
+def test_taggers_claim_compares_against_the_word_lookup_baseline(shared_data, tmp_path, monkeypatch):
+    """A "tagger" that is just the most-frequent-tag-per-word lookup passes the majority-class margins on
+    the full data (POS +0.35, NER entity F1 0.44 against 0 by construction) and must not pass the claim."""
+    import torch
+
+    import lmlab.sumerian.pipeline as pipeline
+    from lmlab import experiments
+    from lmlab.experiments import sumerian_pipeline as sp
+    from lmlab.sumerian.taggers import WordMajorityTagger
+
+    class Lookup(WordMajorityTagger):
+        name = "hmm"
+
+    monkeypatch.setattr(pipeline, "make_tagger", lambda *a, **k: Lookup())
+    exp = experiments.get("sumerian_pipeline")
+    cfg = experiments.resolve_config(exp, "tiny", {"tag_train": "0", "tag_test": "0", "taggers": "hmm"})
+    ctx = experiments.RunContext(exp, "tiny", cfg, 0, torch.device("cpu"), tmp_path, quiet=True)
+    sp.tagging(ctx, shared_data / "sumerian")
+    claim = ctx.report.claims["taggers_beat_majority"]
+    assert "lookup" in claim.statement and "majority" in claim.statement
+    assert ctx.report.metrics["pos.hmm.accuracy"] - ctx.report.metrics["pos.majority.accuracy"] >= sp.POS_MARGIN
+    assert ctx.report.metrics["ner.hmm.entity_f1"] >= sp.NER_MARGIN  # the old claim would have held
+    assert claim.held is False
+    assert "+0.000 vs lookup" in claim.evidence and "most-frequent-tag-per-word" in claim.evidence
+
+
+def test_self_training_step_is_named_and_fed_honestly(shared_data, tmp_path, monkeypatch):
+    from lmlab.experiments import run_experiment
+    from lmlab.sumerian import loaders, translate
+
+    fed = []
+    real = translate.self_training_round
+
+    def spy(tr, pairs, mono, *a, **k):
+        fed.extend(mono)
+        return real(tr, pairs, mono, *a, **k)
+
+    monkeypatch.setattr(translate, "self_training_round", spy)
+    small = {
+        "taggers": "hmm", "tag_train": 100, "tag_test": 50, "mt_train": 300, "mt_test": 20, "mt_steps": 4,
+        "mt_d_model": 32, "mt_vocab": 300, "beam": 1, "self_training": True, "self_training_lines": 60,
+        "synth_steps": 20, "synth_eval": 1, "ig_steps": 2,
+    }
+    rep = run_experiment("sumerian_pipeline", "tiny", tmp_path / "out", quiet=True, raise_errors=True,
+                         overrides=small)
+    assert len(fed) == 60 and rep.metrics["mt.self_training.lines"] == 60
+    assert not any(translate.overlaps_held_out(fed, loaders.held_out_sources(shared_data / "sumerian")))
+    assert rep.metrics["mt.self_training.lines_dropped_overlapping_held_out"] > 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "self-training" in md and "back-translation" not in md.replace("monolingual back-translation", "")
+    assert "transformer + 1 round self-training" in md

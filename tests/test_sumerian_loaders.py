@@ -59,9 +59,42 @@ def test_limits_and_misc_files(shared_data):
         len(loaders.read_parallel(root / "misc" / "human_eval.sum", root / "misc" / "human_eval.eng")) <= 76
     )
     lists = loaders.load_entity_lists(root)
-    assert {"GN", "MN", "RN"} <= set(lists)  # the city list's QN is mapped to the corpus tag GN
+    assert {"SN", "MN", "RN"} <= set(lists) and "GN" not in lists  # cities are settlements (SN)
     assert ["diri"] in lists["MN"]
     assert all(all(c.isascii() for w in e for c in w) for e in lists["MN"])  # š → sz etc.
+
+
+def test_city_list_uses_the_corpus_tag_and_spelling(shared_data):
+    """The NER corpus tags cities SN (nibru{ki} SN 64x vs GN 1x) and writes them with {ki}: the list's
+    cities must be swapped in as SN, and only entries the training corpus attests may be used."""
+    from collections import Counter
+
+    from lmlab.sumerian.metrics import entity_spans
+    from lmlab.sumerian.taggers import attested_entries
+
+    root = shared_data / "sumerian"
+    ner = loaders.load_tagged("ner", "train", root)
+    tags = Counter(
+        typ for s in ner for typ, a, b in entity_spans(s.tags) if s.tokens[a:b] in (["umma{ki}"], ["nibru{ki}"])
+    )
+    assert tags.most_common(1)[0][0] == "SN"
+    lists = loaders.load_entity_lists(root)
+    assert ["umma{ki}"] in lists["SN"] and ["adab{ki}"] in lists["SN"]
+    kept, counts = attested_entries(lists, ner)
+    assert ["umma{ki}"] in kept["SN"] and ["akhetaten"] not in kept["SN"]
+    assert not kept["RN"] or all(e != ["urnammak"] for e in kept["RN"])
+    attested = {tuple(s.tokens[a:b]) for s in ner for typ, a, b in entity_spans(s.tags)}
+    assert all(tuple(e) in attested for es in kept.values() for e in es)
+    assert counts["SN"][1] == len(lists["SN"]) and 0 < counts["SN"][0] < counts["SN"][1] // 4
+
+
+def test_held_out_sources_cover_dev_and_test_of_every_corpus(shared_data):
+    root = shared_data / "sumerian"
+    held = set(loaders.held_out_sources(root))
+    for corpus in loaders.PARALLEL_CORPORA:
+        for split in ("dev", "test"):
+            assert {s for s, _ in loaders.load_parallel(corpus, split, root)} <= held
+    assert loaders.load_parallel("ur3_line", "train", root, 1)[0][0] not in held
 
 
 def test_conll_errors_name_file_and_line(tmp_path):
@@ -93,6 +126,7 @@ def test_parallel_errors(tmp_path):
 def test_raw_lines_strip_atf_structure():
     lines = ["&P123 = x", "@obverse", "1. sze-ba geme2", "2'. kiszib3  ur-{d}asznan", "$ broken", "", "ugula"]
     assert loaders.raw_lines_to_tokens(lines) == [["sze-ba", "geme2"], ["kiszib3", "ur-{d}asznan"], ["ugula"]]
+    assert [i for i, _ in loaders.indexed_raw_tokens(lines)] == [2, 3, 6]
 
 
 def test_missing_data_root_message(monkeypatch, tmp_path):

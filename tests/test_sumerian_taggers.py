@@ -14,6 +14,7 @@ from lmlab.sumerian.taggers import (
     HMMTagger,
     MajorityTagger,
     WordMajorityTagger,
+    attested_entries,
     crf_features,
     entity_lexicon,
     entity_swap,
@@ -182,3 +183,19 @@ def test_entity_swap_keeps_layers_aligned():
             if nt == "PN":
                 assert any(tok in e for e in lex["PN"])
     assert any(len(n.tokens) > 4 for n in ner_aug)  # a two-word entity was swapped in
+
+
+def test_attested_entries_keep_only_list_names_the_corpus_tags_the_same_way():
+    ner = [
+        TaggedSentence(["ki", "umma{ki}", "ta"], ["O", "SN", "O"]),
+        TaggedSentence(["nibru{ki}", "umma{ki}"], ["GN", "SN"]),
+        TaggedSentence(["nibru{ki}"], ["SN"]),
+        TaggedSentence(["nibru{ki}"], ["SN"]),
+        TaggedSentence(["ur", "ur-{d}namma"], ["O", "RN"]),
+    ]
+    lists = {"SN": [["umma{ki}"], ["akhetaten"], ["nibru{ki}"]], "RN": [["urnammak"], ["ur"]], "GN": []}
+    kept, counts = attested_entries(lists, ner)
+    assert kept == {"SN": [["umma{ki}"], ["nibru{ki}"]], "RN": [], "GN": []}  # nibru{ki}: SN 2x vs GN 1x
+    assert counts == {"SN": (2, 3), "RN": (0, 2), "GN": (0, 0)}
+    lex = entity_lexicon(ner, kept)
+    assert ["akhetaten"] not in lex["SN"] and ["urnammak"] not in lex.get("RN", [])

@@ -9,12 +9,15 @@ from lmlab.sumerian.translate import (
     LexiconBaseline,
     MTConfig,
     Translator,
-    back_translation_round,
     bleu_chrf,
     copy_baseline,
+    drop_overlapping,
+    self_training_round,
     train_bpe,
     train_translator,
+    truncate_pair,
 )
+from lmlab.utils import LmlabError
 
 TINY = MTConfig(
     src_vocab_size=120,
@@ -115,10 +118,54 @@ def test_translator_learns_and_roundtrips(tmp_path):
     long_line = " ".join(["udu"] * 30)  # longer than max_len: cut, so attributions stay per subword
     mats, sw, ow = explain_translation(tr, long_line, "sheep", methods=("saliency",))
     assert mats["saliency"].shape == (len(ow), len(sw)) and len(sw) == TINY.max_len - 1
-    bt = back_translation_round(
+    st = self_training_round(
         tr, PAIRS[:10], ["3(disz) udu", "2(disz) gu4"], MTConfig(**{**TINY.__dict__, "steps": 5})
     )
-    assert isinstance(bt, Translator) and bt.src_tok is tr.src_tok and len(bt.losses) == 5
+    assert isinstance(st, Translator) and st.src_tok is tr.src_tok and len(st.losses) == 5
+
+
+def test_load_refuses_missing_or_unexpected_weights(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tr = train_translator(PAIRS, MTConfig(**{**TINY.__dict__, "steps": 2}))
+    tr.save(tmp_path)
+    Translator.load(tmp_path)  # the complete file loads (out.weight is tied and not saved)
+    full = load_file(str(tmp_path / "mt.safetensors"))
+    assert "out.weight" not in full
+    save_file({k: v for k, v in full.items() if not k.startswith("decoder_layers")},
+              str(tmp_path / "mt.safetensors"))
+    with pytest.raises(LmlabError, match=r"missing tensor\(s\) \(decoder_layers.*retrain or re-save"):
+        Translator.load(tmp_path)
+    save_file({**full, "old_name.weight": full["enc_norm.weight"].clone()}, str(tmp_path / "mt.safetensors"))
+    with pytest.raises(LmlabError, match=r"1 unexpected tensor\(s\) \(old_name.weight\)"):
+        Translator.load(tmp_path)
+    save_file({**full, "enc_norm.weight": full["enc_norm.weight"][:3]}, str(tmp_path / "mt.safetensors"))
+    with pytest.raises(LmlabError, match="does not fit the model"):
+        Translator.load(tmp_path)
+
+
+def test_truncation_keeps_the_start_of_source_and_target():
+    src, tgt = [10, 11, 12, 13, 14, 2], [1, 20, 21, 22, 23, 24, 2]  # source ends in <eos>=2, target <bos>=1
+    s, t = truncate_pair(src, tgt, 4)
+    assert s == [10, 11, 12, 2] and t == [1, 20, 21, 22, 23]  # both keep their beginning
+    assert truncate_pair([10, 2], [1, 20, 2], 4) == ([10, 2], [1, 20, 2])  # short pairs are untouched
+    tr = train_translator(PAIRS, MTConfig(**{**TINY.__dict__, "steps": 1, "max_len": 4}))
+    ids = tr.encode_source(["1(disz) udu 2(disz) gu4 3(disz) masz2"])[0].tolist()
+    full = tr.src_tok.encode("1(disz) udu 2(disz) gu4 3(disz) masz2", eos=True)
+    assert ids == full[:3] + [tr.src_tok.eos_id]
+
+
+def test_self_training_lines_never_touch_held_out_sources():
+    held = ["1(disz) udu", "kiszib3 lu2-gi-na"]
+    mono = [
+        "3(disz) gu4 1(disz) udu ba-zi",  # contains a held-out source
+        "lu2-gi-na",  # inside a held-out source
+        "1(disz)  udu",  # the same source, other spacing
+        "1(disz) udu-nita2",  # shares a prefix only: a different word
+        "2(disz) masz2",
+        "",
+    ]
+    assert drop_overlapping(mono, held) == ["1(disz) udu-nita2", "2(disz) masz2"]
 
 
 def test_whitespace_bpe_keeps_words_whole():

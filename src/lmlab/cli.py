@@ -13,23 +13,17 @@ from lmlab.utils import LmlabError
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
-    """`key=value` pairs from the command line (values stay strings; callers cast them)."""
+    """`key=value` pairs from the command line. Values stay strings: `experiments.resolve_config` parses
+    each one as the type of the preset value it replaces (and names the key when it cannot)."""
     out = {}
     for it in items:
         if "=" not in it:
             raise LmlabError(f"override {it!r} is not key=value (e.g. train.max_steps=50)")
         k, v = it.split("=", 1)
+        if not k.strip():
+            raise LmlabError(f"override {it!r} has no key before '='")
         out[k.strip()] = v.strip()
     return out
-
-
-def cast_value(v: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(v)
-    except yaml.YAMLError:
-        return v
 
 
 def cmd_list(args) -> int:
@@ -49,7 +43,7 @@ def cmd_list(args) -> int:
 def cmd_run(args) -> int:
     from lmlab import experiments
 
-    overrides = {k: cast_value(v) for k, v in parse_overrides(args.overrides).items()}
+    overrides = parse_overrides(args.overrides)
     out = Path(args.out) if args.out else Path("reports") / args.preset / args.name
     rep = experiments.run_experiment(args.name, args.preset, out, seed=args.seed, device=args.device,
                                      data=args.data, overrides=overrides)
@@ -67,21 +61,40 @@ def cmd_run(args) -> int:
 def cmd_reproduce(args) -> int:
     from lmlab import experiments
     from lmlab.report import verdict, write_report_card
+    from lmlab.utils import get_device
 
     out = Path(args.out)
     reg = experiments.registry()
-    names = args.only.split(",") if args.only else list(reg)
+    if args.only is not None:
+        names = list(dict.fromkeys(n.strip() for n in args.only.split(",") if n.strip()))
+        if not names:
+            raise LmlabError(f"--only {args.only!r} names no experiment; known: {', '.join(reg)}")
+        unknown = [n for n in names if n not in reg]
+        if unknown:
+            raise LmlabError(
+                f"--only: unknown experiment(s) {', '.join(map(repr, unknown))}; known: {', '.join(reg)}"
+            )
+    else:
+        names = list(reg)
+    # every name, preset and the device are checked before anything runs (a typo must not cost the
+    # report card of the experiments before it)
+    for name in names:
+        experiments.resolve_config(reg[name], args.preset)
+    get_device(args.device)
     reports = []
-    for i, name in enumerate(names, 1):
-        print(f"[{i}/{len(names)}] {name} (preset {args.preset}) ...", flush=True)
-        rep = experiments.run_experiment(name, args.preset, out / name, seed=args.seed, device=args.device,
-                                         data=args.data)
-        summary = ", ".join(f"{c.id}={verdict(c.held)}" for c in rep.claims.values())
-        status = "FAILED" if rep.error else f"{rep.runtime_s:.0f}s"
-        print(f"      {status}: {summary}", flush=True)
-        reports.append(rep)
-    card = write_report_card(out, reports, args.preset)
-    print(f"report card: {card}")
+    try:
+        for i, name in enumerate(names, 1):
+            print(f"[{i}/{len(names)}] {name} (preset {args.preset}) ...", flush=True)
+            rep = experiments.run_experiment(name, args.preset, out / name, seed=args.seed,
+                                             device=args.device, data=args.data)
+            summary = ", ".join(f"{c.id}={verdict(c.held)}" for c in rep.claims.values())
+            status = "FAILED" if rep.error else f"{rep.runtime_s:.0f}s"
+            print(f"      {status}: {summary}", flush=True)
+            reports.append(rep)
+    finally:  # also when a run is interrupted or fails outside the experiment: keep what finished
+        card = write_report_card(out, reports, args.preset)
+        print(f"report card: {card}" + ("" if len(reports) == len(names) else
+                                        f" ({len(reports)} of {len(names)} experiments finished)"))
     if not reg:
         print("No experiments are registered yet.")
     failed = [r.experiment for r in reports if r.error]

@@ -64,6 +64,7 @@ class Report:
     error: str | None = None
     device: str = ""
     cpu_threads: int | None = None  # intra-op threads the run used (set by the runner; tiny presets use 1)
+    overrides: dict = field(default_factory=dict)  # preset keys set on the command line (`key=value`)
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -149,6 +150,7 @@ class Report:
                 "device": self.device,
                 "environment": environment(self.cpu_threads),
                 "config": self.config,
+                "overrides": self.overrides,
                 "metrics": self.metrics,
                 "error": self.error,
                 "claims": [
@@ -158,6 +160,11 @@ class Report:
                 "figures": [f for f, _ in self.figures],
             }
         )
+
+    def reproduce_command(self) -> str:
+        """The `lmlab run` command line that repeats this run, overrides included."""
+        cmd = f"lmlab run {self.experiment} --preset {self.preset} --seed {self.seed}"
+        return " ".join([cmd] + override_args(self.overrides))
 
     def to_markdown(self) -> str:
         env = environment(self.cpu_threads)
@@ -171,7 +178,7 @@ class Report:
             rt += f" (CPU time {self.cpu_time_s:.1f} s)"
         lines += [
             f"Run: seed {self.seed}, {hw}, torch {env['torch']}, runtime {rt}. "
-            f"Reproduce with `lmlab run {self.experiment} --preset {self.preset} --seed {self.seed}`.",
+            f"Reproduce with `{self.reproduce_command()}`.",
             "",
         ]
         if self.error:
@@ -201,6 +208,27 @@ class Report:
         atomic_write_json(self.out_dir / "results.json", self.to_json())
         atomic_write_text(self.out_dir / "report.md", self.to_markdown())
         return self.out_dir
+
+
+def override_args(overrides: dict) -> list[str]:
+    """`key=value` command-line words (shell-quoted where needed) that `lmlab run` parses back to the same
+    values: booleans as true/false, lists and dicts as YAML flow, text as is."""
+    import shlex
+
+    import yaml
+
+    words = []
+    for k, v in overrides.items():
+        if isinstance(v, bool):
+            text = "true" if v else "false"
+        elif isinstance(v, (list, dict)):
+            text = yaml.safe_dump(to_jsonable(v), default_flow_style=True, width=10**6).strip()
+        elif v is None:
+            text = "null"
+        else:
+            text = str(v)
+        words.append(shlex.quote(f"{k}={text}"))
+    return words
 
 
 def _cell(text: str, limit: int | None = None) -> str:

@@ -30,8 +30,9 @@ def _emit(text: str, out: str | None) -> None:
 def cmd_tag(args) -> int:
     from lmlab.sumerian.pipeline import SumerianPipeline
 
+    lines = _read_input(args.file)  # before loading the models: a wrong path fails fast
     pipe = SumerianPipeline.load(args.models, args.tagger, with_mt=False, device=args.device)
-    _emit(pipe.run(_read_input(args.file), translate=False), args.out)
+    _emit(pipe.run(lines, translate=False), args.out)
     return 0
 
 
@@ -41,12 +42,12 @@ def cmd_translate(args) -> int:
 
     if args.beam < 1:
         raise LmlabError(f"--beam must be >= 1, got {args.beam}")
+    lines = _read_input(args.file)
     pipe = SumerianPipeline.load(args.models, args.tagger, with_mt=args.hf_model is None, device=args.device)
     if args.hf_model:
         from lmlab.sumerian.translate import HFTranslator
 
         pipe.translator = HFTranslator.from_pretrained(args.hf_model, args.device)
-    lines = _read_input(args.file)
     if args.format == "text":
         sents = raw_lines_to_tokens(lines)
         _emit(
@@ -107,17 +108,42 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _aligned_references(path: str, n_input: int, kept: list[int]) -> list[str]:
+    """The reference line of each kept input line (`kept`: their 0-based indices among the `n_input` input
+    lines). The reference file is either line-aligned with the input file (same number of lines: the lines
+    facing ATF structure lines and blank lines are ignored) or holds exactly one line per kept input line."""
+    refs = _read_input(path)
+    if len(refs) == n_input:
+        pairs = [(i, refs[i]) for i in kept]
+    elif len(refs) == len(kept):
+        pairs = list(zip(kept, refs))
+    else:
+        raise LmlabError(
+            f"--reference {path} has {len(refs)} lines, but the input has {n_input} lines of which "
+            f"{len(kept)} are Sumerian text (ATF structure lines `&@#$` and blank lines are skipped): give "
+            f"either one reference per input line ({n_input}) or one per text line ({len(kept)})"
+        )
+    blank = [i + 1 for i, r in pairs if not r.strip()]
+    if blank:
+        raise LmlabError(
+            f"--reference {path}: no reference for input line(s) {', '.join(map(str, blank[:10]))} "
+            "(blank reference line)"
+        )
+    return [r for _, r in pairs]
+
+
 def cmd_explain(args) -> int:
     from lmlab.interpret import save_heatmap, save_html
-    from lmlab.sumerian.loaders import raw_lines_to_tokens
+    from lmlab.sumerian.loaders import indexed_raw_tokens
     from lmlab.sumerian.pipeline import explain_translation
     from lmlab.sumerian.translate import Translator
 
+    raw = _read_input(args.file)
+    kept = indexed_raw_tokens(raw)
+    refs = _aligned_references(args.reference, len(raw), [i for i, _ in kept]) if args.reference else None
+    kept, refs = kept[: args.max_lines], refs[: args.max_lines] if refs else None
+    sents = [" ".join(toks) for _, toks in kept]
     tr = Translator.load(Path(args.models) / "mt", args.device)
-    sents = [" ".join(s) for s in raw_lines_to_tokens(_read_input(args.file))][: args.max_lines]
-    refs = _read_input(args.reference) if args.reference else None
-    if refs is not None and len(refs) < len(sents):
-        raise LmlabError(f"--reference has {len(refs)} lines for {len(sents)} input lines")
     out = Path(args.out)
     for i, line in enumerate(sents):
         mats, src, tgt = explain_translation(tr, line, refs[i] if refs else None, n_steps=args.steps)
@@ -198,7 +224,10 @@ def register(sub) -> None:
     q.add_argument("file")
     q.add_argument("--models", default=DEFAULT_MODELS)
     q.add_argument(
-        "--reference", default=None, help="English reference lines to explain (default: the model's)"
+        "--reference",
+        default=None,
+        help="English reference translations to explain (default: the model's own), either line-aligned "
+        "with FILE (lines facing ATF structure or blank lines are ignored) or one per Sumerian text line",
     )
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--max-lines", type=int, default=20)

@@ -51,6 +51,7 @@ class RunContext:
     data_arg: str | None = None
     report: Report = field(init=False)
     quiet: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)  # the preset keys set by the caller (parsed)
     interrupted: bool = field(default=False, init=False)
 
     def __post_init__(self):
@@ -62,6 +63,7 @@ class RunContext:
             paper=self.experiment.paper,
             config=dict(self.cfg),
             device=str(self.device),
+            overrides=dict(self.overrides),
         )
         for cid, statement in self.experiment.claims.items():
             self.report.add_claim(cid, statement)
@@ -182,6 +184,82 @@ def get(name: str) -> Experiment:
     return reg[name]
 
 
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def _expected(default: Any) -> str:
+    if isinstance(default, bool):
+        return "a boolean (true/false, yes/no, 1/0)"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, str):
+        return "text"
+    if isinstance(default, list):
+        return "a list (YAML, e.g. [1, 2])"
+    if isinstance(default, dict):
+        return "a mapping (YAML, e.g. {a: 1})"
+    return "a YAML value"
+
+
+def coerce_override(key: str, value: Any, default: Any) -> Any:
+    """`value` for config key `key` as the type of its preset value `default`. Strings (as given on the
+    command line) are parsed: int keys take integer literals only, float keys any number, bool keys
+    true/false/yes/no/1/0, str keys any text (`key=` gives the empty string), list/dict keys YAML. Anything
+    else raises LmlabError naming the key, the value and the expected type."""
+    import yaml
+
+    def bad(expected: str) -> LmlabError:
+        return LmlabError(f"config key {key!r} expects {expected}, got {value!r} (preset value: {default!r})")
+
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(default, bool):
+        if isinstance(text, bool):
+            return text
+        if isinstance(text, int) and text in (0, 1):
+            return bool(text)
+        if isinstance(text, str) and text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise bad(_expected(default))
+    if isinstance(default, int):
+        if isinstance(text, int) and not isinstance(text, bool):
+            return text
+        if isinstance(text, str):
+            try:
+                return int(text)
+            except ValueError:
+                pass
+        raise bad(_expected(default))
+    if isinstance(default, float):
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            return float(text)
+        if isinstance(text, str):
+            try:
+                return float(text)
+            except ValueError:
+                pass
+        raise bad(_expected(default))
+    if isinstance(default, str):
+        if text is None:  # `key=` on the command line: the empty string
+            return ""
+        if isinstance(text, str):
+            return value
+        raise bad(_expected(default))
+    if isinstance(default, (list, dict)) or default is None:
+        if isinstance(text, str):
+            if not text:
+                raise bad("a value (it is empty)")
+            try:
+                text = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise bad(f"a YAML value ({str(e).splitlines()[0]})") from e
+        if default is not None and not isinstance(text, type(default)):
+            raise bad(_expected(default))
+        return text
+    return value
+
+
 def resolve_config(exp: Experiment, preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     if preset not in exp.presets:
         raise LmlabError(
@@ -189,13 +267,16 @@ def resolve_config(exp: Experiment, preset: str, overrides: dict[str, Any] | Non
         )
     cfg = dict(exp.presets[preset])
     for k, v in (overrides or {}).items():
-        if v is None and isinstance(cfg.get(k), str):  # `key=` on the command line: the empty string
-            v = ""
         if k not in cfg:
             raise LmlabError(
                 f"unknown config key {k!r} for {exp.name} preset {preset}; known: {', '.join(cfg)}"
             )
-        cfg[k] = type(cfg[k])(v) if cfg[k] is not None and not isinstance(cfg[k], (list, dict, bool)) else v
+        if (v is None or (isinstance(v, str) and not v.strip())) and not isinstance(cfg[k], str):
+            raise LmlabError(
+                f"config key {k!r} was given an empty value; it expects {_expected(cfg[k])} "
+                f"(preset value: {cfg[k]!r})"
+            )
+        cfg[k] = coerce_override(k, v, cfg[k])
     return cfg
 
 
@@ -223,7 +304,8 @@ def run_experiment(
     cfg = resolve_config(exp, preset, overrides)
     out = Path(out_dir) if out_dir is not None else Path("reports") / preset / name
     dev = get_device(device)
-    ctx = RunContext(exp, preset, cfg, seed, dev, out, data_arg=data, quiet=quiet)
+    ctx = RunContext(exp, preset, cfg, seed, dev, out, data_arg=data, quiet=quiet,
+                     overrides={k: cfg[k] for k in (overrides or {})})
     seed_everything(seed)
     threads = torch.get_num_threads()
     if preset == "tiny" and dev.type == "cpu":

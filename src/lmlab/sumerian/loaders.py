@@ -155,14 +155,20 @@ _ATF_LINE_NO = re.compile(r"^\s*\d+[a-z]?'*\.\s+")
 def raw_lines_to_tokens(lines: list[str]) -> list[list[str]]:
     """Tokens of raw transliterated lines; ATF structure lines (`&`, `@`, `#`, `$`) are dropped and
     line numbers like `3.` or `4'.` stripped."""
+    return [toks for _, toks in indexed_raw_tokens(lines)]
+
+
+def indexed_raw_tokens(lines: list[str]) -> list[tuple[int, list[str]]]:
+    """(0-based index in `lines`, tokens) of each line `raw_lines_to_tokens` keeps, so that files aligned
+    line-for-line with the input (e.g. reference translations) can be paired with the kept lines."""
     out = []
-    for line in lines:
+    for i, line in enumerate(lines):
         s = line.strip()
         if not s or s[0] in "&@#$":
             continue
         toks = _ATF_LINE_NO.sub("", s).split()
         if toks:
-            out.append(toks)
+            out.append((i, toks))
     return out
 
 
@@ -181,7 +187,9 @@ _UNICODE_TO_ATF = {
     "ĝ": "g",
     "Ĝ": "G",
 }
-LIST_TAG_MAP = {"QN": "GN"}  # the city list's QN (place name) is GN in the corpus tag set
+# The city list's QN (place name): the NER corpus tags cities as SN (settlement), e.g. nibru{ki} SN 64x vs
+# GN 1x, umma{ki} SN 27x, adab{ki} SN 3x vs GN 1x; GN is kept for regions and foreign lands.
+LIST_TAG_MAP = {"QN": "SN"}
 
 
 def to_ascii_atf(text: str) -> str:
@@ -190,7 +198,11 @@ def to_ascii_atf(text: str) -> str:
 
 
 def load_entity_lists(root: str | Path | None = None) -> dict[str, list[list[str]]]:
-    """{NER tag: [entity tokens, ...]} from `named_entities/*.csv` (columns Text, NER)."""
+    """{NER tag: [entity tokens, ...]} from `named_entities/*.csv` (columns Text, NER), in lower-case
+    ASCII-ATF. City names (QN, tagged SN as in the corpus) are given in both the list's plain spelling
+    and the corpus spelling with the place determinative (`adab` and `adab{ki}`). Most list entries are
+    modern spellings that never occur in the corpora: vet them with `taggers.attested_entries` before
+    using them for augmentation."""
     base = (Path(root) if root is not None else data_dir()) / "named_entities"
     if not base.is_dir():
         raise LmlabError(
@@ -208,9 +220,19 @@ def load_entity_lists(root: str | Path | None = None) -> dict[str, list[list[str
                 text, tag = (row.get("Text") or "").strip(), (row.get("NER") or "").strip()
                 if not text or not tag:
                     raise LmlabError(f"{path}:{lineno}: empty Text or NER field; fill or delete the row")
-                tag = LIST_TAG_MAP.get(tag, tag)
-                out.setdefault(tag, []).append(to_ascii_atf(text).lower().rstrip(".").split())
+                words = to_ascii_atf(text).lower().rstrip(".").split()
+                variants = [words]
+                if tag == "QN" and words and "{ki}" not in words[-1]:
+                    variants.append(words[:-1] + [words[-1] + "{ki}"])
+                out.setdefault(LIST_TAG_MAP.get(tag, tag), []).extend(variants)
     return out
+
+
+def held_out_sources(root: str | Path | None = None) -> list[str]:
+    """Sumerian sides of the dev and test splits of every parallel corpus: text that training data (e.g. the
+    monolingual lines used for self-training) must not contain, because the corpora overlap (an Ur III line
+    of `ur3_line/test` can sit inside an `all_sent/train` sentence)."""
+    return [s for c in PARALLEL_CORPORA for split in ("dev", "test") for s, _ in load_parallel(c, split, root)]
 
 
 # ---------------------------------------------------------------- download (needs internet)

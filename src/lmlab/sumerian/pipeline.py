@@ -21,6 +21,7 @@ from lmlab.sumerian.taggers import (
     BiLSTMCRFTagger,
     CRFTagger,
     HMMTagger,
+    attested_entries,
     entity_lexicon,
     entity_swap,
     load_tagger,
@@ -40,13 +41,16 @@ def make_tagger(name: str, crf_iters: int = 1000, bilstm: BiLSTMCRFConfig | None
 
 
 def training_sentences(root: Path, limit: int | None, augment_copies: int, seed: int = 0):
-    """POS and NER training sentences (same tokens), with entity-swap augmented copies appended."""
+    """POS and NER training sentences (same tokens), with entity-swap augmented copies appended. Entities
+    are swapped for others of the same class from the training sentences and from the named-entity lists,
+    of which only entries the training sentences attest with the list's tag are used (`attested_entries`)."""
     pos, ner = (
         loaders.load_tagged("pos", "train", root, limit),
         loaders.load_tagged("ner", "train", root, limit),
     )
     if augment_copies > 0:
-        lex = entity_lexicon(ner, loaders.load_entity_lists(root))
+        lists, _ = attested_entries(loaders.load_entity_lists(root), ner)
+        lex = entity_lexicon(ner, lists)
         ner_aug, pos_aug = entity_swap(ner, lex, augment_copies, seed, pos_sents=pos)
         pos, ner = pos + pos_aug, ner + ner_aug
     return pos, ner

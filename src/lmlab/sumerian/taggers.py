@@ -568,3 +568,25 @@ def entity_lexicon(
             if toks:
                 lex[typ][tuple(toks)] = None
     return {t: [list(x) for x in d] for t, d in lex.items()}
+
+
+def attested_entries(
+    lists: dict[str, list[list[str]]], corpus: list[TaggedSentence]
+) -> tuple[dict[str, list[list[str]]], dict[str, tuple[int, int]]]:
+    """The named-entity list entries that `corpus` (tagged NER training sentences) attests as an entity
+    span whose most frequent tag is the list's tag. Entries in another spelling than the corpus (most of
+    the city and royal-name lists: `akhetaten`, `urnammak`) or that the corpus labels differently would
+    add out-of-distribution tokens or wrong labels to entity-swap augmentation, so they are dropped.
+    Returns ({tag: kept entries}, {tag: (kept, listed)})."""
+    from lmlab.sumerian.metrics import entity_spans
+
+    seen: dict[tuple, Counter] = defaultdict(Counter)
+    for s in corpus:
+        for typ, a, b in entity_spans(s.tags):
+            seen[tuple(s.tokens[a:b])][typ] += 1
+    kept, counts = {}, {}
+    for typ, items in lists.items():
+        ok = [e for e in items if e and seen.get(tuple(e)) and seen[tuple(e)].most_common(1)[0][0] == typ]
+        kept[typ] = ok
+        counts[typ] = (len(ok), len(items))
+    return kept, counts

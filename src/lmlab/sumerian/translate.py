@@ -1,5 +1,6 @@
 """Sumerian→English translation: BPE tokenizers, a small encoder–decoder Transformer trained from scratch,
-greedy/beam decoding, BLEU/chrF (sacrebleu), copy and lexicon baselines, one round of back-translation,
+greedy/beam decoding, BLEU/chrF (sacrebleu), copy and lexicon baselines, one round of self-training
+(forward translation of monolingual Sumerian, the paper's "M-BT"),
 and fine-tuning of a local Hugging Face seq2seq model as an alternative."""
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ class Translator:
         return next(self.model.parameters()).device
 
     def encode_source(self, lines: list[str]) -> torch.Tensor:
-        """Right-padded (B, S) source ids, each ending in <eos>, cut to max_len."""
-        ids = [self.src_tok.encode(s, eos=True)[-self.cfg.max_len :] for s in lines]
+        """Right-padded (B, S) source ids, each ending in <eos>; an over-long line keeps its start (as in
+        training, see `truncate_pair`)."""
+        ids = [truncate_source(self.src_tok.encode(s, eos=True), self.cfg.max_len) for s in lines]
         return _pad(ids, self.src_tok.pad_id).to(self.device)
 
     @torch.no_grad()
@@ -118,7 +120,31 @@ class Translator:
             )
         meta = json.loads((d / "mt_config.json").read_text())
         model = Seq2SeqTransformer(Seq2SeqConfig(**meta["model"]))
-        model.load_state_dict(load_file(str(d / "mt.safetensors")), strict=False)  # out.weight is tied
+        weights = d / "mt.safetensors"
+        if not weights.exists():
+            raise LmlabError(f"{weights} is missing: retrain with `lmlab sumerian train --out DIR`")
+        state = load_file(str(weights))
+        # strict, except for the output projection: it is tied to tgt_emb and not saved
+        missing = sorted(set(model.state_dict()) - set(state) - {"out.weight"})
+        unexpected = sorted(set(state) - set(model.state_dict()))
+        if missing or unexpected:
+
+            def listed(keys, what):
+                more = ", …" if len(keys) > 5 else ""
+                return f"{len(keys)} {what} tensor(s) ({', '.join(keys[:5])}{more})" if keys else ""
+
+            problems = "; ".join(x for x in (listed(missing, "missing"), listed(unexpected, "unexpected")) if x)
+            raise LmlabError(
+                f"{weights} does not match the model described by {d / 'mt_config.json'}: {problems}. The "
+                "file is incomplete or from another version of the model: retrain or re-save it"
+            )
+        try:
+            model.load_state_dict(state, strict=False)  # only out.weight (tied) may be absent, checked above
+        except RuntimeError as e:  # shape mismatches
+            raise LmlabError(
+                f"{weights} does not fit the model described by {d / 'mt_config.json'} "
+                f"({str(e).splitlines()[-1].strip()}): retrain or re-save the model"
+            ) from e
         model.to(device).eval()
         return cls(
             model,
@@ -126,6 +152,18 @@ class Translator:
             Tokenizer.load(d / "tgt_tokenizer.json"),
             MTConfig.from_dict(meta["mt"]),
         )
+
+
+def truncate_source(ids: list[int], n: int) -> list[int]:
+    """The first `n` ids of an encoded source line, keeping its final <eos>."""
+    return ids if len(ids) <= n else ids[: n - 1] + ids[-1:]
+
+
+def truncate_pair(src: list[int], tgt: list[int], n: int) -> tuple[list[int], list[int]]:
+    """Cut an encoded training pair to the model's length from the same end on both sides: the source keeps
+    its first n-1 tokens and <eos>, the target (<bos> … <eos>) its first n+1 ids. Keeping the start of both
+    means the model never learns to produce the beginning of the English from the end of the Sumerian."""
+    return truncate_source(src, n), tgt[: n + 1]
 
 
 def _pad(seqs: list[list[int]], pad: int) -> torch.Tensor:
@@ -208,9 +246,11 @@ def train_translator(
     model = Seq2SeqTransformer(mcfg).to(device)
     tr = Translator(model, src_tok, tgt_tok, cfg)
     n = cfg.max_len
-    examples = [
-        (src_tok.encode(s, eos=True)[-n:], tgt_tok.encode(t, bos=True, eos=True)[: n + 1]) for s, t in pairs
-    ]
+    encoded = [(src_tok.encode(s, eos=True), tgt_tok.encode(t, bos=True, eos=True)) for s, t in pairs]
+    examples = [truncate_pair(a, b, n) for a, b in encoded]
+    cut = sum(len(a) > n or len(b) > n + 1 for a, b in encoded)
+    if cut and log:
+        log(f"{cut} of {len(pairs)} training pairs are longer than max_len={n}: both sides keep their start")
     pad = src_tok.pad_id
 
     def make(batch):
@@ -254,7 +294,7 @@ def train_translator(
     return tr
 
 
-def back_translation_round(
+def self_training_round(
     translator: Translator,
     pairs: list[tuple[str, str]],
     mono_sumerian: list[str],
@@ -263,13 +303,18 @@ def back_translation_round(
     device="cpu",
     log=None,
 ) -> Translator:
-    """One round of the paper's monolingual back-translation ("M-BT"): the current model translates
-    monolingual Sumerian, the synthetic pairs are stacked onto the parallel data, and a model is retrained
-    (same tokenizers) on the union."""
+    """One round of self-training (forward translation): the current Sumerian→English model translates
+    monolingual Sumerian, the (real Sumerian, synthetic English) pairs are stacked onto the parallel data,
+    and a model is retrained (same tokenizers) on the union.
+
+    This is the procedure the paper calls monolingual back-translation ("M-BT"): it translates *source-side*
+    monolingual text with the forward model. It is not back-translation in the usual sense (a reverse
+    English→Sumerian model producing synthetic sources for real English), so it is named for what it does.
+    Keep `mono_sumerian` free of evaluation sources (see `drop_overlapping`)."""
     synthetic = translator.translate(mono_sumerian, beam=beam)
     extra = [(s, e) for s, e in zip(mono_sumerian, synthetic) if s.strip() and e.strip()]
     if log:
-        log(f"back-translation: {len(extra)} synthetic pairs added to {len(pairs)}")
+        log(f"self-training: {len(extra)} forward-translated pairs added to {len(pairs)}")
     return train_translator(
         pairs + extra,
         cfg or translator.cfg,
@@ -277,6 +322,38 @@ def back_translation_round(
         tokenizers=(translator.src_tok, translator.tgt_tok),
         log=log,
     )
+
+
+def _span_hits(hay: list[tuple[str, ...]], needles: set[tuple[str, ...]]):
+    """(indices of `hay` lines containing some needle as a contiguous word sequence, the needles found)."""
+    lengths = sorted({len(x) for x in needles})
+    lines, found = set(), set()
+    for i, words in enumerate(hay):
+        for k in lengths:
+            if k > len(words):
+                break
+            for j in range(len(words) - k + 1):
+                t = words[j : j + k]
+                if t in needles:
+                    lines.add(i)
+                    found.add(t)
+    return lines, found
+
+
+def overlaps_held_out(lines: list[str], held_out: list[str]) -> list[bool]:
+    """For each line: does it contain, or is it contained in, a `held_out` line (whole-word match after
+    whitespace normalisation)? Blank lines count as overlapping (they are never wanted)."""
+    words = [tuple(x.split()) for x in lines]
+    held = {tuple(x.split()) for x in held_out if x.split()}
+    contain, _ = _span_hits(words, held)
+    _, inside = _span_hits(list(held), {w for w in words if w})
+    return [not w or i in contain or w in inside for i, w in enumerate(words)]
+
+
+def drop_overlapping(lines: list[str], held_out: list[str]) -> list[str]:
+    """`lines` without those that contain, or are contained in, a `held_out` line: monolingual text for
+    self-training must not expose the model to the test sources, even without their references."""
+    return [x for x, bad in zip(lines, overlaps_held_out(lines, held_out)) if not bad]
 
 
 # ---------------------------------------------------------------- baselines
@@ -336,7 +413,8 @@ class HFTranslator:
     def _ids(self, texts: list[str]) -> list[list[int]]:
         ids = self.tok(texts, add_special_tokens=True, truncation=True, max_length=self.max_len)["input_ids"]
         eos = self.tok.eos_token_id
-        return [x if eos is None or (x and x[-1] == eos) else (x + [eos])[-self.max_len :] for x in ids]
+        # keep the start of an over-long text (as the from-scratch translator does) and end it with <eos>
+        return [x if eos is None or (x and x[-1] == eos) else x[: self.max_len - 1] + [eos] for x in ids]
 
     def batch(self, pairs: list[tuple[str, str]]) -> dict:
         pad = self.tok.pad_token_id
