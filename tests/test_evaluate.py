@@ -158,3 +158,28 @@ def test_sample_and_verify_is_batch_size_invariant(model):
         sample_and_verify(model, prompts, verify, batch_size=7, **{**kw, "seed": 4})["completions"]
         != ref["completions"]
     )
+
+
+def test_sample_and_verify_rejects_k_outside_1_to_n(model):
+    """Audit L-2: k=0 silently returned pass@n (curve[-1]) and k>n raised a raw IndexError."""
+    kw = {"n": 4, "max_new_tokens": 2, "seed": 0}
+    for ks in ([0, 1], [1, 5], [-1]):
+        with pytest.raises(LmlabError, match="1 <= k <= n"):
+            sample_and_verify(model, [[1, 2]], lambda i, c: True, ks=ks, **kw)
+    r = sample_and_verify(model, [[1, 2]], lambda i, c: True, ks=[np.int64(1), 4], **kw)
+    assert r["pass"] == {1: 1.0, 4: 1.0}
+
+
+def test_mean_pass_at_k_takes_numpy_inputs():
+    counts = [0, 3, 8]
+    ref = mean_pass_at_k(counts, 1, n=8)
+    assert mean_pass_at_k(np.array(counts), 1, n=8) == pytest.approx(ref)
+    assert mean_pass_at_k(counts, np.int64(1), n=8) == pytest.approx(ref)
+    assert mean_pass_at_k(np.array(counts), np.array([1, 4]), n=np.int64(8)) == pytest.approx(
+        mean_pass_at_k(counts, [1, 4], n=8))
+    pairs = np.array([[8, 0], [8, 3], [8, 8]])
+    assert mean_pass_at_k(pairs, 1) == pytest.approx(ref)
+    with pytest.raises(LmlabError):
+        mean_pass_at_k(np.array([], dtype=int), 1, n=8)
+    with pytest.raises(LmlabError):
+        mean_pass_at_k(counts, 0, n=8)

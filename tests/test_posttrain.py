@@ -163,3 +163,29 @@ def test_pass_at_k_curve_is_monotone_and_bounded():
     assert res["pass"][1] == pytest.approx(sum(res["counts"]) / (8 * 4))  # pass@1 = mean accuracy
     with pytest.raises(LmlabError):
         sample_pass_at_k(model, tok, task, probs[:2], n=4, ks=(8,))
+
+
+@pytest.mark.parametrize("pipeline", ["parallel_avg", "combined", "interleaved"])
+@pytest.mark.parametrize("kw", [{"ppo_epochs": 2}, {"minibatches": 2}])
+def test_mixed_pipelines_refuse_several_rl_updates_per_batch(pipeline, kw):
+    """Audit L-4: the mixed schemes take one RL backward per step; ppo_epochs/minibatches were ignored."""
+    task, tok, probs, cfg = _setup()
+    for k, v in kw.items():
+        setattr(cfg.rl, k, v)
+    model = tiny_model(vocab=tok.vocab_size)
+    before = flat(model)
+    with pytest.raises(LmlabError, match="--ppo-epochs"):
+        run_pipeline(pipeline, model, tok, task, probs, cfg)
+    assert torch.equal(before, flat(model))  # refused before any step
+    run_pipeline("rl", tiny_model(vocab=tok.vocab_size), tok, task, probs, cfg)  # plain RL honours them
+
+
+@pytest.mark.parametrize("change, flag", [(lambda c: setattr(c, "interleave_block", 0), "--interleave-block"),
+                                          (lambda c: setattr(c, "gold_limit", 0), "--gold-limit"),
+                                          (lambda c: setattr(c.sft, "batch_size", 0), "--sft-batch-size"),
+                                          (lambda c: setattr(c.rl, "prompts_per_step", 0), "--prompts-per-step")])
+def test_post_train_config_errors_name_the_flag(change, flag):
+    task, tok, probs, cfg = _setup()
+    change(cfg)
+    with pytest.raises(LmlabError, match=flag):
+        run_pipeline("interleaved", tiny_model(vocab=tok.vocab_size), tok, task, probs, cfg)

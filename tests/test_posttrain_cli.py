@@ -46,7 +46,7 @@ def test_post_train_on_a_local_hf_model(tmp_path, pipeline):
     after = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the SFT side always moves the weights
     lines = (out / "history.jsonl").read_text().splitlines()
-    assert len(lines) == 4 if pipeline == "sft_rl" else 2
+    assert len(lines) == (4 if pipeline == "sft_rl" else 2)  # sft_rl: 2 SFT + 2 RL steps
 
 
 def test_sft_and_rl_commands_on_an_lmlab_checkpoint(tmp_path):
@@ -77,3 +77,26 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["rl", str(src), "--out", str(tmp_path / "o"), "--task", "chess"]) == 2
     assert "unknown reasoning task" in capsys.readouterr().err
     assert main(["rl", str(src), "--out", str(tmp_path / "o2"), "--group-size", "1"]) == 2
+
+
+@pytest.mark.parametrize("extra, flag", [(["--prompts-per-step", "0"], "--prompts-per-step"),
+                                         (["--interleave-block", "0"], "--interleave-block"),
+                                         (["--sft-batch-size", "0"], "--sft-batch-size"),
+                                         (["--temperature", "0"], "--temperature"),
+                                         (["--max-new-tokens", "0"], "--max-new-tokens"),
+                                         (["--difficulty", "0"], "--difficulty"),
+                                         (["--pipeline", "parallel_avg", "--ppo-epochs", "2"], "--ppo-epochs")])
+def test_bad_post_train_flags_are_one_line_errors_naming_the_flag(tmp_path, capsys, extra, flag):
+    """Audit L-3/L-4: these gave raw tracebacks, silently became defaults, or were silently ignored."""
+    args = ["post-train", str(tmp_path / "missing-model"), "--out", str(tmp_path / "o")]
+    if "--pipeline" not in extra:
+        args += ["--pipeline", "interleaved"]
+    assert main(args + extra) == 2  # checked before the model is even loaded
+    assert flag in capsys.readouterr().err
+
+
+def test_out_pointing_to_a_file_is_a_user_error(tmp_path, capsys):
+    (tmp_path / "o").write_text("x")
+    assert main(["rl", str(tmp_path / "missing-model"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "is a file" in err

@@ -155,3 +155,23 @@ def test_general_suite_documents_and_entropy_floor():
     assert dict(pair for pair in (tuple(kv) for kv in ctx.split(",")))[key] == answer
     assert 0 < suite.entropy_rate() < math.log(16)
     assert set("".join(suite.document(rng) for _ in range(200))) <= set(suite.alphabet)
+
+
+def test_general_nll_floor_is_the_true_process_loss_on_heldout_style_documents():
+    """Audit L-5: `heldout_nll` scores every letter after `G`, the first one drawn from the start distribution,
+    on 16-28-letter documents, so the stationary entropy rate is not its floor; `nll_floor` is."""
+    import numpy as np
+
+    from lmlab.tasks.general import LETTERS
+
+    suite = GeneralSuite()
+    idx = {c: i for i, c in enumerate(LETTERS)}
+    rng = random.Random(3)
+    total, count = 0.0, 0
+    for _ in range(6000):  # the true process's loss on documents made exactly like the held-out ones
+        x = [idx[c] for c in suite.markov_doc(rng)[1:]]
+        total -= math.log(suite.start[x[0]]) + float(np.log(suite.transition[x[:-1], x[1:]]).sum())
+        count += len(x)
+    mc = total / count
+    assert abs(mc - suite.nll_floor()) < 0.008
+    assert abs(mc - suite.entropy_rate()) > 0.012  # what was reported as the floor before

@@ -194,3 +194,112 @@ def test_several_updates_per_batch_use_ratios():
     assert math.isfinite(stats["loss"])
     with pytest.raises(LmlabError):
         GRPOConfig(group_size=1).validate()
+
+
+# ---------------------------------------------------------------------------------------------- audit fixes
+def test_token_logprobs_at_the_sampling_temperature_equal_the_samplers():
+    """Audit M-1: GRPO log-probs (loss, ratio, KL) must be those of the distribution the rollouts came from."""
+    from lmlab.generate import sequence_logprobs
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=24, n_layers=1, n_heads=2, d_model=16, seq_len=64, init_std=0.3)).eval()
+    prompts = [[1, 5, 6], [1, 7]]
+    g = generate(model, prompts, 5, temperature=0.5, seeds=[1, 2])
+    batch = build_rollout_batch(prompts, g.tokens, torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.bool), 0,
+                                "none")
+    with torch.no_grad():
+        lp = token_logprobs(model, batch.ids, batch.mask, temperature=0.5)
+        lp1 = token_logprobs(model, batch.ids, batch.mask)
+        seq, _ = sequence_logprobs(model, prompts, g.tokens, temperature=0.5)
+    for i, (p, c) in enumerate(zip(prompts, g.tokens)):
+        ours = lp[i, len(p) - 1:len(p) - 1 + len(c)]
+        torch.testing.assert_close(ours, torch.tensor(g.logprobs[i][:len(c)]), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours, seq[i, :len(c)], atol=1e-4, rtol=1e-4)
+        assert (lp1[i, len(p) - 1:len(p) - 1 + len(c)] - ours).abs().max() > 0.05  # T=1 is a different policy
+
+
+def test_grpo_loss_scores_tokens_at_the_config_temperature():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=24, n_layers=1, n_heads=2, d_model=16, seq_len=64, init_std=0.3))
+    _, _, batch = _batch(model)
+    with torch.no_grad():
+        batch.old_logp = token_logprobs(model, batch.ids, batch.mask, temperature=0.5)  # the rollout policy
+    _, stats = grpo_loss(model, batch, GRPOConfig(temperature=0.5, clip_eps=0.2))
+    assert stats["clip_frac"] == 0  # ratio ≡ 1 on-policy
+    _, stats = grpo_loss(model, batch, GRPOConfig(temperature=1.0, clip_eps=0.2))
+    assert stats["clip_frac"] > 0  # scoring at T=1 puts the ratio off 1 before any update
+
+
+def test_several_updates_store_old_logprobs_at_the_rollout_temperature():
+    trainer, _ = _trainer(ppo_epochs=2, temperature=0.7)
+    batch = trainer.rollout()
+    with torch.no_grad():
+        ref = token_logprobs(trainer.model, batch.ids, batch.mask, temperature=0.7)
+    cm = batch.completion_mask.bool()
+    torch.testing.assert_close(batch.old_logp[cm], ref[cm])
+
+
+def test_top_k_rollouts_refuse_ratios_and_the_kl():
+    """Top-k changes the sampling distribution but not the scored log-probs: ratios / k3 would be wrong."""
+    GRPOConfig(top_k=5).validate()  # one on-policy update: allowed
+    for kw in ({"ppo_epochs": 2}, {"minibatches": 2}, {"kl_coef": 0.01}, {"log_kl": True}):
+        with pytest.raises(LmlabError, match="top_k"):
+            GRPOConfig(top_k=5, **kw).validate()
+    with pytest.raises(LmlabError, match="top_k"):
+        GRPOConfig(top_k=0).validate()
+
+
+@pytest.mark.parametrize("kw, flag", [({"prompts_per_step": 0}, "--prompts-per-step"),
+                                      ({"temperature": 0.0}, "--temperature"),
+                                      ({"group_size": 1}, "--group-size"),
+                                      ({"max_new_tokens": 0}, "--max-new-tokens"),
+                                      ({"ppo_epochs": 0}, "--ppo-epochs"),
+                                      ({"minibatches": 0}, "--minibatches"),
+                                      ({"steps": -1}, "--rl-steps"),
+                                      ({"kl_coef": -0.1}, "--kl-coef"),
+                                      ({"clip_eps": 0.0}, "--clip-eps"),
+                                      ({"scale_advantages": "max"}, "--scale-advantages")])
+def test_grpo_config_errors_name_the_flag(kw, flag):
+    with pytest.raises(LmlabError, match=flag):
+        GRPOConfig(**kw).validate()
+
+
+def _digitsum_352():
+    from lmlab.tasks.reasoning import Problem
+
+    task = DigitSumTask()
+    tok = CharTokenizer(task.alphabet)
+    good = tok.encode("+3=3+5=8+2=0A0") + [tok.eos_id]
+    bad = tok.encode("+3=3") + [tok.bos_id, tok.pad_id] + tok.encode("+5=8+2=0A0") + [tok.eos_id]
+    return task, tok, Problem("S352:", 0, 3, (3, 5, 2)), good, bad
+
+
+def test_completions_with_special_tokens_inside_are_not_verified():
+    """Audit L-1: `<bos><pad>` mid-trace vanished in decoding and the trace verified."""
+    from lmlab.rl import completion_text
+
+    task, tok, prob, good, bad = _digitsum_352()
+    assert task.verify(prob, tok.decode(bad, skip_special=True))  # why decoding must not skip them
+    assert completion_text(tok, good) == "+3=3+5=8+2=0A0"
+    assert completion_text(tok, bad) is None
+    assert completion_text(tok, good[:-1] + [tok.eos_id, tok.eos_id]) is None  # an EOS that is not last
+    assert completion_text(tok, good[:-1]) == "+3=3+5=8+2=0A0"  # ran out of budget: no EOS to strip
+
+
+def test_rollout_rewards_and_pass_at_k_reject_special_tokens(monkeypatch):
+    import lmlab.generate as gen_mod
+    import lmlab.rl as rl_mod
+    from lmlab.generate import Generation
+
+    task, tok, prob, good, bad = _digitsum_352()
+    cfg = GRPOConfig(prompts_per_step=1, group_size=2, max_new_tokens=20, pass_ks=(1, 2))
+    trainer = GRPOTrainer(tiny_model(tok.vocab_size), tok, task, [prob], cfg, seed=0)
+    monkeypatch.setattr(rl_mod, "sample_ids", lambda *a, **k: [good, bad])
+    batch = trainer.rollout()
+    assert batch.correct.tolist() == [[True, False]] and batch.stats["format_rate"] == 0.5
+    monkeypatch.setattr(gen_mod, "generate", lambda model, prompts, *a, **k: Generation(
+        [good if i % 2 == 0 else bad for i in range(len(prompts))], [[0.0]] * len(prompts), [True] * len(prompts)))
+    res = rl_mod.sample_pass_at_k(trainer.model, tok, task, [prob], n=2, ks=(1, 2))
+    assert res["counts"] == [1] and res["format_rate"] == 0.5
+    outs = rl_mod.sample_completions(trainer.model, tok, [[tok.bos_id]] * 2, 20)
+    assert outs[0] == "+3=3+5=8+2=0A0" and "<bos>" in outs[1]

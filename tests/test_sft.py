@@ -103,3 +103,15 @@ def test_train_sft_fits_a_small_set():
     model = tiny_model(tok.vocab_size)
     hist = train_sft(model, data, tok.pad_id, SFTConfig(steps=60, batch_size=4, micro_batch_size=2, lr=1e-2))
     assert hist[-1]["sft_loss"] < 0.5 * hist[0]["sft_loss"]
+
+
+@pytest.mark.parametrize("kw, flag", [({"batch_size": 0}, "--sft-batch-size"), ({"steps": -1}, "--sft-steps"),
+                                      ({"micro_batch_size": 0}, "--sft-micro-batch-size"), ({"lr": 0.0}, "--sft-lr")])
+def test_sft_config_errors_name_the_flag(kw, flag):
+    """Audit L-3: --sft-batch-size 0 failed with a misleading 'every example needs a non-empty solution'."""
+    task = DigitSumTask()
+    tok = CharTokenizer(task.alphabet)
+    data = sft_examples(task, make_split(task, 4, 2, seed=0), tok)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16, seq_len=64))
+    with pytest.raises(LmlabError, match=flag):
+        train_sft(model, data, tok.pad_id, SFTConfig(**kw))

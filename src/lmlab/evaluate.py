@@ -8,6 +8,7 @@ in float64 over fixed windows that do not depend on the batch, and sampled evalu
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -45,18 +46,25 @@ def mean_pass_at_k(
 
     Returns a float for one k, or {k: value} for several.
     """
+    if not len(counts):  # len(): numpy arrays have no truth value
+        raise LmlabError("mean_pass_at_k needs at least one problem")
     pairs = (
         [(int(x[0]), int(x[1])) for x in counts]
-        if counts and isinstance(counts[0], (tuple, list))
-        else [(n, int(c)) for c in counts]
+        if isinstance(counts[0], (tuple, list, np.ndarray))
+        else [(None if n is None else int(n), int(c)) for c in counts]
     )
-    if not pairs:
-        raise LmlabError("mean_pass_at_k needs at least one problem")
     if any(ni is None for ni, _ in pairs):
         raise LmlabError("give n (samples per problem) or (n, c) pairs")
-    ks = [k] if isinstance(k, int) else list(k)
+    single = isinstance(k, numbers.Integral)
+    ks = [int(k)] if single else [_check_k(kk) for kk in k]
     out = {kk: float(np.mean([pass_at_k(ni, ci, kk) for ni, ci in pairs])) for kk in ks}
-    return out[ks[0]] if isinstance(k, int) else out
+    return out[ks[0]] if single else out
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise LmlabError(f"k must be an integer, got {k!r}")
+    return int(k)
 
 
 def mean_pass_at_k_curve(counts: Sequence[int], n: int) -> np.ndarray:
@@ -167,6 +175,9 @@ def sample_and_verify(
 
     if n < 1:
         raise LmlabError(f"n (samples per problem) must be >= 1, got {n}")
+    ks = sorted({_check_k(k) for k in (ks or (1, n))})
+    if any(not 1 <= k <= n for k in ks):
+        raise LmlabError(f"pass@k needs 1 <= k <= n = {n} samples per problem; got ks={ks}")
     jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
     completions: list[list[int]] = []
     for s in range(0, len(jobs), batch_size):
@@ -184,7 +195,6 @@ def sample_and_verify(
         )
         completions += g.tokens
     counts = [sum(bool(verify(i, completions[i * n + j])) for j in range(n)) for i in range(len(prompts))]
-    ks = sorted(set(ks or (1, n)))
     curve = mean_pass_at_k_curve(counts, n)
     return {
         "n": n,

@@ -10,7 +10,8 @@
     interleaved   ablation: alternating blocks of pure-SFT and pure-RL steps (each with its own optimizer)
 
 The mixed schemes run `rl.steps` steps; each RL step pairs one rollout batch with one SFT batch of
-`mixed_sft_batch` sequences (default `sft.batch_size`) at `mixed_sft_lr` (default `sft.lr`).
+`mixed_sft_batch` sequences (default `sft.batch_size`) at `mixed_sft_lr` (default `sft.lr`). They take one RL
+update per rollout batch, so `rl.ppo_epochs` / `rl.minibatches` > 1 are refused there.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lmlab.sft import BatchStream, SFTConfig, clip_and_step, sft_backward, sft_e
 from lmlab.utils import LmlabError
 
 PIPELINES = ("rl", "sft", "sft_gold", "sft_rl", "parallel_avg", "combined", "interleaved")
+MIXED = ("parallel_avg", "combined", "interleaved")  # one RL backward per step: no ppo_epochs / minibatches
 
 
 @dataclass
@@ -40,6 +42,31 @@ class PostTrainConfig:
     mixed_sft_data: str = "one"  # SFT data of the mixed schemes: "one" (realistic, as the paper) | "gold"
     combined_weights: tuple[float, float] = (1.0, 1.0)  # (w_rl, w_sft)
     interleave_block: int = 5  # steps per block in `interleaved`
+
+    def validate(self, pipeline: str | None = None) -> None:
+        """LmlabError naming the config field and its CLI flag; with `pipeline`, also the settings that
+        pipeline cannot honour."""
+        if pipeline is not None and pipeline not in PIPELINES:
+            raise LmlabError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
+        self.rl.validate()
+        self.sft.validate()
+        if self.gold_limit < 1:
+            raise LmlabError(f"gold_limit (--gold-limit) must be >= 1, got {self.gold_limit}")
+        if self.mixed_sft_lr is not None and not self.mixed_sft_lr > 0:
+            raise LmlabError(f"mixed_sft_lr (--mixed-sft-lr) must be > 0, got {self.mixed_sft_lr}")
+        if self.mixed_sft_batch is not None and self.mixed_sft_batch < 1:
+            raise LmlabError(f"mixed_sft_batch must be >= 1, got {self.mixed_sft_batch}")
+        if self.mixed_sft_data not in ("one", "gold"):
+            raise LmlabError(f"mixed_sft_data must be 'one' or 'gold', got {self.mixed_sft_data!r}")
+        if len(self.combined_weights) != 2 or any(w < 0 for w in self.combined_weights):
+            raise LmlabError(f"combined_weights (--combined-weights) must be two weights >= 0, "
+                             f"got {self.combined_weights}")
+        if self.interleave_block < 1:
+            raise LmlabError(f"interleave_block (--interleave-block) must be >= 1, got {self.interleave_block}")
+        if pipeline in MIXED and (self.rl.ppo_epochs > 1 or self.rl.minibatches > 1):
+            raise LmlabError(f"the {pipeline} pipeline takes exactly one RL update per rollout batch: "
+                             f"rl.ppo_epochs (--ppo-epochs) and rl.minibatches (--minibatches) must be 1, got "
+                             f"{self.rl.ppo_epochs} and {self.rl.minibatches}")
 
 
 # ---------------------------------------------------------------------------------------------- the averaged step
@@ -83,6 +110,7 @@ def _sft_optimizer(model, lr: float, cfg: SFTConfig):
 def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, seed: int,
            callback=None) -> list[dict]:
     """parallel_avg / combined / interleaved: cfg.rl.steps steps, each with an RL batch and an SFT batch."""
+    cfg.validate(pipeline)
     sft_data = sft_examples(task, problems, codec, cfg.mixed_sft_data, cfg.gold_limit, seed)
     stream = BatchStream(sft_data, cfg.mixed_sft_batch or cfg.sft.batch_size, seed)
     sft_lr = cfg.mixed_sft_lr if cfg.mixed_sft_lr is not None else cfg.sft.lr
@@ -142,8 +170,7 @@ def run_pipeline(pipeline: str, model: nn.Module, codec, task, problems: list, c
     """Post-train `model` in place; returns {"sft": [...logs], "rl": [...logs]} (phases that ran).
 
     callback(phase, step, log) is called after every step (e.g. to evaluate pass@k dynamics)."""
-    if pipeline not in PIPELINES:
-        raise LmlabError(f"unknown pipeline {pipeline!r}; choose from {', '.join(PIPELINES)}")
+    cfg.validate(pipeline)  # includes the pipeline name
 
     def cb(phase):
         return None if callback is None else (lambda step, log: callback(phase, step, log))
@@ -155,7 +182,7 @@ def run_pipeline(pipeline: str, model: nn.Module, codec, task, problems: list, c
     if pipeline in ("rl", "sft_rl"):
         ref = copy.deepcopy(model) if cfg.rl.kl_coef > 0 or cfg.rl.log_kl else None  # KL to the RL start
         out["rl"] = train_grpo(model, codec, task, problems, cfg.rl, seed, ref_model=ref, callback=cb("rl"))
-    if pipeline in ("parallel_avg", "combined", "interleaved"):
+    if pipeline in MIXED:
         out[pipeline] = _mixed(model, codec, task, problems, cfg, pipeline, seed, cb(pipeline))
     return out
 

@@ -11,6 +11,15 @@ the token-mean policy-gradient loss
 with ρ the ratio to the rollout policy (≡ 1 for one on-policy update; the clip matters only with
 several updates per batch: `ppo_epochs` > 1 or `minibatches` > 1). Only completion tokens count: prompt
 and padding positions are masked out.
+
+Log-probs (loss, ratio, KL) are taken under the sampling distribution: logits divided by the rollout
+temperature, exactly as `lmlab.generate` scores the tokens it draws (`Generation.logprobs`,
+`generate.sequence_logprobs`). Top-k truncation changes which tokens can be drawn but not these
+log-probs, so the ratio and the k3 estimate would refer to a policy that did not produce the samples:
+`top_k` is therefore refused together with ratios (ppo_epochs/minibatches > 1) and the KL.
+
+A completion is scored only if it contains no special token other than a final EOS (a `<pad>` or `<bos>`
+sampled mid-trace must not vanish in decoding and turn a malformed trace into a verified one).
 """
 
 from __future__ import annotations
@@ -50,12 +59,41 @@ class GRPOConfig:
     pass_ks: tuple[int, ...] = (1, 4, 16)
 
     def validate(self) -> None:
+        """LmlabError naming the config field and its CLI flag for every unusable setting."""
         if self.scale_advantages not in ("std", "none"):
-            raise LmlabError(f"rl.scale_advantages must be 'std' or 'none', got {self.scale_advantages!r}")
+            raise LmlabError(f"rl.scale_advantages (--scale-advantages) must be 'std' or 'none', "
+                             f"got {self.scale_advantages!r}")
+        if self.steps < 0:
+            raise LmlabError(f"rl.steps (--rl-steps) must be >= 0, got {self.steps}")
+        if self.prompts_per_step < 1:
+            raise LmlabError(f"rl.prompts_per_step (--prompts-per-step) must be >= 1, got {self.prompts_per_step}")
         if self.group_size < 2:
-            raise LmlabError(f"rl.group_size must be >= 2 for group-relative advantages, got {self.group_size}")
-        if self.ppo_epochs < 1 or self.minibatches < 1:
-            raise LmlabError("rl.ppo_epochs and rl.minibatches must be >= 1")
+            raise LmlabError(f"rl.group_size (--group-size) must be >= 2 for group-relative advantages, "
+                             f"got {self.group_size}")
+        if not self.temperature > 0:
+            raise LmlabError(f"rl.temperature (--temperature) must be > 0, got {self.temperature}: greedy rollouts "
+                             "give identical samples, every group has zero reward std and RL never updates")
+        if self.max_new_tokens < 1:
+            raise LmlabError(f"rl.max_new_tokens (--max-new-tokens) must be >= 1, got {self.max_new_tokens}")
+        if not self.lr > 0:
+            raise LmlabError(f"rl.lr (--rl-lr) must be > 0, got {self.lr}")
+        if self.ppo_epochs < 1:
+            raise LmlabError(f"rl.ppo_epochs (--ppo-epochs) must be >= 1, got {self.ppo_epochs}")
+        if self.minibatches < 1:
+            raise LmlabError(f"rl.minibatches (--minibatches) must be >= 1, got {self.minibatches}")
+        if not self.clip_eps > 0:
+            raise LmlabError(f"rl.clip_eps (--clip-eps) must be > 0, got {self.clip_eps}")
+        if self.kl_coef < 0:
+            raise LmlabError(f"rl.kl_coef (--kl-coef) must be >= 0, got {self.kl_coef}")
+        if self.top_k is not None:
+            if self.top_k < 1:
+                raise LmlabError(f"rl.top_k must be >= 1 or None, got {self.top_k}")
+            if self.ppo_epochs > 1 or self.minibatches > 1 or self.kl_coef > 0 or self.log_kl:
+                raise LmlabError(
+                    "rl.top_k cannot be combined with ppo_epochs/minibatches > 1 (--ppo-epochs/--minibatches) or "
+                    "the KL (--kl-coef/--log-kl): rollouts come from the top-k truncated distribution, the "
+                    "log-probs are the temperature-scaled untruncated ones, so ratios and the k3 KL would refer "
+                    "to a policy that did not draw the samples")
 
 
 # ---------------------------------------------------------------------------------------------- math
@@ -78,15 +116,47 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def token_logprobs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, with_entropy: bool = False):
-    """log p(ids[:, t+1] | ids[:, :t+1]) as (B, T-1) (and the per-position entropy when asked)."""
+def token_logprobs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, with_entropy: bool = False,
+                   temperature: float = 1.0):
+    """log p_T(ids[:, t+1] | ids[:, :t+1]) as (B, T-1) (and the per-position entropy when asked) under the
+    sampling distribution at `temperature` (logits / T), i.e. what `Generation.logprobs` reports for the
+    sampled tokens and what `lmlab.generate.sequence_logprobs` computes for completions alone. GRPO needs the
+    full right-padded (B, T-1) layout of its rollout batch and the entropy, hence this variant."""
+    if not temperature > 0:
+        raise LmlabError(f"log-probs need a sampling temperature > 0, got {temperature}")
     logits = forward_logits(model, ids, mask).float()[:, :-1]
+    if temperature != 1.0:
+        logits = logits / temperature
     logp_all = torch.log_softmax(logits, -1)
     logp = logp_all.gather(-1, ids[:, 1:, None]).squeeze(-1)
     if not with_entropy:
         return logp
     ent = -(logp_all.exp() * logp_all).sum(-1)
     return logp, ent
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+def special_ids(codec) -> set[int]:
+    """Ids of the codec's special tokens (lmlab tokenizers: `specials`; HF: `all_special_ids`)."""
+    out = {codec.bos_id, codec.eos_id, codec.pad_id}
+    if hasattr(codec, "tok") and hasattr(codec.tok, "all_special_ids"):
+        out |= set(codec.tok.all_special_ids)
+    elif hasattr(codec, "specials"):
+        out |= {codec.token_id(s) for s in codec.specials}
+    return {int(i) for i in out if i is not None}
+
+
+def completion_text(codec, ids, specials: set[int] | None = None) -> str | None:
+    """The text of a sampled completion without its final EOS, or None when it contains any other special
+    token (a `<pad>`/`<bos>` mid-trace, or an EOS that is not last): such a completion is not a well-formed
+    trace, and decoding with skip_special would silently drop the token and could make it verify."""
+    ids = [int(i) for i in ids]
+    specials = special_ids(codec) if specials is None else specials
+    if ids and ids[-1] == codec.eos_id:
+        ids = ids[:-1]
+    if any(i in specials for i in ids):
+        return None
+    return codec.decode(ids)
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -111,9 +181,16 @@ def sample_ids(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, 
 
 def sample_completions(model, codec, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
                        top_k: int | None = None, seeds: list[int] | None = None, batch_size: int = 512) -> list[str]:
+    """Completion texts without the final EOS. A completion with another special token inside comes back
+    decoded with its special tokens visible (`completion_text` rejects it), so it never matches a plain answer."""
     ids = sample_ids(model, prompts, max_new_tokens, temperature, top_k, codec.eos_id, codec.pad_id, seeds,
                      batch_size=batch_size)
-    return [codec.decode(c, skip_special=True) for c in ids]
+    specials = special_ids(codec)
+    out = []
+    for c in ids:
+        text = completion_text(codec, c, specials)
+        out.append(text if text is not None else codec.decode(c, skip_special=False))
+    return out
 
 
 def sample_pass_at_k(model, codec, task, problems, n: int, ks=(1,), temperature: float = 1.0,
@@ -123,21 +200,22 @@ def sample_pass_at_k(model, codec, task, problems, n: int, ks=(1,), temperature:
     curve k = 1..n), per-problem correct counts and the well-formed rate (`lmlab.evaluate.sample_and_verify`)."""
     from lmlab.evaluate import sample_and_verify
 
-    if any(k > n for k in ks):
-        raise LmlabError(f"pass@k needs k <= n samples; got ks={list(ks)} with n={n}")
+    if any(not 1 <= k <= n for k in ks):
+        raise LmlabError(f"pass@k needs 1 <= k <= n samples; got ks={list(ks)} with n={n}")
     max_new = max_new_tokens or max(task.max_completion_chars(p.difficulty) for p in problems) + 1
     prompts = [[codec.bos_id] + codec.encode(p.prompt) for p in problems]
     texts: dict = {}
+    specials = special_ids(codec)
 
     def verify(i: int, ids: list[int]) -> bool:
-        text = codec.decode(ids, skip_special=True)
+        text = completion_text(codec, ids, specials)  # None: a special token inside the trace
         texts.setdefault(i, []).append(text)
-        return task.verify(problems[i], text)
+        return text is not None and task.verify(problems[i], text)
 
     res = sample_and_verify(model, prompts, verify, n, max_new, temperature=temperature, top_k=top_k,
                             stop_tokens={codec.eos_id}, pad_id=codec.pad_id, seed=seed, batch_size=batch_size,
                             ks=ks)
-    formed = sum(task.well_formed(t) for group in texts.values() for t in group)
+    formed = sum(t is not None and task.well_formed(t) for group in texts.values() for t in group)
     return {"n": n, "counts": res["counts"], "pass": res["pass"], "curve": res["curve"],
             "format_rate": formed / (n * len(problems))}
 
@@ -173,7 +251,7 @@ def grpo_loss(model: nn.Module, batch: RolloutBatch, cfg: GRPOConfig, rows: slic
     dev = next(model.parameters()).device
     ids, mask = batch.ids[rows].to(dev), batch.mask[rows].to(dev)
     cm, adv = batch.completion_mask[rows].to(dev), batch.advantages[rows].to(dev)[:, None]
-    logp, ent = token_logprobs(model, ids, mask, with_entropy=True)
+    logp, ent = token_logprobs(model, ids, mask, with_entropy=True, temperature=cfg.temperature)
     old = logp.detach() if batch.old_logp is None else batch.old_logp[rows].to(dev)
     ratio = torch.exp(logp - old)
     surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv)
@@ -233,16 +311,20 @@ class GRPOTrainer:
         comps = sample_ids(self.model, prompts, self.max_new, cfg.temperature, cfg.top_k, codec.eos_id,
                            codec.pad_id, seeds)
         t_roll = time.perf_counter() - t0
-        texts = [codec.decode(c, skip_special=True) for c in comps]
-        correct = torch.tensor([self.task.verify(probs[i // g], t) for i, t in enumerate(texts)]).view(-1, g)
-        formed = torch.tensor([self.task.well_formed(t) for t in texts]).view(-1, g)
+        specials = special_ids(codec)
+        texts = [completion_text(codec, c, specials) for c in comps]  # None: a special token inside
+        correct = torch.tensor([t is not None and self.task.verify(probs[i // g], t)
+                                for i, t in enumerate(texts)]).view(-1, g)
+        formed = torch.tensor([t is not None and self.task.well_formed(t) for t in texts]).view(-1, g)
         rewards = correct.float() + cfg.format_reward * (formed & ~correct).float()
         batch = build_rollout_batch(prompts, comps, rewards, correct, codec.pad_id, cfg.scale_advantages, cfg.adv_eps)
         dev = next(self.model.parameters()).device
         if self.ref is not None:
-            batch.ref_logp = token_logprobs(self.ref, batch.ids.to(dev), batch.mask.to(dev)).cpu()
+            batch.ref_logp = token_logprobs(self.ref, batch.ids.to(dev), batch.mask.to(dev),
+                                            temperature=cfg.temperature).cpu()
         if cfg.ppo_epochs > 1 or cfg.minibatches > 1:  # ratios need the rollout policy's log-probs
-            batch.old_logp = token_logprobs(self.model, batch.ids.to(dev), batch.mask.to(dev)).cpu()
+            batch.old_logp = token_logprobs(self.model, batch.ids.to(dev), batch.mask.to(dev),
+                                            temperature=cfg.temperature).cpu()
         n_tok = sum(batch.completion_lens)
         counts = correct.sum(1).tolist()
         batch.stats = {

@@ -43,6 +43,18 @@ class SFTConfig:
     schedule: str = "constant"  # "constant" | "cosine"
     grad_clip: float | None = 1.0
 
+    def validate(self) -> None:
+        """LmlabError naming the config field and its CLI flag for every unusable setting."""
+        if self.steps < 0:
+            raise LmlabError(f"sft.steps (--sft-steps) must be >= 0, got {self.steps}")
+        if self.batch_size < 1:
+            raise LmlabError(f"sft.batch_size (--sft-batch-size) must be >= 1, got {self.batch_size}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise LmlabError(f"sft.micro_batch_size (--sft-micro-batch-size) must be >= 1 or unset, "
+                             f"got {self.micro_batch_size}")
+        if not self.lr > 0:
+            raise LmlabError(f"sft.lr (--sft-lr) must be > 0, got {self.lr}")
+
 
 # ---------------------------------------------------------------------------------------------- tensors
 def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,6 +166,7 @@ def train_sft(model: nn.Module, examples: list[SFTExample], pad_id: int, cfg: SF
     """SFT with AdamW on the shared schedule (`lmlab.train.lr_at`); returns per-step logs."""
     from lmlab.train import lr_at, set_lr
 
+    cfg.validate()
     opt = make_sft_optimizer(model, cfg)
     stream = BatchStream(examples, cfg.batch_size, seed)
     model.train()

@@ -88,7 +88,8 @@ def _config(args, pipeline: str, task, difficulty: int):
     g = lambda name, default=None: getattr(args, name, default)
     rl = GRPOConfig(steps=g("rl_steps", 0), lr=g("rl_lr", 3e-4), prompts_per_step=g("prompts_per_step", 8),
                     group_size=g("group_size", 16), temperature=g("temperature", 1.0),
-                    max_new_tokens=g("max_new_tokens") or task.max_completion_chars(difficulty) + 1,
+                    max_new_tokens=(g("max_new_tokens") if g("max_new_tokens") is not None
+                                    else task.max_completion_chars(difficulty) + 1),
                     scale_advantages=g("scale_advantages", "std"), kl_coef=g("kl_coef", 0.0),
                     log_kl=g("log_kl", False),
                     ppo_epochs=g("ppo_epochs", 1), minibatches=g("minibatches", 1), clip_eps=g("clip_eps", 0.2),
@@ -98,11 +99,31 @@ def _config(args, pipeline: str, task, difficulty: int):
     cfg = PostTrainConfig(rl=rl, sft=sft, gold_limit=g("gold_limit", 16), mixed_sft_lr=g("mixed_sft_lr"),
                           combined_weights=tuple(g("combined_weights", (1.0, 1.0))),
                           interleave_block=g("interleave_block", 5))
-    rl.validate()
+    cfg.validate(pipeline)  # LmlabErrors name the flag
     for name, v in (("--n-train", args.n_train), ("--n-test", args.n_test), ("--eval-samples", args.eval_samples)):
         if v < 1:
             raise LmlabError(f"{name} must be >= 1, got {v}")
     return cfg
+
+
+def _difficulty(args, task) -> int:
+    """--difficulty (0 is an error, not the default) checked against the task."""
+    import random
+
+    if args.difficulty is None:
+        return task.default_difficulty
+    try:
+        task.sample(random.Random(0), args.difficulty)
+    except LmlabError as e:
+        raise LmlabError(f"--difficulty {args.difficulty}: {e}") from None
+    return args.difficulty
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise LmlabError(f"--out {out} is a file, not a folder: pass a new folder")
+    if out.exists() and any(out.iterdir()):
+        raise LmlabError(f"--out {out} is not empty: pass a new folder (results are never overwritten)")
 
 
 def _evaluate(model, codec, task, test, n: int, max_new: int, seed: int) -> dict:
@@ -127,10 +148,9 @@ def run(args, pipeline: str) -> int:
     from lmlab.utils import atomic_write_json, atomic_write_text, get_device, seed_everything
 
     task = get_task(args.task)
-    difficulty = args.difficulty or task.default_difficulty
+    difficulty = _difficulty(args, task)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise LmlabError(f"output folder {out} is not empty: pass a new --out (results are never overwritten)")
+    _check_out(out)
     cfg = _config(args, pipeline, task, difficulty)
     device = get_device(args.device)
     seed_everything(args.seed)

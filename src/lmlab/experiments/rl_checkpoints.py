@@ -4,11 +4,13 @@ Pre-train a small GPT on a mixture of general text and verifiable-reasoning docu
 in random valid orders, intermediate results corrupted at rate `noise`, a knob for the share of hard
 problems), keep in-memory checkpoints at a list of steps, apply the post-training pipelines to each, and
 measure pass@k (unbiased, k up to n) on a hard held-out split and general capability (held-out loss on
-the general language, copy and recall accuracy).
+the general language, copy and recall accuracy). RL-readiness (spec §8) is the base checkpoint's pass@k on a
+fixed sample of the RL training prompts.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 
@@ -18,24 +20,26 @@ import torch
 from lmlab.experiments import RunContext, experiment
 
 CLAIMS = {
-    "c1_too_early": "RL is ineffective while the base never samples a verified solution and effective as soon as "
-                    "it sometimes does (pass@1 rises by a margin at the first such checkpoint).",
+    "c1_too_early": "RL is effective as soon as the base sometimes samples a verified solution on the RL training "
+                    "prompts (test pass@1 rises by a margin at the first such checkpoint); before that it has no "
+                    "reward signal (zero reward gives a zero update: reported as a sanity check).",
     "c2_expand_vs_sharpen": "RL from a base checkpoint raises pass@1 and pass@k_max (expansion); RL after SFT "
                             "raises pass@1 but not pass@k_max (sharpening).",
     "c3_general": "General capability is about unchanged by RL and degraded by SFT.",
     "c4_parallel_avg": "Parallel averaging reaches the best pass@k_max while preserving general capability.",
-    "c5_data_vs_size": "Targeted pre-training data (more hard problems) helps RL more than doubling model size.",
+    "c5_data_vs_size": "Targeted pre-training data (more hard problems) raises the RL gain (pass@1 after minus before "
+                       "RL) more than doubling model size does.",
 }
 
 # margins used to decide the claims (absolute differences of pass rates / nats)
 M_RL_GAIN = 0.10  # c1: pass@1 gain that counts as "RL effective"
-M_NO_GAIN = 0.02  # c1: at most this gain counts as "ineffective"
+M_NO_GAIN = 0.02  # c1 sanity check: "ineffective" needs the upper bound (gain + 2·SE) below this
 M_PASS1 = 0.05  # c2: pass@1 rise
-M_PASSK = 0.03  # c2: pass@k_max rise that counts as expansion; sharpening = rise below it
+M_PASSK = 0.03  # c2: pass@k_max rise that counts as expansion; sharpening needs Δ + 2·SE below it
 SATURATED = 0.98  # c2/c4: pass@k_max at or above this is saturated and cannot show a difference
 M_NLL = 0.02  # c3/c4: nats of general held-out loss
 M_PASSK_TIE = 0.02  # c4: pass@k_max within this of the best counts as "best"
-M_DATA = 0.05  # c5: post-RL pass@1 advantage of the targeted mix over the 2x model
+M_DATA = 0.05  # c5: RL-gain (pass@1 after - before RL) advantage of the targeted mix over the 2x model
 
 _BASE = {
     "task": "digitsum", "easy": [2, 3], "hard": [4, 5], "hard_share": 0.1, "noise": 0.1, "task_weight": 0.8,
@@ -48,13 +52,14 @@ _BASE = {
     "pipelines": ["rl", "sft", "sft_gold", "sft_rl", "parallel_avg"], "early_arms": None,
     "dynamics_every": 0, "dynamics_samples": 16, "data_arm": False, "targeted_hard_share": 0.5, "big_d_model": 96,
     "general_eval": 96, "seeds": 1, "sample_batch": 512, "max_value": 99,
+    "ready_n": 32,  # RL-readiness (spec §8): base pass@n on this many (fixed) RL training prompts per checkpoint
     "data_process": None,  # generate pre-training batches in a worker process (None: on CUDA only)
 }
 PRESETS = {
     # ≈ 55 s single-threaded: one seed, an early and a mid checkpoint, four pipelines (two at the early one)
     "tiny": {**_BASE, "pretrain_steps": 600, "checkpoints": [200, 600],
              "pipelines": ["rl", "sft", "sft_rl", "parallel_avg"], "early_arms": ["rl", "sft"],
-             "rl_log_kl": False, "n_test": 32, "general_eval": 64},
+             "rl_log_kl": False, "n_test": 32, "general_eval": 64, "ready_n": 16},
     # ≈ 13 min single-threaded: two seeds, four checkpoints, five pipelines, RL dynamics, the data-vs-size arm
     "small": {**_BASE, "pretrain_steps": 1000, "checkpoints": [200, 400, 600, 1000], "hard": [4, 5, 6],
               "rl_steps": 50, "sft_steps": 60, "n_test": 48, "dynamics_every": 10, "data_arm": True, "seeds": 2},
@@ -147,6 +152,32 @@ def _evaluate(model, tok, task, test, suite, cfg, seed: int) -> dict:
             "format_rate": res["format_rate"], **gen}
 
 
+def _readiness(model, tok, task, probe, cfg, seed: int) -> dict:
+    """RL-readiness as spec §8 defines it: the base checkpoint's pass@1 / pass@n on (a fixed sample of) the RL
+    training prompts, i.e. whether RL can ever see a reward there."""
+    from lmlab.rl import sample_pass_at_k
+
+    n = cfg["eval_samples"]
+    r = sample_pass_at_k(model, tok, task, probe, n, ks=(1, n), seed=seed + 3, batch_size=cfg["sample_batch"])
+    return {"ready_pass1": r["pass"][1], "ready_passk": r["pass"][n], "ready_counts": r["counts"]}
+
+
+def _check_config(cfg) -> None:
+    """Settings that would otherwise fail only after pre-training (or silently mislabel the latest checkpoint)."""
+    from lmlab.utils import LmlabError
+
+    cks, steps = cfg["checkpoints"], cfg["pretrain_steps"]
+    if not cks or any(isinstance(c, bool) or not isinstance(c, int) for c in cks):
+        raise LmlabError(f"checkpoints must be a non-empty list of pre-training steps (integers), got {cks}")
+    if any(not 1 <= c <= steps for c in cks):
+        raise LmlabError(f"checkpoints {cks} must lie in 1..pretrain_steps ({steps})")
+    if any(a >= b for a, b in itertools.pairwise(cks)):
+        raise LmlabError(f"checkpoints {cks} must be strictly increasing: the last one is the latest checkpoint "
+                         "(RL dynamics and the data-composition arm run there)")
+    if cfg["ready_n"] < 1:
+        raise LmlabError(f"ready_n (RL training prompts for RL-readiness) must be >= 1, got {cfg['ready_n']}")
+
+
 def _post_cfg(cfg, task):
     from lmlab.posttrain import PostTrainConfig
     from lmlab.rl import GRPOConfig
@@ -194,6 +225,7 @@ def run(ctx: RunContext) -> None:
     from lmlab.tokenizer import CharTokenizer
 
     cfg, dev = ctx.cfg, ctx.device
+    _check_config(cfg)
     if dev.type == "cpu":
         torch.set_num_threads(1)  # tiny models: intra-op threading only adds overhead (restored by the runner)
     task = get_task(cfg["task"], **({"max_value": cfg["max_value"]} if cfg["task"] == "wordprob" else {}))
@@ -201,6 +233,7 @@ def run(ctx: RunContext) -> None:
     tok = CharTokenizer(set(task.alphabet + suite.alphabet))
     test = make_split(task, cfg["n_test"], cfg["test_difficulty"], seed=10_000)
     train = make_split(task, cfg["n_train"], cfg["train_difficulties"], seed=1, exclude={p.prompt for p in test})
+    ready_probe = train[:cfg["ready_n"]]  # (all of them if n_train is smaller) a fixed sample of the RL training prompts (RL-readiness, spec §8)
     post_cfg = _post_cfg(cfg, task)
     seeds = [ctx.seed + i for i in range(cfg["seeds"])]
     results: dict = {}  # (seed, ckpt, arm) -> eval dict
@@ -221,10 +254,11 @@ def run(ctx: RunContext) -> None:
             for ck in cfg["checkpoints"]:
                 base = fresh(cfg["d_model"], snaps[ck])
                 results[(seed, ck, "base")] = _evaluate(base, tok, task, test, suite, cfg, seed)
-                never = results[(seed, ck, "base")]["passk"] == 0
+                results[(seed, ck, "base")].update(_readiness(base, tok, task, ready_probe, cfg, seed))
+                never = results[(seed, ck, "base")]["ready_passk"] == 0  # no reward on the RL prompts
                 for arm in cfg["pipelines"]:
                     if never and cfg["early_arms"] is not None and arm not in cfg["early_arms"]:
-                        continue  # budget: RL has no signal here, so mixed arms add little (tiny preset only)
+                        continue  # budget: RL has no signal here (readiness 0), so mixed arms add little (tiny)
                     model = fresh(cfg["d_model"], snaps[ck])
                     cb = None
                     if cfg["dynamics_every"] and ck == cfg["checkpoints"][-1] and arm in ("rl", "sft_rl"):
@@ -245,7 +279,7 @@ def run(ctx: RunContext) -> None:
                             if key in tail[-1]:
                                 res[f"rl_end_{key}"] = float(np.mean([e[key] for e in tail]))
                 r = results
-                ctx.log(f"seed {seed} ckpt {ck}: " + ", ".join(
+                ctx.log(f"seed {seed} ckpt {ck}: readiness {r[(seed, ck, 'base')]['ready_passk']:.2f}; " + ", ".join(
                     f"{a} {r[(seed, ck, a)]['pass1']:.2f}/{r[(seed, ck, a)]['passk']:.2f}"
                     for a in ["base"] + cfg["pipelines"] if (seed, ck, a) in r) + f"  ({time.time() - t_start:.0f}s)")
             finished.append(seed)
@@ -319,9 +353,10 @@ def _se_diff(results, seeds, ck, arm_a, arm_b, k: int, n: int) -> float:
 
 
 def _decide(ctx, cfg, results, seeds, data_arm) -> None:
-    """Decide the claims. Checkpoint comparisons average over the seeds whose base sometimes samples a
-    verified solution there (pass@n > 0): pre-training is seed-brittle around the point where the task is
-    first solved, and a seed whose base never succeeds gives RL nothing to work with."""
+    """Decide the claims. c1 splits checkpoints by RL-readiness (base pass@n on the RL training prompts,
+    spec §8). The c2-c4 comparisons average over the seeds whose base sometimes samples a verified test
+    solution there (pass@n > 0): pre-training is seed-brittle around the point where the task is first solved.
+    A "does not rise" conclusion needs the upper bound (estimate + 2·SE) below its margin, else it is undecided."""
     rep, cks, arms = ctx.report, cfg["checkpoints"], cfg["pipelines"]
     n = cfg["eval_samples"]
     live = lambda ck: [s for s in seeds if results[(s, ck, "base")]["passk"] > 0]
@@ -331,37 +366,57 @@ def _decide(ctx, cfg, results, seeds, data_arm) -> None:
     active = [ck for ck in cks if live(ck)]  # checkpoints where some seed's base sometimes succeeds
 
     # c1 ----------------------------------------------------------------------------------------------
-    early_gains, ready_gains, lines = [], [], []
+    # the never / ready split uses RL-readiness (base pass@n on the RL training prompts, spec §8): that is
+    # where RL gets its reward. Where the base never succeeds there, every group has zero reward, every
+    # advantage is 0 and (kl 0, no weight decay) the update is exactly zero, so "RL is ineffective there" is a
+    # sanity check of the implementation, not a finding; the verdict rests on the gain at the first ready step.
+    ready_gains, lines, sanity = [], [], []
     for s in seeds:
-        never = [ck for ck in cks if results[(s, ck, "base")]["passk"] == 0]
-        ready = next((ck for ck in cks if results[(s, ck, "base")]["passk"] > 0), None)
+        rdy = {ck: results[(s, ck, "base")]["ready_passk"] for ck in cks}
+        never = [ck for ck in cks if rdy[ck] == 0]
+        ready = next((ck for ck in cks if rdy[ck] > 0), None)
+        n_ready = len(results[(s, cks[0], "base")].get("ready_counts", ())) or "?"
+        parts = [f"seed {s}: RL-readiness (base pass@{n} on {n_ready} RL training prompts) "
+                 + ", ".join(f"step {ck} {v:.3f}" for ck, v in rdy.items())]
         for ck in never:
-            if (s, ck, "rl") in results:
-                early_gains.append(results[(s, ck, "rl")]["pass1"] - results[(s, ck, "base")]["pass1"])
-        parts = [f"seed {s}: base pass@{n} = 0 at steps {never or 'none'}"]
-        if never and (s, never[-1], "rl") in results:
-            r = results[(s, never[-1], "rl")]
-            parts.append(f"RL there: pass@1 gain {early_gains[-1]:+.3f}, zero-std groups "
-                         f"{r.get('rl_frac_zero_std', float('nan')):.2f}")
-        if ready is not None and (s, ready, "rl") in results:
+            if (s, ck, "rl") not in results:
+                continue
+            b, r = results[(s, ck, "base")], results[(s, ck, "rl")]
+            g, e = r["pass1"] - b["pass1"], _se_diff(results, [s], ck, "rl", "base", 1, n)
+            same = all(r.get(k) == b.get(k) for k in ("counts", "general_nll", "copy_acc", "recall_acc"))
+            no_rise = _no_rise(g, e, M_NO_GAIN)
+            sanity.append(same)
+            parts.append(f"sanity check at step {ck} (readiness 0): zero-std RL groups "
+                         f"{r.get('rl_frac_zero_std', float('nan')):.2f}, rl row identical to base: {same}, "
+                         f"test pass@1 gain {g:+.3f} (upper bound {g + 2 * e:+.3f}) -> "
+                         + {True: f"ineffective (bound < {M_NO_GAIN})",
+                            None: f"ineffectiveness undecided (underpowered: bound >= {M_NO_GAIN})",
+                            False: f"RL moved pass@1 by >= {M_NO_GAIN} although the readiness sample saw no "
+                                   "success (it found rewards on other training prompts)"}[no_rise])
+        if ready is None:
+            parts.append("never ready")
+        elif not any(ck < ready for ck in never):
+            parts.append(f"ready from the first checkpoint ({ready}): no transition to test")
+        elif (s, ready, "rl") in results:
             b, r = results[(s, ready, "base")], results[(s, ready, "rl")]
             ready_gains.append(r["pass1"] - b["pass1"])
-            parts.append(f"first step with pass@{n} > 0: {ready} (pass@{n} {b['passk']:.3f}), RL pass@1 "
-                         f"{b['pass1']:.3f} -> {r['pass1']:.3f} ({ready_gains[-1]:+.3f} ± "
+            parts.append(f"first ready step {ready} (readiness {rdy[ready]:.3f}, test pass@{n} {b['passk']:.3f}): "
+                         f"RL test pass@1 {b['pass1']:.3f} -> {r['pass1']:.3f} ({ready_gains[-1]:+.3f} ± "
                          f"{_se_diff(results, [s], ready, 'rl', 'base', 1, n):.3f} SE)")
         lines.append(", ".join(parts))
     if "rl" not in arms:
         rep.decide("c1_too_early", None, "undecided: the preset does not run the rl pipeline")
-    elif not early_gains or not ready_gains:
-        rep.decide("c1_too_early", None, "undecided: needs checkpoints where the base never samples a verified "
-                   "solution and later ones where it sometimes does; " + "; ".join(lines))
+    elif not ready_gains:
+        rep.decide("c1_too_early", None, "undecided: needs a seed whose base never succeeds on the RL training "
+                   "prompts at one checkpoint and sometimes does at a later one; " + "; ".join(lines))
     else:
         g = float(np.mean(ready_gains))
-        held = max(early_gains) <= M_NO_GAIN and g >= M_RL_GAIN
+        held = g >= M_RL_GAIN
         rep.decide("c1_too_early", held,
-                   "; ".join(lines) + f". Largest RL pass@1 gain where the base never succeeds "
-                   f"{max(early_gains):+.3f} (ineffective if <= {M_NO_GAIN}); mean gain at each seed's first "
-                   f"checkpoint with successes {g:+.3f} (effective if >= {M_RL_GAIN})")
+                   "; ".join(lines) + f". Verdict: mean RL test pass@1 gain at each seed's first ready checkpoint "
+                   f"{g:+.3f} (effective if >= {M_RL_GAIN}) -> {held}. Sanity check (zero reward => zero update), "
+                   f"not part of the verdict: rl row identical to base at every readiness-0 checkpoint: "
+                   f"{all(sanity) if sanity else 'no such rl run'}")
 
     # c2 ----------------------------------------------------------------------------------------------
     if not {"rl", "sft", "sft_rl"} <= set(arms):
@@ -378,16 +433,21 @@ def _decide(ctx, cfg, results, seeds, data_arm) -> None:
             dk = m(ck, "rl", "passk") - m(ck, "base", "passk")
             s1 = m(ck, "sft_rl", "pass1") - m(ck, "sft", "pass1")
             sk = m(ck, "sft_rl", "passk") - m(ck, "sft", "passk")
+            se_sk = se(ck, "sft_rl", "sft", n)
             expansion = d1 >= M_PASS1 and dk >= M_PASSK
-            sharpening = s1 >= M_PASS1 and sk < M_PASSK
-            rep.decide("c2_expand_vs_sharpen", expansion and sharpening,
-                       f"step {ck} (latest checkpoint with unsaturated base and SFT pass@{n}): RL from base "
-                       f"Δpass@1 {d1:+.3f} ± {se(ck, 'rl', 'base', 1):.3f}, Δpass@{n} {dk:+.3f} ± "
-                       f"{se(ck, 'rl', 'base', n):.3f} -> expansion={expansion} (needs Δpass@1 >= {M_PASS1} and "
-                       f"Δpass@{n} >= {M_PASSK}); SFT→RL vs SFT Δpass@1 {s1:+.3f} ± {se(ck, 'sft_rl', 'sft', 1):.3f}, "
-                       f"Δpass@{n} {sk:+.3f} ± {se(ck, 'sft_rl', 'sft', n):.3f} -> sharpening={sharpening} (needs "
-                       f"Δpass@1 >= {M_PASS1} and Δpass@{n} < {M_PASSK}); ± = SE over test questions; mean over "
-                       f"seeds {live(ck)} whose base succeeds there")
+            held, sharpening = _c2_held(d1, dk, s1, sk, se_sk)
+            text = (f"step {ck} (latest checkpoint with unsaturated base and SFT pass@{n}): RL from base "
+                    f"Δpass@1 {d1:+.3f} ± {se(ck, 'rl', 'base', 1):.3f}, Δpass@{n} {dk:+.3f} ± "
+                    f"{se(ck, 'rl', 'base', n):.3f} -> expansion={expansion} (needs Δpass@1 >= {M_PASS1} and "
+                    f"Δpass@{n} >= {M_PASSK}); SFT→RL vs SFT Δpass@1 {s1:+.3f} ± "
+                    f"{se(ck, 'sft_rl', 'sft', 1):.3f}, Δpass@{n} {sk:+.3f} ± {se_sk:.3f} (upper bound "
+                    f"{sk + 2 * se_sk:+.3f}) -> sharpening={sharpening} (needs Δpass@1 >= {M_PASS1} and the upper "
+                    f"bound Δpass@{n} + 2·SE < {M_PASSK}; below the margin with a wider bound is undecided); "
+                    f"± = SE over test questions; mean over seeds {live(ck)} whose base succeeds there")
+            if held is None:
+                text = ("undecided (underpowered): SFT→RL's pass@k_max rise is below the margin but its upper "
+                        "bound is not, so 'no rise' cannot be concluded; " + text)
+            rep.decide("c2_expand_vs_sharpen", held, text)
 
     # c3 ----------------------------------------------------------------------------------------------
     sft_arms = [a for a in ("sft", "sft_gold") if a in arms]
@@ -419,17 +479,19 @@ def _decide(ctx, cfg, results, seeds, data_arm) -> None:
         for ck in active:
             best_other = max(m(ck, a, "passk") for a in others)
             rows.append((ck, m(ck, "parallel_avg", "passk"), best_other))
-        open_rows = [r for r in rows if max(r[1], r[2]) < SATURATED]
-        if not open_rows:
+        best, informative, tied = _c4_best(rows)
+        if best is None:
             rep.decide("c4_parallel_avg", None,
-                       f"undecided: pass@{n} is saturated (>= {SATURATED}) or RL has no signal at every checkpoint")
+                       f"undecided: parallel_avg's pass@{n} is saturated (>= {SATURATED}) or RL has no signal at "
+                       "every checkpoint")
         else:
-            best = all(pa >= bo - M_PASSK_TIE for _, pa, bo in open_rows)
             d_pa, d_rl = dnll("parallel_avg"), dnll("rl")
             keeps = d_pa <= d_rl + M_NLL
             rep.decide("c4_parallel_avg", best and keeps,
                        f"pass@{n} parallel_avg vs best other arm: "
-                       + ", ".join(f"step {ck}: {pa:.3f} vs {bo:.3f}" for ck, pa, bo in open_rows)
+                       + ", ".join(f"step {ck}: {pa:.3f} vs {bo:.3f}" for ck, pa, bo in informative)
+                       + (f"; tied-best (parallel_avg itself saturated >= {SATURATED}): "
+                          + ", ".join(f"step {ck}: {pa:.3f} vs {bo:.3f}" for ck, pa, bo in tied) if tied else "")
                        + f" (best if within {M_PASSK_TIE}) -> {best}; general loss change parallel_avg "
                        f"{d_pa:+.4f} vs RL {d_rl:+.4f} nats (preserved if <= RL + {M_NLL}) -> {keeps}; {seeds_note}")
 
@@ -440,20 +502,61 @@ def _decide(ctx, cfg, results, seeds, data_arm) -> None:
                    "data-composition arm (run --preset small or gpu)")
     else:
         arm_seeds = sorted({s for s, _ in data_arm})  # fewer than `seeds` if the run was interrupted
-        tgt = [data_arm[(s, "targeted mix")]["after"]["pass1"] for s in arm_seeds]
-        big = [data_arm[(s, "base mix, 2x model")]["after"]["pass1"] for s in arm_seeds]
-        diff = float(np.mean(tgt) - np.mean(big))
-        held = diff >= M_DATA
+        tg, bg = "targeted mix", "base mix, 2x model"
         no_signal = all(data_arm[(s, nm)]["before"]["passk"] == 0 and data_arm[(s, nm)]["after"]["pass1"] == 0
-                        for s in arm_seeds for nm in ("targeted mix", "base mix, 2x model"))
+                        for s in arm_seeds for nm in (tg, bg))
         if no_signal:
             rep.decide("c5_data_vs_size", None, f"undecided: neither the targeted-mix nor the 2x-model checkpoint "
                        f"ever samples a verified solution (pass@{n} = 0), so RL cannot act on either")
             return
+        gain = lambda nm: [data_arm[(s, nm)]["after"]["pass1"] - data_arm[(s, nm)]["before"]["pass1"]
+                           for s in arm_seeds]
+        after = lambda nm: [data_arm[(s, nm)]["after"]["pass1"] for s in arm_seeds]
+        d_gain = float(np.mean(gain(tg)) - np.mean(gain(bg)))
+        d_after = float(np.mean(after(tg)) - np.mean(after(bg)))
+        held = d_gain >= M_DATA
+        r3 = lambda xs: [round(x, 3) for x in xs]
         rep.decide("c5_data_vs_size", held,
-                   f"post-RL pass@1 on the hard test split: targeted mix (hard share {cfg['targeted_hard_share']}) "
-                   f"{np.mean(tgt):.3f} vs base mix with the 2x model (d={cfg['big_d_model']}) {np.mean(big):.3f}: "
-                   f"difference {diff:+.3f} (held if >= {M_DATA}); per seed ({arm_seeds}) targeted {tgt}, 2x {big}")
+                   f"RL gain (test pass@1 after - before RL, hard test split): targeted mix (hard share "
+                   f"{cfg['targeted_hard_share']}) {np.mean(gain(tg)):+.3f} vs base mix with the 2x model "
+                   f"(d={cfg['big_d_model']}) {np.mean(gain(bg)):+.3f}: difference {d_gain:+.3f} (held if >= "
+                   f"{M_DATA}, spec §11.2 criterion 5) -> {held}. For context (criterion 7, not decided here): "
+                   f"post-RL pass@1 targeted {np.mean(after(tg)):.3f} vs 2x {np.mean(after(bg)):.3f}, difference "
+                   f"{d_after:+.3f}. Per seed ({arm_seeds}): RL gain targeted {r3(gain(tg))}, 2x {r3(gain(bg))}; "
+                   f"after RL targeted {r3(after(tg))}, 2x {r3(after(bg))}")
+
+
+def _no_rise(est: float, se: float, margin: float) -> bool | None:
+    """Is a rise below `margin`? True only when the upper bound est + 2·SE is below it; False when the
+    estimate itself reaches it; None (undecided, underpowered) when the estimate is below but the bound is
+    not (or the SE is unknown)."""
+    if est >= margin:
+        return False
+    if np.isfinite(se) and est + 2 * se < margin:
+        return True
+    return None
+
+
+def _c2_held(d1: float, dk: float, s1: float, sk: float, se_sk: float) -> tuple[bool | None, bool | None]:
+    """(claim 2 verdict, sharpening) from RL-vs-base (d1, dk) and SFT→RL-vs-SFT (s1, sk ± se_sk) differences of
+    pass@1 / pass@k_max. Sharpening needs pass@1 to rise and pass@k_max *not* to rise with confidence."""
+    expansion = d1 >= M_PASS1 and dk >= M_PASSK
+    sharpening = False if s1 < M_PASS1 else _no_rise(sk, se_sk, M_PASSK)
+    if not expansion or sharpening is False:
+        return False, sharpening
+    return sharpening, sharpening  # True, or None when underpowered
+
+
+def _c4_best(rows: list[tuple]) -> tuple[bool | None, list, list]:
+    """rows (ckpt, parallel_avg pass@k_max, best other arm's pass@k_max) -> (best?, informative rows, tied rows).
+    A row is informative unless parallel_avg itself is saturated (then it is tied-best whatever the others
+    reach); another arm's saturation does not drop a row — that is exactly where parallel_avg can lose.
+    None when no row is informative."""
+    informative = [r for r in rows if r[1] < SATURATED]
+    tied = [r for r in rows if r[1] >= SATURATED]
+    if not informative:
+        return None, informative, tied
+    return all(pa >= bo - M_PASSK_TIE for _, pa, bo in informative), informative, tied
 
 
 def _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm) -> None:
@@ -472,8 +575,9 @@ def _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm) -> None:
              f"n = {n} samples each, unbiased pass@k), pre-training mixture {cfg['task_weight']:.0%} task documents "
              f"(hard share {cfg['hard_share']}, noise {cfg['noise']}) / {1 - cfg['task_weight']:.0%} general text; "
              f"GPT d={cfg['d_model']}, {cfg['n_layers']} layers; seeds {seeds}. General capability = held-out loss "
-             f"on the general language (nats; floor {next(iter(results.values()))['general_nll_floor']:.3f}), "
-             "copy and recall accuracy (greedy).")
+             f"on the general language (nats; floor {next(iter(results.values()))['general_nll_floor']:.3f} = the "
+             "loss of the true generating process on such documents, first letter from the start distribution "
+             "included), copy and recall accuracy (greedy).")
     rows = []
     for ck in cks:
         for arm in arms:
@@ -483,9 +587,24 @@ def _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm) -> None:
                 rep.metric(f"{key}/step{ck}/{arm}", m(ck, arm, key))
     rep.table(rows, ["ckpt", "arm", "pass@1", f"pass@{n}", "format", "general NLL", "copy", "recall"],
               f"Per checkpoint and pipeline ({len(seeds)} seed(s), mean)")
-    keep = ("pass1", "passk", "format_rate", "general_nll", "copy_acc", "recall_acc", "counts")
+    keep = ("pass1", "passk", "format_rate", "general_nll", "copy_acc", "recall_acc", "counts", "ready_pass1",
+            "ready_passk", "ready_counts")
     rep.metric("runs", {f"seed{s}/step{ck}/{arm}": {k: v for k, v in r.items() if k in keep or k.startswith("rl_")}
                         for (s, ck, arm), r in results.items()})  # per seed: the claims can be re-derived
+    # RL-readiness (spec §8): base pass@k on the RL training prompts vs what RL then gains on the test split
+    ready_rows = []
+    for ck in cks:
+        vals = [m(ck, "base", "ready_pass1"), m(ck, "base", "ready_passk"),
+                m(ck, "rl", "pass1") - m(ck, "base", "pass1"), m(ck, "rl", "passk") - m(ck, "base", "passk")]
+        ready_rows.append([ck] + ["—" if np.isnan(v) else v for v in vals])
+        rep.metric(f"ready_passk/step{ck}", vals[1])
+        rep.metric(f"ready_pass1/step{ck}", vals[0])
+    rep.table(ready_rows, ["ckpt", "readiness pass@1", f"readiness pass@{n}", "RL Δpass@1 (test)",
+                           f"RL Δpass@{n} (test)"],
+              f"RL-readiness: base pass@1 / pass@{n} on a fixed sample of {min(cfg['ready_n'], cfg['n_train'])} RL "
+              "training prompts "
+              f"(difficulties {cfg['train_difficulties']}) per checkpoint, and the RL gain on the test split "
+              f"({len(seeds)} seed(s), mean)")
     diag = []
     for ck in cks:
         for arm in cfg["pipelines"]:
@@ -546,6 +665,20 @@ def _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm) -> None:
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     rep.figure(fig, "general_capability", "general capability per checkpoint and pipeline (lower loss is better)")
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for key, label in (("pass1", "Δpass@1"), ("passk", f"Δpass@{n}")):
+        pts = [(results[(s, ck, "base")]["ready_passk"],
+                results[(s, ck, "rl")][key] - results[(s, ck, "base")][key])
+               for s in seeds for ck in cks if (s, ck, "rl") in results and "ready_passk" in results[(s, ck, "base")]]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=f"RL {label} (test)")
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.set_xlabel(f"RL-readiness: base pass@{n} on RL training prompts")
+    ax.set_ylabel("change after RL on the test split")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    rep.figure(fig, "rl_readiness", "RL-readiness (spec §8): what the base samples on the RL prompts vs the RL gain")
 
     if dynamics:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
