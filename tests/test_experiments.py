@@ -256,6 +256,12 @@ def test_overrides_are_parsed_by_type_with_clear_errors(registry):
     for key in ("tag_train", "mt_lr", "decide_mt"):
         with pytest.raises(LmlabError, match=f"'{key}' was given an empty value"):
             resolve_config(exp, "tiny", {key: ""})
+    # a key that some preset leaves at None ("all arms", "automatic") takes None / null in every preset
+    rl = registry["rl_checkpoints"]
+    assert resolve_config(rl, "tiny", {"early_arms": None})["early_arms"] is None
+    assert resolve_config(rl, "tiny", {"early_arms": "null"})["early_arms"] is None
+    with pytest.raises(LmlabError, match="'n_test' was given an empty value"):
+        resolve_config(rl, "tiny", {"n_test": None})
     smoke = registry["scaling_smoke"]
     assert resolve_config(smoke, "tiny", {"widths": "[8, 16]"})["widths"] == [8, 16]
     with pytest.raises(LmlabError, match="'widths' expects a list"):

@@ -271,6 +271,11 @@ def resolve_config(exp: Experiment, preset: str, overrides: dict[str, Any] | Non
             raise LmlabError(
                 f"unknown config key {k!r} for {exp.name} preset {preset}; known: {', '.join(cfg)}"
             )
+        # keys that some preset leaves at None ("automatic", "all") accept None / null in every preset
+        if any(p.get(k) is None for p in exp.presets.values()) and (
+                v is None or (isinstance(v, str) and v.strip().lower() in ("null", "none", "~"))):
+            cfg[k] = None
+            continue
         if (v is None or (isinstance(v, str) and not v.strip())) and not isinstance(cfg[k], str):
             raise LmlabError(
                 f"config key {k!r} was given an empty value; it expects {_expected(cfg[k])} "
