@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmlab.utils import LmlabError, to_jsonable
+from lmlab.utils import LmlabError, fsync_path, to_jsonable
 
 FORMAT_VERSION = 1
 MODEL_FILE, OPTIM_FILE, META_FILE = "model.safetensors", "optim.pt", "meta.json"
@@ -139,19 +139,6 @@ def _git_sha() -> str | None:
         return None
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def model_config_dict(model: nn.Module) -> dict:
     cfg = getattr(model, "cfg", None)
     if cfg is None or not hasattr(cfg, "to_dict"):
@@ -210,14 +197,14 @@ def save(
             f.flush()
             os.fsync(f.fileno())
         for p in tmp.iterdir():
-            _fsync(p)
+            fsync_path(p)
         final = step_dir(run, step)
         old = None
         if final.exists():
             old = run / f".old-{final.name}-{os.getpid()}"
             os.rename(final, old)
         os.rename(tmp, final)
-        _fsync(run)
+        fsync_path(run)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return final

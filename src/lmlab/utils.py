@@ -36,8 +36,9 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(path: Path) -> None:
-    """fsync a folder so that a rename inside it is durable; ignored where folders cannot be opened."""
+def fsync_path(path: str | Path) -> None:
+    """fsync a file or folder (a folder: so that a rename inside it is durable); ignored where it cannot be
+    opened for reading (e.g. folders on Windows)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -69,7 +70,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
