@@ -130,3 +130,24 @@ def test_niah_integration():
     samples = niah_prompts(2, max_length=1200, variant=2, seed=0)
     assert len(samples) == 2 and all(len(s.input) <= 1200 for s in samples)
     assert all(s.answers[0] in s.input.split("What")[0] for s in samples)
+
+
+def test_spread_positions_cover_long_contexts_and_keep_lines_adjacent():
+    task = KVRetrieval(n_keys=32, n_values=8, n_families=2)
+    rng = np.random.default_rng(0)
+    inst = task.sample(6, rng, n_pause=2)
+    ids, _, _ = task.training_row(inst)
+    n = len(ids)
+    lasts = []
+    for _ in range(300):
+        pos = task.spread_positions(6, n, 200, rng)
+        assert pos.shape == (n,) and pos[0] == 0 and pos[-1] < 200
+        assert np.all(np.diff(pos) >= 1)
+        for i in range(6):  # key, value, check of a line stay adjacent (the previous-token circuit sees 1, 2)
+            a = 1 + 3 * i
+            assert pos[a + 1] - pos[a] == 1 and pos[a + 2] - pos[a] == 2
+        assert np.all(np.diff(pos[1 + 18 :]) == 1)  # query, pauses and answer stay adjacent
+        lasts.append(pos[-1])
+    # query-to-BOS distances reach the long-context range, and unspread rows (the eval layout) occur too
+    assert max(lasts) >= 180 and min(lasts) <= n + 20
+    assert np.array_equal(task.spread_positions(6, n, n, rng), np.arange(n))  # no room: contiguous

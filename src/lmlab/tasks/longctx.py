@@ -130,6 +130,29 @@ class KVRetrieval:
         weights[len(ids) - 1] = 0.0
         return ids, targets, weights
 
+    def spread_positions(
+        self, n_lines: int, length: int, max_position: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """RoPE positions for a training row of `length` tokens (BOS, `n_lines` lines of 3 tokens, then the
+        query, pauses and answer) with random offsets between lines (spec 04 §13: "random position offsets"
+        so that long evaluation contexts are not out of distribution for RoPE).
+
+        A total gap G ~ U[0, max_position − length] is cut at random line boundaries: positions increase,
+        tokens inside a line (and the query with its answer) stay adjacent, and the last one is
+        < max_position. RoPE scores depend only on relative positions, so one offset for the whole row
+        would change nothing; spreading the lines is what shows the model query-to-needle distances up to
+        max_position. With G = 0 the positions are 0..length−1, the evaluation layout."""
+        n_head = 1 + 3 * n_lines
+        if length < n_head:
+            raise LmlabError(f"a row of {length} tokens cannot hold BOS and {n_lines} lines")
+        extra = max(0, int(max_position) - length)
+        g = int(rng.integers(0, extra + 1))
+        cuts = np.sort(rng.integers(0, g + 1, size=n_lines + 1))  # cumulative gap before line 1..n, query
+        seg = np.zeros(length, dtype=np.int64)  # segment of each token: 0 = BOS, i = line i, n+1 = query
+        seg[1:n_head] = 1 + np.arange(3 * n_lines) // 3
+        seg[n_head:] = n_lines + 1
+        return np.arange(length, dtype=np.int64) + np.concatenate([[0], cuts])[seg]
+
     def retrieval_weights(self, inst: KVInstance) -> np.ndarray:
         """Per context index: 1 at tokens predictable by retrieval (for the targeted span sampler and the
         retrieval-only span loss)."""
