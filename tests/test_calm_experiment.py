@@ -1,7 +1,21 @@
 import json
 
+import pytest
+
 from lmlab.experiments import run_experiment
-from lmlab.experiments.calm_kv import CLAIMS, _alternatives_note, accuracy, encode_pairs
+from lmlab.experiments.calm_kv import (
+    CLAIMS,
+    KEEP_MARGIN,
+    _alternatives_note,
+    accuracy,
+    anchor_skill_pairs,
+    base_gen,
+    decide_claims,
+    encode_pairs,
+    mixed_batches,
+    scores,
+)
+from lmlab.report import Report
 from lmlab.tasks.kv_arith import KVTask
 
 TASK = KVTask(n_keys=20, dc_key_frac=0.5, seed=3)
@@ -55,7 +69,9 @@ def test_experiment_runs_every_baseline_and_decides_from_its_numbers(tmp_path):
     assert {c["id"] for c in out["claims"]} == set(CLAIMS)
     mean = out["metrics"]["mean"]
     for key in ("random_augment/heldout", "prefix_encoder/heldout", "projection_only/heldout",
-                "anchor_finetune/heldout", "anchor_finetune/num_math", "calm/kv_math", "aug/kv_subs"):
+                "anchor_finetune/heldout", "anchor_finetune/num_math", "calm/kv_math", "aug/kv_subs",
+                "calm/num_math_exact", "anchor/num_math_exact", "anchor_finetune_dc/heldout",
+                "anchor_finetune_dc/num_math"):
         assert 0.0 <= mean[key] <= 1.0
     claims = {c.id: c for c in rep.claims.values()}
     # the verdicts follow the recorded numbers (untrained models: far from every threshold)
@@ -64,5 +80,81 @@ def test_experiment_runs_every_baseline_and_decides_from_its_numbers(tmp_path):
     c = claims["composed_solves_heldout"]
     assert c.held == (mean["calm/kv_math"] - max(mean["aug/kv_math"], mean["anchor/kv_math"]) >= 0.3)
     assert claims["gain_needs_augment"].held is not None and claims["beats_anchor_finetune"].held is not None
+    k = claims["calm_keeps_anchor_skill"]
+    if mean["anchor/num_math_exact"] >= 0.6:
+        assert k.held == (mean["calm/num_math_exact"] >= mean["anchor/num_math_exact"] - KEEP_MARGIN)
+    else:
+        assert k.held is None
     md = (tmp_path / "report.md").read_text()
+    assert "30% share of NUM-MATH prompts labelled by the frozen anchor" in md
     assert "How the alternatives compare" in md and (tmp_path / "calm_table1.png").is_file()
+
+
+def test_exact_scores_do_not_credit_a_wrong_scratchpad():
+    pairs = [("3+6+7>", "3+6+7=16"), ("0+4>", "0+4=4")]
+    outs = [TOK.encode("6=16", eos=True), TOK.encode("0+4=4", eos=True)]
+    assert scores(lambda prompts, n: outs, TOK, TASK, pairs, "num_math", 24) == (1.0, 0.5)
+
+
+def test_composition_mix_shows_the_anchor_skill():
+    """Bridge batches hold round(share·batch) NUM-MATH prompts (no keys) next to D_C; labels come from the
+    frozen anchor's own greedy output or from the task."""
+    import torch
+
+    from lmlab.model import GPT, GPTConfig
+
+    dc = TASK.dc_dataset(50, 0)
+    verified = anchor_skill_pairs(TASK, 20, 1, "verifier")
+    assert verified == TASK.dataset("num_math", 20, "dc", 1)
+    torch.manual_seed(0)
+    anchor = GPT(GPTConfig(vocab_size=TOK.vocab_size, n_layers=1, n_heads=2, d_model=16, seq_len=64)).eval()
+    own = anchor_skill_pairs(TASK, 5, 1, "anchor", anchor, TOK, 6)
+    outs = base_gen(anchor, TOK)([TOK.encode(p, bos=True) for p, _ in own], 6)
+    assert [c for _, c in own] == [TOK.decode([t for t in o if t != TOK.eos_id], skip_special=True) for o in outs]
+    assert [p for p, _ in own] == [p for p, _ in verified[:5]]
+    key_ids = {TOK.encode(k)[0] for k in TASK.keys}
+    for share, want in ((0.3, 10), (0.0, 0)):
+        it = mixed_batches(TOK, dc, verified, share, 32, 0, "cpu")
+        for _ in range(3):
+            ids, tg = next(it)
+            numeric = sum(not (set(row.tolist()) & key_ids) for row in ids)
+            assert numeric == want and (tg != -100).any(1).all()
+    with pytest.raises(ValueError):
+        anchor_skill_pairs(TASK, 5, 1, "teacher")
+
+
+def _means(**kw):
+    m = {"aug/kv_subs": 1.0, "aug/kv_math": 0.0, "anchor/num_math": 0.85, "anchor/num_math_exact": 0.85,
+         "anchor/kv_math": 0.03, "calm/kv_math": 0.5, "calm/kv_math_dc": 0.6, "calm/num_math": 0.82,
+         "calm/num_math_exact": 0.8, "anchor_finetune/heldout": 0.05, "anchor_finetune/num_math": 0.84,
+         "anchor_finetune_dc/heldout": 0.04, "anchor_finetune_dc/num_math": 0.4}
+    m.update(kw)
+    return m
+
+
+def _verdicts(tmp_path, mean):
+    rep = Report("calm_kv", "tiny", 0, tmp_path)
+    for cid, text in CLAIMS.items():
+        rep.add_claim(cid, text)
+    decide_claims(rep, mean)
+    return {cid: c.held for cid, c in rep.claims.items()}
+
+
+def test_keeps_anchor_skill_and_finetune_claims_can_fail(tmp_path):
+    v = _verdicts(tmp_path, _means())
+    assert v["calm_keeps_anchor_skill"] is True and v["beats_anchor_finetune"] is True
+    # the audit's numbers: CALM loses the anchor's NUM-MATH (0.09 vs 0.82), worse than the fine-tuned anchor
+    lost = _means(**{"calm/num_math": 0.09, "calm/num_math_exact": 0.0, "anchor_finetune_dc/num_math": 0.15})
+    v = _verdicts(tmp_path, lost)
+    assert v["calm_keeps_anchor_skill"] is False and v["beats_anchor_finetune"] is False
+    # a fine-tune that generalises as well as CALM, or one on D_C that does not forget, also fails the claim
+    assert _verdicts(tmp_path, _means(**{"anchor_finetune/heldout": 0.45}))["beats_anchor_finetune"] is False
+    assert _verdicts(tmp_path, _means(**{"anchor_finetune_dc/num_math": 0.85}))["beats_anchor_finetune"] is False
+    # without an anchor-skill share there is one fine-tune, on D_C
+    no_mix = {k: v for k, v in _means(**{"anchor_finetune/num_math": 0.4}).items() if "_dc/" not in k}
+    assert _verdicts(tmp_path, no_mix)["beats_anchor_finetune"] is True
+    # answer-only accuracy may look fine while the completions are wrong: the claim reads exact completions
+    assert _verdicts(tmp_path, _means(**{"calm/num_math_exact": 0.7}))["calm_keeps_anchor_skill"] is False
+    # no skill to keep: undecided rather than vacuously held
+    weak = _means(**{"anchor/num_math": 0.2, "anchor/num_math_exact": 0.2, "calm/num_math_exact": 0.2})
+    assert _verdicts(tmp_path, weak)["calm_keeps_anchor_skill"] is None

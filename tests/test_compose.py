@@ -201,3 +201,37 @@ def test_compose_cli_trains_bridges_between_two_checkpoints(tmp_path):
     assert cm.connections == [(1, 1)]
     assert main(["compose", "--anchor", str(runs[0]), "--augment", str(runs[1]), "--data",
                  str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_prefix_encoder_reads_each_rows_own_prompt_in_training():
+    """augment_sees="prefix": in a right-padded batch of a 2-key and a 3-key prompt, the 3-key row's augmenting
+    context holds its third key (it used to be cut to the batch's shortest prompt)."""
+    from lmlab.experiments.calm_kv import _prefix_len, encode_pairs
+
+    task = KVTask(n_keys=30, seed=0)
+    tok = task.tokenizer()
+    torch.manual_seed(0)
+    anchor = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=2, n_heads=2, d_model=32, seq_len=64)).eval()
+    aug = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=2, n_heads=2, d_model=16, seq_len=64)).eval()
+    cm = compose(anchor, aug, n_connections=2, augment_sees="prefix")
+    randomise_bridges(cm)
+    pairs = [("<k1>+<k2>>", "1+2=3"), ("<k1>+<k2>-<k3>>", "1+2-3=0")]
+    ids, tg = encode_pairs(tok, pairs, "cpu")
+    p_short, p_long = (len(tok.encode(p, bos=True)) for p, _ in pairs)
+    plen = _prefix_len(tg)
+    assert plen.tolist() == [p_short, p_long]
+    k3 = tok.encode("<k3>")[0]
+    assert ids[1, p_long - 2] == k3 and p_long - 2 >= p_short  # the third key lies beyond the short prompt
+    mask = cm._cross_mask(ids.shape[1], ids.shape[1], 0, None, plen, "cpu")
+    assert mask.shape == (2, 1, ids.shape[1], ids.shape[1])
+    assert mask[1, 0, :, p_long - 2].all() and not mask[0, 0, :, p_long - 2].any()
+    assert mask[0, 0, :, :p_short].all() and not mask[0, 0, :, p_short:].any()
+    n = len(tok.encode(pairs[1][0] + pairs[1][1], bos=True, eos=True))
+    alone = cm(ids[1:2, :n], prefix_len=p_long)  # the 3-key row on its own, with its whole prompt
+    torch.testing.assert_close(cm(ids, prefix_len=plen)[1:2, :n], alone)
+    cut = cm(ids[1:2, :n], prefix_len=p_short)  # what the batch-minimum prefix gave it
+    assert not torch.allclose(cut[:, p_long - 1:], alone[:, p_long - 1:])
+    # the training loss goes through the same per-row path
+    assert torch.isfinite(cm(ids, tg, prefix_len=plen))
+    with pytest.raises(LmlabError, match="one length per row"):
+        cm(ids, prefix_len=torch.tensor([3, 4, 5]))

@@ -1,3 +1,4 @@
+import math
 import random
 
 import pytest
@@ -192,3 +193,28 @@ def test_encoder_scorer_uses_appended_knowledge():
     assert with_k >= blind.accuracy(items(False)[10:], answers[10:]) + 0.2
     with pytest.raises(LmlabError):
         scorer.features([MCItem("q", ["a", "b"]), MCItem("q", ["a"])])
+
+
+def test_path_metrics_follow_the_paper_definitions():
+    """relevance is BLEU with triples as unigrams (clipped counts, brevity penalty); an input whose k paths do
+    not parse into 2 scores diversity 0; novelty counts each distinct generated entity once."""
+    from lmlab.knowledge.coseco import bleu1
+
+    kg = KnowledgeGraph([("a", "R", "b"), ("b", "S", "c")])
+    ab, bc = T("a", "R", "b"), T("b", "S", "c")
+    gold = [[[ab, bc]]]
+    # the same gold triple in all 3 paths counts once (it occurs once in the gold path): 1/3, not 3/3
+    m = path_metrics([[[ab], [ab], [ab]]], gold, kg, train_entities={"a", "b", "c"})
+    assert m["relevance"] == pytest.approx(1 / 3)
+    # a single generated triple against a 2-triple gold path pays the brevity penalty exp(1 - 2/1)
+    assert path_metrics([[[ab]]], gold, kg, set())["relevance"] == pytest.approx(math.exp(-1))
+    assert bleu1(["x", "x", "y"], [["x", "y"], ["x", "x"]]) == pytest.approx(1.0)  # clip to the max over references
+    assert bleu1([], [["x"]]) == 0.0
+    # diversity: the second input asked for 2 paths but only one parsed -> 0 (it used to be skipped)
+    gen = [[[ab], [T("a", "R", "x")]], [[ab], []]]
+    m = path_metrics(gen, gold * 2, kg, train_entities={"a", "b"})
+    assert m["diversity"] == pytest.approx(((1 - 1 / 3) + 0.0) / 2)
+    # novelty: distinct entities {a, b, x}, x is new -> 1/3 (a and b generated for both inputs count once)
+    assert m["novelty"] == pytest.approx(1 / 3) and m["entities"] == 3
+    # one path per input (k = 1): diversity is undefined, not 0
+    assert math.isnan(path_metrics([[[ab]]], gold, kg, set())["diversity"])

@@ -186,3 +186,68 @@ def test_kg_cli_edit_and_retrieve(tmp_path, capsys):
     assert "linked: trobex" in out and "pelmor" in out and "vantor" not in out
     assert main(["kg", "remove", "--kg", f, "--head", "x", "--relation", "y", "--tail", "z"]) == 2
     assert "is not in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["facts.txt", "facts.tsv"])
+def test_kg_cli_edits_keep_a_tsv_file_tsv(tmp_path, name):
+    """add/update/remove write a .txt/.tsv KG back as head<TAB>relation<TAB>tail (it used to become JSONL,
+    which the TSV reader then rejected)."""
+    from lmlab.cli import main
+
+    f = tmp_path / name
+    f.write_text("a\tr\tb\nc\tr\td\n")
+    assert main(["kg", "add", "--kg", str(f), "--head", "e", "--relation", "r", "--tail", "g"]) == 0
+    assert main(["kg", "update", "--kg", str(f), "--head", "a", "--relation", "r", "--tail", "z"]) == 0
+    assert main(["kg", "remove", "--kg", str(f), "--head", "c", "--relation", "r", "--tail", "d"]) == 0
+    assert f.read_text() == "e\tr\tg\na\tr\tz\n"
+    assert KnowledgeGraph.load(f).triples == [Triple("e", "r", "g"), Triple("a", "r", "z")]
+    assert main(["kg", "stats", "--kg", str(f)]) == 0
+    # a value that TSV cannot hold is refused instead of splitting the row
+    kg = KnowledgeGraph.load(f)
+    kg.add("tab\there", "r", "x")
+    with pytest.raises(LmlabError, match="tab or line break"):
+        kg.save(f)
+    assert f.read_text() == "e\tr\tg\na\tr\tz\n"
+
+
+def test_kg_cli_edit_keeps_jsonl_templates_and_aliases(kg, tmp_path):
+    from lmlab.cli import main
+
+    f = tmp_path / "kg.jsonl"
+    kg.save(f)
+    assert main(["kg", "add", "--kg", str(f), "--head", "milo", "--relation", "speaks", "--tail", "ilvish"]) == 0
+    back = KnowledgeGraph.load(f)
+    assert back.triples == kg.triples + [Triple("milo", "speaks", "ilvish")]
+    assert back.templates == kg.templates and back.aliases["nora vale"] == {"the painter"}
+
+
+def test_kg_cli_refuses_to_rewrite_conceptnet_and_lama_files(tmp_path, capsys):
+    """An OMCS file (rel head tail label) or a LAMA probe file is never rewritten; `kg convert` makes an
+    editable copy with the right column order."""
+    from lmlab.cli import main
+
+    omcs = tmp_path / "new_omcs_test.txt"
+    text = "IsA\tbaseball\tsport\t1\nIsA\tbaseball\tfood\t0\nCapableOf\tdog\tbark\t1\n"
+    omcs.write_text(text)
+    for op in ("add", "update", "remove"):
+        assert main(["kg", op, "--kg", str(omcs), "--head", "dog", "--relation", "IsA", "--tail", "pet"]) == 2
+        err = capsys.readouterr().err
+        assert "left unchanged" in err and "lmlab kg convert" in err
+    assert omcs.read_text() == text
+    lama = tmp_path / "P19.jsonl"
+    lama_text = '{"sub_label": "trobex", "obj_label": "vantor", "predicate_id": "P19", "evidences": []}\n'
+    lama.write_text(lama_text)
+    assert main(["kg", "add", "--kg", str(lama), "--head", "a", "--relation", "P19", "--tail", "b"]) == 2
+    assert "LAMA probe records" in capsys.readouterr().err and lama.read_text() == lama_text
+
+    out = tmp_path / "omcs.jsonl"
+    assert main(["kg", "convert", "--kg", str(omcs), "--out", str(out)]) == 0
+    assert KnowledgeGraph.load(out).triples == [Triple("baseball", "IsA", "sport"), Triple("dog", "CapableOf", "bark")]
+    assert main(["kg", "add", "--kg", str(out), "--head", "dog", "--relation", "IsA", "--tail", "pet"]) == 0
+    assert Triple("dog", "IsA", "pet") in KnowledgeGraph.load(out)
+    assert main(["kg", "convert", "--kg", str(omcs), "--out", str(omcs)]) == 2
+    assert omcs.read_text() == text
+    capsys.readouterr()
+    assert main(["kg", "stats", "--kg", str(omcs)]) == 0  # read in OMCS order: IsA is a relation, not a head
+    out = capsys.readouterr().out
+    assert out.startswith("2 triples") and "  IsA: 1" in out and "  CapableOf: 1" in out

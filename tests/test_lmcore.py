@@ -160,3 +160,109 @@ def test_hf_masked_reader_masks_the_answer_span(bert_tok):
     assert len(reader.predict(ex)) == 2
     with pytest.raises(LmlabError):
         HFReader(BertForMaskedLM(cfg), bert_tok, "seq2seq")
+
+
+def _byte_level_tokenizer():
+    """A GPT-2-style byte-level BPE built locally (no download): ' paris' is one 'Ġparis' token, ' ' is 'Ġ'."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    texts = ["alice was born in paris .", "bob was born in rome .", "<|endoftext|> alice bob paris rome"] * 50
+    tk.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def test_hf_causal_reader_predicts_from_where_training_puts_the_answer():
+    """With a byte-level tokenizer the prediction input must end with the prompt, exactly as the training input
+    does before its answer tokens — not with a stray 'Ġ' (the encoding of ' ')."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = _byte_level_tokenizer()
+    assert tok.convert_ids_to_tokens(tok(" ", add_special_tokens=False)["input_ids"]) == ["Ġ"]
+    assert tok.convert_ids_to_tokens(tok(" paris", add_special_tokens=False)["input_ids"]) == ["Ġparis"]
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                                       eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
+    reader = HFReader(model, tok, "causal", max_answer_tokens=3)
+    ex = _examples()
+    seen = []
+    generate = model.generate
+    model.generate = lambda **kw: seen.append(kw["input_ids"][0].tolist()) or generate(**kw)
+    before, after = _trains(reader, ex, steps=60)
+    assert after < before
+    preds = reader.predict(ex)
+    for e, got in zip(ex, seen):
+        ids, pos, ans = reader._layout(e)
+        assert tok.convert_ids_to_tokens(ans) == [f"Ġ{e.answer}", "<|endoftext|>"]  # answer, then stop
+        assert got == ids[: pos[0]]  # the training input up to (not including) the answer
+        assert tok.convert_ids_to_tokens(got[-1:]) == ["Ġin"]
+    assert preds == ["paris", "rome"]
+
+
+LAMA_TEMPLATES = {"P19": "[X] was born in [Y] .", "P20": "[X] died in [Y] .", "P27": "[X] is [Y] citizen .",
+                  "P106": "[X] is a [Y] by profession ."}
+LAMA_OBJECTS = {"P19": ["paris", "rome", "oslo"], "P20": ["lima", "kyiv", "baku"], "P27": ["french", "thai"],
+                "P106": ["painter", "lawyer", "poet"]}
+
+
+def _lama_fixture(root, per_relation=30):
+    """A LAMA-layout folder (relations.jsonl + TREx/P*.jsonl): one fact per subject, as in real LAMA."""
+    import json
+
+    lama = root / "knowledge" / "lama"
+    (lama / "TREx").mkdir(parents=True)
+    (lama / "relations.jsonl").write_text("".join(json.dumps({"relation": r, "template": t}) + "\n"
+                                                  for r, t in LAMA_TEMPLATES.items()))
+    rng = random.Random(0)
+    for r, objs in LAMA_OBJECTS.items():
+        (lama / "TREx" / f"{r}.jsonl").write_text("".join(
+            json.dumps({"sub_label": f"{r.lower()}subj{i}", "obj_label": rng.choice(objs), "predicate_id": r}) + "\n"
+            for i in range(per_relation)))
+    return lama
+
+
+def test_lama_distractors_make_retrieval_rank(tmp_path):
+    """Real LAMA subjects have one fact each, so any retriever that finds the subject had recall 1. With
+    distractor facts (other relations, real objects) only a retriever that ranks by relevance keeps it."""
+    from lmlab.experiments.lmcore_knowledge import add_facts, distractor_facts, lama_probes
+    from lmlab.knowledge.kg import kg_from_probes
+    from lmlab.knowledge.retrieval import recall_at_k
+
+    probes = lama_probes(_lama_fixture(tmp_path), 100)
+    plain = kg_from_probes(probes)
+    distract = distractor_facts(probes, 2, random.Random(0))
+    kg = kg_from_probes(probes)
+    add_facts(kg, (t for ts in distract.values() for t in ts), kg.templates)
+    for p in probes:
+        facts = kg.about(p.subject)
+        assert len(facts) == 3 and [t for t in facts if t.relation == p.relation] == [p.triple]
+        assert all(t.tail in LAMA_OBJECTS[t.relation] for t in facts)
+
+    def recall(graph, method):
+        got = Retriever(graph, method, 1, seed=0).retrieve_many([p.prompt() for p in probes])
+        return recall_at_k(got, [p.triple for p in probes], 1)
+
+    assert recall(plain, "entity") == 1.0  # nothing to rank without distractors
+    assert recall(kg, "bm25") == 1.0
+    assert recall(kg, "entity") < 0.6  # unranked: about 1/3
+
+
+def test_lmcore_lama_part_reports_ranking_with_distractors(tmp_path):
+    from lmlab.experiments import run_experiment
+
+    _lama_fixture(tmp_path)
+    fast = {"n_train_people": 60, "n_test_people": 10, "steps": 5, "d_model": 32, "n_layers": 1, "vocab_size": 300,
+            "dense": False, "lama_per_relation": 30, "lama_steps": 5, "lama_d_model": 32, "lama_layers": 1,
+            "lama_vocab": 300, "lama_max_eval": 30, "lama_distractors": 3}
+    rep = run_experiment("lmcore_knowledge", "small", tmp_path / "out", data=str(tmp_path), overrides=fast,
+                         quiet=True, raise_errors=True)
+    m = rep.metrics
+    assert m["lama/mean_subject_facts"] == 4.0
+    assert m["lama/templates/bm25/recall_at_k"] == 1.0 and m["lama/templates/entity/recall_at_k"] < 0.8
+    ev = rep.claims["real_lama_knowledge"].evidence
+    assert "3 distractors" in ev and "retrieval without ranking (recall@2" in ev

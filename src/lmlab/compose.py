@@ -191,31 +191,48 @@ class ComposedModel(nn.Module):
         return n * (d_aug * d_anchor + 3 * d_anchor**2) + n * d_anchor**2
 
     # ---------------------------------------------------------------- forward
-    def _cross_mask(self, t_new: int, s_total: int, offset: int, valid: torch.Tensor | None, prefix_len: int | None,
-                    device) -> torch.Tensor:
-        """(B or 1, 1, T, S): anchor position offset+i reads augmenting positions <= offset+i (valid only)."""
+    def _cross_mask(self, t_new: int, s_total: int, offset: int, valid: torch.Tensor | None,
+                    prefix_len: int | torch.Tensor | None, device) -> torch.Tensor:
+        """(B or 1, 1, T, S): anchor position offset+i reads augmenting positions <= offset+i (valid only).
+        With augment_sees="prefix" every anchor position reads augmenting positions < prefix_len, where
+        prefix_len is one length for the batch or one per row (B,)."""
         q = offset + torch.arange(t_new, device=device)
         s = torch.arange(s_total, device=device)
         if self.position_aligned:  # projection-only ablation: one key, so the bridge is a linear map
-            allowed = s[None, :] == q[:, None]
+            allowed = (s[None, :] == q[:, None])[None, None]
         elif self.augment_sees == "prefix":
-            allowed = (s[None, :] < prefix_len).expand(t_new, -1)
+            pl = torch.as_tensor(prefix_len, device=device)
+            if pl.dim() == 0:
+                allowed = (s[None, :] < pl).expand(t_new, -1)[None, None]
+            else:  # per row: row b reads its own prompt, s < prefix_len[b]
+                allowed = (s[None, :] < pl[:, None])[:, None, None, :].expand(-1, 1, t_new, -1)
         else:
-            allowed = s[None, :] <= q[:, None]
-        allowed = allowed[None, None]
+            allowed = (s[None, :] <= q[:, None])[None, None]
         if valid is not None:
             allowed = allowed & valid[:, None, None, :]
             allowed = allowed | (~valid.any(1))[:, None, None, None]  # all-padding rows: avoid NaN
         return allowed
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
-                prefix_len: int | None = None):
+                prefix_len: int | torch.Tensor | None = None):
         """Teacher-forced forward over the whole sequence: logits, or the mean loss when targets are given
         (targets use -100 for positions without loss). `prefix_len`: with augment_sees="prefix", the number of
-        leading tokens the augmenting model may read."""
-        if self.augment_sees == "prefix" and prefix_len is None:
-            raise LmlabError("augment_sees='prefix' needs prefix_len")
-        aug_ids = idx[:, :prefix_len] if self.augment_sees == "prefix" else idx
+        leading tokens the augmenting model may read — one int for the batch, or a (B,) tensor with each row's
+        own prompt length (right-padded batches of prompts of different lengths)."""
+        if self.augment_sees == "prefix":
+            if prefix_len is None:
+                raise LmlabError("augment_sees='prefix' needs prefix_len")
+            pl = torch.as_tensor(prefix_len)
+            if pl.dim() > 1 or (pl.dim() == 1 and pl.shape[0] != idx.shape[0]):
+                raise LmlabError(f"prefix_len must be an int or one length per row ({idx.shape[0]}), "
+                                 f"got shape {tuple(pl.shape)}")
+            if int(pl.min()) < 1:
+                raise LmlabError("prefix_len must be at least 1 (the augmenting model needs a token to read)")
+            # the augmenting model is causal, so its states at positions < prefix_len[b] depend on row b's
+            # prompt only; the cross mask keeps each row to its own prefix
+            aug_ids = idx[:, :int(pl.max())]
+        else:
+            aug_ids = idx
         aug_mask = key_mask[:, :aug_ids.shape[1]] if key_mask is not None else None
         states = self._augment_states(_BaseRunner(self.augment, idx.shape[0], None), aug_ids, aug_mask)
         mask = self._cross_mask(idx.shape[1], aug_ids.shape[1], 0, aug_mask, prefix_len, idx.device)

@@ -6,8 +6,11 @@
     lmlab kg update --kg facts.jsonl --head trobex --relation born_in --tail pelmor
     lmlab kg remove --kg facts.jsonl --head trobex --relation born_in --tail pelmor
     lmlab kg paths --kg conceptnet/ --sentence "a dog can bark at a cat"
+    lmlab kg convert --kg conceptnet/new_omcs_test.txt --out facts.jsonl
 
---kg takes a .jsonl/.tsv file of triples or a ConceptNet OMCS folder (read-only).
+--kg takes a .jsonl/.tsv/.txt file of triples or a ConceptNet OMCS folder (read-only). Edits write the file back
+in its own format (.tsv/.txt stay head<TAB>relation<TAB>tail, JSONL stays JSONL); files that cannot be written
+back unchanged (ConceptNet OMCS `rel head tail label`, LAMA probe files) are refused: `kg convert` them first.
 """
 
 from __future__ import annotations
@@ -18,11 +21,15 @@ from lmlab.utils import LmlabError
 
 
 def load_kg(path: str):
-    from lmlab.knowledge.kg import KnowledgeGraph, load_conceptnet
+    """A KG file or ConceptNet OMCS folder; a labelled 4-column TSV file is read in OMCS order (rel head tail
+    label, true rows only), as `kg convert` reads it."""
+    from lmlab.knowledge.kg import TSV_SUFFIXES, KnowledgeGraph, file_format, load_conceptnet
 
     p = Path(path)
     if p.is_dir():
         return load_conceptnet(p)
+    if p.is_file() and p.suffix in TSV_SUFFIXES and file_format(p) == "tsv_labelled":
+        return KnowledgeGraph.from_tsv(p, order="rht")
     return KnowledgeGraph.load(p)
 
 
@@ -50,8 +57,9 @@ def _edit(args, op: str) -> int:
     p = Path(args.kg)
     if p.is_dir():
         raise LmlabError(f"{p} is a folder; edits need a .jsonl or .tsv KG file (create one with `lmlab kg add`)")
-    from lmlab.knowledge.kg import KnowledgeGraph
+    from lmlab.knowledge.kg import KnowledgeGraph, check_rewritable
 
+    check_rewritable(p)  # never rewrite a file into another format (that would corrupt it)
     kg = KnowledgeGraph.load(p) if p.exists() else KnowledgeGraph()
     if op == "add":
         kg.add(args.head, args.relation, args.tail)
@@ -64,6 +72,29 @@ def _edit(args, op: str) -> int:
     else:
         print(f"removed ({args.head}, {args.relation}, {args.tail})")
     kg.save(p)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from lmlab.knowledge.kg import TSV_SUFFIXES, KnowledgeGraph, file_format, load_conceptnet
+
+    src, out = Path(args.kg), Path(args.out)
+    if out.resolve() == src.resolve():
+        raise LmlabError("--out must differ from --kg (convert never rewrites its input)")
+    keep = None if args.keep_label == "all" else args.keep_label
+    if src.is_dir():
+        kg = load_conceptnet(src, keep_label=keep)
+    elif not src.is_file():
+        raise LmlabError(f"knowledge graph file {src} not found")
+    elif src.suffix in TSV_SUFFIXES:
+        order = args.order or ("rht" if file_format(src) == "tsv_labelled" else "hrt")
+        kg = KnowledgeGraph.from_tsv(src, order=order, keep_label=keep)
+        print(f"read {src} as TSV columns {'/'.join({'h': 'head', 'r': 'relation', 't': 'tail'}[c] for c in order)}"
+              + ("" if keep is None else f", keeping rows labelled {keep} when a 4th column is present"))
+    else:
+        kg = KnowledgeGraph.load(src)
+    kg.save(out)
+    print(f"wrote {len(kg)} triples to {out}")
     return 0
 
 
@@ -105,6 +136,15 @@ def register(sub) -> None:
         s.add_argument("--relation", required=True)
         s.add_argument("--tail", required=True)
         s.set_defaults(func=lambda a, _op=op: _edit(a, _op))
+
+    s = ops.add_parser("convert", help="copy a KG (TSV, ConceptNet OMCS, LAMA, JSONL) into an editable .jsonl/.tsv")
+    s.add_argument("--kg", required=True)
+    s.add_argument("--out", required=True, help=".jsonl (facts, templates, aliases) or .tsv/.txt (facts only)")
+    s.add_argument("--order", default=None, choices=["hrt", "rht"],
+                   help="TSV column order (default: rht for labelled 4-column files such as ConceptNet OMCS, else hrt)")
+    s.add_argument("--keep-label", default="1", help="with a 4th (label) column keep rows with this label ('all': "
+                                                      "every row)")
+    s.set_defaults(func=cmd_convert)
 
     s = ops.add_parser("paths", help="KG paths connecting the entities a sentence mentions (CoSe-Co pairs)")
     s.add_argument("--kg", required=True)

@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -287,42 +289,64 @@ def entities_of(path: Path) -> set[str]:
     return ({norm(path[0].head)} | {norm(t.tail) for t in path}) if path else set()
 
 
+def bleu1(candidate: Sequence, references: Sequence[Sequence]) -> float:
+    """Sentence BLEU with unigrams only (Papineni et al. 2002, N = 1): clipped unigram precision times the
+    brevity penalty. A candidate item counts at most as often as it occurs in any single reference; the
+    brevity penalty uses the reference length closest to the candidate's (ties: the shorter)."""
+    if not candidate or not references:
+        return 0.0
+    cand = Counter(candidate)
+    max_ref: Counter = Counter()
+    for ref in references:
+        for item, n in Counter(ref).items():
+            max_ref[item] = max(max_ref[item], n)
+    clipped = sum(min(n, max_ref[item]) for item, n in cand.items())
+    c = len(candidate)
+    r = min((len(ref) for ref in references), key=lambda n: (abs(n - c), n))
+    bp = 1.0 if c > r else math.exp(1 - r / c)
+    return bp * clipped / c
+
+
 def path_metrics(generated: Sequence[Sequence[Path]], gold: Sequence[Sequence[Path]], kg: KnowledgeGraph,
                  train_entities: set[str]) -> dict:
-    """Per input: generated paths vs gold paths.
-    relevance: precision of generated triples against the input's gold triples; gold_hit: a generated
-    path equals a gold path; validity: generated triples that exist in `kg`; diversity: 1 − mean pairwise
-    IoU of the paths' entity sets; novelty: generated entities absent from `train_entities`."""
+    """CoSe-Co's path metrics (paper §5, as given in the spec), per input: its k generated paths vs its gold paths.
+
+    relevance: BLEU with each triple as a unigram (`bleu1`): the input's k generated paths together are the
+        candidate and each gold path is a reference, so counts are clipped (a gold triple repeated in several
+        generated paths counts once per occurrence in a gold path) and a too-short candidate pays the brevity
+        penalty; mean over inputs (0 for an input with no parsed triple).
+    diversity: 1 − mean pairwise IoU of the k paths' entity sets; an input where fewer than 2 of its paths parse
+        scores 0 (nothing diverse was produced); mean over inputs that asked for k ≥ 2 paths.
+    novelty: share of the distinct generated entities (over all inputs together, each entity once) that occur
+        in no training path (`train_entities`).
+    gold_hit: share of inputs with a generated path equal to a gold path.
+    validity: share of generated triples (every occurrence) that exist in `kg`."""
     def key(t: Triple):
         return (norm(t.head), t.relation, norm(t.tail))
 
     kg_keys = {key(t) for t in kg}
-    rel, hit, val, div, nov = [], [], [], [], []
-    n_triples = n_ents = 0
+    rel, hit, val, div = [], [], [], []
+    all_ents: set[str] = set()
+    n_triples = 0
     for gen, gl in zip(generated, gold):
-        g_keys = {key(t) for p in gl for t in p}
         g_paths = {tuple(key(t) for t in p) for p in gl}
         triples = [key(t) for p in gen for t in p]
-        if triples:
-            rel.append(sum(t in g_keys for t in triples) / len(triples))
-            val += [t in kg_keys for t in triples]
-        else:
-            rel.append(0.0)
+        rel.append(bleu1(triples, [[key(t) for t in p] for p in gl if p]))
+        val += [t in kg_keys for t in triples]
         hit.append(any(tuple(key(t) for t in p) in g_paths for p in gen if p))
         sets = [entities_of(p) for p in gen if p]
-        pairs = list(itertools.combinations(sets, 2))
-        if pairs:
-            div.append(1 - sum(len(a & b) / len(a | b) for a, b in pairs) / len(pairs))
-        ents = set().union(*sets) if sets else set()
-        nov += [e not in train_entities for e in ents]
+        if len(gen) >= 2:
+            pairs = list(itertools.combinations(sets, 2))
+            div.append(1 - sum(len(a & b) / len(a | b) for a, b in pairs) / len(pairs) if pairs else 0.0)
+        all_ents |= set().union(*sets) if sets else set()
         n_triples += len(triples)
-        n_ents += len(ents)
 
     def mean(xs):
         return sum(xs) / len(xs) if xs else float("nan")
 
     return {"relevance": mean(rel), "gold_hit": mean(hit), "validity": mean(val), "diversity": mean(div),
-            "novelty": mean(nov), "triples": n_triples, "entities": n_ents}
+            "novelty": mean([e not in train_entities for e in all_ents]), "triples": n_triples,
+            "entities": len(all_ents)}
 
 
 # ---------------------------------------------------------------------- downstream multiple choice

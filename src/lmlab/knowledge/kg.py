@@ -158,9 +158,14 @@ class KnowledgeGraph:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
-        """`.tsv`: head<TAB>relation<TAB>tail (facts only); otherwise JSONL with facts, templates and aliases."""
+        """`.tsv` / `.txt` (the suffixes `load` reads as TSV): head<TAB>relation<TAB>tail (facts only);
+        otherwise JSONL with facts, templates and aliases. Whatever `save` writes, `load` reads back."""
         p = Path(path)
-        if p.suffix == ".tsv":
+        if p.suffix in TSV_SUFFIXES:
+            bad = [t for t in self._triples if any(c in x for x in (t.head, t.relation, t.tail) for c in "\t\r\n")]
+            if bad:
+                raise LmlabError(f"cannot write {p} as TSV: {bad[0]} contains a tab or line break; save to a "
+                                 ".jsonl file instead")
             atomic_write_text(p, "".join(f"{t.head}\t{t.relation}\t{t.tail}\n" for t in self._triples))
             return
         lines = [json.dumps({"relation": r, "template": tpl}) for r, tpl in sorted(self.templates.items())]
@@ -174,7 +179,7 @@ class KnowledgeGraph:
         p = Path(path)
         if not p.is_file():
             raise LmlabError(f"knowledge graph file {p} not found: pass a .tsv or .jsonl file of triples")
-        return cls.from_tsv(p, **kw) if p.suffix in (".tsv", ".txt") else cls.from_jsonl(p, **kw)
+        return cls.from_tsv(p, **kw) if p.suffix in TSV_SUFFIXES else cls.from_jsonl(p, **kw)
 
     @classmethod
     def from_tsv(cls, path: str | Path, order: str = "hrt", keep_label: str | None = "1") -> KnowledgeGraph:
@@ -215,6 +220,39 @@ class KnowledgeGraph:
                 raise LmlabError(f"{path}: unrecognised record {sorted(rec)[:6]}: expected head/relation/tail "
                                  "or LAMA sub_label/obj_label")
         return kg
+
+
+TSV_SUFFIXES = (".tsv", ".txt")  # read and written as head<TAB>relation<TAB>tail; anything else is JSONL
+
+
+def file_format(path: str | Path) -> str:
+    """The layout of an existing KG file, as `KnowledgeGraph.load` reads it: "tsv" (three tab-separated
+    columns), "tsv_labelled" (a 4th column, e.g. ConceptNet OMCS `rel head tail label`), "jsonl" (lmlab's
+    head/relation/tail, template and alias records) or "lama" (LAMA probe records)."""
+    p = Path(path)
+    if p.suffix in TSV_SUFFIXES:
+        rows = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        return "tsv_labelled" if any(len(ln.split("\t")) > 3 for ln in rows) else "tsv"
+    return "lama" if any("sub_label" in rec and "head" not in rec for rec in read_jsonl(p)) else "jsonl"
+
+
+def check_rewritable(path: str | Path) -> None:
+    """Refuse to edit a file that `save` would not write back in its own layout (it would lose data or
+    change format): labelled TSV such as ConceptNet OMCS, and LAMA probe files. Missing files are fine."""
+    p = Path(path)
+    if not p.exists():
+        return
+    fmt = file_format(p)
+    if fmt == "tsv_labelled":
+        raise LmlabError(f"{p} has rows with more than 3 tab-separated columns (a truth label, as in ConceptNet OMCS "
+                         "`rel head tail label`): rewriting it would drop the label column and the rows with other "
+                         "labels, so it is left unchanged. Convert it and edit the copy: "
+                         f"`lmlab kg convert --kg {p} --out facts.jsonl` (ConceptNet OMCS files are read as "
+                         "rel/head/tail; pass --order to say otherwise)")
+    if fmt == "lama":
+        raise LmlabError(f"{p} holds LAMA probe records: rewriting it would replace them with plain triples and "
+                         "lose their evidence sentences, so it is left unchanged. Convert it and edit the copy: "
+                         f"`lmlab kg convert --kg {p} --out facts.jsonl`")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -148,8 +148,8 @@ class GPTReader:
 
 # ---------------------------------------------------------------------- Hugging Face reader
 class HFReader:
-    """A local HF model reading knowledge. kind="causal": `{context} {sep} {prompt}` then the answer tokens
-    (loss on the answer); kind="masked": the answer span becomes mask tokens (MLM on the entity span)."""
+    """A local HF model reading knowledge. kind="causal": `{context} {sep} {prompt}` then the answer tokens and
+    EOS when the tokenizer has one (loss there; prediction continues the prompt); kind="masked": the answer span becomes mask tokens (MLM on the entity span)."""
 
     def __init__(self, model: nn.Module, tokenizer, kind: str = "causal", max_length: int = 256,
                  max_answer_tokens: int = 8):
@@ -168,9 +168,14 @@ class HFReader:
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def _layout(self, ex: ReadExample, n_answer: int | None = None):
-        """(input ids, answer positions, answer ids); the context is cut to fit max_length."""
+    def _layout(self, ex: ReadExample, n_answer: int | None = None, predict: bool = False):
+        """(input ids, answer positions, answer ids); the context is cut to fit max_length. `predict` (causal):
+        the input stops after the prompt, exactly where the training input's answer tokens begin — no answer
+        tokens at all (encoding " " would leave a lone space token, e.g. GPT-2's 'Ġ', that training never has
+        there), with room for max_answer_tokens kept in max_length."""
         ans = self._ids(" " + ex.answer)[: self.max_answer_tokens]
+        if predict and self.kind == "causal":
+            ans = []
         q = self._ids(f" {self.sep} {ex.prompt}")
         if self.kind == "masked":
             n = len(ans) if n_answer is None else n_answer
@@ -181,8 +186,11 @@ class HFReader:
             ids = cls + ctx + body + end
             start = len(cls) + len(ctx) + len(q)
             return ids, list(range(start, start + n)), ans
+        if ans and self.tok.eos_token_id is not None:
+            ans = ans + [self.tok.eos_token_id]  # learn to stop after the answer (generation stops at EOS)
         bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
-        ctx = self._ids(ex.context)[: max(0, self.max_length - len(bos) - len(q) - len(ans))]
+        room = self.max_answer_tokens + 1 if predict else len(ans)
+        ctx = self._ids(ex.context)[: max(0, self.max_length - len(bos) - len(q) - room)]
         ids = bos + ctx + q + ans
         start = len(ids) - len(ans)
         return ids, list(range(start, len(ids))), ans
@@ -218,7 +226,7 @@ class HFReader:
 
     def _predict_one(self, ex: ReadExample) -> str:
         if self.kind == "causal":
-            ids, _, _ = self._layout(ReadExample(ex.context, ex.prompt, "", ex.suffix))
+            ids, _, _ = self._layout(ex, predict=True)
             x, att = self._pad([ids])
             eos = self.tok.eos_token_id
             out = self.model.generate(input_ids=x, attention_mask=att, max_new_tokens=self.max_answer_tokens,
