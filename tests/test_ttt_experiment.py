@@ -8,13 +8,8 @@ import lmlab.experiments.long_context_ttt as lct
 from lmlab.experiments import RunContext, registry, run_experiment
 from lmlab.ttt import QTTT
 
-# a tiny-preset run with the toy LM too small and short-trained to retrieve (the pipeline, not the numbers)
-FAST_TINY = {
-    "head_lengths": [16, 512],
-    "head_n_eval": 24,
-    "head_steps": 150,
-    "lemma_instances": 10,
-    "oracle_steps": 12,
+# the language-model part of the fast configs (tiny and small presets)
+FAST_LM = {
     "train_steps": 4,
     "d_model": 16,
     "train_lines": [2, 4],
@@ -26,6 +21,16 @@ FAST_TINY = {
     "ttt_lrs": [1e-3],
     "eval_batch": 4,
     "batch_size": 2,
+}
+
+# a tiny-preset run with the toy LM too small and short-trained to retrieve (the pipeline, not the numbers)
+FAST_TINY = {
+    "head_lengths": [16, 512],
+    "head_n_eval": 24,
+    "head_steps": 150,
+    "lemma_instances": 10,
+    "oracle_steps": 12,
+    **FAST_LM,
 }
 
 
@@ -97,21 +102,11 @@ def test_lm_path_smoke(tmp_path):
         raise_errors=True,
         device="cpu",
         overrides={
-            "train_steps": 4,
-            "d_model": 16,
+            **FAST_LM,
             "n_keys": 16,
             "n_values": 4,
             "n_families": 2,
-            "train_lines": [2, 4],
             "think_max": 2,
-            "lengths": [3, 6],
-            "n_eval": 4,
-            "n_val": 2,
-            "ttt_steps": 2,
-            "ttt_span": 3,
-            "ttt_lrs": [1e-3],
-            "eval_batch": 4,
-            "batch_size": 2,
         },
     )
     res = json.loads((tmp_path / "results.json").read_text())
