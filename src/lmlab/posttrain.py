@@ -109,8 +109,8 @@ def _sft_optimizer(model, lr: float, cfg: SFTConfig):
 
 def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, seed: int,
            callback=None) -> list[dict]:
-    """parallel_avg / combined / interleaved: cfg.rl.steps steps, each with an RL batch and an SFT batch."""
-    cfg.validate(pipeline)
+    """parallel_avg / combined / interleaved: cfg.rl.steps steps, each with an RL batch and an SFT batch
+    (cfg already validated for `pipeline` by run_pipeline)."""
     sft_data = sft_examples(task, problems, codec, cfg.mixed_sft_data, cfg.gold_limit, seed)
     stream = BatchStream(sft_data, cfg.mixed_sft_batch or cfg.sft.batch_size, seed)
     sft_lr = cfg.mixed_sft_lr if cfg.mixed_sft_lr is not None else cfg.sft.lr

@@ -247,9 +247,7 @@ def coerce_override(key: str, value: Any, default: Any) -> Any:
             return value
         raise bad(_expected(default))
     if isinstance(default, (list, dict)) or default is None:
-        if isinstance(text, str):
-            if not text:
-                raise bad("a value (it is empty)")
+        if isinstance(text, str):  # never empty here: resolve_config refuses empty values first
             try:
                 text = yaml.safe_load(text)
             except yaml.YAMLError as e:
