@@ -23,13 +23,13 @@ from lmlab.utils import LmlabError
 def load_kg(path: str):
     """A KG file or ConceptNet OMCS folder; a labelled 4-column TSV file is read in OMCS order (rel head tail
     label, true rows only), as `kg convert` reads it."""
-    from lmlab.knowledge.kg import TSV_SUFFIXES, KnowledgeGraph, file_format, load_conceptnet
+    from lmlab.knowledge.kg import TSV_SUFFIXES, KnowledgeGraph, load_conceptnet, tsv_order
 
     p = Path(path)
     if p.is_dir():
         return load_conceptnet(p)
-    if p.is_file() and p.suffix in TSV_SUFFIXES and file_format(p) == "tsv_labelled":
-        return KnowledgeGraph.from_tsv(p, order="rht")
+    if p.is_file() and p.suffix in TSV_SUFFIXES:
+        return KnowledgeGraph.from_tsv(p, order=tsv_order(p))
     return KnowledgeGraph.load(p)
 
 
@@ -76,7 +76,7 @@ def _edit(args, op: str) -> int:
 
 
 def cmd_convert(args) -> int:
-    from lmlab.knowledge.kg import TSV_SUFFIXES, KnowledgeGraph, file_format, load_conceptnet
+    from lmlab.knowledge.kg import TSV_SUFFIXES, KnowledgeGraph, load_conceptnet, tsv_order
 
     src, out = Path(args.kg), Path(args.out)
     if out.resolve() == src.resolve():
@@ -87,7 +87,7 @@ def cmd_convert(args) -> int:
     elif not src.is_file():
         raise LmlabError(f"knowledge graph file {src} not found")
     elif src.suffix in TSV_SUFFIXES:
-        order = args.order or ("rht" if file_format(src) == "tsv_labelled" else "hrt")
+        order = args.order or tsv_order(src)
         kg = KnowledgeGraph.from_tsv(src, order=order, keep_label=keep)
         print(f"read {src} as TSV columns {'/'.join({'h': 'head', 'r': 'relation', 't': 'tail'}[c] for c in order)}"
               + ("" if keep is None else f", keeping rows labelled {keep} when a 4th column is present"))

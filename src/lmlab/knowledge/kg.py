@@ -236,6 +236,12 @@ def file_format(path: str | Path) -> str:
     return "lama" if any("sub_label" in rec and "head" not in rec for rec in read_jsonl(p)) else "jsonl"
 
 
+def tsv_order(path: str | Path) -> str:
+    """Column order of a TSV KG file: "rht" for a labelled 4-column file (ConceptNet OMCS `rel head tail
+    label`), otherwise "hrt"."""
+    return "rht" if file_format(path) == "tsv_labelled" else "hrt"
+
+
 def check_rewritable(path: str | Path) -> None:
     """Refuse to edit a file that `save` would not write back in its own layout (it would lose data or
     change format): labelled TSV such as ConceptNet OMCS, and LAMA probe files. Missing files are fine."""
