@@ -86,3 +86,66 @@ def test_a_failing_toy_process_raises_with_its_traceback(monkeypatch):
     monkeypatch.setattr(tc, "toy_part", broken)
     with pytest.raises(RuntimeError, match="bad toy width"):
         tc._ToyProcess({}, 0, print).result()
+
+
+def test_gpu_preset_runs_on_cpu_with_every_section(tmp_path, monkeypatch):
+    """The gpu preset's code paths (LM ladder, fractional frequency, probes, ReLU toy, the toy in a forked
+    process) with costs cut: fewer seeds, widths, steps, frequencies, task pairs and a smaller batch."""
+    import lmlab.experiments.task_competition as tcx
+
+    forked = []
+
+    class Spy(tcx._ToyProcess):
+        def result(self):
+            forked.append(self.proc.pid)
+            return super().result()
+
+    monkeypatch.setattr(tcx, "_ToyProcess", Spy)
+    gpu = get("task_competition").presets["gpu"]
+    cheap = {"seeds": 2, "widths": [4, 16], "sweep_steps": 200, "inj_widths": [8, 64], "inj_steps": 199,
+             "relu_widths": [8, 16], "lm_sizes": gpu["lm_sizes"][:2], "lm_steps": 20, "lm_eval_every": 10,
+             "lm_batch": 4, "lm_seq": 32, "lm_freqs": [10, 0.1], "cmp_items": 8, "mod_p": 11}
+    rep = run_experiment("task_competition", "gpu", tmp_path, device="cpu", overrides=cheap, quiet=True,
+                         raise_errors=True)
+    assert rep.error is None and forked
+    res = json.loads((tmp_path / "results.json").read_text())
+    for c in res["claims"]:
+        assert "not evaluated" not in c["evidence"] and "failed" not in c["evidence"], c
+    assert "not part of the tiny preset" not in {c["id"]: c for c in res["claims"]}["c6_lm_rare_tasks"]["evidence"]
+    m = res["metrics"]
+    assert sorted(m["relu_errors"], key=int) == ["8", "16"] and "relu_top3_share" in m
+    assert {(r["layers"], r["d_model"], r["freq"]) for r in m["lm"]} == \
+        {(*s, f) for s in gpu["lm_sizes"][:2] for f in (10, 0.1)}
+    for r in m["lm"]:
+        for t in r["tasks"].values():
+            layers = sorted({-1, r["layers"] // 2 - 1, r["layers"] - 1}) if r["freq"] in gpu["lm_probe_freqs"] else []
+            assert sorted(t["probe"], key=int) == [str(x) for x in layers]
+            if r["freq"] < 1:  # injections at steps 9 and 19: the jump and decay are measured
+                assert t["jump"] is not None and (t["decay_frac"] is not None or t["jump"] <= 0)
+        assert len(r["grads"]["steps"]) == 2 and 0 <= r["alloc_injected"] <= 1
+    for name in ("error_heatmap", "allocation", "retention", "gradient_norms", "lm_frequency_size_grid",
+                 "lm_signal_interference"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_the_toy_process_outlives_a_ctrl_c_and_a_dead_one_raises(monkeypatch):
+    """A time limit's SIGINT reaches the whole process group: the toy must still deliver its (pipe-sized)
+    result, and a child killed without sending one must raise, not hang the run."""
+    import os
+    import signal
+    import time
+
+    import numpy as np
+
+    import lmlab.experiments.task_competition as tc
+
+    monkeypatch.setattr(tc, "toy_part", lambda cfg, seed, log: time.sleep(0.5) or {"x": np.zeros(100_000)})
+    toy = tc._ToyProcess({}, 0, print)
+    time.sleep(0.2)
+    os.kill(toy.proc.pid, signal.SIGINT)
+    assert toy.result()["x"].shape == (100_000,)
+    monkeypatch.setattr(tc, "toy_part", lambda cfg, seed, log: time.sleep(30))
+    toy = tc._ToyProcess({}, 0, print)
+    os.kill(toy.proc.pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="died without a result"):
+        toy.result()

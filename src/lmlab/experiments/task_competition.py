@@ -710,34 +710,44 @@ class _ToyProcess:
 
     Forked, not spawned: the child inherits the config and imports, and it never touches the GPU. Its result
     comes back as plain pickle bytes (multiprocessing would pass tensors as shared-memory handles, which die
-    with the child); an exception in it is raised again here with the child's traceback.
+    with the child); an exception in it is raised again here with the child's traceback. The child ignores
+    SIGINT: a Ctrl-C or a time limit's SIGINT to the process group stops the LM ladder, and the toy result
+    (claims 1-5) is still reported; a Ctrl-C while waiting for it ends the child.
     """
 
     def __init__(self, cfg, seed, log):
         import multiprocessing as mp
 
         ctx = mp.get_context("fork")
-        self.queue = ctx.SimpleQueue()
-        self.proc = ctx.Process(target=self._main, args=(cfg, seed, log), daemon=True)
+        self.conn, child = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=self._main, args=(child, cfg, seed, log), daemon=True)
         self.proc.start()
+        child.close()  # so that a child that dies without sending gives EOFError here, not a hang
 
-    def _main(self, cfg, seed, log):
+    @staticmethod
+    def _main(conn, cfg, seed, log):
+        import signal
         import traceback
 
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            self.queue.put(("ok", pickle.dumps(toy_part(cfg, seed, log))))
-        except KeyboardInterrupt:
-            self.queue.put(("interrupted", None))
-        except BaseException:
-            self.queue.put(("error", traceback.format_exc()))
+            msg = ("ok", pickle.dumps(toy_part(cfg, seed, log)))
+        except Exception:
+            msg = ("error", traceback.format_exc())
+        conn.send(msg)
 
     def result(self) -> dict:
         try:
-            status, value = self.queue.get()
+            status, value = self.conn.recv()
+        except EOFError:
+            status, value = "died", None
+        except BaseException:
+            self.proc.terminate()
+            raise
         finally:
             self.proc.join()
-        if status == "interrupted":
-            raise KeyboardInterrupt
+        if status == "died":
+            raise RuntimeError(f"the toy-regression process died without a result (exit code {self.proc.exitcode})")
         if status == "error":
             raise RuntimeError(f"the toy-regression process failed:\n{value}")
         return pickle.loads(value)
