@@ -158,3 +158,32 @@ def test_keeps_anchor_skill_and_finetune_claims_can_fail(tmp_path):
     # no skill to keep: undecided rather than vacuously held
     weak = _means(**{"anchor/num_math": 0.2, "anchor/num_math_exact": 0.2, "calm/num_math_exact": 0.2})
     assert _verdicts(tmp_path, weak)["calm_keeps_anchor_skill"] is None
+
+
+def test_gpu_preset_runs_on_cpu_shrunk(tmp_path, monkeypatch, capsys):
+    """The gpu preset as it is (5,000 keys, 256-wide 6-layer models, ops +-*, evenly spaced connections, every
+    baseline) with only step counts, batch, eval size, seeds and the anchor-skill pool shrunk."""
+    import lmlab.experiments.calm_kv as ck
+
+    monkeypatch.setattr(ck, "ANCHOR_POOL", 16)
+    shrunk = {"batch": 8, "anchor_steps": 2, "augment_steps": 2, "bridge_steps": 2, "finetune_steps": 2,
+              "n_eval": 6, "seeds": 1}
+    rep = run_experiment("calm_kv", "gpu", out_dir=tmp_path, device="cpu", overrides=shrunk, quiet=False,
+                         raise_errors=True)
+    assert rep.error is None
+    assert "connections [(1, 1), (3, 3), (5, 5)]" in capsys.readouterr().out  # connections="": evenly spaced
+    res = json.loads((tmp_path / "results.json").read_text())
+    evidence = {c["id"]: c["evidence"] for c in res["claims"]}
+    assert set(evidence) == set(CLAIMS)
+    assert all("failed" not in e and "not evaluated" not in e for e in evidence.values()), evidence
+    for cid in ("gain_needs_augment", "beats_anchor_finetune"):
+        assert not evidence[cid].startswith("undecided"), evidence[cid]
+    assert len(res["metrics"]["per_seed"]) == 1
+    mean = res["metrics"]["mean"]
+    for key in ("random_augment/heldout", "prefix_encoder/heldout", "projection_only/heldout",
+                "anchor_finetune/heldout", "anchor_finetune_dc/heldout", "anchor_finetune_dc/num_math",
+                "calm/kv_math_dc", "calm/num_math_exact"):
+        assert 0.0 <= mean[key] <= 1.0
+    md = (tmp_path / "report.md").read_text()
+    assert all(f"`{b}`" in md for b in ("random_augment", "prefix_encoder", "projection_only", "anchor_finetune_dc"))
+    assert (tmp_path / "calm_table1.png").is_file()

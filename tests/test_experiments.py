@@ -288,3 +288,18 @@ def test_report_reproduce_line_includes_the_overrides(registry, tmp_path):
     data = json.loads((tmp_path / "s" / "results.json").read_text())
     assert data["overrides"] == {"steps": 3, "widths": [8, 16]} and data["config"]["steps"] == 3
     assert rep.overrides == {}
+
+
+def test_scaling_smoke_gpu_preset_on_cpu(tmp_path):
+    """The gpu preset's structure (vocab 48, four widths, several seeds, seq 128) at a CPU-sized cost."""
+    gpu = ex.get("scaling_smoke").presets["gpu"]
+    tiny = {"steps": 6, "eval_every": 3, "eval_seqs": 8, "batch": 4, "seeds": 2, "seq_len": 32}
+    rep = run_experiment("scaling_smoke", "gpu", tmp_path, device="cpu", overrides=tiny, quiet=True,
+                         raise_errors=True)
+    assert rep.error is None
+    res = json.loads((tmp_path / "results.json").read_text())
+    runs = res["metrics"]["runs"]
+    assert {(r["width"], r["seed"]) for r in runs} == {(w, s) for w in gpu["widths"] for s in range(2)}
+    assert all(f"held_out_loss_d{w}" in res["metrics"] for w in gpu["widths"])
+    assert res["config"]["vocab"] == gpu["vocab"] and "2·SE" in res["claims"][0]["evidence"]
+    assert (tmp_path / "heldout_loss.png").stat().st_size > 1000

@@ -89,3 +89,24 @@ def test_tau_orients_each_sweep_by_its_memorization_type():
     ex = {"acc": {0: 1.0, 1: 0.8, 2: 0.6}, "H": {0: 1.4, 1: 2.0, 2: 2.7}, "MI": {0: 0.9, 1: 0.7, 2: 0.5}}
     assert im._tau(ex, "example") == {"entropy": pytest.approx(1.0), "mi": pytest.approx(1.0)}
     assert im._tau(ex, "heuristic")["entropy"] == pytest.approx(-1.0)
+
+
+def test_gpu_preset_runs_on_cpu_shrunk(tmp_path):
+    """The gpu preset with its four α and β levels and the text family, shrunk in data, epochs, seeds and the
+    number of neurons in the MI estimate only."""
+    shrunk = {"seeds": [0], "n_train": 200, "n_val": 100, "heur_epochs": 20, "ex_epochs": 20, "ex_n_train": 100,
+              "mi_neurons": 6, "text_n": 400, "text_epochs": 2}
+    rep = run_experiment("info_memorization", "gpu", tmp_path, device="cpu", overrides=shrunk, quiet=True,
+                         raise_errors=True)
+    assert rep.error is None
+    res = json.loads((tmp_path / "results.json").read_text())
+    evidence = {c["id"]: c["evidence"] for c in res["claims"]}
+    assert all("failed" not in e and "not evaluated" not in e and not e.startswith("undecided")
+               for e in evidence.values()), evidence
+    assert evidence["c4_text"].startswith("text α:") and "over 4 α-models" in evidence["c3_ranking"]
+    gpu = get("info_memorization").presets["gpu"]
+    keys = [f"heuristic.α={a}" for a in gpu["alphas"]] + [f"example.β={b}" for b in gpu["betas"]]
+    keys += [f"text.α={gpu['alphas'][0]}", f"text.α={gpu['alphas'][-1]}"]
+    assert set(keys) <= set(res["metrics"])
+    for name in ("heuristic_entropy", "example_mi", "text_entropy", "text_mi"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000

@@ -103,3 +103,28 @@ def test_minilm_verdicts(sep, r, held):
 def test_cluster_strategy_means():
     info = [{"diag_acc": 0.0, "id_acc": 1.0}, {"diag_acc": 1.0, "id_acc": 0.9}, {"diag_acc": 0.2, "id_acc": 0.8}]
     assert lb._cluster_strategy([0, 1, 0], info) == {0: (pytest.approx(0.1), pytest.approx(0.9)), 1: (1.0, 0.9)}
+
+
+def test_gpu_preset_runs_on_cpu_shrunk(tmp_path):
+    """The gpu preset with the real-data and MiniLM arms on, shrunk in steps, epochs, data, eval size, path
+    grid and the number of children and MiniLM seeds only."""
+    import os
+    from pathlib import Path
+
+    root = Path(os.environ.get("LMLAB_DATA", tmp_path / "none"))
+    if not (root / "lmc" / "feather_berts_hans_accuracy_by_run.csv").is_file():
+        root = _feather_csv(tmp_path / "data")
+    shrunk = {"parent_steps": 20, "n_train": 128, "epochs": 1, "n_children": 4, "n_eval": 64, "n_points": 3,
+              "minilm_models": 3, "minilm_n_train": 32, "minilm_epochs": 1, "minilm_eval": 32}
+    rep = run_experiment("lmc_basins", "gpu", tmp_path / "out", device="cpu", data=str(root), overrides=shrunk,
+                         quiet=True, raise_errors=True)
+    assert rep.error is None
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    evidence = {c["id"]: c["evidence"] for c in res["claims"]}
+    assert all("failed" not in e and "not evaluated" not in e and not e.startswith("undecided")
+               for e in evidence.values()), evidence
+    assert "3 MiniLM fine-tunes (p_swap=0.05)" in evidence["c5_minilm"] and "runs:" in evidence["c4_real_mnli"]
+    m = res["metrics"]
+    assert len(m["minilm"]["labels"]) == 3 and m["real_mnli"]["n_runs"] >= 30
+    for name in ("planted_barriers", "emergent_barriers", "minilm_barriers"):
+        assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000

@@ -273,3 +273,34 @@ def test_pretraining_with_a_data_worker_process_gives_the_same_checkpoints():
     for step in (3, 6):
         for k, v in snaps[False][step].items():
             assert torch.equal(v, snaps[True][step][k]), (step, k)
+
+
+def test_gpu_preset_runs_on_cpu_with_every_section(tmp_path, monkeypatch):
+    """The gpu preset (its difficulties, model shapes, five pipelines at every checkpoint, RL dynamics, two
+    seeds, the data arm, batches from a worker process as on CUDA) with costs cut: steps, documents, prompts,
+    samples, checkpoints and evaluation counts."""
+    import lmlab.data
+
+    workers, real = [], lmlab.data.in_background
+    monkeypatch.setattr(lmlab.data, "in_background", lambda *a, **kw: workers.append(1) or real(*a, **kw))
+    gpu = get("rl_checkpoints").presets["gpu"]
+    cheap = {"pretrain_steps": 12, "checkpoints": [6, 12], "pretrain_docs": 8, "n_train": 12, "n_test": 3,
+             "eval_samples": 4, "rl_steps": 2, "rl_prompts": 2, "rl_group": 4, "sft_steps": 2, "sft_batch": 4,
+             "general_eval": 8, "dynamics_every": 1, "dynamics_samples": 2, "ready_n": 4, "data_process": True}
+    rep = run_experiment("rl_checkpoints", "gpu", tmp_path, device="cpu", overrides=cheap, quiet=True,
+                         raise_errors=True)
+    assert rep.error is None and len(workers) == 2 + 2 * 2  # two seeds, then the data arm's two new mixes each
+    out = json.loads((tmp_path / "results.json").read_text())
+    for c in out["claims"]:
+        assert "not evaluated" not in c["evidence"] and "failed" not in c["evidence"], c
+        assert "interrupted" not in c["evidence"] and "does not run" not in c["evidence"], c
+    m = out["metrics"]
+    assert {f"seed{s}/step{ck}/{arm}" for s in (0, 1) for ck in (6, 12) for arm in ["base"] + gpu["pipelines"]} \
+        == set(m["runs"])
+    assert all("ready_passk" in m["runs"][f"seed{s}/step{ck}/base"] for s in (0, 1) for ck in (6, 12))
+    assert set(m["dynamics"]) == {f"{arm}/seed{s}" for arm in ("rl", "sft_rl") for s in (0, 1)}
+    assert all(len(pts) == 3 for pts in m["dynamics"].values())  # RL start and after each of the 2 RL steps
+    assert all(f"data_arm/{nm}/post_rl_pass1" in m for nm in ("base mix", "targeted mix", "base mix, 2x model"))
+    for name in ("pass_per_checkpoint", "pass_at_k_curves", "general_capability", "rl_readiness", "rl_dynamics",
+                 "data_vs_size"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000

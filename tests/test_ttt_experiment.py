@@ -244,3 +244,36 @@ def test_ablation_zeroes_only_the_answer_row():
         with hooks(model, [("blocks.1.attn.hook_z", lct._zero_head_last_row(0))]):
             abl = model(ids)
     assert torch.allclose(base[:, :-1], abl[:, :-1]) and not torch.allclose(base[:, -1], abl[:, -1])
+
+
+def test_gpu_preset_runs_on_cpu_with_every_arm(tmp_path, monkeypatch):
+    """The gpu preset (d=256, 4 layers x 4 heads, pause training, random line offsets, every arm incl. LoRA)
+    with costs cut: steps, batch, lines, lengths, pauses, evaluation counts. offset_after_loss is raised so
+    that the offsets start after 20 steps, as they would once a GPU run's loss falls."""
+    from lmlab.tasks.longctx import KVRetrieval
+
+    pauses = []
+    real_sample = KVRetrieval.sample
+
+    def sample(self, n_lines, rng, n_pause=0):
+        pauses.append(n_pause)
+        return real_sample(self, n_lines, rng, n_pause=n_pause)
+
+    monkeypatch.setattr(KVRetrieval, "sample", sample)
+    gpu = lct.PRESETS["gpu"]
+    cheap = {"train_steps": 24, "batch_size": 2, "train_lines": [2, 4], "offset_after_loss": 1e9, "think_max": 6,
+             "lengths": [3, 6, 12], "n_eval": 4, "n_val": 2, "ttt_steps": 2, "ttt_span": 4, "eval_batch": 4}
+    rep = run_experiment("long_context_ttt", "gpu", tmp_path, device="cpu", overrides=cheap, quiet=True,
+                         raise_errors=True)
+    assert rep.error is None and max(pauses) > 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    for c in res["claims"]:
+        assert "not evaluated" not in c["evidence"] and "failed" not in c["evidence"], c
+    m = res["metrics"]
+    assert m["positions"]["offset_start_step"] == 20 and all(m["positions"]["in_range"].values())
+    assert set(m["results"]) == {"3", "6", "12"}
+    for r in m["results"].values():
+        assert set(gpu["arms"]) <= set(r) and r["m_think"] > 0
+    assert set(m["qttt_lr"]) == {"uniform", "targeted"} and m["qttt_lr"]["uniform"] in gpu["ttt_lrs"]
+    assert len(m["retrieval_head"]["ablation_acc"]) == gpu["n_layers"] * gpu["n_heads"]
+    assert m["flop_budget"] and (tmp_path / "accuracy_mass.png").stat().st_size > 1000
