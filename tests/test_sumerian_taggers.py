@@ -96,6 +96,16 @@ def test_crf_layer_partition_score_and_viterbi_vs_brute_force():
     assert nll == pytest.approx(float((logz - gold).mean()), abs=1e-5) and nll > 0
 
 
+def test_crf_decode_of_one_token_sentences_is_the_best_single_tag():
+    crf = CRFLayer(4)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.normal_()
+    em = torch.randn(3, 1, 4)
+    best = (crf.start + em[:, 0] + crf.end).argmax(-1).tolist()
+    assert crf.decode(em, torch.ones(3, 1, dtype=torch.bool)) == [[b] for b in best]
+
+
 def toy_corpus(n=200, seed=0):
     """Numerals are NU, 'dumu' is N, words after 'dumu' are names (NE), others N/V by suffix."""
     rng = np.random.default_rng(seed)

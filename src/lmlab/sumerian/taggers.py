@@ -300,11 +300,14 @@ class CRFLayer(nn.Module):
             score = torch.where(mask[:, t, None], best + emissions[:, t], score)
         score = score + self.end
         lengths = mask.long().sum(1).tolist()
+        # the backtrace runs on host lists: indexing device tensors here would sync once per token
+        last = score.argmax(-1).tolist()
+        backs = torch.stack(backs, 1).tolist() if backs else [[] for _ in lengths]  # (B, T-1, tags)
         out = []
-        for b in range(emissions.shape[0]):
-            path = [int(score[b].argmax())]
-            for t in range(lengths[b] - 1, 0, -1):
-                path.append(int(backs[t - 1][b, path[-1]]))
+        for b, n in enumerate(lengths):
+            path = [last[b]]
+            for t in range(n - 1, 0, -1):
+                path.append(backs[b][t - 1][path[-1]])
             out.append(path[::-1])
         return out
 
