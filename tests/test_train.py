@@ -14,6 +14,7 @@ from lmlab import checkpoint as ck
 from lmlab.config import load_config
 from lmlab.model import GPT, GPTConfig
 from lmlab.train import TrainingDiverged, lm_loss, lr_at, make_optimizer, peak_flops, pretrain, train_step
+from lmlab.utils import LmlabError
 
 MICRO = {
     "model.n_layers": 1,
@@ -170,6 +171,53 @@ def test_constant_schedule_run_can_be_extended_exactly(tmp_path):
     res = pretrain(micro_cfg(train__max_steps=5, **kw), ext, resume=True)
     assert res["step"] == 5
     assert_same(final_weights(ref)[0], final_weights(ext)[0])
+
+
+def test_wsd_schedule_warms_up_holds_then_decays_linearly():
+    lrs = [lr_at(s, 10, 1.0, warmup=2, min_lr_frac=0.1, schedule="wsd", decay_frac=0.3) for s in range(11)]
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.7, 0.4, 0.1])
+    assert lr_at(3, 10, 1.0, warmup=6, schedule="wsd", decay_frac=0.9) == pytest.approx(4 / 6)  # warmup first
+    with pytest.raises(LmlabError, match="unknown learning-rate schedule 'linear'"):
+        lr_at(0, 10, 1.0, schedule="linear")
+
+
+def _interrupted_at(step):
+    calls = {"n": 0}
+
+    def loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == step:
+            signal.raise_signal(signal.SIGINT)
+        return lm_loss(model, batch)
+
+    return loss
+
+
+def test_wsd_run_extended_before_its_decay_equals_an_uninterrupted_longer_run(tmp_path):
+    kw = {"train__schedule": "wsd", "train__decay_frac": 0.25, "train__eval_every": 0}
+    ref, ext = tmp_path / "ref", tmp_path / "ext"
+    pretrain(micro_cfg(train__max_steps=12, **kw), ref)  # decays from step 9
+    res = pretrain(micro_cfg(train__max_steps=8, **kw), ext, loss_fn=_interrupted_at(5))  # would decay from 6
+    assert res["interrupted"] and res["step"] == 5
+    assert pretrain(micro_cfg(train__max_steps=12, **kw), ext, resume=True)["step"] == 12
+    assert_same(final_weights(ref)[0], final_weights(ext)[0])
+
+
+def test_wsd_run_in_its_decay_cannot_change_max_steps(tmp_path):
+    kw = {"train__schedule": "wsd", "train__decay_frac": 0.5, "train__eval_every": 0}
+    out = tmp_path / "run"
+    pretrain(micro_cfg(train__max_steps=8, **kw), out, loss_fn=_interrupted_at(6))  # decay from step 4
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(LmlabError, match=r"checkpoint \(step 6\) is past step 4.*train.max_steps=8"):
+        pretrain(micro_cfg(train__max_steps=16, **kw), out, resume=True)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_unknown_schedule_and_decay_share_are_config_errors():
+    with pytest.raises(LmlabError, match="train.schedule must be 'cosine', 'constant' or 'wsd'"):
+        micro_cfg(train__schedule="linear").validate()
+    with pytest.raises(LmlabError, match=r"train.decay_frac must be in \[0, 1\]"):
+        micro_cfg(train__decay_frac=1.5).validate()
 
 
 def test_resume_refuses_another_world_size(reference, tmp_path):

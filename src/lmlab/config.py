@@ -63,7 +63,8 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_frac: float = 0.1
     warmup: int = 20
-    schedule: str = "cosine"  # "cosine" | "constant"
+    schedule: str = "cosine"  # "cosine" | "constant" | "wsd" (warmup-stable-decay)
+    decay_frac: float = 0.2  # wsd: the share of max_steps spent decaying linearly to min_lr_frac·lr
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0  # 0 disables clipping
@@ -350,8 +351,10 @@ def validate(cfg: RunConfig) -> None:
             f"need train.lr > 0, train.warmup >= 0 and 0 <= train.min_lr_frac <= 1 "
             f"(got {t.lr}, {t.warmup}, {t.min_lr_frac})"
         )
-    if t.schedule not in ("cosine", "constant"):
-        raise LmlabError(f"train.schedule must be 'cosine' or 'constant', got {t.schedule!r}")
+    if t.schedule not in ("cosine", "constant", "wsd"):
+        raise LmlabError(f"train.schedule must be 'cosine', 'constant' or 'wsd', got {t.schedule!r}")
+    if not 0 <= t.decay_frac <= 1:
+        raise LmlabError(f"train.decay_frac must be in [0, 1] (the wsd schedule's decay share), got {t.decay_frac}")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise LmlabError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
     if t.grad_clip < 0:

@@ -37,13 +37,30 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, betas
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
 
 
+SCHEDULES = ("cosine", "constant", "wsd")
+
+
+def wsd_decay_start(max_steps: int, decay_frac: float, warmup: int = 0) -> int:
+    """First step of the warmup-stable-decay schedule's linear decay (the last decay_frac of the run)."""
+    return max(max_steps - round(decay_frac * max_steps), warmup)
+
+
 def lr_at(step: int, max_steps: int, lr: float, warmup: int = 0, min_lr_frac: float = 0.1,
-          schedule: str = "cosine") -> float:
-    """Linear warmup, then cosine (or constant) decay to min_lr_frac·lr at max_steps."""
+          schedule: str = "cosine", decay_frac: float = 0.2) -> float:
+    """Linear warmup, then: cosine decay to min_lr_frac·lr at max_steps; constant; or "wsd" (warmup-stable-decay):
+    constant until the last decay_frac of the run, then linear decay to min_lr_frac·lr at max_steps."""
+    if schedule not in SCHEDULES:
+        raise LmlabError(f"unknown learning-rate schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
     if warmup > 0 and step < warmup:
         return lr * (step + 1) / warmup
     if schedule == "constant":
         return lr
+    if schedule == "wsd":
+        start = wsd_decay_start(max_steps, decay_frac, warmup)
+        if step < start:
+            return lr
+        progress = min(1.0, (step - start) / max(1, max_steps - start))
+        return lr * (1 - (1 - min_lr_frac) * progress)
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -225,13 +242,14 @@ class _StopOnSigint:
 # train keys an exact resume needs unchanged: the data stream, the initialisation, the learning-rate schedule
 # and the optimizer (a resumed optimizer keeps its saved weight_decay/betas, so a new value would be ignored)
 EXACT_RESUME_KEYS = ("batch_size", "grad_accum", "seq_len", "seed", "data_seed", "lr", "warmup",
-                     "min_lr_frac", "schedule", "weight_decay", "betas", "grad_clip")
+                     "min_lr_frac", "schedule", "decay_frac", "weight_decay", "betas", "grad_clip")
 
 
 def _check_resume_config(saved: dict | None, cfg, run: Path, saved_world: int | None = None,
-                         world: int = 1) -> None:
+                         world: int = 1, step: int = 0) -> None:
     """Refuse a resume whose config would not continue the saved run exactly. train.max_steps may change
-    (to extend a run) only with schedule=constant: the cosine schedule's rate at every step depends on it."""
+    (to extend or shorten a run) with schedule=constant, and with schedule=wsd while the checkpoint (`step`) is
+    before both schedules' decay: the cosine schedule's rate at every step depends on max_steps."""
     if not saved:
         return
     now = cfg.to_dict()
@@ -249,13 +267,28 @@ def _check_resume_config(saved: dict | None, cfg, run: Path, saved_world: int | 
                 f"resume needs the same value: pass train.{key}={old_train[key]} (or resume with the run's "
                 "config.yaml), or start a new run to change it"
             )
-    old_max = old_train.get("max_steps")
-    if new_train["schedule"] != "constant" and old_max is not None and old_max != new_train["max_steps"]:
+    old_max, new_max = old_train.get("max_steps"), new_train["max_steps"]
+    if new_train["schedule"] != "constant" and old_max is not None and old_max != new_max:
+        if new_train["schedule"] == "wsd":
+            frac, warmup = new_train["decay_frac"], new_train["warmup"]
+            start = min(wsd_decay_start(old_max, frac, warmup), wsd_decay_start(new_max, frac, warmup))
+            if step <= start:
+                return _check_world(run, saved_world, world)
+            raise LmlabError(
+                f"cannot resume {run}: train.max_steps was {old_max}, now {new_max}, and its checkpoint (step "
+                f"{step}) is past step {start}, where one of the two wsd schedules already decays: pass "
+                f"train.max_steps={old_max} (a wsd run can change max_steps only from a checkpoint before its decay)"
+            )
         raise LmlabError(
-            f"cannot resume {run}: train.max_steps was {old_max}, now {new_train['max_steps']}, and the "
+            f"cannot resume {run}: train.max_steps was {old_max}, now {new_max}, and the "
             f"{new_train['schedule']} schedule's learning rate at every step depends on max_steps: pass "
-            f"train.max_steps={old_max} (only a run with train.schedule=constant can be extended)"
+            f"train.max_steps={old_max} (only runs with train.schedule=constant, or wsd before its decay, can "
+            "be extended)"
         )
+    _check_world(run, saved_world, world)
+
+
+def _check_world(run: Path, saved_world: int | None, world: int) -> None:
     if saved_world is not None and saved_world != world:
         launch = "without torchrun" if saved_world == 1 else f"with torchrun --nproc_per_node {saved_world}"
         raise LmlabError(
@@ -309,11 +342,12 @@ class _Pretrainer:
         if start is not None:
             last = ck.read_meta(ck.resolve(out, start))
             _check_resume_config(last.get("run_config"), cfg, out,
-                                 (last.get("extra") or {}).get("world_size"), world)
+                                 (last.get("extra") or {}).get("world_size"), world, start)
             if start >= t.max_steps:
                 how = "" if t.schedule == "constant" else (
                     f" (with train.schedule={t.schedule} the learning rate depends on max_steps, so only a "
-                    "train.schedule=constant run can be extended: start a new run to train further)")
+                    "train.schedule=constant run, or a wsd run before its decay, can be extended: start a new run "
+                    "to train further)")
                 raise LmlabError(
                     f"run {out} is already at step {start} >= train.max_steps={t.max_steps}: raise "
                     f"train.max_steps to continue{how}"
@@ -494,7 +528,7 @@ class _Pretrainer:
         try:
             with _StopOnSigint() as sigint:
                 while self.step < t.max_steps and not interrupted:
-                    lr = lr_at(self.step, t.max_steps, t.lr, t.warmup, t.min_lr_frac, t.schedule)
+                    lr = lr_at(self.step, t.max_steps, t.lr, t.warmup, t.min_lr_frac, t.schedule, t.decay_frac)
                     set_lr(self.opt, lr)
                     loss, norm, applied = train_step(
                         self.train_model,
