@@ -134,6 +134,7 @@ def test_existing_run_needs_resume(reference):
         ("betas", [0.8, 0.99]),
         ("grad_clip", 0.5),
         ("max_steps", 12),  # the cosine schedule depends on max_steps
+        ("parallel", "fsdp"),  # FSDP checkpoints key the optimizer state by name, DDP by index
     ],
 )
 def test_resume_refuses_changed_optimisation_settings(reference, key, value):
@@ -311,40 +312,55 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     ck.load(out)  # the last good checkpoint is intact
 
 
-def test_ddp_gloo_two_processes_equal_single_process_accumulation(tmp_path):
+def _torchrun_pretrain(cfg, out, tmp_path, *args):
+    """`lmlab pretrain` under torchrun with 2 CPU processes (gloo)."""
     import yaml
 
-    single = tmp_path / "single"
-    pretrain(
-        micro_cfg(train__batch_size=2, train__grad_accum=2, train__max_steps=4, train__eval_every=0), single
-    )
-    cfg = tmp_path / "ddp.yaml"
-    cfg.write_text(
-        yaml.safe_dump(micro_cfg(train__batch_size=2, train__max_steps=4, train__eval_every=0).to_dict())
-    )
-    out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "lmlab.cli",
-        "pretrain",
-        "--config",
-        str(cfg),
-        "--out",
-        str(out),
-    ]
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lmlab.cli",
+           "pretrain", "--config", str(path), "--out", str(out), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if sys.platform == "linux":
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # no dependence on the hostname resolving
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parent)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+
+
+def test_ddp_gloo_two_processes_equal_single_process_accumulation(tmp_path):
+    single = tmp_path / "single"
+    pretrain(
+        micro_cfg(train__batch_size=2, train__grad_accum=2, train__max_steps=4, train__eval_every=0), single
+    )
+    out = tmp_path / "ddp"
+    _torchrun_pretrain(micro_cfg(train__batch_size=2, train__max_steps=4, train__eval_every=0), out, tmp_path)
     assert ck.list_steps(out) == [0, 3, 4]
     a, meta_a = final_weights(single)
     b, meta_b = final_weights(out)
     assert meta_a["tokens_seen"] == meta_b["tokens_seen"] and meta_a["data_state"] == meta_b["data_state"]
     assert_same(a, b, exact=False)
+
+
+def test_fsdp_gloo_two_processes_equal_single_process_and_resume_sharded(tmp_path):
+    """FSDP2 shards weights, gradients and optimizer state; its checkpoints hold the full state, so a run
+    saved and resumed under FSDP (with gradient accumulation, clipping and evaluation) equals one process."""
+    kw = {"train__batch_size": 1, "train__schedule": "constant", "train__eval_every": 2, "train__save_every": 0}
+    single = tmp_path / "single"
+    pretrain(micro_cfg(train__grad_accum=4, train__max_steps=4, **kw), single)
+    out = tmp_path / "fsdp"
+    fsdp = {"train__parallel": "fsdp", "train__grad_accum": 2, **kw}
+    _torchrun_pretrain(micro_cfg(train__max_steps=2, **fsdp), out, tmp_path)
+    _torchrun_pretrain(micro_cfg(train__max_steps=4, **fsdp), out, tmp_path, "--resume")
+    assert ck.list_steps(out) == [0, 2, 4]
+    a, meta_a = final_weights(single)
+    b, meta_b = final_weights(out)
+    assert meta_a["tokens_seen"] == meta_b["tokens_seen"] and meta_a["data_state"] == meta_b["data_state"]
+    assert_same(a, b, exact=False)
+    opt = ck.load_optimizer_state(out)
+    assert set(opt["state"]) >= {"embed.weight", "blocks.0.attn.q_proj.weight"}  # full, keyed by name
+    assert opt["state"]["embed.weight"]["exp_avg"].shape == a["embed.weight"].shape
+    val = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in ln]
+    ref = [json.loads(ln) for ln in (single / "metrics.jsonl").read_text().splitlines() if "val_loss" in ln]
+    assert [v["step"] for v in val] == [2, 4] and val[-1]["val_loss"] == pytest.approx(ref[-1]["val_loss"], rel=1e-4)
+
+

@@ -157,8 +157,10 @@ def save(
     data_state: dict | None = None,
     extra: dict | None = None,
     save_rng: bool = True,
+    optimizer_state: dict | None = None,
 ) -> Path:
-    """Write checkpoint `step` of `run` atomically and return its folder (an existing one is replaced)."""
+    """Write checkpoint `step` of `run` atomically and return its folder (an existing one is replaced).
+    `optimizer_state` replaces `optimizer.state_dict()` (FSDP saves its gathered full state this way)."""
     from safetensors.torch import save_model
 
     import lmlab
@@ -172,8 +174,10 @@ def save(
     tmp.mkdir()
     try:
         save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIM_FILE)
+        if optimizer_state is None and optimizer is not None:
+            optimizer_state = optimizer.state_dict()
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / OPTIM_FILE)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         meta = {
             "format_version": FORMAT_VERSION,
@@ -332,10 +336,15 @@ def load_into(
     device = next(model.parameters()).device
     load_model(model, str(verify(d, meta, MODEL_FILE)), strict=True, device=str(device))
     if optimizer is not None:
-        state = torch.load(verify(d, meta, OPTIM_FILE), map_location=device, weights_only=True)
-        optimizer.load_state_dict(state)
+        optimizer.load_state_dict(load_optimizer_state(run, meta["step"], device))
     meta["path"] = str(d)
     return meta
+
+
+def load_optimizer_state(run: str | Path, step: int | None = None, device: str | torch.device = "cpu") -> dict:
+    """The saved optimizer state of a checkpoint, hash-checked."""
+    d = resolve(run, step)
+    return torch.load(verify(d, read_meta(d), OPTIM_FILE), map_location=device, weights_only=True)
 
 
 def seed_checkpoint(run: str | Path, model: nn.Module, **kwargs: Any) -> Path:

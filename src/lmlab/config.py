@@ -74,6 +74,7 @@ class TrainConfig:
     eval_batches: int = 4
     log_every: int = 10
     compile: bool = False
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicated weights) | "fsdp" (FSDP2: weights, grads, optimizer sharded)
     seed: int = 0  # model init
     data_seed: int | None = None  # data order (default: seed)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
@@ -359,6 +360,8 @@ def validate(cfg: RunConfig) -> None:
         raise LmlabError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
     if t.grad_clip < 0:
         raise LmlabError(f"train.grad_clip must be >= 0 (0 disables clipping), got {t.grad_clip}")
+    if t.parallel not in ("ddp", "fsdp"):
+        raise LmlabError(f"train.parallel must be ddp or fsdp (used under torchrun), got {t.parallel!r}")
     if t.dtype not in ("auto", "bf16", "fp32"):
         raise LmlabError(f"train.dtype must be auto, bf16 or fp32, got {t.dtype!r}")
     if t.device not in ("auto", "cpu") and not t.device.startswith("cuda"):

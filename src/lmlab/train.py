@@ -2,7 +2,7 @@
 
 This module holds the shared pieces (optimizer, schedule, one optimisation step) and the loops built
 on them. `fit()` is the light loop experiments use for small models; `pretrain()` is the full run
-(checkpoints, resume, DDP, logging).
+(checkpoints, resume, DDP or FSDP2, logging).
 """
 
 from __future__ import annotations
@@ -20,8 +20,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from lmlab.utils import LmlabError
+
+try:  # FSDP2; torch 2.5 has it under the private name
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+except ImportError:  # pragma: no cover
+    from torch.distributed._composable.fsdp import FSDPModule, fully_shard
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95), eps: float = 1e-8,
@@ -129,15 +140,19 @@ def train_step(
     dev = params[0].device
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=dev)
-    ddp = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
-    ddp = ddp if isinstance(ddp, nn.parallel.DistributedDataParallel) else None
+    inner = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
+    ddp = inner if isinstance(inner, nn.parallel.DistributedDataParallel) else None
     for i, batch in enumerate(micro_batches):
+        if isinstance(inner, FSDPModule):  # reduce-scatter the gradients once, after the last micro-batch
+            inner.set_requires_gradient_sync(i == n - 1)
         with contextlib.nullcontext() if ddp is None or i == n - 1 else ddp.no_sync():
             with autocast_ctx(dev, amp):
                 loss = loss_fn(model, batch)
             (loss * w[i]).backward()
         total += loss.detach().float() * w[i]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip else float("inf"))
+    if hasattr(norm, "full_tensor"):  # FSDP: sharded gradients give a DTensor norm (already reduced)
+        norm = norm.full_tensor()
     ok = (torch.isfinite(total) & torch.isfinite(norm)).float()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
@@ -242,7 +257,7 @@ class _StopOnSigint:
 # train keys an exact resume needs unchanged: the data stream, the initialisation, the learning-rate schedule
 # and the optimizer (a resumed optimizer keeps its saved weight_decay/betas, so a new value would be ignored)
 EXACT_RESUME_KEYS = ("batch_size", "grad_accum", "seq_len", "seed", "data_seed", "lr", "warmup",
-                     "min_lr_frac", "schedule", "decay_frac", "weight_decay", "betas", "grad_clip")
+                     "min_lr_frac", "schedule", "decay_frac", "weight_decay", "betas", "grad_clip", "parallel")
 
 
 def _check_resume_config(saved: dict | None, cfg, run: Path, saved_world: int | None = None,
@@ -372,13 +387,26 @@ class _Pretrainer:
 
         seed_everything(t.seed)
         self.model = GPT(mcfg).to(self.device)
+        meta = ck.load_into(self.model, None, out, start) if start is not None else None  # before sharding
+        self.fsdp = t.parallel == "fsdp" and self.world > 1
+        if self.fsdp:
+            for block in self.model.blocks:
+                fully_shard(block)
+            fully_shard(self.model)
+            self.replica = GPT(mcfg) if self.main else None  # rank 0 saves the gathered weights through it
         self.opt = make_optimizer(self.model, t.lr, t.weight_decay, betas=tuple(t.betas))
         self.loader = self.spec.loader(
             self.tokenizer, self.seq_len, rows=t.batch_size * self.world, seed=self.data_seed
         )
         self.step, self.tokens_seen, self.resumed = 0, 0, start is not None
-        if start is not None:
-            meta = ck.load_into(self.model, self.opt, out, start)
+        if meta is not None:
+            state = ck.load_optimizer_state(out, start, self.device)
+            if not state.get("state"):
+                pass  # the seed checkpoint: a fresh optimizer is what it holds
+            elif self.fsdp:
+                set_optimizer_state_dict(self.model, self.opt, state, options=StateDictOptions(full_state_dict=True))
+            else:
+                self.opt.load_state_dict(state)
             self.loader.load_state_dict(meta["data_state"])
             if meta.get("rng"):
                 ck.set_rng_state(meta["rng"])
@@ -388,14 +416,14 @@ class _Pretrainer:
 
         self.amp = t.dtype == "bf16" or (t.dtype == "auto" and self.device.type == "cuda")
         self.train_model: nn.Module = self.model
-        if self.world > 1:
+        if self.world > 1 and not self.fsdp:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if t.compile:
             self.train_model = torch.compile(self.train_model, dynamic=False)
         self.val_batches = []
-        if self.main and t.eval_every:
+        if (self.main or self.fsdp) and t.eval_every:  # FSDP: every rank takes part in the forward
             vl = self.spec.loader(
                 self.tokenizer, self.seq_len, rows=t.batch_size, seed=self.data_seed, split="val"
             )
@@ -413,12 +441,22 @@ class _Pretrainer:
     def save(self, extra: dict | None = None) -> None:
         from lmlab import checkpoint as ck
 
+        model, opt, opt_state = self.model, self.opt, None
+        if self.fsdp:  # gather full weights and optimizer state (collectives: every rank calls)
+            full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            weights = get_model_state_dict(self.model, options=full)
+            # before the first step there is no state, and reading it would initialise one with a zero step
+            opt_state = get_optimizer_state_dict(self.model, self.opt, options=full) if self.opt.state else {}
+            if self.main:
+                self.replica.load_state_dict(weights)
+            model, opt = self.replica, None
         if self.main:
             ck.save(
                 self.out,
                 self.step,
-                self.model,
-                self.opt,
+                model,
+                opt,
+                optimizer_state=opt_state,
                 config=self.cfg.to_dict(),
                 tokens_seen=self.tokens_seen,
                 data_state=self.loader.state_dict(),
@@ -550,7 +588,8 @@ class _Pretrainer:
                         if self.val_batches and self.due(t.eval_every):
                             val_loss = self.evaluate()
                             self.log({"step": self.step, "val_loss": val_loss})
-                            bar.write(f"step {self.step}: val loss {val_loss:.4f}")
+                            if self.main:
+                                bar.write(f"step {self.step}: val loss {val_loss:.4f}")
                         if self.due(t.save_every, t.save_steps) or interrupted:
                             self.save({"loss": last_loss, "val_loss": val_loss})
         finally:
