@@ -50,6 +50,8 @@ TL_NAMES = ["hook_embed"] + [
         "attn.hook_q",
         "attn.hook_k",
         "attn.hook_v",
+        "attn.hook_rot_q",
+        "attn.hook_rot_k",
         "attn.hook_z",
         "attn.hook_pattern",
         "mlp.hook_pre",
@@ -106,7 +108,8 @@ def test_adapter_hooks_read_and_patch(hf_dir):
         assert pat.shape == (2, 4, 6, 6) and torch.allclose(pat.sum(-1), torch.ones(2, 4, 6), atol=1e-5)
         assert pat.triu(1).abs().max() < 1e-6  # causal
         assert (
-            cache["blocks.0.attn.hook_q"].shape == (2, 4, 6, 8)
+            cache["blocks.0.attn.hook_q"].shape == cache["blocks.0.attn.hook_rot_q"].shape == (2, 4, 6, 8)
+            and cache["blocks.0.attn.hook_k"].shape == cache["blocks.0.attn.hook_rot_k"].shape
             and cache["blocks.0.attn.hook_z"].shape[1] == 4
         )
         # patching: zeroing layer 0's attention output == patching its z with zeros (o_proj has no bias)
@@ -183,6 +186,50 @@ def test_hook_q_k_v_mean_the_same_on_lmlab_gpt_and_its_llama_export():
         torch.testing.assert_close(ours[n], theirs[n], rtol=1e-4, atol=1e-5, msg=n)
     assert ours["blocks.0.attn.hook_q"].shape == (2, 4, 9, 8)
     assert ours["blocks.0.attn.hook_k"].shape == (2, 2, 9, 8)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_hook_rot_q_k_read_and_patch_as_on_the_lmlab_gpt(impl):
+    """q and k after RoPE: the same values on both sides, and the same logits when they are patched."""
+    m = lmlab_gpt()
+    a = H.HFModel(H.to_llama(m))
+    a.hf.set_attn_implementation(impl)
+    x = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(5))
+    names = [f"blocks.{i}.attn.{h}" for i in range(2) for h in ("hook_rot_q", "hook_rot_k")]
+    with torch.no_grad():
+        _, ours = m.run_with_cache(x, names=names + ["blocks.0.attn.hook_q"])
+        plain = a(x)
+        logits, theirs = a.run_with_cache(x, names=names + ["blocks.1.attn.hook_pattern"])
+    assert a.hf.config._attn_implementation == impl  # restored after the hooked forward
+    torch.testing.assert_close(logits, plain)  # reading changes nothing
+    for n in names:
+        torch.testing.assert_close(ours[n], theirs[n], rtol=1e-4, atol=1e-5, msg=n)
+    assert not torch.allclose(theirs["blocks.0.attn.hook_rot_q"], ours["blocks.0.attn.hook_q"])  # RoPE applied
+
+    def patch(t, name):  # scale the keys of head 0 and the queries' last half of dims: a real change of scores
+        t = t.clone()
+        t[:, 0] *= 3.0 if name.endswith("rot_k") else 1.0
+        t[..., 4:] *= 0.5 if name.endswith("rot_q") else 1.0
+        return t
+
+    fwd = [(n, patch) for n in names]
+    with torch.no_grad(), hooks(m, fwd):
+        want = m(x)
+    with torch.no_grad(), hooks(a, fwd):
+        got = a(x)
+    assert not torch.allclose(want, m(x).detach(), atol=1e-3)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_hook_rot_k_patch_during_cached_decoding_is_refused_reading_is_not():
+    m = lmlab_gpt()
+    a = H.HFModel(H.to_llama(m))
+    seen = []
+    with hooks(a, [("blocks.0.attn.hook_rot_k", lambda t, n: seen.append(t.shape[-2]))]):
+        g = generate(a, PROMPTS, 3, temperature=0)
+    assert g.tokens == generate(m, PROMPTS, 3, temperature=0).tokens and seen[0] == 5 and set(seen[1:]) == {1}
+    with pytest.raises(LmlabError, match="KV cache"), hooks(a, [("blocks.0.attn.hook_rot_k", lambda t, n: t * 2)]):
+        generate(a, PROMPTS, 3, temperature=0)
 
 
 def test_export_bpe_tokenizer(tmp_path):

@@ -13,7 +13,8 @@ with `lmlab.hooks.hooks` and `run_with_cache`. They are forward hooks on the HF 
 lmlab `HookPoint`s, so a hook may read or replace the activation (except `hook_pattern`: read-only, and
 the model switches to eager attention while it is hooked). Adapter conventions: `hook_q/k/v` are the
 projection outputs shaped (B, H, T, D) before RoPE/QK-norm, as lmlab's own `hook_q/k/v` (TransformerLens
-semantics; an lmlab GPT also has `hook_rot_q/hook_rot_k` after RoPE, which the adapter lacks); `hook_z`
+semantics); `hook_rot_q/hook_rot_k` are q and k as attention sees them (after RoPE and QK-norm; the model then
+runs a registered attention function that wraps its own); `hook_z`
 is the input of the output projection shaped (B, H, T, D).
 
 `export_llama(gpt, dir, tokenizer)` writes an lmlab GPT (standard attention, SwiGLU) as a Llama
@@ -199,7 +200,7 @@ class _BlockHooks(nn.Module):
         super().__init__()
         for n in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
             setattr(self, n, HookPoint())
-        self.attn = _HookSet(("hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern"))
+        self.attn = _HookSet(("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_z", "hook_pattern"))
         self.mlp = _HookSet(("hook_pre", "hook_post"))
 
 
@@ -241,6 +242,48 @@ def _input_hook(hp: HookPoint, view=None, unview=None, kwarg: str = "hidden_stat
         return None if new is None else (args, {**kwargs, kwarg: new})
 
     return fn
+
+
+_ROT_HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # HF attention module -> its _HookSet
+_ROT_PREFIX = "lmlab_rot_hooks_"
+
+
+def _register_rot_attention(inner: str) -> str:
+    """Register (once) an attention implementation named for `inner` that routes q and k through
+    hook_rot_q/hook_rot_k and then runs `inner` (with its attention mask)."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    name = _ROT_PREFIX + inner
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        if inner != "eager" and inner not in ALL_ATTENTION_FUNCTIONS:
+            raise LmlabError(f"hook_rot_q/hook_rot_k cannot wrap the {inner!r} attention implementation: load the "
+                             "model with attn_implementation='sdpa' or 'eager'")
+        AttentionInterface.register(name, _rot_hooked_attention)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])
+    return name
+
+
+def _rot_hooked_attention(module, query, key, value, attention_mask, **kwargs):
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    hooks = _ROT_HOOKS[module]
+    query = hooks.hook_rot_q(query)
+    if hooks.hook_rot_k.active():
+        new = key[..., -query.shape[-2]:, :]  # this call's keys; earlier ones come from the KV cache
+        out = hooks.hook_rot_k(new)
+        if out is not new:
+            if key.shape[-2] != new.shape[-2]:
+                raise LmlabError("replacing hook_rot_k while decoding with a KV cache is not supported on Hugging "
+                                 "Face models (the cache keeps the unpatched keys): patch it in a forward without "
+                                 "a cache")
+            key = out
+    inner = module.config._attn_implementation.removeprefix(_ROT_PREFIX)
+    fn = (sys.modules[type(module).__module__].eager_attention_forward if inner == "eager"
+          else ALL_ATTENTION_FUNCTIONS[inner])
+    return fn(module, query, key, value, attention_mask, **kwargs)
 
 
 def _heads_view(n_heads: int, head_dim: int):
@@ -328,6 +371,7 @@ class HFModel(nn.Module):
                 if mid is not None:
                     reg(mid.register_forward_pre_hook(_input_hook(hk.hook_resid_mid), with_kwargs=True))
             reg(attn.register_forward_hook(self._pattern_hook(hk.attn.hook_pattern)))
+            _ROT_HOOKS[attn] = hk.attn
             proj = _attn_projections(attn)
             if proj is not None and "q" in proj:
                 reg(proj["q"].register_forward_hook(_output_hook(hk.attn.hook_q, *q_view)))
@@ -393,12 +437,17 @@ class HFModel(nn.Module):
         return fn
 
     @contextlib.contextmanager
-    def _eager_if_pattern_hooked(self):
-        if not any(b.attn.hook_pattern.active() for b in self.blocks):
+    def _attention_for_hooks(self):
+        """hook_pattern needs eager attention (its weights); hook_rot_q/k an attention function that sees q and k
+        after RoPE: lmlab's, registered with transformers, wrapping the eager or the current one."""
+        pattern = any(b.attn.hook_pattern.active() for b in self.blocks)
+        rot = any(b.attn.hook_rot_q.active() or b.attn.hook_rot_k.active() for b in self.blocks)
+        if not (pattern or rot):
             yield
             return
         old = self.hf.config._attn_implementation
-        self.hf.set_attn_implementation("eager")
+        inner = "eager" if pattern else old
+        self.hf.set_attn_implementation(_register_rot_attention(inner) if rot else "eager")
         try:
             yield
         finally:
@@ -440,7 +489,7 @@ class HFModel(nn.Module):
         }
         if cache is not None and cache.past is not None:
             kwargs[self._cache_kwarg] = cache.past
-        with self._eager_if_pattern_hooked():
+        with self._attention_for_hooks():
             if return_hidden:
                 out = self.hf.base_model(**kwargs)
             else:

@@ -5,7 +5,8 @@ Meaning and layout of the attention hooks (lmlab GPT, and `lmlab.hf.HFModel` whe
 
 - `attn.hook_q`, `attn.hook_k`, `attn.hook_v`: the projections split into heads, **before RoPE**, as in
   TransformerLens (and in the HF adapter). `attn.hook_rot_q`, `attn.hook_rot_k`: q and k **after RoPE**,
-  the tensors the attention scores are computed from (TL's `hook_rot_q/k`; lmlab GPT only).
+  the tensors the attention scores are computed from (TL's `hook_rot_q/k`; in the HF adapter after RoPE and
+  QK-norm, and a replaced `hook_rot_k` is refused during KV-cached decoding, as the cache keeps the HF keys).
 - Layout is heads first: **(batch, heads, pos, d_head)** for q/k/v/rot_q/rot_k/z, not TransformerLens's
   (batch, pos, heads, d_head); index a head as `z[:, h]`, not `z[:, :, h]`. With grouped-query attention
   k/v have n_kv_heads heads. IHA's q/k/v/rot_q/rot_k are the virtual sequences (batch, heads, pos·P, d_head).
