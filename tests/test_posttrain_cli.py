@@ -69,6 +69,43 @@ def test_sft_and_rl_commands_on_an_lmlab_checkpoint(tmp_path):
     assert m["config"]["rl"]["kl_coef"] == 0.01 and "pass@2" in m["after"]
 
 
+def test_ctrl_c_saves_the_model_after_the_current_step(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from lmlab import checkpoint, posttrain
+    from lmlab.model import GPT, GPTConfig
+    from lmlab.tokenizer import CharTokenizer
+
+    tok = CharTokenizer(CHARS)
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    checkpoint.save(run, 1, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16, seq_len=64)))
+    tok.save(run / "tokenizer.json")
+    real = posttrain.run_pipeline
+
+    def interrupted_at_step_1(*args, callback=None, **kw):
+        def cb(phase, step, log):
+            if step == 1:
+                signal.raise_signal(signal.SIGINT)  # during step 1's logging: the step itself is complete
+            callback(phase, step, log)
+
+        return real(*args, callback=cb, **kw)
+
+    sft = [*SMALL, "--batch-size", "4", "--device", "cpu"]
+    assert main(["sft", str(run), "--out", str(tmp_path / "two"), *sft, "--steps", "2"]) == 0
+    monkeypatch.setattr(posttrain, "run_pipeline", interrupted_at_step_1)
+    assert main(["sft", str(run), "--out", str(tmp_path / "cut"), *sft, "--steps", "50"]) == 130
+    assert "interrupted after 2 post-training step(s)" in capsys.readouterr().err
+    m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert m["interrupted"] and m["steps_done"] == 2 and m["after"] is None and "pass@1" in m["before"]
+    assert len((tmp_path / "cut" / "history.jsonl").read_text().splitlines()) == 2
+    cut, meta = checkpoint.load(tmp_path / "cut")
+    two, _ = checkpoint.load(tmp_path / "two")
+    assert meta["step"] == 2  # the same weights as a 2-step run (constant SFT learning rate, same batches)
+    assert all(torch.equal(a, b) for a, b in zip(cut.state_dict().values(), two.state_dict().values()))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
 def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["rl", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "error:" in capsys.readouterr().err

@@ -225,9 +225,9 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-class _StopOnSigint:
-    """First Ctrl-C (or SIGTERM, which torchrun and schedulers send): finish the step, save, return.
-    A second one aborts at once."""
+class StopOnSigint:
+    """First Ctrl-C (or SIGTERM, which torchrun and schedulers send): finish the step, save, return
+    (the loop checks `requested`). A second one aborts at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -564,7 +564,7 @@ class _Pretrainer:
         interrupted = False
         self.model.train()
         try:
-            with _StopOnSigint() as sigint:
+            with StopOnSigint() as sigint:
                 while self.step < t.max_steps and not interrupted:
                     lr = lr_at(self.step, t.max_steps, t.lr, t.warmup, t.min_lr_frac, t.schedule, t.decay_frac)
                     set_lr(self.opt, lr)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -145,6 +146,7 @@ def run(args, pipeline: str) -> int:
     from lmlab.posttrain import run_pipeline
     from lmlab.rl import summarize_history
     from lmlab.tasks.reasoning import get_task, make_split
+    from lmlab.train import StopOnSigint
     from lmlab.utils import atomic_write_json, atomic_write_text, get_device, seed_everything
 
     task = get_task(args.task)
@@ -173,8 +175,24 @@ def run(args, pipeline: str) -> int:
         if step % 10 == 0:
             keys = ("reward", "sft_loss", "loss", "frac_zero_std")
             print(f"[{phase} {step}] " + " ".join(f"{k}={entry[k]:.4g}" for k in keys if k in entry), flush=True)
+        if stop.requested:  # after a whole step: the weights are consistent
+            raise _Stopped
 
-    history = run_pipeline(pipeline, model, codec, task, train, cfg, seed=args.seed, callback=log)
+    try:
+        with StopOnSigint() as stop:
+            history = run_pipeline(pipeline, model, codec, task, train, cfg, seed=args.seed, callback=log)
+    except _Stopped:
+        out.mkdir(parents=True, exist_ok=True)
+        _save(model, codec, kind, out, pipeline, len(lines))
+        atomic_write_text(out / "history.jsonl", "\n".join(lines) + "\n")
+        atomic_write_json(out / "metrics.json", {
+            "pipeline": pipeline, "model": str(args.model), "step": args.step, "task": task.name,
+            "difficulty": difficulty, "interrupted": True, "steps_done": len(lines), "before": before, "after": None,
+            "train_s": time.time() - t0, "config": cfg})
+        print(f"interrupted after {len(lines)} post-training step(s): the model as it stood then is saved in {out} "
+              "(metrics.json: interrupted, no 'after' evaluation). Post-training does not resume: run it again "
+              "into a new --out to finish", file=sys.stderr)
+        return 130
     after = _evaluate(model, codec, task, test, args.eval_samples, max_new, args.seed)
     print(f"after:  {json.dumps({k: round(v, 4) for k, v in after.items() if isinstance(v, float)})}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +205,10 @@ def run(args, pipeline: str) -> int:
         "rollout": summarize_history(rl_logs) if rl_logs else None, "config": cfg})
     print(f"saved to {out}")
     return 0
+
+
+class _Stopped(Exception):
+    """Ctrl-C (or SIGTERM) reached the end of a post-training step."""
 
 
 def _save(model, codec, kind: str, out: Path, pipeline: str, steps: int) -> None:
