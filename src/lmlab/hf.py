@@ -23,10 +23,10 @@ checkpoint with a `PreTrainedTokenizerFast`; `from_llama(dir)` reads such a chec
 
 from __future__ import annotations
 
-import weakref
-
 import contextlib
 import inspect
+import sys
+import weakref
 from pathlib import Path
 
 import torch
@@ -265,8 +265,6 @@ def _register_rot_attention(inner: str) -> str:
 
 
 def _rot_hooked_attention(module, query, key, value, attention_mask, **kwargs):
-    import sys
-
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     hooks = _ROT_HOOKS[module]
