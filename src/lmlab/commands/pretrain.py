@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "pretrain",
-        help="pretrain an lmlab GPT from a YAML config (checkpoints, resume, DDP)",
+        help="pretrain an lmlab GPT from a YAML config (checkpoints, resume, DDP or FSDP2 under torchrun)",
         description="Pretrain an lmlab GPT. Launch with `torchrun --nproc_per_node N lmlab ...` "
         "for data-parallel training.",
     )
@@ -33,5 +34,6 @@ def run(args) -> int:
         summary += f", loss {result['loss']:.4f}"
     if result["val_loss"] is not None:
         summary += f", val loss {result['val_loss']:.4f}"
-    print(f"{summary}; checkpoints in {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary, not one per process
+        print(f"{summary}; checkpoints in {out}")
     return 0
