@@ -182,6 +182,19 @@ def test_baselines_and_scores():
     assert lex.translate(["lugal e2 3(disz) zz"]) == ["king house 3 disz zz"]
 
 
+def test_lexicon_baseline_is_the_same_in_every_process():
+    """Tied Dice scores go to the alphabetically first word, whatever the process's string-hash seed."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from lmlab.sumerian.translate import LexiconBaseline as L; "
+            "print(sorted(L().fit([('a b', 'w x y z'), ('c', 'z y')]).lexicon.items()))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(3)}
+    assert outs == {"[('a', 'w'), ('b', 'w'), ('c', 'y')]\n"}
+
+
 def hf_t5(tmp_path):
     from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 

@@ -379,7 +379,8 @@ class LexiconBaseline:
                 co[a].update(ew)
         self.lexicon = {}
         for a, cands in co.items():
-            best, score = max(((b, 2 * c / (cs[a] + ce[b])) for b, c in cands.items()), key=lambda x: x[1])
+            # sorted: ties go to the alphabetically first word, not to the (hash-seeded) order of a set
+            best, score = max(((b, 2 * c / (cs[a] + ce[b])) for b, c in sorted(cands.items())), key=lambda x: x[1])
             if score >= self.min_dice:
                 self.lexicon[a] = best
         return self
