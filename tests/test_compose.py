@@ -202,6 +202,29 @@ def test_compose_cli_trains_bridges_between_two_checkpoints(tmp_path):
     assert main(["compose", "--anchor", str(runs[0]), "--augment", str(runs[1]), "--data",
                  str(tmp_path / "missing.jsonl")]) == 2
 
+    import signal
+
+    import lmlab.train
+
+    real_set_lr = lmlab.train.set_lr
+    calls = []
+
+    def step_then_ctrl_c(*a, **kw):  # Ctrl-C as the second step starts: it finishes, then the bridges are saved
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return real_set_lr(*a, **kw)
+
+    cut = tmp_path / "cut.pt"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lmlab.train, "set_lr", step_then_ctrl_c)
+        rc = main(["compose", "--anchor", str(runs[0]), "--augment", str(runs[1]), "--data", str(data),
+                   "--steps", "50", "--batch", "4", "--out", str(cut), "--n-connections", "1"])
+    assert rc == 130 and len(calls) == 2
+    blob = torch.load(cut, weights_only=True)
+    assert blob["extra"]["interrupted"] and blob["extra"]["steps"] == 2
+    assert ComposedModel.load_bridges(cut, anchor, aug).connections == [(1, 1)]  # a loadable composition
+
 
 def test_prefix_encoder_reads_each_rows_own_prompt_in_training():
     """augment_sees="prefix": in a right-padded batch of a 2-key and a 3-key prompt, the 3-key row's augmenting

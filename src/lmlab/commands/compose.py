@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 from lmlab.utils import LmlabError
@@ -46,13 +47,17 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
     return pairs
 
 
+class _Stopped(Exception):
+    """Ctrl-C (or SIGTERM) reached the end of a training step."""
+
+
 def run(args) -> int:
     import torch
 
     from lmlab.loading import load_policy
     from lmlab.compose import compose, parse_connections
     from lmlab.experiments.calm_kv import encode_pairs
-    from lmlab.train import fit
+    from lmlab.train import StopOnSigint, fit
     from lmlab.utils import get_device, seed_everything
 
     seed_everything(args.seed)
@@ -72,8 +77,23 @@ def run(args) -> int:
             yield encode_pairs(codec, [pairs[rng.randrange(len(pairs))] for _ in range(args.batch)], dev)
 
     opt = torch.optim.AdamW(cm.bridge_parameters(), lr=args.lr)
-    losses = fit(cm, lambda m, b: m(b[0], b[1]), batches(), args.steps, lr=args.lr, warmup=min(50, args.steps // 10),
-                 optimizer=opt)
+    done = []
+
+    def after_step(step, loss):
+        done.append(step)
+        if stop.requested:
+            raise _Stopped
+
+    try:
+        with StopOnSigint() as stop:
+            losses = fit(cm, lambda m, b: m(b[0], b[1]), batches(), args.steps, lr=args.lr,
+                         warmup=min(50, args.steps // 10), optimizer=opt, callback=after_step)
+    except _Stopped:
+        cm.save_bridges(args.out, str(args.anchor), str(args.augment),
+                        extra={"data": str(args.data), "steps": len(done), "interrupted": True})
+        print(f"interrupted after {len(done)} of {args.steps} steps: the bridges as they stood are saved in "
+              f"{args.out} (extra.interrupted); training does not resume", file=sys.stderr)
+        return 130
     cm.save_bridges(args.out, str(args.anchor), str(args.augment), extra={"data": str(args.data), "steps": args.steps})
     print(f"trained {cm.num_bridge_params():,} bridge parameters on connections {cm.connections}: "
           f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved {args.out}")
