@@ -389,6 +389,9 @@ class _Pretrainer:
         self.model = GPT(mcfg).to(self.device)
         meta = ck.load_into(self.model, None, out, start) if start is not None else None  # before sharding
         self.fsdp = t.parallel == "fsdp" and self.world > 1
+        if t.parallel == "fsdp" and self.world == 1:
+            print("train.parallel=fsdp shards across torchrun processes; in one process the model trains unsharded",
+                  flush=True)
         if self.fsdp:
             for block in self.model.blocks:
                 fully_shard(block)
