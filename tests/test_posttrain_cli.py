@@ -106,6 +106,88 @@ def test_ctrl_c_saves_the_model_after_the_current_step(tmp_path, monkeypatch, ca
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
+def _tiny_run(tmp_path):
+    from lmlab import checkpoint
+    from lmlab.model import GPT, GPTConfig
+    from lmlab.tokenizer import CharTokenizer
+
+    tok = CharTokenizer(CHARS)
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    checkpoint.save(run, 1, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16, seq_len=64)))
+    tok.save(run / "tokenizer.json")
+    return run
+
+
+RL = ["--prompts-per-step", "2", "--group-size", "3", "--max-new-tokens", "8", "--temperature", "1.5"]
+
+
+@pytest.mark.parametrize("pipeline, extra, cut", [
+    ("sft_gold", [], 2),
+    ("rl", ["--kl-coef", "0.05", "--ppo-epochs", "2"], 1),
+    ("sft_rl", ["--kl-coef", "0.05"], 2),  # in the SFT phase (3 steps)
+    ("sft_rl", ["--kl-coef", "0.05"], 4),  # in the RL phase: the KL reference is the post-SFT model
+    ("parallel_avg", [], 2),
+    ("combined", [], 1),
+    ("interleaved", ["--interleave-block", "1"], 2),
+])
+def test_interrupted_and_resumed_post_training_equals_an_uninterrupted_run(tmp_path, monkeypatch, pipeline, extra,
+                                                                          cut):
+    import signal
+
+    from lmlab import checkpoint, posttrain
+
+    run = _tiny_run(tmp_path)
+    # an untrained model never solves digitsum, so every group would have zero reward variance and RL would not
+    # move the weights: reward even-length completions instead, so that RL (and its KL term) really trains
+    monkeypatch.setattr(DigitSumTask, "verify", lambda self, problem, text: len(text) % 2 == 0)
+    args = ["post-train", str(run), "--pipeline", pipeline, *SMALL, "--sft-steps", "3", "--rl-steps", "3",
+            "--sft-batch-size", "4", *RL, *extra, "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    real = posttrain.run_pipeline
+    done = []
+
+    def ctrl_c_after(*a, callback=None, **kw):
+        def cb(phase, step, log):
+            done.append(1)
+            if len(done) == cut:
+                signal.raise_signal(signal.SIGINT)
+            callback(phase, step, log)
+
+        return real(*a, callback=cb, **kw)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(posttrain, "run_pipeline", ctrl_c_after)
+        assert main([*args, "--out", str(tmp_path / "cut")]) == 130
+    assert (tmp_path / "cut" / "resume.pt").exists()
+    assert main([*args, "--out", str(tmp_path / "cut")]) == 2  # not silently overwritten: --resume or a new folder
+    assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert not (tmp_path / "cut" / "resume.pt").exists()
+    a, _ = checkpoint.load(tmp_path / "whole")
+    b, _ = checkpoint.load(tmp_path / "cut")
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+    def history(d):
+        rows = [json.loads(x) for x in (tmp_path / d / "history.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rows]  # timings differ
+
+    assert history("whole") == history("cut") and len(history("cut")) == (6 if pipeline == "sft_rl" else 3)
+    whole, cut_m = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("whole", "cut"))
+    assert whole["after"] == cut_m["after"] and whole["before"] == cut_m["before"]
+    if pipeline != "sft_gold":
+        assert any(r["reward"] > 0 for r in history("whole") if "reward" in r)  # RL had a signal
+
+
+def test_resume_refuses_other_settings_and_a_missing_snapshot(tmp_path, capsys):
+    run = _tiny_run(tmp_path)
+    args = ["sft", str(run), *SMALL, "--batch-size", "4", "--device", "cpu"]
+    assert main([*args, "--steps", "2", "--out", str(tmp_path / "o"), "--resume"]) == 2
+    assert "resume.pt not found" in capsys.readouterr().err
+    assert main([*args, "--steps", "2", "--out", str(tmp_path / "o"), "--save-every", "1"]) == 0
+    assert not (tmp_path / "o" / "resume.pt").exists()  # removed once the run completed
+
+
 def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["rl", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "error:" in capsys.readouterr().err

@@ -100,6 +100,71 @@ def parallel_avg_step(model: nn.Module, rl_opt: torch.optim.Optimizer, sft_opt: 
     return rl_val, sft_val
 
 
+# ---------------------------------------------------------------------------------------------- exact resume
+class Resume:
+    """Snapshots of a post-training run between steps, for a resume that continues exactly.
+
+    Each phase loop `attach`es its optimizers and sampling streams (objects with `rng` and `order`) and, in RL,
+    the KL reference; `snapshot()` then captures them with the policy weights and the global RNG, and `attach`
+    restores them when the run resumes from a snapshot taken in that phase. Phases before the snapshot's are
+    skipped (the weights already hold them)."""
+
+    def __init__(self, state: dict | None = None):
+        self.state = state  # the snapshot resumed from; None: a fresh run
+        self.phase, self.step = None, 0
+        self.finished: list[str] = list(state["finished"]) if state else []
+        self._opts: dict = {}
+        self._streams: dict = {}
+        self._ref = None
+
+    def attach(self, phase: str, model: nn.Module, opts: dict, streams: dict, ref: nn.Module | None = None) -> int:
+        """Register a phase's state; returns the step to start from (the phase's length when it is done)."""
+        self.phase, self.step, self._opts, self._streams, self._ref = phase, 0, opts, streams, ref
+        self.model = model
+        st = self.state
+        if st is None or phase not in self.finished + [st["phase"]]:
+            return 0
+        if phase in self.finished:
+            return -1
+        for k, opt in opts.items():
+            opt.load_state_dict(st["opts"][k])
+        for k, stream in streams.items():
+            rng, order = st["streams"][k]
+            stream.rng.setstate(_as_tuple(rng))
+            stream.order = list(order)
+        if ref is not None and st.get("ref") is not None:
+            ref.load_state_dict(st["ref"])
+        self.step = st["step"]
+        return self.step
+
+    def done(self, phase: str, step: int) -> None:
+        """Called after each step of `phase` (`step` steps completed so far)."""
+        self.step = step
+
+    def finish(self, phase: str) -> None:
+        if phase not in self.finished:
+            self.finished.append(phase)
+
+    def snapshot(self) -> dict:
+        from lmlab.checkpoint import rng_state
+
+        return {"phase": self.phase, "step": self.step, "finished": list(self.finished),
+                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                "opts": {k: o.state_dict() for k, o in self._opts.items()},
+                "streams": {k: [s.rng.getstate(), list(s.order)] for k, s in self._streams.items()},
+                "ref": None if self._ref is None else self._ref.state_dict(), "rng": rng_state()}
+
+
+def _as_tuple(x):
+    """random.Random state back from a torch.load (lists where tuples were)."""
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _phase_range(resume: Resume | None, phase: str, steps: int, model, opts: dict, streams: dict, ref=None):
+    start = 0 if resume is None else resume.attach(phase, model, opts, streams, ref)
+    return range(steps if start < 0 else start, steps)
+
+
 # ---------------------------------------------------------------------------------------------- pipelines
 def _sft_optimizer(model, lr: float, cfg: SFTConfig):
     from lmlab.train import make_optimizer
@@ -108,7 +173,7 @@ def _sft_optimizer(model, lr: float, cfg: SFTConfig):
 
 
 def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, seed: int,
-           callback=None) -> list[dict]:
+           callback=None, resume: Resume | None = None) -> list[dict]:
     """parallel_avg / combined / interleaved: cfg.rl.steps steps, each with an RL batch and an SFT batch
     (cfg already validated for `pipeline` by run_pipeline)."""
     sft_data = sft_examples(task, problems, codec, cfg.mixed_sft_data, cfg.gold_limit, seed)
@@ -118,7 +183,9 @@ def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, se
     sft_opt = _sft_optimizer(model, sft_lr, cfg.sft)
     pad, mb = codec.pad_id, cfg.sft.micro_batch_size
     history = []
-    for step in range(cfg.rl.steps):
+    steps = _phase_range(resume, pipeline, cfg.rl.steps, model, {"rl": trainer.opt, "sft": sft_opt},
+                         {"rl": trainer, "sft": stream})
+    for step in steps:
         model.train()
         log = {"step": step}
         t0 = time.perf_counter()
@@ -128,6 +195,8 @@ def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, se
             clip_and_step(model, sft_opt, cfg.sft.grad_clip)
             log["update_s"] = time.perf_counter() - t0
             history.append(log)
+            if resume is not None:
+                resume.done(pipeline, step + 1)
             if callback is not None:
                 callback(step, log)
             continue
@@ -159,17 +228,24 @@ def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, se
         log.update(rl_stats)
         log["update_s"] = time.perf_counter() - t0
         history.append(log)
+        if resume is not None:
+            resume.done(pipeline, step + 1)
         if callback is not None:
             callback(step, log)
+    if resume is not None:
+        resume.finish(pipeline)
     model.eval()
     return history
 
 
 def run_pipeline(pipeline: str, model: nn.Module, codec, task, problems: list, cfg: PostTrainConfig,
-                 seed: int = 0, callback: Callable[[str, int, dict], None] | None = None) -> dict[str, list[dict]]:
+                 seed: int = 0, callback: Callable[[str, int, dict], None] | None = None,
+                 resume: Resume | None = None) -> dict[str, list[dict]]:
     """Post-train `model` in place; returns {"sft": [...logs], "rl": [...logs]} (phases that ran).
 
-    callback(phase, step, log) is called after every step (e.g. to evaluate pass@k dynamics)."""
+    callback(phase, step, log) is called after every step (e.g. to evaluate pass@k dynamics); there
+    `resume.snapshot()` captures the run, and a run given `Resume(snapshot)` (with the snapshot's weights
+    loaded into `model`) continues exactly where it stopped."""
     cfg.validate(pipeline)  # includes the pipeline name
 
     def cb(phase):
@@ -178,12 +254,13 @@ def run_pipeline(pipeline: str, model: nn.Module, codec, task, problems: list, c
     out: dict[str, list[dict]] = {}
     if pipeline in ("sft", "sft_gold", "sft_rl"):
         data = sft_examples(task, problems, codec, "gold" if pipeline == "sft_gold" else "one", cfg.gold_limit, seed)
-        out["sft"] = train_sft(model, data, codec.pad_id, cfg.sft, seed, cb("sft"))
+        out["sft"] = train_sft(model, data, codec.pad_id, cfg.sft, seed, cb("sft"), resume=resume)
     if pipeline in ("rl", "sft_rl"):
         ref = copy.deepcopy(model) if cfg.rl.kl_coef > 0 or cfg.rl.log_kl else None  # KL to the RL start
-        out["rl"] = train_grpo(model, codec, task, problems, cfg.rl, seed, ref_model=ref, callback=cb("rl"))
+        out["rl"] = train_grpo(model, codec, task, problems, cfg.rl, seed, ref_model=ref, callback=cb("rl"),
+                               resume=resume)
     if pipeline in MIXED:
-        out[pipeline] = _mixed(model, codec, task, problems, cfg, pipeline, seed, cb(pipeline))
+        out[pipeline] = _mixed(model, codec, task, problems, cfg, pipeline, seed, cb(pipeline), resume)
     return out
 
 

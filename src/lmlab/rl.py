@@ -362,15 +362,22 @@ class GRPOTrainer:
 
 
 def train_grpo(model: nn.Module, codec, task, problems: list, cfg: GRPOConfig, seed: int = 0,
-               ref_model: nn.Module | None = None, callback=None) -> list[dict]:
-    """Run `cfg.steps` GRPO steps; returns per-step logs (callback(step, log) after each)."""
+               ref_model: nn.Module | None = None, callback=None, resume=None) -> list[dict]:
+    """Run `cfg.steps` GRPO steps; returns per-step logs (callback(step, log) after each).
+    `resume`: a `lmlab.posttrain.Resume` (snapshots between steps, exact continuation)."""
+    from lmlab.posttrain import _phase_range
+
     trainer = GRPOTrainer(model, codec, task, problems, cfg, seed, ref_model=ref_model)
     history = []
-    for step in range(cfg.steps):
+    for step in _phase_range(resume, "rl", cfg.steps, model, {"rl": trainer.opt}, {"rl": trainer}, trainer.ref):
         log = {"step": step, **trainer.step()}
         history.append(log)
+        if resume is not None:
+            resume.done("rl", step + 1)
         if callback is not None:
             callback(step, log)
+    if resume is not None:
+        resume.finish("rl")
     model.eval()
     return history
 

@@ -162,8 +162,10 @@ def clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, grad_clip: float
 
 
 def train_sft(model: nn.Module, examples: list[SFTExample], pad_id: int, cfg: SFTConfig, seed: int = 0,
-              callback: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """SFT with AdamW on the shared schedule (`lmlab.train.lr_at`); returns per-step logs."""
+              callback: Callable[[int, dict], None] | None = None, resume=None) -> list[dict]:
+    """SFT with AdamW on the shared schedule (`lmlab.train.lr_at`); returns per-step logs.
+    `resume`: a `lmlab.posttrain.Resume` (snapshots between steps, exact continuation)."""
+    from lmlab.posttrain import _phase_range
     from lmlab.train import lr_at, set_lr
 
     cfg.validate()
@@ -171,14 +173,18 @@ def train_sft(model: nn.Module, examples: list[SFTExample], pad_id: int, cfg: SF
     stream = BatchStream(examples, cfg.batch_size, seed)
     model.train()
     history = []
-    for step in range(cfg.steps):
+    for step in _phase_range(resume, "sft", cfg.steps, model, {"sft": opt}, {"sft": stream}):
         t0 = time.perf_counter()
         set_lr(opt, lr_at(step, cfg.steps, cfg.lr, cfg.warmup, schedule=cfg.schedule))
         opt.zero_grad(set_to_none=True)
         loss = sft_backward(model, stream.next(), pad_id, cfg.micro_batch_size)
         clip_and_step(model, opt, cfg.grad_clip)
         history.append({"step": step, "sft_loss": loss, "update_s": time.perf_counter() - t0})
+        if resume is not None:
+            resume.done("sft", step + 1)
         if callback is not None:
             callback(step, history[-1])
+    if resume is not None:
+        resume.finish("sft")
     model.eval()
     return history

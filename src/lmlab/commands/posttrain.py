@@ -26,6 +26,10 @@ def _common(p, pipeline_choice: bool) -> None:
     p.add_argument("--eval-samples", type=int, default=16, help="samples per test question for pass@k (n)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu | cuda | auto")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="write a resumable snapshot (OUT/resume.pt) every N steps (Ctrl-C always writes one)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly from OUT/resume.pt (same command and flags as the interrupted run)")
     if pipeline_choice:
         from lmlab.posttrain import PIPELINES
 
@@ -123,6 +127,8 @@ def _difficulty(args, task) -> int:
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise LmlabError(f"--out {out} is a file, not a folder: pass a new folder")
+    if (out / SNAPSHOT).exists():
+        raise LmlabError(f"--out {out} holds an interrupted run: continue it with --resume, or pass a new folder")
     if out.exists() and any(out.iterdir()):
         raise LmlabError(f"--out {out} is not empty: pass a new folder (results are never overwritten)")
 
@@ -142,18 +148,29 @@ def _evaluate(model, codec, task, test, n: int, max_new: int, seed: int) -> dict
 
 
 def run(args, pipeline: str) -> int:
+    import io
+    from dataclasses import asdict
+
+    import torch
+
+    from lmlab.checkpoint import set_rng_state
     from lmlab.loading import load_policy
-    from lmlab.posttrain import run_pipeline
+    from lmlab.posttrain import Resume, run_pipeline
     from lmlab.rl import summarize_history
     from lmlab.tasks.reasoning import get_task, make_split
     from lmlab.train import StopOnSigint
-    from lmlab.utils import atomic_write_json, atomic_write_text, get_device, seed_everything
+    from lmlab.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, get_device, seed_everything
 
     task = get_task(args.task)
     difficulty = _difficulty(args, task)
     out = Path(args.out)
-    _check_out(out)
+    if args.save_every < 0:
+        raise LmlabError(f"--save-every must be >= 0, got {args.save_every}")
     cfg = _config(args, pipeline, task, difficulty)
+    run_id = {"pipeline": pipeline, "model": str(args.model), "step": args.step, "tokenizer": args.tokenizer,
+              "task": task.name, "difficulty": difficulty, "n_train": args.n_train, "n_test": args.n_test,
+              "eval_samples": args.eval_samples, "seed": args.seed, "config": json.loads(json.dumps(asdict(cfg)))}
+    snap = _load_snapshot(out, run_id) if args.resume else _check_out(out)
     device = get_device(args.device)
     seed_everything(args.seed)
     model, codec, kind = load_policy(args.model, args.step, args.tokenizer, device)
@@ -165,46 +182,77 @@ def run(args, pipeline: str) -> int:
     test = make_split(task, args.n_test, difficulty, seed=args.seed + 10_000)
     train = make_split(task, args.n_train, difficulty, seed=args.seed, exclude={p.prompt for p in test})
     max_new = cfg.rl.max_new_tokens
-    before = _evaluate(model, codec, task, test, args.eval_samples, max_new, args.seed)
+    if snap is None:
+        before, entries, train_s = _evaluate(model, codec, task, test, args.eval_samples, max_new, args.seed), [], 0.0
+    else:
+        model.load_state_dict(snap["model"])
+        set_rng_state(snap["rng"])
+        before, entries, train_s = snap["before"], snap["entries"], snap["train_s"]
+        print(f"resuming {out} after {len(entries)} step(s) (phase {snap['phase']})", flush=True)
     print(f"before: {json.dumps({k: round(v, 4) for k, v in before.items() if isinstance(v, float)})}", flush=True)
-    t0 = time.time()
-    lines = []
+    t0 = time.time() - train_s
+    resume = Resume(snap)
+
+    def write_snapshot():
+        out.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save({**resume.snapshot(), "run": run_id, "before": before, "entries": entries,
+                    "train_s": time.time() - t0}, buf)
+        atomic_write_bytes(out / SNAPSHOT, buf.getvalue())
 
     def log(phase, step, entry):
-        lines.append(json.dumps({"phase": phase, **entry}))
+        entries.append({"phase": phase, **entry})
         if step % 10 == 0:
             keys = ("reward", "sft_loss", "loss", "frac_zero_std")
             print(f"[{phase} {step}] " + " ".join(f"{k}={entry[k]:.4g}" for k in keys if k in entry), flush=True)
-        if stop.requested:  # after a whole step: the weights are consistent
+        if stop.requested or (args.save_every and len(entries) % args.save_every == 0):
+            write_snapshot()  # between steps: the weights, optimizers and samplers are consistent
+        if stop.requested:
             raise _Stopped
+
+    def write_run(after, **extra):
+        out.mkdir(parents=True, exist_ok=True)
+        _save(model, codec, kind, out, pipeline, len(entries))
+        atomic_write_text(out / "history.jsonl", "".join(json.dumps(e) + "\n" for e in entries))
+        atomic_write_json(out / "metrics.json", {
+            "pipeline": pipeline, "model": str(args.model), "step": args.step, "task": task.name,
+            "difficulty": difficulty, **extra, "before": before, "after": after, "train_s": time.time() - t0,
+            "config": cfg})
 
     try:
         with StopOnSigint() as stop:
-            history = run_pipeline(pipeline, model, codec, task, train, cfg, seed=args.seed, callback=log)
+            run_pipeline(pipeline, model, codec, task, train, cfg, seed=args.seed, callback=log, resume=resume)
     except _Stopped:
-        out.mkdir(parents=True, exist_ok=True)
-        _save(model, codec, kind, out, pipeline, len(lines))
-        atomic_write_text(out / "history.jsonl", "\n".join(lines) + "\n")
-        atomic_write_json(out / "metrics.json", {
-            "pipeline": pipeline, "model": str(args.model), "step": args.step, "task": task.name,
-            "difficulty": difficulty, "interrupted": True, "steps_done": len(lines), "before": before, "after": None,
-            "train_s": time.time() - t0, "config": cfg})
-        print(f"interrupted after {len(lines)} post-training step(s): the model as it stood then is saved in {out} "
-              "(metrics.json: interrupted, no 'after' evaluation). Post-training does not resume: run it again "
-              "into a new --out to finish", file=sys.stderr)
+        write_run(None, interrupted=True, steps_done=len(entries))
+        print(f"interrupted after {len(entries)} post-training step(s): the model as it stood then is saved in {out} "
+              "(metrics.json: interrupted, no 'after' evaluation); continue exactly with the same command and "
+              "--resume", file=sys.stderr)
         return 130
     after = _evaluate(model, codec, task, test, args.eval_samples, max_new, args.seed)
     print(f"after:  {json.dumps({k: round(v, 4) for k, v in after.items() if isinstance(v, float)})}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    _save(model, codec, kind, out, pipeline, sum(len(h) for h in history.values()))
-    rl_logs = [e for k, h in history.items() if k != "sft" for e in h]
-    atomic_write_text(out / "history.jsonl", "\n".join(lines) + "\n")
-    atomic_write_json(out / "metrics.json", {
-        "pipeline": pipeline, "model": str(args.model), "step": args.step, "task": task.name,
-        "difficulty": difficulty, "before": before, "after": after, "train_s": time.time() - t0,
-        "rollout": summarize_history(rl_logs) if rl_logs else None, "config": cfg})
+    rl_logs = [e for e in entries if e["phase"] != "sft"]
+    write_run(after, rollout=summarize_history(rl_logs) if rl_logs else None)
+    (out / SNAPSHOT).unlink(missing_ok=True)  # the run is complete
     print(f"saved to {out}")
     return 0
+
+
+SNAPSHOT = "resume.pt"
+
+
+def _load_snapshot(out: Path, run_id: dict) -> dict:
+    import torch
+
+    path = out / SNAPSHOT
+    if not path.exists():
+        raise LmlabError(f"--resume: {path} not found (it is written on Ctrl-C and every --save-every steps, and "
+                         "removed when a run completes): start the run without --resume")
+    snap = torch.load(path, map_location="cpu", weights_only=True)
+    diff = {k: (snap["run"].get(k), v) for k, v in run_id.items() if snap["run"].get(k) != v}
+    if diff:
+        raise LmlabError(f"--resume: the snapshot in {out} was taken with other settings {diff} (saved, given): "
+                         "resume with the interrupted run's command")
+    return snap
 
 
 class _Stopped(Exception):
