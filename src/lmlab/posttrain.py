@@ -115,10 +115,10 @@ class Resume:
         self.finished: list[str] = list(state["finished"]) if state else []
         self._opts: dict = {}
         self._streams: dict = {}
-        self._ref = None
+        self._ref = self.model = None
 
     def attach(self, phase: str, model: nn.Module, opts: dict, streams: dict, ref: nn.Module | None = None) -> int:
-        """Register a phase's state; returns the step to start from (the phase's length when it is done)."""
+        """Register a phase's state; returns the step to start from, or -1 when the snapshot is past this phase."""
         self.phase, self.step, self._opts, self._streams, self._ref = phase, 0, opts, streams, ref
         self.model = model
         st = self.state
@@ -137,8 +137,8 @@ class Resume:
         self.step = st["step"]
         return self.step
 
-    def done(self, phase: str, step: int) -> None:
-        """Called after each step of `phase` (`step` steps completed so far)."""
+    def done(self, step: int) -> None:
+        """Called after each step of the attached phase (`step` steps of it completed)."""
         self.step = step
 
     def finish(self, phase: str) -> None:
@@ -196,7 +196,7 @@ def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, se
             log["update_s"] = time.perf_counter() - t0
             history.append(log)
             if resume is not None:
-                resume.done(pipeline, step + 1)
+                resume.done(step + 1)
             if callback is not None:
                 callback(step, log)
             continue
@@ -229,7 +229,7 @@ def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, se
         log["update_s"] = time.perf_counter() - t0
         history.append(log)
         if resume is not None:
-            resume.done(pipeline, step + 1)
+            resume.done(step + 1)
         if callback is not None:
             callback(step, log)
     if resume is not None:

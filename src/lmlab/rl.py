@@ -373,7 +373,7 @@ def train_grpo(model: nn.Module, codec, task, problems: list, cfg: GRPOConfig, s
         log = {"step": step, **trainer.step()}
         history.append(log)
         if resume is not None:
-            resume.done("rl", step + 1)
+            resume.done(step + 1)
         if callback is not None:
             callback(step, log)
     if resume is not None:
