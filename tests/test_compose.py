@@ -1,4 +1,5 @@
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,15 +216,22 @@ def test_compose_cli_trains_bridges_between_two_checkpoints(tmp_path):
             signal.raise_signal(signal.SIGINT)
         return real_set_lr(*a, **kw)
 
-    cut = tmp_path / "cut.pt"
+    cut, whole = tmp_path / "cut.pt", tmp_path / "whole.pt"
+    args = ["compose", "--anchor", str(runs[0]), "--augment", str(runs[1]), "--data", str(data), "--steps", "6",
+            "--batch", "4", "--n-connections", "1"]
+    assert main([*args, "--out", str(whole)]) == 0
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(lmlab.train, "set_lr", step_then_ctrl_c)
-        rc = main(["compose", "--anchor", str(runs[0]), "--augment", str(runs[1]), "--data", str(data),
-                   "--steps", "50", "--batch", "4", "--out", str(cut), "--n-connections", "1"])
+        rc = main([*args, "--out", str(cut)])
     assert rc == 130 and len(calls) == 2
     blob = torch.load(cut, weights_only=True)
     assert blob["extra"]["interrupted"] and blob["extra"]["steps"] == 2
     assert ComposedModel.load_bridges(cut, anchor, aug).connections == [(1, 1)]  # a loadable composition
+    assert main([*args, "--out", str(cut)]) == 2  # an interrupted run is not overwritten by a fresh one
+    assert main([*args, "--out", str(cut), "--resume"]) == 0 and not Path(f"{cut}.resume").exists()
+    a, b = (torch.load(p, weights_only=True)["bridges"] for p in (whole, cut))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # resumed == uninterrupted
+    assert not all(torch.equal(a[k], blob["bridges"][k]) for k in a)  # and the 4 later steps did train
 
 
 def test_prefix_encoder_reads_each_rows_own_prompt_in_training():

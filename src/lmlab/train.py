@@ -84,8 +84,9 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 def fit(model: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor], batches: Iterable, steps: int,
         lr: float = 3e-3, weight_decay: float = 0.0, warmup: int = 0, grad_clip: float | None = 1.0,
         schedule: str = "cosine", optimizer: torch.optim.Optimizer | None = None,
-        callback: Callable[[int, torch.Tensor], None] | None = None, device: torch.device | None = None) -> list[float]:
-    """Train for `steps` steps on `loss_fn(model, batch)`; returns the loss per step.
+        callback: Callable[[int, torch.Tensor], None] | None = None, device: torch.device | None = None,
+        start: int = 0) -> list[float]:
+    """Train steps `start`..`steps`-1 on `loss_fn(model, batch)`; returns the loss per step.
 
     The light loop for experiments on small models (no checkpoints). bf16 autocast on CUDA. The loss is
     not read back every step (that would stall the CPU on the GPU each step): `callback(step, loss)` gets
@@ -98,7 +99,7 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor], 
     model.train()
     losses = []
     it = iter(batches)
-    for step in range(steps):
+    for step in range(start, steps):  # start > 0: a resumed run (its optimizer and batches restored by the caller)
         set_lr(opt, lr_at(step, steps, lr, warmup, schedule=schedule))
         batch = next(it)
         with autocast_ctx(dev):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import sys
@@ -26,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--out", default="bridge.pt", help="where to save the composition parameters")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly from OUT.resume (written on Ctrl-C), with the same command")
     p.set_defaults(func=run)
 
 
@@ -58,7 +61,7 @@ def run(args) -> int:
     from lmlab.compose import compose, parse_connections
     from lmlab.experiments.calm_kv import encode_pairs
     from lmlab.train import StopOnSigint, fit
-    from lmlab.utils import get_device, seed_everything
+    from lmlab.utils import atomic_write_bytes, get_device, seed_everything
 
     seed_everything(args.seed)
     dev = get_device(args.device)
@@ -77,7 +80,23 @@ def run(args) -> int:
             yield encode_pairs(codec, [pairs[rng.randrange(len(pairs))] for _ in range(args.batch)], dev)
 
     opt = torch.optim.AdamW(cm.bridge_parameters(), lr=args.lr)
-    done = []
+    snap_path = Path(f"{args.out}.resume")
+    run_id = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("resume", "func", "eval", "device")}
+    start, done = 0, []
+    if args.resume:
+        if not snap_path.exists():
+            raise LmlabError(f"--resume: {snap_path} not found (it is written on Ctrl-C): run without --resume")
+        snap = torch.load(snap_path, map_location="cpu", weights_only=True)
+        diff = {k: (snap["run"].get(k), v) for k, v in run_id.items() if snap["run"].get(k) != v}
+        if diff:
+            raise LmlabError(f"--resume: {snap_path} was written with other settings {diff} (saved, given)")
+        cm.bridges.load_state_dict(snap["bridges"])
+        opt.load_state_dict(snap["opt"])
+        rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in snap["rng"]))
+        start = snap["step"]
+        done = list(range(start))
+    elif snap_path.exists():
+        raise LmlabError(f"{snap_path} holds an interrupted run: continue it with --resume, or choose another --out")
 
     def after_step(step, loss):
         done.append(step)
@@ -87,14 +106,21 @@ def run(args) -> int:
     try:
         with StopOnSigint() as stop:
             losses = fit(cm, lambda m, b: m(b[0], b[1]), batches(), args.steps, lr=args.lr,
-                         warmup=min(50, args.steps // 10), optimizer=opt, callback=after_step)
+                         warmup=min(50, args.steps // 10), optimizer=opt, callback=after_step, start=start)
     except _Stopped:
         cm.save_bridges(args.out, str(args.anchor), str(args.augment),
                         extra={"data": str(args.data), "steps": len(done), "interrupted": True})
+        buf = io.BytesIO()
+        torch.save({"run": run_id, "step": len(done), "bridges": cm.bridges.state_dict(), "opt": opt.state_dict(),
+                    "rng": rng.getstate()}, buf)
+        atomic_write_bytes(snap_path, buf.getvalue())
         print(f"interrupted after {len(done)} of {args.steps} steps: the bridges as they stood are saved in "
-              f"{args.out} (extra.interrupted); training does not resume", file=sys.stderr)
+              f"{args.out} (extra.interrupted); continue exactly with the same command and --resume", file=sys.stderr)
         return 130
     cm.save_bridges(args.out, str(args.anchor), str(args.augment), extra={"data": str(args.data), "steps": args.steps})
+    snap_path.unlink(missing_ok=True)
+    if not losses:
+        losses = [float("nan")]
     print(f"trained {cm.num_bridge_params():,} bridge parameters on connections {cm.connections}: "
           f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved {args.out}")
     if args.eval:
