@@ -10,7 +10,7 @@ from lmlab.tasks.reasoning import DigitSumTask
 CHARS = sorted(set(DigitSumTask.alphabet + GeneralSuite.alphabet))
 
 
-def save_tiny_hf_llama(path):
+def save_tiny_hf_llama(path, **config):
     """A tiny random Llama and a char-level HF tokenizer, saved like any local HF model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -21,7 +21,8 @@ def save_tiny_hf_llama(path):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      **config)
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
 
@@ -177,6 +178,36 @@ def test_interrupted_and_resumed_post_training_equals_an_uninterrupted_run(tmp_p
     assert whole["after"] == cut_m["after"] and whole["before"] == cut_m["before"]
     if pipeline != "sft_gold":
         assert any(r["reward"] > 0 for r in history("whole") if "reward" in r)  # RL had a signal
+
+
+def test_resumed_hf_model_with_dropout_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Dropout draws from the global RNG: the snapshot carries it, so the resumed steps drop the same units."""
+    import signal
+
+    from transformers import AutoModelForCausalLM
+
+    from lmlab import posttrain
+
+    src = tmp_path / "hf"
+    save_tiny_hf_llama(src, attention_dropout=0.3)
+    args = ["sft", str(src), *SMALL, "--steps", "3", "--batch-size", "4", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    real = posttrain.run_pipeline
+
+    def ctrl_c_at_step_1(*a, callback=None, **kw):
+        def cb(phase, step, log):
+            if step == 1:
+                signal.raise_signal(signal.SIGINT)
+            callback(phase, step, log)
+
+        return real(*a, callback=cb, **kw)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(posttrain, "run_pipeline", ctrl_c_at_step_1)
+        assert main([*args, "--out", str(tmp_path / "cut")]) == 130
+    assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    a, b = (AutoModelForCausalLM.from_pretrained(tmp_path / d).state_dict() for d in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_refuses_other_settings_and_a_missing_snapshot(tmp_path, capsys):
