@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmlab.utils import LmlabError, fsync_path, to_jsonable
+from lmlab.utils import LmlabError, atomic_write_bytes, fsync_path, to_jsonable
 
 FORMAT_VERSION = 1
 MODEL_FILE, OPTIM_FILE, META_FILE = "model.safetensors", "optim.pt", "meta.json"
@@ -345,6 +345,35 @@ def load_optimizer_state(run: str | Path, step: int | None = None, device: str |
     """The saved optimizer state of a checkpoint, hash-checked."""
     d = resolve(run, step)
     return torch.load(verify(d, read_meta(d), OPTIM_FILE), map_location=device, weights_only=True)
+
+
+# ---------------------------------------------------------------- resume snapshots of the light loops
+def save_snapshot(path: str | Path, state: dict) -> None:
+    """Write a resume snapshot (`torch.save` of tensors and plain values) atomically."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_snapshot(path: str | Path, run: dict, missing: str) -> dict:
+    """A snapshot saved with `"run": run`; an LmlabError when it is absent (`missing` says why and what to do)
+    or was taken with other settings (naming them)."""
+    path = Path(path)
+    if not path.exists():
+        raise LmlabError(f"--resume: {path} not found ({missing})")
+    snap = torch.load(path, map_location="cpu", weights_only=True)
+    diff = {k: (snap["run"].get(k), v) for k, v in run.items() if snap["run"].get(k) != v}
+    if diff:
+        raise LmlabError(f"--resume: {path} was written with other settings {diff} (saved, given): "
+                         "resume with the interrupted run's command")
+    return snap
+
+
+def random_state(saved) -> tuple:
+    """A `random.Random.getstate()` back from a snapshot (torch.load gives lists where tuples were)."""
+    return tuple(random_state(v) for v in saved) if isinstance(saved, (list, tuple)) else saved
 
 
 def seed_checkpoint(run: str | Path, model: nn.Module, **kwargs: Any) -> Path:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lmlab.checkpoint import random_state, rng_state
 from lmlab.rl import GRPOConfig, GRPOTrainer, train_grpo
 from lmlab.sft import BatchStream, SFTConfig, clip_and_step, sft_backward, sft_examples, train_sft
 from lmlab.utils import LmlabError
@@ -105,22 +106,22 @@ class Resume:
     """Snapshots of a post-training run between steps, for a resume that continues exactly.
 
     Each phase loop `attach`es its optimizers and sampling streams (objects with `rng` and `order`) and, in RL,
-    the KL reference; `snapshot()` then captures them with the policy weights and the global RNG, and `attach`
-    restores them when the run resumes from a snapshot taken in that phase. Phases before the snapshot's are
-    skipped (the weights already hold them)."""
+    the KL reference; `snapshot(steps_done)` (from the step callback) captures them with the policy weights and
+    the global RNG, and `attach` restores them when the run resumes from a snapshot taken in that phase. Phases
+    before the snapshot's are skipped (the weights already hold them)."""
 
     def __init__(self, state: dict | None = None):
         self.state = state  # the snapshot resumed from; None: a fresh run
-        self.phase, self.step = None, 0
         self.finished: list[str] = list(state["finished"]) if state else []
+        self.phase = self.model = self._ref = None
         self._opts: dict = {}
         self._streams: dict = {}
-        self._ref = self.model = None
 
     def attach(self, phase: str, model: nn.Module, opts: dict, streams: dict, ref: nn.Module | None = None) -> int:
         """Register a phase's state; returns the step to start from, or -1 when the snapshot is past this phase."""
-        self.phase, self.step, self._opts, self._streams, self._ref = phase, 0, opts, streams, ref
-        self.model = model
+        if self.phase is not None and self.phase not in self.finished:  # phases run one after the other
+            self.finished.append(self.phase)
+        self.phase, self.model, self._opts, self._streams, self._ref = phase, model, opts, streams, ref
         st = self.state
         if st is None or phase not in self.finished + [st["phase"]]:
             return 0
@@ -130,34 +131,19 @@ class Resume:
             opt.load_state_dict(st["opts"][k])
         for k, stream in streams.items():
             rng, order = st["streams"][k]
-            stream.rng.setstate(_as_tuple(rng))
+            stream.rng.setstate(random_state(rng))
             stream.order = list(order)
         if ref is not None and st.get("ref") is not None:
             ref.load_state_dict(st["ref"])
-        self.step = st["step"]
-        return self.step
+        return st["step"]
 
-    def done(self, step: int) -> None:
-        """Called after each step of the attached phase (`step` steps of it completed)."""
-        self.step = step
-
-    def finish(self, phase: str) -> None:
-        if phase not in self.finished:
-            self.finished.append(phase)
-
-    def snapshot(self) -> dict:
-        from lmlab.checkpoint import rng_state
-
-        return {"phase": self.phase, "step": self.step, "finished": list(self.finished),
+    def snapshot(self, steps_done: int) -> dict:
+        """The run after `steps_done` steps of the attached phase."""
+        return {"phase": self.phase, "step": steps_done, "finished": list(self.finished),
                 "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
                 "opts": {k: o.state_dict() for k, o in self._opts.items()},
                 "streams": {k: [s.rng.getstate(), list(s.order)] for k, s in self._streams.items()},
                 "ref": None if self._ref is None else self._ref.state_dict(), "rng": rng_state()}
-
-
-def _as_tuple(x):
-    """random.Random state back from a torch.load (lists where tuples were)."""
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 def _phase_range(resume: Resume | None, phase: str, steps: int, model, opts: dict, streams: dict, ref=None):
@@ -195,8 +181,6 @@ def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, se
             clip_and_step(model, sft_opt, cfg.sft.grad_clip)
             log["update_s"] = time.perf_counter() - t0
             history.append(log)
-            if resume is not None:
-                resume.done(step + 1)
             if callback is not None:
                 callback(step, log)
             continue
@@ -228,12 +212,8 @@ def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, se
         log.update(rl_stats)
         log["update_s"] = time.perf_counter() - t0
         history.append(log)
-        if resume is not None:
-            resume.done(step + 1)
         if callback is not None:
             callback(step, log)
-    if resume is not None:
-        resume.finish(pipeline)
     model.eval()
     return history
 
@@ -244,7 +224,7 @@ def run_pipeline(pipeline: str, model: nn.Module, codec, task, problems: list, c
     """Post-train `model` in place; returns {"sft": [...logs], "rl": [...logs]} (phases that ran).
 
     callback(phase, step, log) is called after every step (e.g. to evaluate pass@k dynamics); there
-    `resume.snapshot()` captures the run, and a run given `Resume(snapshot)` (with the snapshot's weights
+    `resume.snapshot(step + 1)` captures the run, and a run given `Resume(snapshot)` (with the snapshot's weights
     loaded into `model`) continues exactly where it stopped."""
     cfg.validate(pipeline)  # includes the pipeline name
 

@@ -372,12 +372,8 @@ def train_grpo(model: nn.Module, codec, task, problems: list, cfg: GRPOConfig, s
     for step in _phase_range(resume, "rl", cfg.steps, model, {"rl": trainer.opt}, {"rl": trainer}, trainer.ref):
         log = {"step": step, **trainer.step()}
         history.append(log)
-        if resume is not None:
-            resume.done(step + 1)
         if callback is not None:
             callback(step, log)
-    if resume is not None:
-        resume.finish("rl")
     model.eval()
     return history
 

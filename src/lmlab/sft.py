@@ -180,11 +180,7 @@ def train_sft(model: nn.Module, examples: list[SFTExample], pad_id: int, cfg: SF
         loss = sft_backward(model, stream.next(), pad_id, cfg.micro_batch_size)
         clip_and_step(model, opt, cfg.grad_clip)
         history.append({"step": step, "sft_loss": loss, "update_s": time.perf_counter() - t0})
-        if resume is not None:
-            resume.done(step + 1)
         if callback is not None:
             callback(step, history[-1])
-    if resume is not None:
-        resume.finish("sft")
     model.eval()
     return history

@@ -226,9 +226,13 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
+class StopRequested(Exception):
+    """Raised by `StopOnSigint.stop_here()` at a step boundary after a Ctrl-C / SIGTERM."""
+
+
 class StopOnSigint:
     """First Ctrl-C (or SIGTERM, which torchrun and schedulers send): finish the step, save, return
-    (the loop checks `requested`). A second one aborts at once."""
+    (the loop checks `requested`, or calls `stop_here()` between steps). A second one aborts at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -249,6 +253,10 @@ class StopOnSigint:
             f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)",
             flush=True,
         )
+
+    def stop_here(self) -> None:
+        if self.requested:
+            raise StopRequested
 
     def __exit__(self, *exc):
         for s, old in self._old.items():
@@ -405,12 +413,12 @@ class _Pretrainer:
         self.step, self.tokens_seen, self.resumed = 0, 0, start is not None
         if meta is not None:
             state = ck.load_optimizer_state(out, start, self.device)
-            if not state.get("state"):
-                pass  # the seed checkpoint: a fresh optimizer is what it holds
-            elif self.fsdp:
-                set_optimizer_state_dict(self.model, self.opt, state, options=StateDictOptions(full_state_dict=True))
-            else:
-                self.opt.load_state_dict(state)
+            if state.get("state"):  # empty in the seed checkpoint: a fresh optimizer is what it holds
+                if self.fsdp:
+                    full = StateDictOptions(full_state_dict=True)
+                    set_optimizer_state_dict(self.model, self.opt, state, options=full)
+                else:
+                    self.opt.load_state_dict(state)
             self.loader.load_state_dict(meta["data_state"])
             if meta.get("rng"):
                 ck.set_rng_state(meta["rng"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import sys
@@ -50,18 +49,15 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
     return pairs
 
 
-class _Stopped(Exception):
-    """Ctrl-C (or SIGTERM) reached the end of a training step."""
-
-
 def run(args) -> int:
     import torch
 
-    from lmlab.loading import load_policy
+    from lmlab.checkpoint import load_snapshot, random_state, save_snapshot
     from lmlab.compose import compose, parse_connections
     from lmlab.experiments.calm_kv import encode_pairs
-    from lmlab.train import StopOnSigint, fit
-    from lmlab.utils import atomic_write_bytes, get_device, seed_everything
+    from lmlab.loading import load_policy
+    from lmlab.train import StopOnSigint, StopRequested, fit
+    from lmlab.utils import get_device, seed_everything
 
     seed_everything(args.seed)
     dev = get_device(args.device)
@@ -82,39 +78,30 @@ def run(args) -> int:
     opt = torch.optim.AdamW(cm.bridge_parameters(), lr=args.lr)
     snap_path = Path(f"{args.out}.resume")
     run_id = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("resume", "func", "eval", "device")}
-    start, done = 0, []
+    done = [0]  # steps completed
     if args.resume:
-        if not snap_path.exists():
-            raise LmlabError(f"--resume: {snap_path} not found (it is written on Ctrl-C): run without --resume")
-        snap = torch.load(snap_path, map_location="cpu", weights_only=True)
-        diff = {k: (snap["run"].get(k), v) for k, v in run_id.items() if snap["run"].get(k) != v}
-        if diff:
-            raise LmlabError(f"--resume: {snap_path} was written with other settings {diff} (saved, given)")
+        snap = load_snapshot(snap_path, run_id, "it is written on Ctrl-C: run without --resume")
         cm.bridges.load_state_dict(snap["bridges"])
         opt.load_state_dict(snap["opt"])
-        rng.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in snap["rng"]))
-        start = snap["step"]
-        done = list(range(start))
+        rng.setstate(random_state(snap["rng"]))
+        done[0] = snap["step"]
     elif snap_path.exists():
         raise LmlabError(f"{snap_path} holds an interrupted run: continue it with --resume, or choose another --out")
 
     def after_step(step, loss):
-        done.append(step)
-        if stop.requested:
-            raise _Stopped
+        done[0] = step + 1
+        stop.stop_here()
 
     try:
         with StopOnSigint() as stop:
             losses = fit(cm, lambda m, b: m(b[0], b[1]), batches(), args.steps, lr=args.lr,
-                         warmup=min(50, args.steps // 10), optimizer=opt, callback=after_step, start=start)
-    except _Stopped:
+                         warmup=min(50, args.steps // 10), optimizer=opt, callback=after_step, start=done[0])
+    except StopRequested:
         cm.save_bridges(args.out, str(args.anchor), str(args.augment),
-                        extra={"data": str(args.data), "steps": len(done), "interrupted": True})
-        buf = io.BytesIO()
-        torch.save({"run": run_id, "step": len(done), "bridges": cm.bridges.state_dict(), "opt": opt.state_dict(),
-                    "rng": rng.getstate()}, buf)
-        atomic_write_bytes(snap_path, buf.getvalue())
-        print(f"interrupted after {len(done)} of {args.steps} steps: the bridges as they stood are saved in "
+                        extra={"data": str(args.data), "steps": done[0], "interrupted": True})
+        save_snapshot(snap_path, {"run": run_id, "step": done[0], "bridges": cm.bridges.state_dict(),
+                                  "opt": opt.state_dict(), "rng": rng.getstate()})
+        print(f"interrupted after {done[0]} of {args.steps} steps: the bridges as they stood are saved in "
               f"{args.out} (extra.interrupted); continue exactly with the same command and --resume", file=sys.stderr)
         return 130
     cm.save_bridges(args.out, str(args.anchor), str(args.augment), extra={"data": str(args.data), "steps": args.steps})

@@ -148,18 +148,15 @@ def _evaluate(model, codec, task, test, n: int, max_new: int, seed: int) -> dict
 
 
 def run(args, pipeline: str) -> int:
-    import io
     from dataclasses import asdict
 
-    import torch
-
-    from lmlab.checkpoint import set_rng_state
+    from lmlab.checkpoint import load_snapshot, save_snapshot, set_rng_state
     from lmlab.loading import load_policy
     from lmlab.posttrain import Resume, run_pipeline
     from lmlab.rl import summarize_history
     from lmlab.tasks.reasoning import get_task, make_split
-    from lmlab.train import StopOnSigint
-    from lmlab.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, get_device, seed_everything
+    from lmlab.train import StopOnSigint, StopRequested
+    from lmlab.utils import atomic_write_json, atomic_write_text, get_device, seed_everything
 
     task = get_task(args.task)
     difficulty = _difficulty(args, task)
@@ -170,7 +167,7 @@ def run(args, pipeline: str) -> int:
     run_id = {"pipeline": pipeline, "model": str(args.model), "step": args.step, "tokenizer": args.tokenizer,
               "task": task.name, "difficulty": difficulty, "n_train": args.n_train, "n_test": args.n_test,
               "eval_samples": args.eval_samples, "seed": args.seed, "config": json.loads(json.dumps(asdict(cfg)))}
-    snap = _load_snapshot(out, run_id) if args.resume else _check_out(out)
+    snap = load_snapshot(out / SNAPSHOT, run_id, RESUME_HINT) if args.resume else _check_out(out)
     device = get_device(args.device)
     seed_everything(args.seed)
     model, codec, kind = load_policy(args.model, args.step, args.tokenizer, device)
@@ -193,22 +190,16 @@ def run(args, pipeline: str) -> int:
     t0 = time.time() - train_s
     resume = Resume(snap)
 
-    def write_snapshot():
-        out.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        torch.save({**resume.snapshot(), "run": run_id, "before": before, "entries": entries,
-                    "train_s": time.time() - t0}, buf)
-        atomic_write_bytes(out / SNAPSHOT, buf.getvalue())
-
     def log(phase, step, entry):
         entries.append({"phase": phase, **entry})
         if step % 10 == 0:
             keys = ("reward", "sft_loss", "loss", "frac_zero_std")
             print(f"[{phase} {step}] " + " ".join(f"{k}={entry[k]:.4g}" for k in keys if k in entry), flush=True)
         if stop.requested or (args.save_every and len(entries) % args.save_every == 0):
-            write_snapshot()  # between steps: the weights, optimizers and samplers are consistent
-        if stop.requested:
-            raise _Stopped
+            out.mkdir(parents=True, exist_ok=True)  # between steps: weights, optimizers and samplers are consistent
+            save_snapshot(out / SNAPSHOT, {**resume.snapshot(step + 1), "run": run_id, "before": before,
+                                           "entries": entries, "train_s": time.time() - t0})
+        stop.stop_here()
 
     def write_run(after, **extra):
         out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +213,7 @@ def run(args, pipeline: str) -> int:
     try:
         with StopOnSigint() as stop:
             run_pipeline(pipeline, model, codec, task, train, cfg, seed=args.seed, callback=log, resume=resume)
-    except _Stopped:
+    except StopRequested:
         write_run(None, interrupted=True, steps_done=len(entries))
         print(f"interrupted after {len(entries)} post-training step(s): the model as it stood then is saved in {out} "
               "(metrics.json: interrupted, no 'after' evaluation); continue exactly with the same command and "
@@ -238,25 +229,8 @@ def run(args, pipeline: str) -> int:
 
 
 SNAPSHOT = "resume.pt"
-
-
-def _load_snapshot(out: Path, run_id: dict) -> dict:
-    import torch
-
-    path = out / SNAPSHOT
-    if not path.exists():
-        raise LmlabError(f"--resume: {path} not found (it is written on Ctrl-C and every --save-every steps, and "
-                         "removed when a run completes): start the run without --resume")
-    snap = torch.load(path, map_location="cpu", weights_only=True)
-    diff = {k: (snap["run"].get(k), v) for k, v in run_id.items() if snap["run"].get(k) != v}
-    if diff:
-        raise LmlabError(f"--resume: the snapshot in {out} was taken with other settings {diff} (saved, given): "
-                         "resume with the interrupted run's command")
-    return snap
-
-
-class _Stopped(Exception):
-    """Ctrl-C (or SIGTERM) reached the end of a post-training step."""
+RESUME_HINT = ("it is written on Ctrl-C and every --save-every steps, and removed when a run completes: start the "
+               "run without --resume")
 
 
 def _save(model, codec, kind: str, out: Path, pipeline: str, steps: int) -> None:
