@@ -148,12 +148,12 @@ def run(ctx: RunContext) -> None:
     held = held.to(dev)
     runs = []
     jobs = [(w, s) for s in range(cfg["seeds"]) for w in cfg["widths"]]
-    data = {}
+    data_seed = data = None
     for w, s in ctx.progress(jobs, desc="width×seed runs", every_s=5):
         seed = ctx.seed * 100 + s
-        if seed not in data:
-            data = {seed: training_data(cfg, source, seed)}  # jobs run seed by seed: keep one seed's data
-        runs.append(train_width(cfg, w, seed, data[seed], held, dev))
+        if seed != data_seed:  # jobs run seed by seed: sample each seed's data once, for all widths
+            data_seed, data = seed, training_data(cfg, source, seed)
+        runs.append(train_width(cfg, w, seed, data, held, dev))
         ctx.log(f"d_model={w} seed={s}: held-out loss {runs[-1]['final']:.4f} (floor {floor:.4f})")
 
     finals = {w: [r["final"] for r in runs if r["width"] == w] for w in cfg["widths"]}
