@@ -70,43 +70,6 @@ def test_sft_and_rl_commands_on_an_lmlab_checkpoint(tmp_path):
     assert m["config"]["rl"]["kl_coef"] == 0.01 and "pass@2" in m["after"]
 
 
-def test_ctrl_c_saves_the_model_after_the_current_step(tmp_path, monkeypatch, capsys):
-    import signal
-
-    from lmlab import checkpoint, posttrain
-    from lmlab.model import GPT, GPTConfig
-    from lmlab.tokenizer import CharTokenizer
-
-    tok = CharTokenizer(CHARS)
-    run = tmp_path / "run"
-    torch.manual_seed(0)
-    checkpoint.save(run, 1, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16, seq_len=64)))
-    tok.save(run / "tokenizer.json")
-    real = posttrain.run_pipeline
-
-    def interrupted_at_step_1(*args, callback=None, **kw):
-        def cb(phase, step, log):
-            if step == 1:
-                signal.raise_signal(signal.SIGINT)  # during step 1's logging: the step itself is complete
-            callback(phase, step, log)
-
-        return real(*args, callback=cb, **kw)
-
-    sft = [*SMALL, "--batch-size", "4", "--device", "cpu"]
-    assert main(["sft", str(run), "--out", str(tmp_path / "two"), *sft, "--steps", "2"]) == 0
-    monkeypatch.setattr(posttrain, "run_pipeline", interrupted_at_step_1)
-    assert main(["sft", str(run), "--out", str(tmp_path / "cut"), *sft, "--steps", "50"]) == 130
-    assert "interrupted after 2 post-training step(s)" in capsys.readouterr().err
-    m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
-    assert m["interrupted"] and m["steps_done"] == 2 and m["after"] is None and "pass@1" in m["before"]
-    assert len((tmp_path / "cut" / "history.jsonl").read_text().splitlines()) == 2
-    cut, meta = checkpoint.load(tmp_path / "cut")
-    two, _ = checkpoint.load(tmp_path / "two")
-    assert meta["step"] == 2  # the same weights as a 2-step run (constant SFT learning rate, same batches)
-    assert all(torch.equal(a, b) for a, b in zip(cut.state_dict().values(), two.state_dict().values()))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-
-
 def _tiny_run(tmp_path):
     from lmlab import checkpoint
     from lmlab.model import GPT, GPTConfig
@@ -118,6 +81,47 @@ def _tiny_run(tmp_path):
     checkpoint.save(run, 1, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16, seq_len=64)))
     tok.save(run / "tokenizer.json")
     return run
+
+
+def _ctrl_c_after(steps: int):
+    """run_pipeline with a Ctrl-C while the `steps`-th step logs (that step itself is complete)."""
+    import signal
+
+    from lmlab import posttrain
+
+    real, seen = posttrain.run_pipeline, []
+
+    def run_pipeline(*a, callback=None, **kw):
+        def cb(phase, step, log):
+            seen.append(step)
+            if len(seen) == steps:
+                signal.raise_signal(signal.SIGINT)
+            callback(phase, step, log)
+
+        return real(*a, callback=cb, **kw)
+
+    return run_pipeline
+
+
+def test_ctrl_c_saves_the_model_after_the_current_step(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from lmlab import checkpoint, posttrain
+
+    run = _tiny_run(tmp_path)
+    sft = [*SMALL, "--batch-size", "4", "--device", "cpu"]
+    assert main(["sft", str(run), "--out", str(tmp_path / "two"), *sft, "--steps", "2"]) == 0
+    monkeypatch.setattr(posttrain, "run_pipeline", _ctrl_c_after(2))
+    assert main(["sft", str(run), "--out", str(tmp_path / "cut"), *sft, "--steps", "50"]) == 130
+    assert "interrupted after 2 post-training step(s)" in capsys.readouterr().err
+    m = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert m["interrupted"] and m["steps_done"] == 2 and m["after"] is None and "pass@1" in m["before"]
+    assert len((tmp_path / "cut" / "history.jsonl").read_text().splitlines()) == 2
+    cut, meta = checkpoint.load(tmp_path / "cut")
+    two, _ = checkpoint.load(tmp_path / "two")
+    assert meta["step"] == 2  # the same weights as a 2-step run (constant SFT learning rate, same batches)
+    assert all(torch.equal(a, b) for a, b in zip(cut.state_dict().values(), two.state_dict().values()))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
 RL = ["--prompts-per-step", "2", "--group-size", "3", "--max-new-tokens", "8", "--temperature", "1.5"]
@@ -134,7 +138,6 @@ RL = ["--prompts-per-step", "2", "--group-size", "3", "--max-new-tokens", "8", "
 ])
 def test_interrupted_and_resumed_post_training_equals_an_uninterrupted_run(tmp_path, monkeypatch, pipeline, extra,
                                                                           cut):
-    import signal
 
     from lmlab import checkpoint, posttrain
 
@@ -145,20 +148,8 @@ def test_interrupted_and_resumed_post_training_equals_an_uninterrupted_run(tmp_p
     args = ["post-train", str(run), "--pipeline", pipeline, *SMALL, "--sft-steps", "3", "--rl-steps", "3",
             "--sft-batch-size", "4", *RL, *extra, "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-    real = posttrain.run_pipeline
-    done = []
-
-    def ctrl_c_after(*a, callback=None, **kw):
-        def cb(phase, step, log):
-            done.append(1)
-            if len(done) == cut:
-                signal.raise_signal(signal.SIGINT)
-            callback(phase, step, log)
-
-        return real(*a, callback=cb, **kw)
-
     with monkeypatch.context() as mp:
-        mp.setattr(posttrain, "run_pipeline", ctrl_c_after)
+        mp.setattr(posttrain, "run_pipeline", _ctrl_c_after(cut))
         assert main([*args, "--out", str(tmp_path / "cut")]) == 130
     assert (tmp_path / "cut" / "resume.pt").exists()
     assert main([*args, "--out", str(tmp_path / "cut")]) == 2  # not silently overwritten: --resume or a new folder
@@ -182,7 +173,6 @@ def test_interrupted_and_resumed_post_training_equals_an_uninterrupted_run(tmp_p
 
 def test_resumed_hf_model_with_dropout_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     """Dropout draws from the global RNG: the snapshot carries it, so the resumed steps drop the same units."""
-    import signal
 
     from transformers import AutoModelForCausalLM
 
@@ -192,18 +182,8 @@ def test_resumed_hf_model_with_dropout_equals_an_uninterrupted_run(tmp_path, mon
     save_tiny_hf_llama(src, attention_dropout=0.3)
     args = ["sft", str(src), *SMALL, "--steps", "3", "--batch-size", "4", "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
-    real = posttrain.run_pipeline
-
-    def ctrl_c_at_step_1(*a, callback=None, **kw):
-        def cb(phase, step, log):
-            if step == 1:
-                signal.raise_signal(signal.SIGINT)
-            callback(phase, step, log)
-
-        return real(*a, callback=cb, **kw)
-
     with monkeypatch.context() as mp:
-        mp.setattr(posttrain, "run_pipeline", ctrl_c_at_step_1)
+        mp.setattr(posttrain, "run_pipeline", _ctrl_c_after(2))
         assert main([*args, "--out", str(tmp_path / "cut")]) == 130
     assert main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
     a, b = (AutoModelForCausalLM.from_pretrained(tmp_path / d).state_dict() for d in ("whole", "cut"))
