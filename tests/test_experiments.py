@@ -303,3 +303,25 @@ def test_scaling_smoke_gpu_preset_on_cpu(tmp_path):
     assert all(f"held_out_loss_d{w}" in res["metrics"] for w in gpu["widths"])
     assert res["config"]["vocab"] == gpu["vocab"] and "2·SE" in res["claims"][0]["evidence"]
     assert (tmp_path / "heldout_loss.png").stat().st_size > 1000
+
+
+def test_fit_progress_logs_the_loss_at_most_every_interval_and_at_the_last_step(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from lmlab.experiments import RunContext, registry
+    from lmlab.train import fit
+
+    ctx = RunContext(registry()["scaling_smoke"], "tiny", {}, 0, torch.device("cpu"), Path(tmp_path))
+    clock = iter([0.0, 10.0, 31.0, 40.0, 45.0, 70.0])  # creation, then one reading per step
+    monkeypatch.setattr(ex.time, "time", lambda: next(clock))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x = torch.randn(8, 3)
+    losses = fit(model, lambda m, b: m(b).pow(2).mean(), iter([x] * 5), 5, lr=0.1,
+                 callback=ctx.fit_progress("probe", 5))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "probe" in ln]
+    # steps end at 10, 31, 40, 45, 70 s: a line at 31 s (≥ 30 s since 0), none at 40 or 45, and the last step
+    assert lines == [
+        f"[scaling_smoke] probe step 2/5: loss {losses[1]:.4f} (31s)",
+        f"[scaling_smoke] probe step 5/5: loss {losses[4]:.4f} (70s)",
+    ]

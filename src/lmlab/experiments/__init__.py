@@ -105,6 +105,20 @@ class RunContext:
                 self.log(f"{desc} {i}{of} ({now - t0:.0f}s)")
         self.log(f"{desc} done: {i} in {time.time() - t0:.1f}s")
 
+    def fit_progress(self, desc: str, steps: int, every_s: float = 30.0):
+        """A `train.fit` callback that logs `desc step s/steps: loss (elapsed)` at most every `every_s` seconds
+        and at the last step. The loss is read back (a device sync) only when a line is logged."""
+        t0 = last = time.time()
+
+        def callback(step: int, loss) -> None:
+            nonlocal last
+            now = time.time()
+            if now - last >= every_s or step == steps - 1:
+                last = now
+                self.log(f"{desc} step {step + 1}/{steps}: loss {float(loss):.4f} ({now - t0:.0f}s)")
+
+        return callback
+
 
 _REGISTRY: dict[str, Experiment] = {}
 _DISCOVERED = False

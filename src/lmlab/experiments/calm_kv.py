@@ -252,10 +252,11 @@ def run_seed(ctx: RunContext, seed: int) -> dict:
     t0 = time.time()
     anchor = GPT(mcfg).to(dev)
     fit(anchor, lm_loss, batches(tok, task, "num_math", "all", b, seed + 1, dev), cfg["anchor_steps"], lr=lr,
-        warmup=50)
+        warmup=50, callback=ctx.fit_progress(f"seed {seed}: anchor", cfg["anchor_steps"]))
     augment = GPT(mcfg).to(dev)
     fit(augment, lm_loss, batches(tok, task, "kv_subs", "all", b, seed + 2, dev), cfg["augment_steps"],
-        lr=cfg["augment_lr"], warmup=50)
+        lr=cfg["augment_lr"], warmup=50,
+        callback=ctx.fit_progress(f"seed {seed}: augmenting model", cfg["augment_steps"]))
     ctx.log(f"seed {seed}: base models trained in {time.time() - t0:.0f}s")
 
     n = cfg["n_eval"]
@@ -277,7 +278,7 @@ def run_seed(ctx: RunContext, seed: int) -> dict:
     def composition_batches(batch_seed):
         return mixed_batches(tok, dc_pairs, skill_pairs, share, b, batch_seed, dev)
 
-    def train_composition(aug_model, augment_sees="sequence", bridge="cross"):
+    def train_composition(aug_model, augment_sees="sequence", bridge="cross", desc="CALM bridges"):
         conns = parse_connections(cfg["connections"]) if cfg["connections"] else None
         cm = compose(anchor, aug_model, n_connections=cfg["n_connections"], connections=conns,
                      augment_sees=augment_sees,
@@ -286,7 +287,8 @@ def run_seed(ctx: RunContext, seed: int) -> dict:
         loss_fn = (lambda model, batch: model(batch[0], batch[1])) if augment_sees == "sequence" else \
             (lambda model, batch: model(batch[0], batch[1], prefix_len=_prefix_len(batch[1])))
         fit(cm, loss_fn, data, cfg["bridge_steps"], lr=lr, warmup=50, grad_clip=1.0,
-            optimizer=torch.optim.AdamW(cm.bridge_parameters(), lr=lr, weight_decay=0.0))
+            optimizer=torch.optim.AdamW(cm.bridge_parameters(), lr=lr, weight_decay=0.0),
+            callback=ctx.fit_progress(f"seed {seed}: {desc}", cfg["bridge_steps"]))
         return cm
 
     t1 = time.time()
@@ -302,14 +304,14 @@ def run_seed(ctx: RunContext, seed: int) -> dict:
     for base in [x for x in cfg["baselines"].split(",") if x]:
         if base == "random_augment":
             rnd = GPT(mcfg).to(dev)
-            res["random_augment/heldout"] = accuracy(composed_gen(train_composition(rnd), tok), tok, task,
+            res["random_augment/heldout"] = accuracy(composed_gen(train_composition(rnd, desc=base), tok), tok, task,
                                                      ev["kv_math"], "kv_math", max_new)
         elif base == "prefix_encoder":
-            cmp = train_composition(augment, augment_sees="prefix")
+            cmp = train_composition(augment, augment_sees="prefix", desc=base)
             res["prefix_encoder/heldout"] = accuracy(composed_gen(cmp, tok), tok, task, ev["kv_math"], "kv_math",
                                                      max_new)
         elif base == "projection_only":
-            cmp = train_composition(augment, bridge="projection_only")
+            cmp = train_composition(augment, bridge="projection_only", desc=base)
             res["projection_only/heldout"] = accuracy(composed_gen(cmp, tok), tok, task, ev["kv_math"],
                                                       "kv_math", max_new)
         elif base == "anchor_finetune":
@@ -319,7 +321,8 @@ def run_seed(ctx: RunContext, seed: int) -> dict:
             for name, data in variants:
                 ft = GPT(mcfg).to(dev)
                 ft.load_state_dict(anchor.state_dict())
-                fit(ft, lm_loss, data, cfg["finetune_steps"], lr=lr / 2, warmup=50)
+                fit(ft, lm_loss, data, cfg["finetune_steps"], lr=lr / 2, warmup=50,
+                    callback=ctx.fit_progress(f"seed {seed}: {name}", cfg["finetune_steps"]))
                 res[f"{name}/heldout"] = accuracy(base_gen(ft, tok), tok, task, ev["kv_math"], "kv_math", max_new)
                 res[f"{name}/num_math"] = accuracy(base_gen(ft, tok), tok, task, ev["num_math"], "num_math",
                                                    max_new)
