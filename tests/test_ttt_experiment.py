@@ -21,6 +21,7 @@ FAST_LM = {
     "ttt_lrs": [1e-3],
     "eval_batch": 4,
     "batch_size": 2,
+    "stop_if_not_learned": False,  # these runs test the whole pipeline on a model that cannot retrieve
 }
 
 # a tiny-preset run with the toy LM too small and short-trained to retrieve (the pipeline, not the numbers)
@@ -262,7 +263,8 @@ def test_gpu_preset_runs_on_cpu_with_every_arm(tmp_path, monkeypatch):
     monkeypatch.setattr(KVRetrieval, "sample", sample)
     gpu = lct.PRESETS["gpu"]
     cheap = {"train_steps": 24, "batch_size": 2, "train_lines": [2, 4], "offset_after_loss": 1e9, "think_max": 6,
-             "lengths": [3, 6, 12], "n_eval": 4, "n_val": 2, "ttt_steps": 2, "ttt_span": 4, "eval_batch": 4}
+             "lengths": [3, 6, 12], "n_eval": 4, "n_val": 2, "ttt_steps": 2, "ttt_span": 4, "eval_batch": 4,
+             "stop_if_not_learned": False}
     rep = run_experiment("long_context_ttt", "gpu", tmp_path, device="cpu", overrides=cheap, quiet=True,
                          raise_errors=True)
     assert rep.error is None and max(pauses) > 0
@@ -277,3 +279,46 @@ def test_gpu_preset_runs_on_cpu_with_every_arm(tmp_path, monkeypatch):
     assert set(m["qttt_lr"]) == {"uniform", "targeted"} and m["qttt_lr"]["uniform"] in gpu["ttt_lrs"]
     assert len(m["retrieval_head"]["ablation_acc"]) == gpu["n_layers"] * gpu["n_heads"]
     assert m["flop_budget"] and (tmp_path / "accuracy_mass.png").stat().st_size > 1000
+
+
+def test_a_model_at_chance_after_training_skips_the_arms_and_leaves_every_claim_undecided(tmp_path, monkeypatch):
+    """Found on an H200: the gpu preset's LM stayed at chance (0.04 at 32 lines) and the run then spent its
+    time on thinking and qTTT arms of a model with nothing to retrieve. Such a run now stops after a quick
+    in-context check and says why."""
+    ran_qttt, real_adapt = [], QTTT.adapt
+
+    def spy(self, contexts, *a, **kw):
+        steps = self.cfg.steps if kw.get("steps") is None else kw["steps"]
+        if steps:
+            ran_qttt.append(steps)
+        return real_adapt(self, contexts, *a, **kw)
+
+    monkeypatch.setattr(QTTT, "adapt", spy)
+    cheap = {**FAST_LM, "n_values": 64, "n_keys": 64, "stop_if_not_learned": True}
+    rep = run_experiment("long_context_ttt", "small", tmp_path, device="cpu", overrides=cheap, quiet=True,
+                         raise_errors=True)
+    res = json.loads((tmp_path / "results.json").read_text())
+    m = res["metrics"]
+    assert not ran_qttt and "results" not in m and "qttt_lr" not in m
+    assert m["not_learned"]["check_acc"] < lct.CLEARLY_NOT_LEARNED and m["not_learned"]["check_lines"] == 3
+    assert set(m["not_learned"]["accuracy_by_lines"]) == {"3", "6"}
+    for c in rep.claims.values():
+        assert c.held is None and "did not learn retrieval" in c.evidence and "64 values" in c.evidence
+    assert "In-context accuracy of the trained model" in (tmp_path / "report.md").read_text()
+
+
+def test_the_not_learned_check_leaves_a_learned_run_untouched(tmp_path):
+    """The check samples its own contexts: with the check forced to pass, the run's evaluation is the one it
+    was without the check (same sampled contexts, same numbers)."""
+    over = {**FAST_LM, "n_keys": 16, "n_values": 4, "n_families": 2, "think_max": 2}
+    run_experiment("long_context_ttt", "small", tmp_path / "a", device="cpu", overrides=over, quiet=True,
+                   raise_errors=True)
+    lct_threshold = lct.CLEARLY_NOT_LEARNED
+    try:
+        lct.CLEARLY_NOT_LEARNED = -1.0  # every model "learned": the check runs and passes
+        run_experiment("long_context_ttt", "small", tmp_path / "b", device="cpu",
+                       overrides={**over, "stop_if_not_learned": True}, quiet=True, raise_errors=True)
+    finally:
+        lct.CLEARLY_NOT_LEARNED = lct_threshold
+    a, b = (json.loads((tmp_path / d / "results.json").read_text())["metrics"] for d in "ab")
+    assert a["results"] == b["results"] and a["qttt_lr"] == b["qttt_lr"]
