@@ -1,7 +1,10 @@
+import json
 import os
 from pathlib import Path
 
 import pytest
+import safetensors.torch
+import torch
 
 from lmlab.cli import main
 
@@ -305,3 +308,60 @@ def test_self_training_step_is_named_and_fed_honestly(shared_data, tmp_path, mon
     md = (tmp_path / "out" / "report.md").read_text()
     assert "self-training" in md and "back-translation" not in md.replace("monolingual back-translation", "")
     assert "transformer + 1 round self-training" in md
+
+
+def test_train_interrupted_twice_then_resumed_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a tagger finishes that tagger and stops; Ctrl-C during the translator finishes the step
+    and saves its state; --resume keeps what was finished and continues the translator exactly."""
+    import signal
+
+    import lmlab.train
+    from lmlab.sumerian.taggers import HMMTagger
+
+    root = Path(os.environ.get("LMLAB_DATA", ""))
+    if not (root / "sumerian").is_dir():
+        pytest.skip("real data folder sumerian/ is absent (set LMLAB_DATA)")
+    args = ["sumerian", "train", "--data", str(root), "--taggers", "hmm", "--limit", "120", "--mt-steps", "8",
+            "--mt-d-model", "16", "--mt-vocab", "200"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main([*args, "--out", str(whole)]) == 0
+    assert not (whole / "progress.json").exists()
+
+    real_fit, fits = HMMTagger.fit, []
+
+    def fit_with_ctrl_c(self, sents):  # Ctrl-C while the POS tagger trains: it finishes, then the run stops
+        fits.append(1)
+        signal.raise_signal(signal.SIGINT)
+        return real_fit(self, sents)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(HMMTagger, "fit", fit_with_ctrl_c)
+        assert main([*args, "--out", str(cut)]) == 130
+    assert len(fits) == 1 and (cut / "pos" / "hmm").is_dir() and not (cut / "ner").exists()
+    assert main([*args, "--out", str(cut)]) == 2  # an interrupted training is not overwritten
+    assert "continue it with --resume" in capsys.readouterr().err
+    assert main([*args[:-1], "300", "--out", str(cut), "--resume"]) == 2  # other settings are named
+    assert "mt" in capsys.readouterr().err
+
+    real_set_lr, steps = lmlab.train.set_lr, []
+
+    def set_lr_with_ctrl_c(*a, **kw):  # Ctrl-C as the translator's 3rd step starts
+        steps.append(1)
+        if len(steps) == 3:
+            signal.raise_signal(signal.SIGINT)
+        return real_set_lr(*a, **kw)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(lmlab.train, "set_lr", set_lr_with_ctrl_c)
+        assert main([*args, "--out", str(cut), "--resume"]) == 130
+    out = capsys.readouterr().out
+    assert "pos/hmm: finished before the interruption, kept" in out and "training hmm for ner" in out
+    assert len(steps) == 3 and (cut / "mt.resume").exists() and not (cut / "manifest.json").exists()
+    assert torch.load(cut / "mt.resume", weights_only=True)["step"] == 3
+
+    assert main([*args, "--out", str(cut), "--resume"]) == 0
+    assert not (cut / "progress.json").exists() and not (cut / "mt.resume").exists()
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (whole, cut))
+    assert a["dev_scores"] == b["dev_scores"]
+    wa, wb = (safetensors.torch.load_file(d / "mt" / "mt.safetensors") for d in (whole, cut))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # resumed == uninterrupted

@@ -232,3 +232,42 @@ def test_hf_seq2seq_finetune_translate_save(tmp_path):
     tr.save(tmp_path / "ft")
     again = HFTranslator.from_pretrained(tmp_path / "ft", max_len=16)
     assert again.translate([PAIRS[0][0]], max_len=6) == tr.translate([PAIRS[0][0]], max_len=6)
+
+
+def test_hf_finetune_stopped_and_resumed_equals_an_uninterrupted_finetune(tmp_path):
+    """FitResume on an HF seq2seq model with dropout: stop after step 3 (as on Ctrl-C), resume from the
+    snapshot in a fresh process state, and get the weights and losses of 7 uninterrupted steps."""
+    from lmlab.train import FitResume, StopRequested
+
+    class Stop:  # StopOnSigint's flag, raised once 3 steps are done
+        requested = False
+
+    path = hf_t5(tmp_path / "t5")
+    run = {"what": "test"}
+
+    def finetune(resume=None, stop=None):
+        torch.manual_seed(1)
+        tr = HFTranslator.from_pretrained(path, max_len=16)
+        fr = FitResume(tmp_path / "hf.resume", run, resume=resume, stop=stop) if stop or resume else None
+        if stop is not None:  # the flag goes up as step 3 runs
+            real = tr.model.forward
+
+            def forward(*a, **k):
+                fr_steps.append(1)
+                stop.requested = len(fr_steps) == 3
+                return real(*a, **k)
+
+            tr.model.forward = forward
+        return tr, tr.finetune(PAIRS, steps=7, lr=3e-3, batch_size=4, seed=5, resume=fr)
+
+    whole, losses = finetune()
+    assert whole.model.config.dropout_rate > 0
+    fr_steps: list = []
+    with pytest.raises(StopRequested):
+        finetune(stop=Stop())
+    assert torch.load(tmp_path / "hf.resume", weights_only=True)["step"] == 3
+    resumed, resumed_losses = finetune(resume=True)
+    assert not (tmp_path / "hf.resume").exists()
+    assert resumed_losses == pytest.approx(losses, abs=0, rel=0)
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -263,6 +263,66 @@ class StopOnSigint:
             signal.signal(s, old)
 
 
+class FitResume:
+    """Exact resume of one `fit` loop whose batches come from a deterministic stream. A snapshot at `path` holds
+    the model and optimizer state, the steps done, the losses so far and torch's RNG (dropout); it is written
+    atomically every `save_every` steps and when `stop` (a StopOnSigint) asks to stop, which then raises
+    StopRequested. `restore` loads it (when `resume` and it exists) and returns the steps done: the caller
+    replays its batch stream past them and passes `start=` to `fit`. `finish` removes it."""
+
+    def __init__(self, path: str | Path, run: dict, resume: bool = False, stop: StopOnSigint | None = None,
+                 save_every: int = 0):
+        self.path, self.run, self.resume, self.stop, self.save_every = Path(path), run, resume, stop, save_every
+        self.model = self.opt = None
+        self.restored: list[float] = []  # the losses of the steps done before the resume
+        self.losses: list = []  # every step's loss so far (0-d tensors: read back only when saved)
+
+    def restore(self, model: nn.Module, opt: torch.optim.Optimizer) -> int:
+        from lmlab.checkpoint import load_snapshot
+
+        self.model, self.opt = model, opt
+        if not (self.resume and self.path.exists()):
+            return 0
+        snap = load_snapshot(self.path, self.run, "written on Ctrl-C or every --save-every steps")
+        model.load_state_dict(snap["model"])
+        opt.load_state_dict(snap["opt"])
+        torch.set_rng_state(snap["torch_rng"])
+        if torch.cuda.is_available() and snap.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(snap["cuda_rng"])
+        self.restored = [float(x) for x in snap["losses"]]
+        self.losses = list(self.restored)
+        return snap["step"]
+
+    def save(self, steps_done: int) -> None:
+        from lmlab.checkpoint import save_snapshot
+
+        save_snapshot(self.path, {
+            "run": self.run, "step": steps_done, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            "losses": [float(x) for x in self.losses], "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        })
+
+    def callback(self, inner: Callable[[int, torch.Tensor], None] | None = None):
+        """A `fit` callback: runs `inner`, keeps the loss, saves on schedule, stops on request."""
+
+        def cb(step: int, loss: torch.Tensor) -> None:
+            if inner is not None:
+                inner(step, loss)
+            self.losses.append(loss)
+            stopping = self.stop is not None and self.stop.requested
+            if stopping or (self.save_every and (step + 1) % self.save_every == 0):
+                self.save(step + 1)
+            if stopping:
+                raise StopRequested
+
+        return cb
+
+    def finish(self, losses: list[float]) -> list[float]:
+        """The whole run's losses (the restored ones, then `fit`'s); removes the snapshot."""
+        self.path.unlink(missing_ok=True)
+        return self.restored + list(losses)
+
+
 # train keys an exact resume needs unchanged: the data stream, the initialisation, the learning-rate schedule
 # and the optimizer (a resumed optimizer keeps its saved weight_decay/betas, so a new value would be ignored)
 EXACT_RESUME_KEYS = ("batch_size", "grad_accum", "seq_len", "seed", "data_seed", "lr", "warmup",

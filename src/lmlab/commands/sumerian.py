@@ -66,6 +66,7 @@ def cmd_train(args) -> int:
     from lmlab.sumerian.pipeline import train_models
     from lmlab.sumerian.taggers import TAGGERS, BiLSTMCRFConfig
     from lmlab.sumerian.translate import MTConfig
+    from lmlab.train import StopOnSigint, StopRequested
 
     taggers = [t.strip() for t in args.taggers.split(",") if t.strip()]
     bad = [t for t in taggers if t not in TAGGERS]
@@ -85,20 +86,31 @@ def cmd_train(args) -> int:
             seed=args.seed,
         )
     )
-    scores = train_models(
-        data_dir(args.data),
-        args.out,
-        taggers,
-        args.limit or None,
-        args.augment,
-        args.crf_iters,
-        BiLSTMCRFConfig(epochs=args.bilstm_epochs, seed=args.seed),
-        mt,
-        args.mt_corpus,
-        hf_model=args.hf_model,
-        hf_steps=args.hf_steps,
-        device=args.device,
-    )
+    if args.save_every < 0:
+        raise LmlabError("--save-every must be >= 0 (0: save only on Ctrl-C)")
+    try:
+        with StopOnSigint() as stop:
+            scores = train_models(
+                data_dir(args.data),
+                args.out,
+                taggers,
+                args.limit or None,
+                args.augment,
+                args.crf_iters,
+                BiLSTMCRFConfig(epochs=args.bilstm_epochs, seed=args.seed),
+                mt,
+                args.mt_corpus,
+                hf_model=args.hf_model,
+                hf_steps=args.hf_steps,
+                device=args.device,
+                resume=args.resume,
+                stop=stop,
+                save_every=args.save_every,
+            )
+    except StopRequested:
+        print(f"interrupted: the finished models and the translator's last step are saved in {args.out}; "
+              "continue exactly with the same command and --resume", file=sys.stderr)
+        return 130
     print(f"models saved in {args.out}")
     for k, v in scores.items():
         print(
@@ -218,6 +230,11 @@ def register(sub) -> None:
     q.add_argument("--hf-steps", type=int, default=500)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="cpu")
+    q.add_argument("--resume", action="store_true",
+                   help="continue an interrupted training in --out exactly: finished models are kept, a translator "
+                        "continues from its last saved step (same command otherwise)")
+    q.add_argument("--save-every", type=int, default=0,
+                   help="also save the translator's state every N steps (default: only on Ctrl-C)")
     q.set_defaults(func=cmd_train)
 
     q = s.add_parser("explain", help="attribution heatmaps (PNG + HTML) of the translation of each line")

@@ -70,43 +70,72 @@ def train_models(
     hf_steps: int = 500,
     device="cpu",
     log=print,
+    resume: bool = False,
+    stop=None,
+    save_every: int = 0,
 ) -> dict:
     """Train the taggers (POS and NER) and, unless `mt` is None, the translator; with `hf_model` (a local
     HF seq2seq folder) also fine-tune it into `out/hf_mt`. Saves everything under `out`; returns dev
-    scores."""
+    scores.
+
+    Nothing finished is lost: `out/progress.json` records each finished model (with the run's settings) until
+    the manifest is written. `stop` (a StopOnSigint) ends the run after the current tagger, or after the current
+    step of a translator, whose state goes to `out/<mt|hf_mt>.resume` (also every `save_every` steps);
+    `resume=True` skips the finished models and continues a translator exactly where it stopped."""
+    from lmlab.train import FitResume, StopRequested
+
     root, out = Path(root), Path(out)
+    run = {
+        "data": str(root.resolve()), "taggers": list(taggers), "limit": limit, "augment_copies": augment_copies,
+        "crf_iters": crf_iters, "bilstm": asdict(bilstm) if bilstm else None, "mt": asdict(mt) if mt else None,
+        "mt_corpus": mt_corpus, "hf_model": str(hf_model) if hf_model else None, "hf_steps": hf_steps,
+    }
+    run = json.loads(json.dumps(run))  # as progress.json gives it back (lists, not tuples)
+    progress_path = out / "progress.json"
+    progress = _start_progress(progress_path, run, resume)
+    scores: dict = progress["done"]
+
+    def finished(stage: str, stage_scores: dict) -> None:
+        scores[stage] = stage_scores
+        atomic_write_json(progress_path, progress)
+        log(f"  dev {stage_scores}")
+        if stop is not None and stop.requested:
+            raise StopRequested
+
+    def fit_resume(stage: str) -> FitResume:
+        return FitResume(out / f"{stage}.resume", run, resume, stop, save_every)
+
     pos_train, ner_train = training_sentences(root, limit, augment_copies)
-    scores: dict = {}
     for task, train in (("pos", pos_train), ("ner", ner_train)):
         dev = loaders.load_tagged(task, "dev", root)
         for name in taggers:
+            if f"{task}/{name}" in scores:
+                log(f"{task}/{name}: finished before the interruption, kept")
+                continue
             log(f"training {name} for {task} on {len(train)} sentences")
             tagger = make_tagger(name, crf_iters, bilstm, device).fit(train)
             tagger.save(out / task / name)
             sc = tagging_scores([s.tags for s in dev], tagger.predict([s.tokens for s in dev]), task == "ner")
-            scores[f"{task}/{name}"] = {
+            finished(f"{task}/{name}", {
                 "accuracy": sc["accuracy"],
                 "macro_f1": sc["macro_f1"],
                 **({"entity_f1": sc["entity"]["f1"]} if task == "ner" else {}),
-            }
-            log(f"  dev {scores[f'{task}/{name}']}")
-    if mt is not None:
+            })
+    if mt is not None and "mt" not in scores:
         pairs = loaders.load_parallel(mt_corpus, "train", root, limit)
         log(f"training the translator on {len(pairs)} {mt_corpus} pairs for {mt.steps} steps")
-        tr = train_translator(pairs, mt, device, log=log)
+        tr = train_translator(pairs, mt, device, log=log, resume=fit_resume("mt"))
         tr.save(out / "mt")
         dev = loaders.load_parallel(mt_corpus, "dev", root)
-        scores["mt"] = bleu_chrf(tr.translate([s for s, _ in dev]), [e for _, e in dev])
-        log(f"  dev {scores['mt']}")
-    if hf_model is not None:
+        finished("mt", bleu_chrf(tr.translate([s for s, _ in dev]), [e for _, e in dev]))
+    if hf_model is not None and "hf_mt" not in scores:
         pairs = loaders.load_parallel(mt_corpus, "train", root, limit)
         log(f"fine-tuning {hf_model} on {len(pairs)} {mt_corpus} pairs for {hf_steps} steps")
         hf = HFTranslator.from_pretrained(hf_model, device)
-        hf.finetune(pairs, hf_steps, log=log)
+        hf.finetune(pairs, hf_steps, log=log, resume=fit_resume("hf_mt"))
         hf.save(out / "hf_mt")
         dev = loaders.load_parallel(mt_corpus, "dev", root)
-        scores["hf_mt"] = bleu_chrf(hf.translate([s for s, _ in dev]), [e for _, e in dev])
-        log(f"  dev {scores['hf_mt']}")
+        finished("hf_mt", bleu_chrf(hf.translate([s for s, _ in dev]), [e for _, e in dev]))
     atomic_write_json(
         out / "manifest.json",
         {
@@ -118,7 +147,29 @@ def train_models(
             "dev_scores": scores,
         },
     )
+    progress_path.unlink()
     return scores
+
+
+def _start_progress(path: Path, run: dict, resume: bool) -> dict:
+    """The progress record of a training into `path.parent`: a new one, or with `resume` the interrupted one
+    (refused when its settings differ from `run`, naming them)."""
+    if resume:
+        if not path.exists():
+            raise LmlabError(f"--resume: {path} not found: {path.parent} holds no interrupted training "
+                             "(run without --resume)")
+        progress = json.loads(path.read_text())
+        diff = {k: (progress["run"].get(k), v) for k, v in run.items() if progress["run"].get(k) != v}
+        if diff:
+            raise LmlabError(f"--resume: {path.parent} was trained with other settings {diff} (saved, given): "
+                             "resume with the interrupted run's command")
+        return progress
+    if path.exists():
+        raise LmlabError(f"{path.parent} holds an interrupted training ({path.name}): continue it with --resume, "
+                         "or choose another --out")
+    progress = {"run": run, "done": {}}
+    atomic_write_json(path, progress)
+    return progress
 
 
 class SumerianPipeline:

@@ -11,6 +11,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,9 @@ import torch.nn.functional as F
 from lmlab.sumerian.seq2seq import Seq2SeqConfig, Seq2SeqTransformer, beam_search, greedy_decode
 from lmlab.tokenizer import BPETokenizer, Tokenizer
 from lmlab.utils import LmlabError, atomic_write_bytes, atomic_write_json
+
+if TYPE_CHECKING:
+    from lmlab.train import FitResume
 
 
 @dataclass
@@ -220,10 +224,11 @@ def train_translator(
     device: str | torch.device = "cpu",
     tokenizers: tuple[Tokenizer, Tokenizer] | None = None,
     log=None,
+    resume: FitResume | None = None,
 ) -> Translator:
     """Train a Seq2SeqTransformer on (Sumerian, English) pairs for `cfg.steps` steps (AdamW, warmup +
-    cosine, label smoothing)."""
-    from lmlab.train import fit
+    cosine, label smoothing). With `resume`, snapshots allow an exact continuation (see `FitResume`)."""
+    from lmlab.train import fit, make_optimizer
 
     if not pairs:
         raise LmlabError("no training pairs: check the parallel corpus path")
@@ -278,18 +283,26 @@ def train_translator(
         if log
         else None
     )
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)  # the one `fit` would make
+    start = resume.restore(model, opt) if resume else 0
+    stream = _batches(examples, cfg.batch_size, cfg.seed)
+    for _ in range(start):  # replay the batch order past the steps already done
+        next(stream)
     tr.losses = fit(
         model,
         loss_fn,
-        (make(b) for b in _batches(examples, cfg.batch_size, cfg.seed)),
+        (make(b) for b in stream),
         cfg.steps,
         lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
         warmup=cfg.warmup,
         grad_clip=1.0,
-        callback=cb,
+        optimizer=opt,
+        callback=resume.callback(cb) if resume else cb,
         device=torch.device(device),
+        start=start,
     )
+    if resume:
+        tr.losses = resume.finish(tr.losses)
     model.eval()
     return tr
 
@@ -435,14 +448,20 @@ class HFTranslator:
         batch_size: int = 16,
         seed: int = 0,
         log=None,
+        resume: FitResume | None = None,
     ) -> list[float]:
-        from lmlab.train import fit
+        from lmlab.train import fit, make_optimizer
 
         rng = random.Random(seed)
+        k = min(batch_size, len(pairs))
+        opt = make_optimizer(self.model, lr)  # the one `fit` would make
+        start = resume.restore(self.model, opt) if resume else 0
+        for _ in range(start):  # replay the batch draws past the steps already done
+            rng.sample(pairs, k)
 
         def batches():
             while True:
-                yield self.batch(rng.sample(pairs, min(batch_size, len(pairs))))
+                yield self.batch(rng.sample(pairs, k))
 
         every = max(1, steps // 5)
         cb = (
@@ -461,11 +480,13 @@ class HFTranslator:
             steps,
             lr=lr,
             warmup=max(1, steps // 10),
-            callback=cb,
+            optimizer=opt,
+            callback=resume.callback(cb) if resume else cb,
             device=self.device,
+            start=start,
         )
         self.model.eval()
-        return losses
+        return resume.finish(losses) if resume else losses
 
     @torch.no_grad()
     def translate(
