@@ -65,7 +65,7 @@ PRESETS = {
               "rl_steps": 50, "sft_steps": 60, "n_test": 48, "dynamics_every": 10, "data_arm": True, "seeds": 2},
     # sized after H200 runs: a 2000-step version saturated pass@64 on difficulty-6 tests, so the test split is
     # difficulty 7 (in a CPU probe, base and SFT solved no difficulty-8 test up to step 800). With batches made in a
-    # worker process this preset took 271 s and 288 s on an H200 beside task_competition (docs/results/gpu)
+    # worker process this preset took 277 s and 289 s (wall) on an H200 beside task_competition (docs/results/gpu)
     "gpu": {**_BASE, "easy": [3, 4, 5], "hard": [6, 7], "test_difficulty": 7, "train_difficulties": [6, 7],
             "d_model": 128, "n_layers": 4, "n_heads": 4, "pretrain_docs": 128, "pretrain_lr": 2e-3,
             "pretrain_steps": 1200, "checkpoints": [150, 500, 1200], "n_train": 2000, "n_test": 96,

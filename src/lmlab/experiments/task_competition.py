@@ -43,7 +43,7 @@ PRESETS = {
     # [100, 10, 1, 0.1] was cut at 462 s (beside two other runs) after 2 of the 4 LM frequencies, where every size
     # learned comparison at 100/batch. So the toy is the small preset's and the LM ladder starts at 10/batch.
     # Alone on an H200 (2026-11-27, docs/results/gpu/logs_2026-11-27_run5) the whole preset took 290 s, the toy
-    # in its own CPU process beside the 12 LM cells (10-39 s each); beside rl_checkpoints it took 327 s.
+    # in its own CPU process beside the 12 LM cells (10-39 s each); beside rl_checkpoints it took 328 s.
     "gpu": {**TOY, **LM_OFF, "seeds": 3, "sweep_steps": 2000, "inj_widths": [8, 16, 32, 64, 128], "inj_steps": 2999,
             "relu": True, "relu_widths": [8, 16, 32, 64, 128],
             "lm": True, "lm_sizes": [[2, 64], [4, 128], [6, 256], [8, 512]], "lm_freqs": [10, 1, 0.1],
