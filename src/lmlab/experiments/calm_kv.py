@@ -61,6 +61,9 @@ PRESETS = {
     "small": dict(BASE, anchor_steps=1500, augment_steps=2000, bridge_steps=2000, n_eval=300,
                   baselines="random_augment,prefix_encoder,projection_only,anchor_finetune", finetune_steps=1500,
                   seeds=2),
+    # Not sized for 5 minutes: about 25,000 optimizer steps per seed (anchor, augmenting model, CALM, three bridge
+    # baselines, two anchor fine-tunes) x 2 seeds. On an H200 beside three other runs it had not finished the first
+    # 7,000 (the two base models) after 192 s (docs/results/gpu, run 6), so expect 20 minutes or more.
     "gpu": dict(BASE, n_keys=5000, d_model=256, n_layers=6, n_heads=8, batch=128, lr=1e-3, augment_lr=1e-3,
                 anchor_steps=3000, augment_steps=4000, bridge_steps=3000, n_connections=3, connections="", n_eval=1000,
                 ops="+-*",
