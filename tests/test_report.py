@@ -115,3 +115,23 @@ def test_reproduce_line_lists_the_overrides(tmp_path):
         "fast=false taggers=hmm,crf 'note=two words' 'widths=[1, 2]'`." in md
     )
     assert json.loads(json.dumps(r.to_json()))["overrides"]["minilm_n_train"] == 800
+
+
+def test_each_run_keeps_its_own_start_date_in_results_and_card(tmp_path, monkeypatch):
+    import lmlab.report as report_mod
+
+    class Clock:  # datetime.now answers 10:00, then 10:05, then 11:00 (the card)
+        times = iter(["2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00", "2026-01-01T11:00:00+00:00"])
+
+        @classmethod
+        def now(cls, tz=None):
+            stamp = next(cls.times)
+            return type("T", (), {"isoformat": lambda self, timespec=None: stamp})()
+
+    monkeypatch.setattr(report_mod._dt, "datetime", Clock)
+    a, b = make_report(tmp_path, "exp_a"), make_report(tmp_path, "exp_b")
+    a.write()
+    write_report_card(tmp_path, [a, b], "tiny")
+    card = json.loads((tmp_path / "report_card.json").read_text())
+    assert [e["date"] for e in card["experiments"]] == ["2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00"]
+    assert json.loads((tmp_path / "exp_a" / "results.json").read_text())["date"] == "2026-01-01T10:00:00+00:00"

@@ -65,6 +65,8 @@ class Report:
     device: str = ""
     cpu_threads: int | None = None  # intra-op threads the run used (set by the runner; tiny presets use 1)
     overrides: dict = field(default_factory=dict)  # preset keys set on the command line (`key=value`)
+    date: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    # ^ when the run started (the report is made then); results.json and the report card give this one
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
@@ -144,7 +146,7 @@ class Report:
                 "paper": self.paper,
                 "preset": self.preset,
                 "seed": self.seed,
-                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "date": self.date,
                 "runtime_s": self.runtime_s,
                 "cpu_time_s": self.cpu_time_s,
                 "device": self.device,
