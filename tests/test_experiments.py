@@ -290,13 +290,13 @@ def test_report_reproduce_line_includes_the_overrides(registry, tmp_path):
     assert rep.overrides == {}
 
 
-def test_scaling_smoke_gpu_preset_on_cpu(tmp_path):
+def test_scaling_smoke_gpu_preset_on_cpu(tmp_path, capsys):
     """The gpu preset's structure (vocab 48, four widths, several seeds, seq 128) at a CPU-sized cost."""
     gpu = ex.get("scaling_smoke").presets["gpu"]
     tiny = {"steps": 6, "eval_every": 3, "eval_seqs": 8, "batch": 4, "seeds": 2, "seq_len": 32}
-    rep = run_experiment("scaling_smoke", "gpu", tmp_path, device="cpu", overrides=tiny, quiet=True,
-                         raise_errors=True)
+    rep = run_experiment("scaling_smoke", "gpu", tmp_path, device="cpu", overrides=tiny, raise_errors=True)
     assert rep.error is None
+    assert "gpu preset is sized for about 5 minutes" in capsys.readouterr().err  # said once, before the run
     res = json.loads((tmp_path / "results.json").read_text())
     runs = res["metrics"]["runs"]
     assert {(r["width"], r["seed"]) for r in runs} == {(w, s) for w in gpu["widths"] for s in range(2)}

@@ -14,6 +14,7 @@ import contextlib
 import importlib
 import os
 import pkgutil
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -323,6 +324,10 @@ def run_experiment(
     dev = get_device(device)
     ctx = RunContext(exp, preset, cfg, seed, dev, out, data_arg=data, quiet=quiet,
                      overrides={k: cfg[k] for k in (overrides or {})})
+    if preset == "gpu" and dev.type == "cpu" and not quiet:
+        print(f"note: {name}'s gpu preset is sized for about 5 minutes on one H100/H200 and runs on the CPU here, "
+              "where it takes far longer (hours for some); --preset small is the CPU-sized run", file=sys.stderr,
+              flush=True)
     seed_everything(seed)
     threads = torch.get_num_threads()
     if preset == "tiny" and dev.type == "cpu":
