@@ -1,0 +1,190 @@
+"""`lmlab lmc`: linear mode connectivity of your own fine-tuned classifiers (local HF folders of one
+architecture). Every pair's barrier along the straight path between their weights, basins by spectral
+clustering of the barrier matrix, and, with a diagnostic set, how the basins line up with each model's
+accuracy there (Juneja et al., 2023). Writes report.md, results.json and barrier_heatmap.png."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from lmlab.utils import LmlabError
+
+
+def register(sub) -> None:
+    from lmlab.analysis.connectivity import BARRIERS
+
+    p = sub.add_parser("lmc", help="linear mode connectivity of local HF classifiers: barrier matrix and basins")
+    p.add_argument("models", nargs="+", help="two or more local HF sequence-classification folders (one architecture)")
+    p.add_argument("--data", required=True,
+                   help="JSONL of {\"text\", optional \"text_pair\", integer \"label\"}: where the paths are evaluated")
+    p.add_argument("--diagnostic", default=None,
+                   help="optional JSONL in the same format (e.g. HANS): each model's accuracy there and its "
+                        "correlation with the basins' spectral axis")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--points", type=int, default=10, help="evenly spaced interpolation points per path")
+    p.add_argument("--barrier", choices=list(BARRIERS), default="mod_bh")
+    p.add_argument("--metric", choices=["loss", "acc"], default="loss")
+    p.add_argument("--clusters", type=int, default=2, help="number of basins to find")
+    p.add_argument("--max-examples", type=int, default=512)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=run)
+
+
+def read_examples(path: str | Path, limit: int) -> tuple[list[str], list[str] | None, list[int]]:
+    p = Path(path)
+    if not p.is_file():
+        raise LmlabError(f"data file {p} not found")
+    texts, pairs, labels = [], [], []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            texts.append(str(row["text"]))
+            pairs.append(row.get("text_pair"))
+            labels.append(int(row["label"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise LmlabError(f"{p}:{n}: expected a JSON object with 'text' and an integer 'label' ({e!r})") from e
+        if len(texts) == limit:
+            break
+    if not texts:
+        raise LmlabError(f"{p} holds no examples")
+    if any(x is None for x in pairs) and not all(x is None for x in pairs):
+        raise LmlabError(f"{p}: give 'text_pair' on every line or on none")
+    return texts, (None if pairs[0] is None else [str(x) for x in pairs]), labels
+
+
+def make_batches(tok, examples, n_labels: int, batch: int, max_length: int, where: str) -> list:
+    import torch
+
+    texts, pairs, labels = examples
+    bad = sorted({y for y in labels if not 0 <= y < n_labels})
+    if bad:
+        raise LmlabError(f"{where}: labels {bad[:5]} are outside the models' {n_labels} classes (0..{n_labels - 1})")
+    out = []
+    for i in range(0, len(texts), batch):
+        enc = tok(texts[i:i + batch], pairs[i:i + batch] if pairs else None, padding=True, truncation=True,
+                  max_length=max_length, return_tensors="pt")
+        out.append((dict(enc), torch.tensor(labels[i:i + batch])))
+    return out
+
+
+ARCH_KEYS = ("model_type", "architectures", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size", "num_labels", "id2label")
+
+
+def check_same_architecture(paths: list[str]) -> None:
+    """Every folder holds an HF model config and weights, and all share one architecture (interpolating
+    weights needs the same shapes): a clear error naming the folder and the differing setting otherwise."""
+    configs = []
+    for p in map(Path, paths):
+        if not (p / "config.json").is_file():
+            raise LmlabError(f"{p} is not a Hugging Face model directory (no config.json): pass folders saved with "
+                             "save_pretrained")
+        if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+            raise LmlabError(f"{p} holds no weights (*.safetensors or *.bin)")
+        configs.append(json.loads((p / "config.json").read_text()))
+    for p, cfg in zip(paths[1:], configs[1:]):
+        diff = [k for k in ARCH_KEYS if cfg.get(k) != configs[0].get(k)]
+        if diff:
+            raise LmlabError(f"{p} has another architecture than {paths[0]} ({diff[0]}: {cfg.get(diff[0])!r} vs "
+                             f"{configs[0].get(diff[0])!r}); linear mode connectivity needs one architecture")
+
+
+def model_names(paths: list[str]) -> list[str]:
+    names = [Path(p).name or str(p) for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{i}:{n}" for i, n in enumerate(names)]
+    return names
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from lmlab.analysis import connectivity as C
+    from lmlab.hf import load_model, load_tokenizer
+    from lmlab.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, get_device
+
+    if len(args.models) < 2:
+        raise LmlabError("lmc needs two or more model folders")
+    if not 2 <= args.clusters <= len(args.models):
+        raise LmlabError(f"--clusters must be between 2 and the number of models ({len(args.models)})")
+    if args.points < 3:
+        raise LmlabError("--points must be >= 3 (the endpoints and at least one point between)")
+    check_same_architecture(args.models)
+    dev = get_device(args.device)
+    out = Path(args.out)
+    template = load_model(args.models[0], kind="classifier").float().to(dev).eval()
+    tok = load_tokenizer(args.models[0])
+    n_labels = template.config.num_labels
+    data = make_batches(tok, read_examples(args.data, args.max_examples), n_labels, args.batch, args.max_length,
+                        args.data)
+    names = model_names(args.models)
+    res = C.barrier_matrix(template, dict(zip(names, map(Path, args.models))), data, n_points=args.points,
+                           barrier=args.barrier, metric=args.metric, cache=out / "curves.json",
+                           cache_tag=f"max_length={args.max_length}")
+    D = np.asarray(res["D"], dtype=np.float64)
+    basins = C.cluster_basins(D, k=args.clusters)
+    within, between = C.within_between(D, basins)
+    if len(set(basins.tolist())) == len(names):
+        within = None  # every basin holds one model: no pair within a basin
+    diag, r = None, None
+    if args.diagnostic:
+        dbatches = C.prepare_batches(
+            make_batches(tok, read_examples(args.diagnostic, args.max_examples), n_labels, args.batch,
+                         args.max_length, args.diagnostic), dev)
+        diag = [C.evaluate(load_model(m, kind="classifier").float().to(dev), dbatches)["acc"] for m in args.models]
+        r = C.axis_correlation(D, diag) if len(names) >= 3 else None
+
+    results = {
+        "models": dict(zip(names, args.models)), "data": args.data, "n_examples": sum(len(y) for _, y in data),
+        "points": args.points, "barrier": args.barrier, "metric": args.metric, "D": D.tolist(),
+        "endpoints": res["endpoints"], "basins": [int(b) for b in basins], "within_barrier": within,
+        "between_barrier": between, "diagnostic": args.diagnostic,
+        "diagnostic_acc": dict(zip(names, diag)) if diag else None, "axis_correlation": r,
+    }
+    atomic_write_json(out / "results.json", results)
+    fig = C.plot_barrier_heatmap(D, names, order=diag, labels=list(basins),
+                                 title=f"{args.metric} barrier ({args.barrier})")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write_bytes(out / "barrier_heatmap.png", buf.getvalue())
+    atomic_write_text(out / "report.md", _report(results, names))
+    print(f"{len(names)} models, {len(names) * (len(names) - 1) // 2} paths on {results['n_examples']} examples: "
+          f"mean {args.metric} barrier within basins {_num(within)}, between {_num(between)}")
+    if r is not None:
+        print(f"spectral axis vs diagnostic accuracy: r = {r:+.3f}")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _report(res: dict, names: list[str]) -> str:
+    diag = res["diagnostic_acc"]
+    lines = [
+        "# Linear mode connectivity",
+        "",
+        f"{len(names)} models, {res['points']} points per path, {res['metric']} barrier `{res['barrier']}` on "
+        f"{res['n_examples']} examples of `{res['data']}`. Mean barrier within basins {_num(res['within_barrier'])}, "
+        f"between basins {_num(res['between_barrier'])}."
+        + (f" Spectral axis vs diagnostic accuracy: r = {res['axis_correlation']:+.3f}."
+           if res["axis_correlation"] is not None else ""),
+        "",
+        "| model | folder | loss | accuracy | " + ("diagnostic accuracy | " if diag else "") + "basin |",
+        "|---|---|---|---|" + ("---|" if diag else "") + "---|",
+    ]
+    for i, n in enumerate(names):
+        e = res["endpoints"][n]
+        lines.append(f"| {n} | `{res['models'][n]}` | {e['loss']:.4f} | {e['acc']:.4f} | "
+                     + (f"{diag[n]:.4f} | " if diag else "") + f"{res['basins'][i]} |")
+    lines += ["", "**Barrier matrix**", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(f"{x:.4f}" for x in row) + " |" for n, row in zip(names, res["D"])]
+    lines += ["", "![barrier heatmap, models ordered by basin](barrier_heatmap.png)", ""]
+    return "\n".join(lines)
