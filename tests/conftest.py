@@ -18,3 +18,20 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"real data folder {root} is absent (set LMLAB_DATA)")
     return root
+
+
+WORDS = "the cat dog sat ran on a mat rug big small red".split()
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    """A whitespace word-level HF tokenizer over WORDS (ids 0-3: [PAD], [UNK], [CLS], [SEP]), for tiny HF
+    models saved with their tokenizer."""
+    import transformers as tf
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                      cls_token="[CLS]", sep_token="[SEP]")

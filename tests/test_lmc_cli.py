@@ -7,21 +7,12 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lmlab.analysis import connectivity as C
 from lmlab.cli import main
 from lmlab.commands.lmc import make_batches, read_examples
 
-WORDS = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "rug", "big", "small", "red"]
-
-
-def _tokenizer():
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                      cls_token="[CLS]", sep_token="[SEP]")
+WORDS = "the cat dog sat ran on a mat rug big small red".split()  # the word_tokenizer fixture's words
 
 
 def _write_jsonl(path, n, seed):
@@ -32,11 +23,18 @@ def _write_jsonl(path, n, seed):
 
 
 @pytest.fixture(scope="module")
-def three_models(tmp_path_factory):
+def three_models(tmp_path_factory, word_tokenizer):
     root = tmp_path_factory.mktemp("lmc")
-    cfg = tf.BertConfig(vocab_size=len(WORDS) + 4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=32, num_labels=2)
-    tok = _tokenizer()
+    cfg = tf.BertConfig(
+        vocab_size=len(WORDS) + 4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
+    tok = word_tokenizer
     torch.manual_seed(0)
     parent = tf.BertForSequenceClassification(cfg)
     dirs = []
@@ -57,8 +55,22 @@ def test_lmc_cli_reports_the_analysis_api_numbers(three_models, capsys):
     root, dirs = three_models
     data, diag = _write_jsonl(root / "data.jsonl", 40, 1), _write_jsonl(root / "diag.jsonl", 24, 2)
     out = root / "out"
-    args = ["lmc", *map(str, dirs), "--data", str(data), "--diagnostic", str(diag), "--out", str(out),
-            "--points", "5", "--batch", "16", "--max-length", "16"]
+    args = [
+        "lmc",
+        *map(str, dirs),
+        "--data",
+        str(data),
+        "--diagnostic",
+        str(diag),
+        "--out",
+        str(out),
+        "--points",
+        "5",
+        "--batch",
+        "16",
+        "--max-length",
+        "16",
+    ]
     assert main(args) == 0
     res = json.loads((out / "results.json").read_text())
     names = ["ft0", "ft1", "ft2"]
@@ -73,17 +85,25 @@ def test_lmc_cli_reports_the_analysis_api_numbers(three_models, capsys):
     assert np.allclose(D, D.T) and np.all(np.diag(D) == 0) and D.max() > 0
     for n, d in zip(names, dirs):
         m = tf.BertForSequenceClassification.from_pretrained(d).eval()
-        assert res["endpoints"][n]["loss"] == pytest.approx(C.evaluate(m, C.prepare_batches(batches, "cpu"))["loss"],
-                                                           abs=1e-6)
+        assert res["endpoints"][n]["loss"] == pytest.approx(
+            C.evaluate(m, C.prepare_batches(batches, "cpu"))["loss"], abs=1e-6
+        )
         dbatches = C.prepare_batches(make_batches(tok, read_examples(diag, 512), 2, 16, 16, "diag"), "cpu")
         assert res["diagnostic_acc"][n] == pytest.approx(C.evaluate(m, dbatches)["acc"])
     assert res["basins"] == [int(b) for b in C.cluster_basins(D, 2)]
-    assert res["axis_correlation"] == pytest.approx(C.axis_correlation(D, [res["diagnostic_acc"][n] for n in names]))
-    assert (out / "barrier_heatmap.png").stat().st_size > 1000 and "| ft2 |" in (out / "report.md").read_text()
+    assert res["axis_correlation"] == pytest.approx(
+        C.axis_correlation(D, [res["diagnostic_acc"][n] for n in names])
+    )
+    assert (out / "barrier_heatmap.png").stat().st_size > 1000 and "| ft2 |" in (
+        out / "report.md"
+    ).read_text()
     assert "within basins" in capsys.readouterr().out
     assert main(args) == 0  # a second run reads every path from out/curves.json
     assert json.loads((out / "results.json").read_text())["D"] == res["D"]
-    assert main(["lmc", *map(str, dirs[:2]), "--data", str(data), "--out", str(root / "two"), "--points", "3"]) == 0
+    assert (
+        main(["lmc", *map(str, dirs[:2]), "--data", str(data), "--out", str(root / "two"), "--points", "3"])
+        == 0
+    )
     two = json.loads((root / "two" / "results.json").read_text())  # one pair: two basins of one model each
     assert two["within_barrier"] is None and two["between_barrier"] == pytest.approx(two["D"][0][1])
     assert "within basins n/a" in capsys.readouterr().out
@@ -101,14 +121,29 @@ def test_lmc_cli_errors_name_the_problem(three_models, tmp_path, capsys):
     bad.write_text('{"sentence": "the cat"}\n')
     assert main(["lmc", *map(str, dirs[:2]), "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "bad.jsonl:1: expected a JSON object with 'text'" in capsys.readouterr().err
-    assert main(["lmc", *map(str, dirs[:2]), "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)]) == 2
+    assert (
+        main(["lmc", *map(str, dirs[:2]), "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)])
+        == 2
+    )
     assert "not found" in capsys.readouterr().err
-    assert main(["lmc", *map(str, dirs[:2]), str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["lmc", *map(str, dirs[:2]), str(tmp_path), "--data", str(data), "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "not a Hugging Face model directory" in capsys.readouterr().err
     other = tmp_path / "other"
-    cfg = tf.BertConfig(vocab_size=len(WORDS) + 4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=32, num_labels=2)
+    cfg = tf.BertConfig(
+        vocab_size=len(WORDS) + 4,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
     tf.BertForSequenceClassification(cfg).save_pretrained(other)
-    assert main(["lmc", *map(str, dirs[:2]), str(other), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["lmc", *map(str, dirs[:2]), str(other), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    )
     err = capsys.readouterr().err
     assert "has another architecture" in err and "hidden_size: 16 vs 32" in err

@@ -413,6 +413,7 @@ def select_models(
     max_pairs: int | None = None,
     seed: int = 0,
     mi_neurons_per_layer: int | None = 64,
+    keep_arrays: bool = False,
 ) -> dict:
     """Rank candidates from their activations on the same unlabeled set; τ against `extrinsic`.
 
@@ -420,11 +421,12 @@ def select_models(
     `mi_neurons_per_layer` neurons of each layer (64: 384×384 pairs for a 6-layer DistilBERT instead of
     4,608×4,608). Give `Activations` (e.g. from `hf_activations`) so the layers are known; a plain
     (S, N) array counts as one layer, so its first `mi_neurons_per_layer` columns are used.
-    mi_neurons_per_layer=None: MI over every column.
+    mi_neurons_per_layer=None: MI over every column. keep_arrays: also return each model's per-neuron
+    entropies and MI matrix (`entropy`, `mi`), e.g. for the paper's plots.
     """
     if mi_neurons_per_layer is not None and mi_neurons_per_layer < 2:
         raise LmlabError(f"mi_neurons_per_layer must be >= 2 (or None for all), got {mi_neurons_per_layer}")
-    summaries = {}
+    summaries, entropies, mis = {}, {}, {}
     for name, a in activations.items():
         if not isinstance(a, Activations):
             a = np.asarray(a, dtype=np.float64)
@@ -432,9 +434,10 @@ def select_models(
                 raise LmlabError(f"{name}: activations must be (examples, neurons), got shape {a.shape}")
             a = Activations(a, {"all": slice(0, a.shape[1])})
         mi_cols = a.values if mi_neurons_per_layer is None else a.first_neurons(mi_neurons_per_layer)
-        summaries[name] = summarize(neuron_entropy(a.values, n_bins),
-                                    pairwise_mi_ksg(mi_cols, k, max_pairs=max_pairs, seed=seed))
-    out = {"summaries": summaries}
+        entropies[name] = neuron_entropy(a.values, n_bins)
+        mis[name] = pairwise_mi_ksg(mi_cols, k, max_pairs=max_pairs, seed=seed)
+        summaries[name] = summarize(entropies[name], mis[name])
+    out = {"summaries": summaries} | ({"entropy": entropies, "mi": mis} if keep_arrays else {})
     for measure in ("entropy", "mi"):
         r = rank_models(summaries, measure, memorization)
         out[f"ranking_{measure}"] = r

@@ -15,13 +15,23 @@ from lmlab.utils import LmlabError
 def register(sub) -> None:
     from lmlab.analysis.connectivity import BARRIERS
 
-    p = sub.add_parser("lmc", help="linear mode connectivity of local HF classifiers: barrier matrix and basins")
-    p.add_argument("models", nargs="+", help="two or more local HF sequence-classification folders (one architecture)")
-    p.add_argument("--data", required=True,
-                   help="JSONL of {\"text\", optional \"text_pair\", integer \"label\"}: where the paths are evaluated")
-    p.add_argument("--diagnostic", default=None,
-                   help="optional JSONL in the same format (e.g. HANS): each model's accuracy there and its "
-                        "correlation with the basins' spectral axis")
+    p = sub.add_parser(
+        "lmc", help="linear mode connectivity of local HF classifiers: barrier matrix and basins"
+    )
+    p.add_argument(
+        "models", nargs="+", help="two or more local HF sequence-classification folders (one architecture)"
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help='JSONL of {"text", optional "text_pair", integer "label"}: where the paths are evaluated',
+    )
+    p.add_argument(
+        "--diagnostic",
+        default=None,
+        help="optional JSONL in the same format (e.g. HANS): each model's accuracy there and its "
+        "correlation with the basins' spectral axis",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--points", type=int, default=10, help="evenly spaced interpolation points per path")
     p.add_argument("--barrier", choices=list(BARRIERS), default="mod_bh")
@@ -48,7 +58,9 @@ def read_examples(path: str | Path, limit: int) -> tuple[list[str], list[str] | 
             pairs.append(row.get("text_pair"))
             labels.append(int(row["label"]))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise LmlabError(f"{p}:{n}: expected a JSON object with 'text' and an integer 'label' ({e!r})") from e
+            raise LmlabError(
+                f"{p}:{n}: expected a JSON object with 'text' and an integer 'label' ({e!r})"
+            ) from e
         if len(texts) == limit:
             break
     if not texts:
@@ -64,17 +76,34 @@ def make_batches(tok, examples, n_labels: int, batch: int, max_length: int, wher
     texts, pairs, labels = examples
     bad = sorted({y for y in labels if not 0 <= y < n_labels})
     if bad:
-        raise LmlabError(f"{where}: labels {bad[:5]} are outside the models' {n_labels} classes (0..{n_labels - 1})")
+        raise LmlabError(
+            f"{where}: labels {bad[:5]} are outside the models' {n_labels} classes (0..{n_labels - 1})"
+        )
     out = []
     for i in range(0, len(texts), batch):
-        enc = tok(texts[i:i + batch], pairs[i:i + batch] if pairs else None, padding=True, truncation=True,
-                  max_length=max_length, return_tensors="pt")
-        out.append((dict(enc), torch.tensor(labels[i:i + batch])))
+        enc = tok(
+            texts[i : i + batch],
+            pairs[i : i + batch] if pairs else None,
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        out.append((dict(enc), torch.tensor(labels[i : i + batch])))
     return out
 
 
-ARCH_KEYS = ("model_type", "architectures", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-             "intermediate_size", "num_labels", "id2label")
+ARCH_KEYS = (
+    "model_type",
+    "architectures",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "num_labels",
+    "id2label",
+)
 
 
 def check_same_architecture(paths: list[str]) -> None:
@@ -83,16 +112,20 @@ def check_same_architecture(paths: list[str]) -> None:
     configs = []
     for p in map(Path, paths):
         if not (p / "config.json").is_file():
-            raise LmlabError(f"{p} is not a Hugging Face model directory (no config.json): pass folders saved with "
-                             "save_pretrained")
+            raise LmlabError(
+                f"{p} is not a Hugging Face model directory (no config.json): pass folders saved with "
+                "save_pretrained"
+            )
         if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
             raise LmlabError(f"{p} holds no weights (*.safetensors or *.bin)")
         configs.append(json.loads((p / "config.json").read_text()))
     for p, cfg in zip(paths[1:], configs[1:]):
         diff = [k for k in ARCH_KEYS if cfg.get(k) != configs[0].get(k)]
         if diff:
-            raise LmlabError(f"{p} has another architecture than {paths[0]} ({diff[0]}: {cfg.get(diff[0])!r} vs "
-                             f"{configs[0].get(diff[0])!r}); linear mode connectivity needs one architecture")
+            raise LmlabError(
+                f"{p} has another architecture than {paths[0]} ({diff[0]}: {cfg.get(diff[0])!r} vs "
+                f"{configs[0].get(diff[0])!r}); linear mode connectivity needs one architecture"
+            )
 
 
 def model_names(paths: list[str]) -> list[str]:
@@ -121,12 +154,20 @@ def run(args) -> int:
     template = load_model(args.models[0], kind="classifier").float().to(dev).eval()
     tok = load_tokenizer(args.models[0])
     n_labels = template.config.num_labels
-    data = make_batches(tok, read_examples(args.data, args.max_examples), n_labels, args.batch, args.max_length,
-                        args.data)
+    data = make_batches(
+        tok, read_examples(args.data, args.max_examples), n_labels, args.batch, args.max_length, args.data
+    )
     names = model_names(args.models)
-    res = C.barrier_matrix(template, dict(zip(names, map(Path, args.models))), data, n_points=args.points,
-                           barrier=args.barrier, metric=args.metric, cache=out / "curves.json",
-                           cache_tag=f"max_length={args.max_length}")
+    res = C.barrier_matrix(
+        template,
+        dict(zip(names, map(Path, args.models))),
+        data,
+        n_points=args.points,
+        barrier=args.barrier,
+        metric=args.metric,
+        cache=out / "curves.json",
+        cache_tag=f"max_length={args.max_length}",
+    )
     D = np.asarray(res["D"], dtype=np.float64)
     basins = C.cluster_basins(D, k=args.clusters)
     within, between = C.within_between(D, basins)
@@ -135,27 +176,49 @@ def run(args) -> int:
     diag, r = None, None
     if args.diagnostic:
         dbatches = C.prepare_batches(
-            make_batches(tok, read_examples(args.diagnostic, args.max_examples), n_labels, args.batch,
-                         args.max_length, args.diagnostic), dev)
-        diag = [C.evaluate(load_model(m, kind="classifier").float().to(dev), dbatches)["acc"] for m in args.models]
+            make_batches(
+                tok,
+                read_examples(args.diagnostic, args.max_examples),
+                n_labels,
+                args.batch,
+                args.max_length,
+                args.diagnostic,
+            ),
+            dev,
+        )
+        diag = [
+            C.evaluate(load_model(m, kind="classifier").float().to(dev), dbatches)["acc"] for m in args.models
+        ]
         r = C.axis_correlation(D, diag) if len(names) >= 3 else None
 
     results = {
-        "models": dict(zip(names, args.models)), "data": args.data, "n_examples": sum(len(y) for _, y in data),
-        "points": args.points, "barrier": args.barrier, "metric": args.metric, "D": D.tolist(),
-        "endpoints": res["endpoints"], "basins": [int(b) for b in basins], "within_barrier": within,
-        "between_barrier": between, "diagnostic": args.diagnostic,
-        "diagnostic_acc": dict(zip(names, diag)) if diag else None, "axis_correlation": r,
+        "models": dict(zip(names, args.models)),
+        "data": args.data,
+        "n_examples": sum(len(y) for _, y in data),
+        "points": args.points,
+        "barrier": args.barrier,
+        "metric": args.metric,
+        "D": D.tolist(),
+        "endpoints": res["endpoints"],
+        "basins": [int(b) for b in basins],
+        "within_barrier": within,
+        "between_barrier": between,
+        "diagnostic": args.diagnostic,
+        "diagnostic_acc": dict(zip(names, diag)) if diag else None,
+        "axis_correlation": r,
     }
     atomic_write_json(out / "results.json", results)
-    fig = C.plot_barrier_heatmap(D, names, order=diag, labels=list(basins),
-                                 title=f"{args.metric} barrier ({args.barrier})")
+    fig = C.plot_barrier_heatmap(
+        D, names, order=diag, labels=list(basins), title=f"{args.metric} barrier ({args.barrier})"
+    )
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     atomic_write_bytes(out / "barrier_heatmap.png", buf.getvalue())
     atomic_write_text(out / "report.md", _report(results, names))
-    print(f"{len(names)} models, {len(names) * (len(names) - 1) // 2} paths on {results['n_examples']} examples: "
-          f"mean {args.metric} barrier within basins {_num(within)}, between {_num(between)}")
+    print(
+        f"{len(names)} models, {len(names) * (len(names) - 1) // 2} paths on {results['n_examples']} examples: "
+        f"mean {args.metric} barrier within basins {_num(within)}, between {_num(between)}"
+    )
     if r is not None:
         print(f"spectral axis vs diagnostic accuracy: r = {r:+.3f}")
     print(f"report: {out / 'report.md'}")
@@ -174,17 +237,29 @@ def _report(res: dict, names: list[str]) -> str:
         f"{len(names)} models, {res['points']} points per path, {res['metric']} barrier `{res['barrier']}` on "
         f"{res['n_examples']} examples of `{res['data']}`. Mean barrier within basins {_num(res['within_barrier'])}, "
         f"between basins {_num(res['between_barrier'])}."
-        + (f" Spectral axis vs diagnostic accuracy: r = {res['axis_correlation']:+.3f}."
-           if res["axis_correlation"] is not None else ""),
+        + (
+            f" Spectral axis vs diagnostic accuracy: r = {res['axis_correlation']:+.3f}."
+            if res["axis_correlation"] is not None
+            else ""
+        ),
         "",
         "| model | folder | loss | accuracy | " + ("diagnostic accuracy | " if diag else "") + "basin |",
         "|---|---|---|---|" + ("---|" if diag else "") + "---|",
     ]
     for i, n in enumerate(names):
         e = res["endpoints"][n]
-        lines.append(f"| {n} | `{res['models'][n]}` | {e['loss']:.4f} | {e['acc']:.4f} | "
-                     + (f"{diag[n]:.4f} | " if diag else "") + f"{res['basins'][i]} |")
-    lines += ["", "**Barrier matrix**", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines.append(
+            f"| {n} | `{res['models'][n]}` | {e['loss']:.4f} | {e['acc']:.4f} | "
+            + (f"{diag[n]:.4f} | " if diag else "")
+            + f"{res['basins'][i]} |"
+        )
+    lines += [
+        "",
+        "**Barrier matrix**",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
     lines += [f"| {n} | " + " | ".join(f"{x:.4f}" for x in row) + " |" for n, row in zip(names, res["D"])]
     lines += ["", "![barrier heatmap, models ordered by basin](barrier_heatmap.png)", ""]
     return "\n".join(lines)
