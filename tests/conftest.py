@@ -35,3 +35,16 @@ def word_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return tf.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
                                       cls_token="[CLS]", sep_token="[SEP]")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_config():
+    """Factory of tiny BertConfigs over the word_tokenizer's vocabulary (head size 8, MLP 2x hidden)."""
+    import transformers as tf
+
+    def make(hidden: int = 32, layers: int = 2, **kwargs):
+        return tf.BertConfig(vocab_size=len(WORDS) + 4, hidden_size=hidden, num_hidden_layers=layers,
+                             num_attention_heads=hidden // 8, intermediate_size=2 * hidden,
+                             max_position_embeddings=32, **kwargs)
+
+    return make

@@ -15,16 +15,9 @@ WORDS = "the cat dog sat ran on a mat rug big small red".split()  # the word_tok
 
 
 @pytest.fixture(scope="module")
-def encoders(tmp_path_factory, word_tokenizer):
+def encoders(tmp_path_factory, word_tokenizer, tiny_bert_config):
     root = tmp_path_factory.mktemp("info")
-    cfg = tf.BertConfig(
-        vocab_size=len(WORDS) + 4,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
+    cfg = tiny_bert_config(16, 2)
     tok, dirs = word_tokenizer, []
     for i in range(3):
         torch.manual_seed(i)

@@ -23,17 +23,9 @@ def _write_jsonl(path, n, seed):
 
 
 @pytest.fixture(scope="module")
-def three_models(tmp_path_factory, word_tokenizer):
+def three_models(tmp_path_factory, word_tokenizer, tiny_bert_config):
     root = tmp_path_factory.mktemp("lmc")
-    cfg = tf.BertConfig(
-        vocab_size=len(WORDS) + 4,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        num_labels=2,
-    )
+    cfg = tiny_bert_config(32, 2, num_labels=2)
     tok = word_tokenizer
     torch.manual_seed(0)
     parent = tf.BertForSequenceClassification(cfg)
@@ -109,7 +101,7 @@ def test_lmc_cli_reports_the_analysis_api_numbers(three_models, capsys):
     assert "within basins n/a" in capsys.readouterr().out
 
 
-def test_lmc_cli_errors_name_the_problem(three_models, tmp_path, capsys):
+def test_lmc_cli_errors_name_the_problem(three_models, tmp_path, capsys, tiny_bert_config):
     root, dirs = three_models
     data = _write_jsonl(tmp_path / "data.jsonl", 8, 3)
     assert main(["lmc", str(dirs[0]), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
@@ -132,15 +124,7 @@ def test_lmc_cli_errors_name_the_problem(three_models, tmp_path, capsys):
     )
     assert "not a Hugging Face model directory" in capsys.readouterr().err
     other = tmp_path / "other"
-    cfg = tf.BertConfig(
-        vocab_size=len(WORDS) + 4,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        num_labels=2,
-    )
+    cfg = tiny_bert_config(16, 1, num_labels=2)
     tf.BertForSequenceClassification(cfg).save_pretrained(other)
     assert (
         main(["lmc", *map(str, dirs[:2]), str(other), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
