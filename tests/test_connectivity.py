@@ -282,3 +282,31 @@ class _WithMask(torch.nn.Module):
     def __init__(self, mask):
         super().__init__()
         self.register_buffer("m", mask)
+
+
+def test_language_model_paths_score_counted_tokens():
+    """Next-token labels with -100 on ignored positions: the endpoint loss is the GPT's own mean token loss,
+    accuracy counts only scored tokens, and the vmapped path equals the loop."""
+    from lmlab.model import GPT, GPTConfig
+
+    cfg = GPTConfig(vocab_size=11, n_layers=2, n_heads=2, d_model=16, seq_len=16)
+    torch.manual_seed(0)
+    a, b = GPT(cfg).eval(), GPT(cfg).eval()
+    ids = torch.randint(0, 11, (6, 10))
+    tgt = ids.roll(-1, 1)
+    tgt[:, -1] = -100
+    tgt[:3, 6:] = -100  # padding of three shorter rows
+    batches = C.prepare_batches([(ids[:4], tgt[:4]), (ids[4:], tgt[4:])], "cpu")
+    ev = C.evaluate(a, batches)
+    with torch.no_grad():
+        assert ev["loss"] == pytest.approx(float(a(ids, tgt)), abs=1e-5)
+        pred = a(ids).argmax(-1)
+    counted = tgt != -100
+    assert ev["acc"] == pytest.approx(float(((pred == tgt) & counted).sum() / counted.sum()))
+    loop = C.path_curve(copy.deepcopy(a), a.state_dict(), b.state_dict(), batches, 5, vectorize=False)
+    vmapped = C.path_curve(copy.deepcopy(a), a.state_dict(), b.state_dict(), batches, 5, vectorize=True)
+    np.testing.assert_allclose(vmapped["loss"], loop["loss"], atol=1e-5)
+    assert loop["loss"][0] == pytest.approx(ev["loss"], abs=1e-6)
+    assert loop["loss"][-1] == pytest.approx(C.evaluate(b, batches)["loss"], abs=1e-6)
+    with pytest.raises(LmlabError, match="no scored labels"):
+        C.evaluate(a, C.prepare_batches([(ids, torch.full_like(tgt, -100))], "cpu"))

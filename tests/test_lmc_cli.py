@@ -131,3 +131,107 @@ def test_lmc_cli_errors_name_the_problem(three_models, tmp_path, capsys, tiny_be
     )
     err = capsys.readouterr().err
     assert "has another architecture" in err and "hidden_size: 16 vs 32" in err
+
+
+def test_lmc_cli_on_lmlab_language_model_checkpoints(tmp_path, capsys):
+    """--kind causal: three lmlab GPT runs (two near one parent, one far), next-token loss on text lines; the
+    reported matrix and endpoints are the API's on the same batches."""
+    import copy
+
+    from lmlab import checkpoint
+    from lmlab.commands.interference import lm_batch
+    from lmlab.model import GPT, GPTConfig
+    from lmlab.tokenizer import CharTokenizer
+
+    tok = CharTokenizer("abcd ")
+    torch.manual_seed(0)
+    parent = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=2, n_heads=2, d_model=16, seq_len=64))
+    runs = []
+    for i, scale in enumerate([0.0, 0.02, 0.5]):
+        m = copy.deepcopy(parent)
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(scale * torch.randn_like(p))
+        checkpoint.save(tmp_path / f"run{i}", 1, m)
+        tok.save(tmp_path / f"run{i}" / "tokenizer.json")
+        runs.append(tmp_path / f"run{i}")
+    rng = np.random.default_rng(0)
+    lines = ["".join(rng.choice(list("abcd "), 12)) for _ in range(30)]
+    (tmp_path / "text.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "lmc",
+                *map(str, runs),
+                "--kind",
+                "causal",
+                "--data",
+                str(tmp_path / "text.txt"),
+                "--diagnostic",
+                str(tmp_path / "text.txt"),
+                "--out",
+                str(out),
+                "--points",
+                "4",
+                "--batch",
+                "8",
+            ]
+        )
+        == 0
+    )
+    res = json.loads((out / "results.json").read_text())
+    models = [checkpoint.load(r)[0].eval() for r in runs]
+    ids, tgt = lm_batch(tok, lines, 512, 128, "cpu")
+    batches = [(ids[i : i + 8], tgt[i : i + 8]) for i in range(0, len(ids), 8)]
+    direct = C.barrier_matrix(
+        copy.deepcopy(models[0]),
+        {n: m.state_dict() for n, m in zip(["run0", "run1", "run2"], models)},
+        batches,
+        n_points=4,
+    )
+    np.testing.assert_allclose(res["D"], direct["D"], atol=1e-6)
+    with torch.no_grad():
+        assert res["endpoints"]["run2"]["loss"] == pytest.approx(float(models[2](ids, tgt)), abs=1e-5)
+    assert res["kind"] == "causal" and res["diagnostic_acc"]["run1"] == pytest.approx(
+        res["endpoints"]["run1"]["acc"]
+    )
+    assert (
+        main(
+            [
+                "lmc",
+                str(runs[0]),
+                str(tmp_path / "other"),
+                "--kind",
+                "causal",
+                "--data",
+                str(tmp_path / "text.txt"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )  # a missing run is named
+    other = tmp_path / "wide"
+    checkpoint.save(
+        other, 1, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=2, n_heads=2, d_model=32, seq_len=64))
+    )
+    tok.save(other / "tokenizer.json")
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "lmc",
+                str(runs[0]),
+                str(other),
+                "--kind",
+                "causal",
+                "--data",
+                str(tmp_path / "text.txt"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "has another architecture" in capsys.readouterr().err

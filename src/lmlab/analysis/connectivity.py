@@ -98,18 +98,33 @@ def prepare_batches(batches: Iterable, device) -> list:
     return out
 
 
+def _scored(logits: torch.Tensor, y: torch.Tensor, points: int = 1) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(summed cross-entropy, correct predictions) per point, and the number of scored labels.
+
+    logits: (points·)(B, C) for classifiers or (points·)(B, T, V) for language models, whose labels (B, T) are
+    next-token ids with -100 on positions that do not count (padding, prompts)."""
+    flat = logits.reshape(points, -1, logits.shape[-1])  # (P, N, C)
+    labels = y.reshape(-1)
+    counted = labels != -100
+    ce = F.cross_entropy(flat.flatten(0, 1), labels.repeat(points), ignore_index=-100, reduction="none")
+    correct = ((flat.argmax(-1) == labels) & counted).sum(1)
+    return ce.view(points, -1).sum(1), correct, int(counted.sum())
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Sequence, logit_map: Callable | None = None) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over prepared (inputs, labels) batches."""
+    """Mean cross-entropy and accuracy over prepared (inputs, labels) batches: per example for classifiers,
+    per counted token (labels != -100) for language models."""
     model.eval()
     loss = correct = n = 0.0
     for x, y in batches:
         logits = _forward(model, x).float()
         if logit_map is not None:
             logits = logit_map(logits)
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += float((logits.argmax(-1) == y).sum())
-        n += len(y)
+        ce, right, counted = _scored(logits, y)
+        loss, correct, n = loss + float(ce[0]), correct + float(right[0]), n + counted
+    if n == 0:
+        raise LmlabError("no scored labels in the evaluation batches (every label is -100)")
     return {"loss": loss / n, "acc": correct / n}
 
 
@@ -137,10 +152,10 @@ def _evaluate_points(model, sd1: StateDict, sd2: StateDict, alphas: Sequence[flo
         logits = vmap(logits_at, in_dims=(0, None))(stacked, x).float()  # (P, B, C)
         if logit_map is not None:
             logits = logit_map(logits)
-        ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(n_pts), reduction="none").view(n_pts, -1)
-        loss += ce.sum(1).cpu()
-        correct += (logits.argmax(-1) == y).sum(1).cpu().float()
-        n += len(y)
+        ce, right, counted = _scored(logits, y, n_pts)
+        loss += ce.cpu()
+        correct += right.cpu().float()
+        n += counted
     return [{"loss": float(lo) / n, "acc": float(c) / n} for lo, c in zip(loss, correct)]
 
 

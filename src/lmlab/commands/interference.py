@@ -59,16 +59,22 @@ def parse_pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def task_batch(codec, path: str, max_lines: int, seq_len: int, device):
-    """(ids, targets) of a task file's first lines: right-padded, next-token targets, -100 on padding."""
-    import torch
-
+    """(ids, targets) of a task file's first lines (see `lm_batch`)."""
     p = Path(path)
     if not p.is_file():
         raise LmlabError(f"task file {p} not found")
-    rows = [codec.encode(line, bos=True)[:seq_len] for line in p.read_text().splitlines() if line.strip()]
+    return lm_batch(codec, [ln for ln in p.read_text().splitlines() if ln.strip()], max_lines, seq_len, device, p)
+
+
+def lm_batch(codec, lines: list[str], max_lines: int, seq_len: int, device, source="the data"):
+    """(ids, targets) of up to `max_lines` texts of two or more tokens: BOS first, right-padded, next-token
+    targets with -100 on padding."""
+    import torch
+
+    rows = [codec.encode(line, bos=True)[:seq_len] for line in lines]
     rows = [r for r in rows if len(r) >= 2][:max_lines]
     if not rows:
-        raise LmlabError(f"{p} has no line of two or more tokens")
+        raise LmlabError(f"{source} has no line of two or more tokens")
     n = max(map(len, rows))
     ids = torch.zeros(len(rows), n, dtype=torch.long)
     tgt = torch.full((len(rows), n), -100, dtype=torch.long)

@@ -1,7 +1,8 @@
-"""`lmlab lmc`: linear mode connectivity of your own fine-tuned classifiers (local HF folders of one
-architecture). Every pair's barrier along the straight path between their weights, basins by spectral
-clustering of the barrier matrix, and, with a diagnostic set, how the basins line up with each model's
-accuracy there (Juneja et al., 2023). Writes report.md, results.json and barrier_heatmap.png."""
+"""`lmlab lmc`: linear mode connectivity of your own models of one architecture: fine-tuned classifiers (local
+HF folders; --kind classifier) or language models (lmlab runs or HF causal-LM folders; --kind causal). Every
+pair's barrier along the straight path between their weights, basins by spectral clustering of the barrier
+matrix, and, with a diagnostic set, how the basins line up with each model's accuracy there (Juneja et al.,
+2023). Writes report.md, results.json and barrier_heatmap.png."""
 
 from __future__ import annotations
 
@@ -18,13 +19,12 @@ def register(sub) -> None:
     p = sub.add_parser(
         "lmc", help="linear mode connectivity of local HF classifiers: barrier matrix and basins"
     )
-    p.add_argument(
-        "models", nargs="+", help="two or more local HF sequence-classification folders (one architecture)"
-    )
+    p.add_argument("models", nargs="+", help="two or more model folders of one architecture (see --kind)")
     p.add_argument(
         "--data",
         required=True,
-        help='JSONL of {"text", optional "text_pair", integer "label"}: where the paths are evaluated',
+        help='where the paths are evaluated: classifier: JSONL of {"text", optional "text_pair", integer "label"}; '
+        "causal: text, one example per line (or JSONL with 'text')",
     )
     p.add_argument(
         "--diagnostic",
@@ -40,6 +40,16 @@ def register(sub) -> None:
     p.add_argument("--max-examples", type=int, default=512)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument(
+        "--kind",
+        choices=["classifier", "causal"],
+        default="classifier",
+        help="classifier: HF sequence classifiers on labelled JSONL; causal: language models (lmlab "
+        "runs or HF causal-LM folders) on text, one example per line (or JSONL with 'text')",
+    )
+    p.add_argument(
+        "--tokenizer", default=None, help="causal: tokenizer file for lmlab runs without one beside them"
+    )
     p.add_argument("--device", default=None)
     p.set_defaults(func=run)
 
@@ -128,6 +138,60 @@ def check_same_architecture(paths: list[str]) -> None:
             )
 
 
+def _classifier_setup(args, dev):
+    """(template, model folders loaded lazily by barrier_matrix, batches of a data file, load model i)."""
+    from lmlab.hf import load_model, load_tokenizer
+
+    check_same_architecture(args.models)
+    template = load_model(args.models[0], kind="classifier").float().to(dev).eval()
+    tok = load_tokenizer(args.models[0])
+    n_labels = template.config.num_labels
+
+    def batches_of(path):
+        examples = read_examples(path, args.max_examples)
+        return make_batches(tok, examples, n_labels, args.batch, args.max_length, path)
+
+    def load(i):
+        return load_model(args.models[i], kind="classifier").float().to(dev)
+
+    return template, [Path(m) for m in args.models], batches_of, load
+
+
+def _causal_setup(args, dev):
+    """The same for language models (lmlab runs or HF causal-LM folders): next-token loss on text lines. The
+    models are held in memory, so this suits small LMs."""
+    import copy
+
+    from lmlab.commands.info import read_texts
+    from lmlab.commands.interference import lm_batch
+    from lmlab.loading import load_policy
+
+    loaded = [load_policy(m, None, args.tokenizer, dev) for m in args.models]
+    codec = loaded[0][1]
+    sds = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m, _, _ in loaded]
+    shapes = {k: tuple(v.shape) for k, v in sds[0].items()}
+    for path, sd in zip(args.models[1:], sds[1:]):
+        other = {k: tuple(v.shape) for k, v in sd.items()}
+        if other != shapes:
+            first = sorted(set(shapes) ^ set(other)) or [k for k in shapes if shapes[k] != other[k]]
+            raise LmlabError(
+                f"{path} has another architecture than {args.models[0]} (first difference: "
+                f"{first[0]}); linear mode connectivity needs one architecture"
+            )
+    template = copy.deepcopy(loaded[0][0]).float().eval()
+
+    def batches_of(path):
+        ids, tgt = lm_batch(
+            codec, read_texts(path, args.max_examples), args.max_examples, args.max_length, "cpu", path
+        )
+        return [(ids[i : i + args.batch], tgt[i : i + args.batch]) for i in range(0, len(ids), args.batch)]
+
+    def load(i):
+        return loaded[i][0].float()
+
+    return template, sds, batches_of, load
+
+
 def model_names(paths: list[str]) -> list[str]:
     names = [Path(p).name or str(p) for p in paths]
     if len(set(names)) < len(names):
@@ -139,7 +203,6 @@ def run(args) -> int:
     import numpy as np
 
     from lmlab.analysis import connectivity as C
-    from lmlab.hf import load_model, load_tokenizer
     from lmlab.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, get_device
 
     if len(args.models) < 2:
@@ -148,25 +211,21 @@ def run(args) -> int:
         raise LmlabError(f"--clusters must be between 2 and the number of models ({len(args.models)})")
     if args.points < 3:
         raise LmlabError("--points must be >= 3 (the endpoints and at least one point between)")
-    check_same_architecture(args.models)
     dev = get_device(args.device)
     out = Path(args.out)
-    template = load_model(args.models[0], kind="classifier").float().to(dev).eval()
-    tok = load_tokenizer(args.models[0])
-    n_labels = template.config.num_labels
-    data = make_batches(
-        tok, read_examples(args.data, args.max_examples), n_labels, args.batch, args.max_length, args.data
-    )
+    setup = _causal_setup if args.kind == "causal" else _classifier_setup
+    template, models, batches_of, load = setup(args, dev)
+    data = batches_of(args.data)
     names = model_names(args.models)
     res = C.barrier_matrix(
         template,
-        dict(zip(names, map(Path, args.models))),
+        dict(zip(names, models)),
         data,
         n_points=args.points,
         barrier=args.barrier,
         metric=args.metric,
         cache=out / "curves.json",
-        cache_tag=f"max_length={args.max_length}",
+        cache_tag=f"kind={args.kind},max_length={args.max_length}",
     )
     D = np.asarray(res["D"], dtype=np.float64)
     basins = C.cluster_basins(D, k=args.clusters)
@@ -175,25 +234,14 @@ def run(args) -> int:
         within = None  # every basin holds one model: no pair within a basin
     diag, r = None, None
     if args.diagnostic:
-        dbatches = C.prepare_batches(
-            make_batches(
-                tok,
-                read_examples(args.diagnostic, args.max_examples),
-                n_labels,
-                args.batch,
-                args.max_length,
-                args.diagnostic,
-            ),
-            dev,
-        )
-        diag = [
-            C.evaluate(load_model(m, kind="classifier").float().to(dev), dbatches)["acc"] for m in args.models
-        ]
+        dbatches = C.prepare_batches(batches_of(args.diagnostic), dev)
+        diag = [C.evaluate(load(i), dbatches)["acc"] for i in range(len(names))]
         r = C.axis_correlation(D, diag) if len(names) >= 3 else None
 
     results = {
         "models": dict(zip(names, args.models)),
         "data": args.data,
+        "kind": args.kind,
         "n_examples": sum(len(y) for _, y in data),
         "points": args.points,
         "barrier": args.barrier,
