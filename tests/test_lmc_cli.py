@@ -196,42 +196,12 @@ def test_lmc_cli_on_lmlab_language_model_checkpoints(tmp_path, capsys):
     assert res["kind"] == "causal" and res["diagnostic_acc"]["run1"] == pytest.approx(
         res["endpoints"]["run1"]["acc"]
     )
-    assert (
-        main(
-            [
-                "lmc",
-                str(runs[0]),
-                str(tmp_path / "other"),
-                "--kind",
-                "causal",
-                "--data",
-                str(tmp_path / "text.txt"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 2
-    )  # a missing run is named
     other = tmp_path / "wide"
-    checkpoint.save(
-        other, 1, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=2, n_heads=2, d_model=32, seq_len=64))
-    )
+    wide = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=2, n_heads=2, d_model=32, seq_len=64))
+    checkpoint.save(other, 1, wide)
     tok.save(other / "tokenizer.json")
-    capsys.readouterr()
-    assert (
-        main(
-            [
-                "lmc",
-                str(runs[0]),
-                str(other),
-                "--kind",
-                "causal",
-                "--data",
-                str(tmp_path / "text.txt"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 2
-    )
-    assert "has another architecture" in capsys.readouterr().err
+    for second, message in ((tmp_path / "missing", "missing"), (other, "has another architecture")):
+        capsys.readouterr()
+        args = ["lmc", str(runs[0]), str(second), "--kind", "causal", "--data", str(tmp_path / "text.txt")]
+        assert main([*args, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
