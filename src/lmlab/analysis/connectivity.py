@@ -106,9 +106,13 @@ def _scored(logits: torch.Tensor, y: torch.Tensor, points: int = 1) -> tuple[tor
     flat = logits.reshape(points, -1, logits.shape[-1])  # (P, N, C)
     labels = y.reshape(-1)
     counted = labels != -100
-    ce = F.cross_entropy(flat.flatten(0, 1), labels.repeat(points), ignore_index=-100, reduction="none")
+    if points == 1:  # one fused sum, as the loop evaluation always did (bit-identical classifier results)
+        ce = F.cross_entropy(flat[0], labels, ignore_index=-100, reduction="sum").reshape(1)
+    else:
+        ce = F.cross_entropy(flat.flatten(0, 1), labels.repeat(points), ignore_index=-100, reduction="none")
+        ce = ce.view(points, -1).sum(1)
     correct = ((flat.argmax(-1) == labels) & counted).sum(1)
-    return ce.view(points, -1).sum(1), correct, int(counted.sum())
+    return ce, correct, int(counted.sum())
 
 
 @torch.no_grad()
