@@ -478,18 +478,9 @@ def heatmap_figure(matrix: np.ndarray, src_labels: Sequence[str], out_labels: Se
 
 
 def save_heatmap(path: str | Path, matrix, src_labels, out_labels, title: str = "") -> Path:
-    import io
+    from lmlab.utils import atomic_write_png
 
-    import matplotlib.pyplot as plt
-
-    from lmlab.utils import atomic_write_bytes
-
-    fig = heatmap_figure(matrix, src_labels, out_labels, title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
+    return atomic_write_png(path, heatmap_figure(matrix, src_labels, out_labels, title))
 
 
 def html_view(

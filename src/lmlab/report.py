@@ -109,11 +109,7 @@ class Report:
 
     def figure(self, fig, name: str, caption: str) -> Path:
         """Save a matplotlib figure as NAME.png (atomically) and reference it in the report."""
-        import io
-
-        import matplotlib.pyplot as plt
-
-        from lmlab.utils import atomic_write_bytes
+        from lmlab.utils import atomic_write_png
 
         unlabeled = [
             i
@@ -130,11 +126,7 @@ class Report:
                 stacklevel=2,
             )
         fname = name if name.endswith(".png") else f"{name}.png"
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        path = self.out_dir / fname
-        atomic_write_bytes(path, buf.getvalue())
+        path = atomic_write_png(self.out_dir / fname, fig)
         self.figures.append((fname, caption))
         return path
 

@@ -73,6 +73,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     fsync_path(path.parent)
 
 
+def atomic_write_png(path: str | Path, fig) -> Path:
+    """Save a matplotlib figure as a PNG atomically (dpi 110, tight bounding box) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

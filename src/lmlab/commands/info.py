@@ -5,7 +5,6 @@ when one is given. Writes report.md, results.json, entropy.png and mi_density.pn
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -71,7 +70,7 @@ def run(args) -> int:
     from lmlab.analysis import information as I
     from lmlab.commands.lmc import model_names
     from lmlab.hf import load_model, load_tokenizer
-    from lmlab.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, get_device
+    from lmlab.utils import atomic_write_json, atomic_write_png, atomic_write_text, get_device
 
     texts = read_texts(args.data, args.max_examples)
     names = model_names(args.models)
@@ -132,9 +131,7 @@ def run(args) -> int:
         ("entropy.png", I.plot_entropy_boxes(sel["entropy"])),
         ("mi_density.png", I.plot_mi_density(sel["mi"])),
     ):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-        atomic_write_bytes(out / fname, buf.getvalue())
+        atomic_write_png(out / fname, fig)
     atomic_write_text(out / "report.md", _report(results))
     print(
         f"least memorizing first ({args.memorization}), by entropy: {', '.join(sel['ranking_entropy'])}; "

@@ -6,7 +6,6 @@ allocated to the tasks (first-order ablation effects). Writes report.md, results
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from lmlab.utils import LmlabError
@@ -87,7 +86,7 @@ def lm_batch(codec, lines: list[str], max_lines: int, seq_len: int, device, sour
 def run(args) -> int:
     from lmlab.analysis import interference as I
     from lmlab.loading import load_policy
-    from lmlab.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, get_device
+    from lmlab.utils import atomic_write_json, atomic_write_png, atomic_write_text, get_device
 
     tasks = parse_pairs(args.task, "--task")
     if len(tasks) < 2:
@@ -143,7 +142,7 @@ def run(args) -> int:
         }
     out = Path(args.out)
     atomic_write_json(out / "results.json", results)
-    atomic_write_bytes(out / "cosines.png", _cosine_png(list(tasks), res["cosines"]))
+    atomic_write_png(out / "cosines.png", _cosine_figure(list(tasks), res["cosines"]))
     atomic_write_text(out / "report.md", _report(results))
     print(
         f"rare task {args.rare}: cos(common step, rare gradient) {res['cos_common_rare']:+.4f}; first-order change "
@@ -153,7 +152,7 @@ def run(args) -> int:
     return 0
 
 
-def _cosine_png(names: list[str], cos) -> bytes:
+def _cosine_figure(names: list[str], cos):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(3 + 0.4 * len(names), 2.6 + 0.4 * len(names)))
@@ -163,10 +162,7 @@ def _cosine_png(names: list[str], cos) -> bytes:
     fig.colorbar(im, ax=ax, label="gradient cosine")
     ax.set_title("Task gradient cosines")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
 
 
 def _report(r: dict) -> str:

@@ -6,7 +6,6 @@ matrix, and, with a diagnostic set, how the basins line up with each model's acc
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -203,7 +202,7 @@ def run(args) -> int:
     import numpy as np
 
     from lmlab.analysis import connectivity as C
-    from lmlab.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, get_device
+    from lmlab.utils import atomic_write_json, atomic_write_png, atomic_write_text, get_device
 
     if len(args.models) < 2:
         raise LmlabError("lmc needs two or more model folders")
@@ -259,9 +258,7 @@ def run(args) -> int:
     fig = C.plot_barrier_heatmap(
         D, names, order=diag, labels=list(basins), title=f"{args.metric} barrier ({args.barrier})"
     )
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    atomic_write_bytes(out / "barrier_heatmap.png", buf.getvalue())
+    atomic_write_png(out / "barrier_heatmap.png", fig)
     atomic_write_text(out / "report.md", _report(results, names))
     print(
         f"{len(names)} models, {len(names) * (len(names) - 1) // 2} paths on {results['n_examples']} examples: "
