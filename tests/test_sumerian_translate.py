@@ -237,10 +237,7 @@ def test_hf_seq2seq_finetune_translate_save(tmp_path):
 def test_hf_finetune_stopped_and_resumed_equals_an_uninterrupted_finetune(tmp_path):
     """FitResume on an HF seq2seq model with dropout: stop after step 3 (as on Ctrl-C), resume from the
     snapshot in a fresh process state, and get the weights and losses of 7 uninterrupted steps."""
-    from lmlab.train import FitResume, StopRequested
-
-    class Stop:  # StopOnSigint's flag, raised once 3 steps are done
-        requested = False
+    from lmlab.train import FitResume, StopOnSigint, StopRequested
 
     path = hf_t5(tmp_path / "t5")
     run = {"what": "test"}
@@ -264,7 +261,7 @@ def test_hf_finetune_stopped_and_resumed_equals_an_uninterrupted_finetune(tmp_pa
     assert whole.model.config.dropout_rate > 0
     fr_steps: list = []
     with pytest.raises(StopRequested):
-        finetune(stop=Stop())
+        finetune(stop=StopOnSigint())  # not entered: the forward above raises its flag at step 3
     assert torch.load(tmp_path / "hf.resume", weights_only=True)["step"] == 3
     resumed, resumed_losses = finetune(resume=True)
     assert not (tmp_path / "hf.resume").exists()

@@ -265,7 +265,7 @@ class StopOnSigint:
 
 class FitResume:
     """Exact resume of one `fit` loop whose batches come from a deterministic stream. A snapshot at `path` holds
-    the model and optimizer state, the steps done, the losses so far and torch's RNG (dropout); it is written
+    the model and optimizer state, the steps done, the losses so far and the global RNGs (dropout); it is written
     atomically every `save_every` steps and when `stop` (a StopOnSigint) asks to stop, which then raises
     StopRequested. `restore` loads it (when `resume` and it exists) and returns the steps done: the caller
     replays its batch stream past them and passes `start=` to `fit`. `finish` removes it."""
@@ -278,7 +278,7 @@ class FitResume:
         self.losses: list = []  # every step's loss so far (0-d tensors: read back only when saved)
 
     def restore(self, model: nn.Module, opt: torch.optim.Optimizer) -> int:
-        from lmlab.checkpoint import load_snapshot
+        from lmlab.checkpoint import load_snapshot, set_rng_state
 
         self.model, self.opt = model, opt
         if not (self.resume and self.path.exists()):
@@ -286,20 +286,17 @@ class FitResume:
         snap = load_snapshot(self.path, self.run, "written on Ctrl-C or every --save-every steps")
         model.load_state_dict(snap["model"])
         opt.load_state_dict(snap["opt"])
-        torch.set_rng_state(snap["torch_rng"])
-        if torch.cuda.is_available() and snap.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(snap["cuda_rng"])
+        set_rng_state(snap["rng"])
         self.restored = [float(x) for x in snap["losses"]]
         self.losses = list(self.restored)
         return snap["step"]
 
     def save(self, steps_done: int) -> None:
-        from lmlab.checkpoint import save_snapshot
+        from lmlab.checkpoint import rng_state, save_snapshot
 
         save_snapshot(self.path, {
             "run": self.run, "step": steps_done, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
-            "losses": [float(x) for x in self.losses], "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "losses": [float(x) for x in self.losses], "rng": rng_state(),
         })
 
     def callback(self, inner: Callable[[int, torch.Tensor], None] | None = None):
@@ -312,8 +309,8 @@ class FitResume:
             stopping = self.stop is not None and self.stop.requested
             if stopping or (self.save_every and (step + 1) % self.save_every == 0):
                 self.save(step + 1)
-            if stopping:
-                raise StopRequested
+            if self.stop is not None:
+                self.stop.stop_here()
 
         return cb
 

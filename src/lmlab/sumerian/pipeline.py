@@ -82,7 +82,7 @@ def train_models(
     the manifest is written. `stop` (a StopOnSigint) ends the run after the current tagger, or after the current
     step of a translator, whose state goes to `out/<mt|hf_mt>.resume` (also every `save_every` steps);
     `resume=True` skips the finished models and continues a translator exactly where it stopped."""
-    from lmlab.train import FitResume, StopRequested
+    from lmlab.train import FitResume
 
     root, out = Path(root), Path(out)
     run = {
@@ -99,8 +99,8 @@ def train_models(
         scores[stage] = stage_scores
         atomic_write_json(progress_path, progress)
         log(f"  dev {stage_scores}")
-        if stop is not None and stop.requested:
-            raise StopRequested
+        if stop is not None:
+            stop.stop_here()
 
     def fit_resume(stage: str) -> FitResume:
         return FitResume(out / f"{stage}.resume", run, resume, stop, save_every)
