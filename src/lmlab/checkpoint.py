@@ -364,11 +364,16 @@ def load_snapshot(path: str | Path, run: dict, missing: str) -> dict:
     if not path.exists():
         raise LmlabError(f"--resume: {path} not found ({missing})")
     snap = torch.load(path, map_location="cpu", weights_only=True)
-    diff = {k: (snap["run"].get(k), v) for k, v in run.items() if snap["run"].get(k) != v}
-    if diff:
-        raise LmlabError(f"--resume: {path} was written with other settings {diff} (saved, given): "
-                         "resume with the interrupted run's command")
+    check_same_run(snap["run"], run, path)
     return snap
+
+
+def check_same_run(saved: dict, run: dict, where: str | Path) -> None:
+    """Refuse a --resume whose settings differ from those the interrupted run saved (at `where`), naming them."""
+    diff = {k: (saved.get(k), v) for k, v in run.items() if saved.get(k) != v}
+    if diff:
+        raise LmlabError(f"--resume: {where} was written with other settings {diff} (saved, given): "
+                         "resume with the interrupted run's command")
 
 
 def random_state(saved) -> tuple:

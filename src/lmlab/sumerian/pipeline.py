@@ -154,15 +154,14 @@ def train_models(
 def _start_progress(path: Path, run: dict, resume: bool) -> dict:
     """The progress record of a training into `path.parent`: a new one, or with `resume` the interrupted one
     (refused when its settings differ from `run`, naming them)."""
+    from lmlab.checkpoint import check_same_run
+
     if resume:
         if not path.exists():
             raise LmlabError(f"--resume: {path} not found: {path.parent} holds no interrupted training "
                              "(run without --resume)")
         progress = json.loads(path.read_text())
-        diff = {k: (progress["run"].get(k), v) for k, v in run.items() if progress["run"].get(k) != v}
-        if diff:
-            raise LmlabError(f"--resume: {path.parent} was trained with other settings {diff} (saved, given): "
-                             "resume with the interrupted run's command")
+        check_same_run(progress["run"], run, path)
         return progress
     if path.exists():
         raise LmlabError(f"{path.parent} holds an interrupted training ({path.name}): continue it with --resume, "
