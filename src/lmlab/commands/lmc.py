@@ -16,7 +16,7 @@ def register(sub) -> None:
     from lmlab.analysis.connectivity import BARRIERS
 
     p = sub.add_parser(
-        "lmc", help="linear mode connectivity of local HF classifiers: barrier matrix and basins"
+        "lmc", help="linear mode connectivity of your classifiers or LMs: barrier matrix and basins"
     )
     p.add_argument("models", nargs="+", help="two or more model folders of one architecture (see --kind)")
     p.add_argument(
@@ -167,7 +167,7 @@ def _causal_setup(args, dev):
 
     loaded = [load_policy(m, None, args.tokenizer, dev) for m in args.models]
     codec = loaded[0][1]
-    sds = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m, _, _ in loaded]
+    sds = [m.state_dict() for m, _, _ in loaded]  # evaluated through a copy (template): read, never written
     shapes = {k: tuple(v.shape) for k, v in sds[0].items()}
     for path, sd in zip(args.models[1:], sds[1:]):
         other = {k: tuple(v.shape) for k, v in sd.items()}
