@@ -84,3 +84,5 @@ def test_info_cli_errors_name_the_problem(encoders, tmp_path, capsys):
     (tmp_path / "m.json").write_text(json.dumps({"enc0": 1.0}))
     assert main([*args, "--data", str(root / "texts.txt"), "--metric", str(tmp_path / "m.json")]) == 2
     assert "no value for ['enc1']" in capsys.readouterr().err
+    assert main([*args, "--data", str(root / "texts.txt"), "--layers", "0,last"]) == 2
+    assert "give comma-separated layer indices" in capsys.readouterr().err

@@ -85,7 +85,10 @@ def run(args) -> int:
             raise LmlabError(
                 f"{mp} has no value for {missing}: give {{model folder name: value}} for every model"
             )
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    try:
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    except ValueError as e:
+        raise LmlabError(f"--layers {args.layers!r}: give comma-separated layer indices, e.g. 0,2,5") from e
     dev = get_device(args.device)
     acts = {}
     for name, path in zip(names, args.models):
