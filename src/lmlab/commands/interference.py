@@ -84,6 +84,8 @@ def lm_batch(codec, lines: list[str], max_lines: int, seq_len: int, device, sour
 
 
 def run(args) -> int:
+    import torch
+
     from lmlab.analysis import interference as I
     from lmlab.loading import load_policy
     from lmlab.utils import atomic_write_json, atomic_write_png, atomic_write_text, get_device
@@ -109,8 +111,6 @@ def run(args) -> int:
         raise LmlabError(f"--layer {args.layer}: the model has layers 0..{I.n_layers(model) - 1}")
     batches = {t: task_batch(codec, f, args.max_lines, args.seq_len, dev) for t, f in tasks.items()}
     loss_fns = {t: (lambda m, b=b: m(b[0], b[1])) for t, b in batches.items()}
-    import torch
-
     with torch.no_grad():
         losses = {t: float(fn(model)) for t, fn in loss_fns.items()}
     grads = I.task_gradients(model, loss_fns)
