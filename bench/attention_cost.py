@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from lmlab.attention import AttnContext, MultiHeadAttention
-from lmlab.attention_iha import InterleavedHeadAttention, hybrid_window
-from lmlab.flops import attention_flops_per_token
+from lmlab.model import AttnContext, MultiHeadAttention
+from lmlab.methods.iha.attention import InterleavedHeadAttention, hybrid_window
+from lmlab.model import attention_flops_per_token
 from lmlab.model import GPTConfig
 from lmlab.utils import autocast_ctx
 

@@ -1,4 +1,4 @@
-"""Time for an M×M loss-barrier matrix: `lmlab.analysis.connectivity.barrier_matrix` vs a naive loop.
+"""Time for an M×M loss-barrier matrix: `lmlab.methods.lmc.connectivity.barrier_matrix` vs a naive loop.
 
 The naive loop is what a first script does: for every pair it re-loads both checkpoints from disk,
 builds a fresh model at each of the 10 α-points, and re-evaluates every point (endpoints included)
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmlab.analysis.connectivity import (
+from lmlab.methods.lmc.connectivity import (
     barrier_matrix,
     barrier_max_subsegment,
     buffer_keys,
@@ -28,7 +28,8 @@ from lmlab.analysis.connectivity import (
     interpolate_state_dicts,
     prepare_batches,
 )
-from lmlab.tasks.memorization import HansLikeNLI, PositionalMLP
+from lmlab.classifier import PositionalMLP
+from lmlab.methods.lmc.tasks import HansLikeNLI
 
 
 def make_models(task, m: int, folder: Path, hidden: int) -> dict[str, dict]:

@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
-from lmlab.flops_ttt import FlopModel
+from lmlab.methods.qttt.flops import FlopModel
 from lmlab.model import GPT, GPTConfig
-from lmlab.ttt import QTTTConfig, QueryDeltas, _GPTBackend
+from lmlab.methods.qttt.ttt import QTTTConfig, QueryDeltas, _GPTBackend
 from lmlab.utils import get_device
 
 

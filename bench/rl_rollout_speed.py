@@ -16,7 +16,7 @@ import torch
 from lmlab.generate import generate_naive
 from lmlab.model import GPT, GPTConfig
 from lmlab.rl import GRPOConfig, GRPOTrainer, sample_ids, summarize_history
-from lmlab.tasks.reasoning import DigitSumTask, make_split
+from lmlab.methods.posttrain.tasks import DigitSumTask, make_split
 from lmlab.tokenizer import CharTokenizer
 from lmlab.utils import get_device, tiny_threads
 

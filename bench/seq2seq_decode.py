@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from lmlab.sumerian.seq2seq import Seq2SeqConfig, Seq2SeqTransformer, greedy_decode
+from lmlab.methods.sumerian.seq2seq import Seq2SeqConfig, Seq2SeqTransformer, greedy_decode
 
 
 @torch.no_grad()

@@ -48,3 +48,29 @@ def tiny_bert_config():
                              max_position_embeddings=32, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def extra_methods(monkeypatch):
+    """Put folders of extra method packages on `lmlab.methods.__path__` — as new `src/lmlab/methods/<name>/`
+    folders would be — with fresh experiment discovery; the packages, their experiments and attention
+    variants are forgotten afterwards. Use: `extra_methods(folder)`."""
+    import sys
+
+    import lmlab.methods
+    from lmlab import experiment, model
+
+    before_modules, before_attn = set(sys.modules), dict(model.ATTENTIONS)
+    monkeypatch.setattr(lmlab.methods, "__path__", list(lmlab.methods.__path__))
+    monkeypatch.setattr(experiment, "_REGISTRY", dict(experiment._REGISTRY))
+    monkeypatch.setattr(experiment, "_DISCOVERED", False)
+
+    def add(folder: Path) -> None:
+        lmlab.methods.__path__.append(str(folder))
+
+    yield add
+    for name in set(sys.modules) - before_modules:
+        if name.startswith("lmlab.methods."):
+            del sys.modules[name]
+    model.ATTENTIONS.clear()
+    model.ATTENTIONS.update(before_attn)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lmlab import checkpoint as ck
-from lmlab.attention import MultiHeadAttention, register_attention
+from lmlab.model import MultiHeadAttention, register_attention
 from lmlab.model import GPT, GPTConfig
 from lmlab.train import make_optimizer
 from lmlab.utils import LmlabError

@@ -5,9 +5,9 @@ import sys
 import pytest
 import torch
 
-import lmlab.experiments as ex
+import lmlab.experiment as ex
 from lmlab import cli
-from lmlab.experiments import Experiment, experiment, resolve_config, run_experiment
+from lmlab.experiment import Experiment, experiment, resolve_config, run_experiment
 from lmlab.utils import LmlabError
 
 FAST_SMOKE = {
@@ -115,24 +115,11 @@ def test_interruptible_block_lets_the_experiment_report_then_stops_the_run(monke
     assert "interrupted" in claims["c_lost"]["evidence"]
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "lmlab", "list"], capture_output=True, text=True, timeout=120,
                          check=False)
     assert out.returncode == 0 and "scaling_smoke" in out.stdout
-
-
-def test_broken_module_is_reported_not_fatal(monkeypatch):
-    import pkgutil
-
-    real = pkgutil.iter_modules
-    fake = type("M", (), {"name": "zz_broken_module_for_test"})
-    monkeypatch.setattr(pkgutil, "iter_modules", lambda path: list(real(path)) + [fake])
-    monkeypatch.setattr(ex, "_DISCOVERED", False)
-    monkeypatch.setattr(ex, "_REGISTRY", dict(ex._REGISTRY))
-    reg = ex.registry()
-    assert "zz_broken_module_for_test" in reg and "scaling_smoke" in reg
-    with pytest.raises(ImportError, match="failed to import"):
-        reg["zz_broken_module_for_test"].fn(None)
 
 
 def test_reproduce_writes_reports_and_keeps_going(registry, tmp_path, capsys):
@@ -169,6 +156,7 @@ def test_run_and_list_commands(registry, tmp_path, capsys):
     assert "no preset" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_lists_experiments():
     r = subprocess.run(
         [sys.executable, "-m", "lmlab.cli", "list"], capture_output=True, text=True, timeout=120
@@ -187,7 +175,7 @@ def test_cpu_seconds_counts_the_children_the_run_waited_for():
     import multiprocessing as mp
     import time
 
-    from lmlab.experiments import cpu_seconds
+    from lmlab.experiment import cpu_seconds
 
     def burn():
         end = time.process_time() + 0.3
@@ -308,7 +296,7 @@ def test_scaling_smoke_gpu_preset_on_cpu(tmp_path, capsys):
 def test_fit_progress_logs_the_loss_at_most_every_interval_and_at_the_last_step(tmp_path, capsys, monkeypatch):
     from pathlib import Path
 
-    from lmlab.experiments import RunContext, registry
+    from lmlab.experiment import RunContext, registry
     from lmlab.train import fit
 
     ctx = RunContext(registry()["scaling_smoke"], "tiny", {}, 0, torch.device("cpu"), Path(tmp_path))

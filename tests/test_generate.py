@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lmlab.generate as gen_mod
-from lmlab.attention import ATTENTIONS
+from lmlab.model import ATTENTIONS
 from lmlab.generate import (
     Generation,
     generate,

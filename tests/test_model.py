@@ -71,7 +71,7 @@ def test_hook_names_follow_transformerlens():
 def test_rot_hooks_are_q_k_after_rope_and_give_the_pattern():
     import math
 
-    from lmlab.attention import apply_rope
+    from lmlab.model import apply_rope
 
     model = make(n_kv_heads=2).eval()
     x = torch.randint(0, 50, (2, 7))

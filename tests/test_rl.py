@@ -15,7 +15,7 @@ from lmlab.rl import (
     sample_ids,
     token_logprobs,
 )
-from lmlab.tasks.reasoning import DigitSumTask, make_split
+from lmlab.methods.posttrain.tasks import DigitSumTask, make_split
 from lmlab.tokenizer import CharTokenizer
 from lmlab.utils import LmlabError
 
@@ -265,7 +265,7 @@ def test_grpo_config_errors_name_the_flag(kw, flag):
 
 
 def _digitsum_352():
-    from lmlab.tasks.reasoning import Problem
+    from lmlab.methods.posttrain.tasks import Problem
 
     task = DigitSumTask()
     tok = CharTokenizer(task.alphabet)

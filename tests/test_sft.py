@@ -5,7 +5,7 @@ import torch
 
 from lmlab.model import GPT, IGNORE_INDEX, GPTConfig
 from lmlab.sft import SFTConfig, SFTExample, completion_batch, sft_backward, sft_examples, train_sft
-from lmlab.tasks.reasoning import DigitSumTask, make_split
+from lmlab.methods.posttrain.tasks import DigitSumTask, make_split
 from lmlab.tokenizer import CharTokenizer
 from lmlab.utils import LmlabError
 

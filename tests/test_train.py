@@ -327,6 +327,7 @@ def _torchrun_pretrain(cfg, out, tmp_path, *args):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes_equal_single_process_accumulation(tmp_path):
     single = tmp_path / "single"
     pretrain(
@@ -341,6 +342,7 @@ def test_ddp_gloo_two_processes_equal_single_process_accumulation(tmp_path):
     assert_same(a, b, exact=False)
 
 
+@pytest.mark.slow
 def test_fsdp_gloo_two_processes_equal_single_process_and_resume_sharded(tmp_path):
     """FSDP2 shards weights, gradients and optimizer state; its checkpoints hold the full state, so a run
     saved and resumed under FSDP (with gradient accumulation, clipping and evaluation) equals one process."""

@@ -25,7 +25,6 @@ import subprocess
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -281,7 +280,7 @@ def verify(d: Path, meta: dict, name: str) -> Path:
 
 
 def build_model(model_config: dict, attention_modules=()) -> nn.Module:
-    """A fresh GPT from a saved config; attention classes registered outside lmlab.attention are imported."""
+    """A fresh GPT from a saved config; attention classes registered outside lmlab.model are imported."""
     from lmlab.model import GPT, GPTConfig
 
     for mod in attention_modules:
@@ -381,6 +380,53 @@ def random_state(saved) -> tuple:
     return tuple(random_state(v) for v in saved) if isinstance(saved, (list, tuple)) else saved
 
 
-def seed_checkpoint(run: str | Path, model: nn.Module, **kwargs: Any) -> Path:
-    """Step 0: the initial weights, for same-init experiments (LMC, CALM, TTT)."""
-    return save(run, 0, model, **kwargs)
+# ------------------------------------------------------------------ exact resume of post-training phases
+class Resume:
+    """Snapshots of a post-training run between steps, for a resume that continues exactly.
+
+    Each phase loop `attach`es its optimizers and sampling streams (objects with `rng` and `order`) and, in RL,
+    the KL reference; `snapshot(steps_done)` (from the step callback) captures them with the policy weights and
+    the global RNG, and `attach` restores them when the run resumes from a snapshot taken in that phase. Phases
+    before the snapshot's are skipped (the weights already hold them)."""
+
+    def __init__(self, state: dict | None = None):
+        self.state = state  # the snapshot resumed from; None: a fresh run
+        self.finished: list[str] = list(state["finished"]) if state else []
+        self.phase = self.model = self._ref = None
+        self._opts: dict = {}
+        self._streams: dict = {}
+
+    def attach(self, phase: str, model: nn.Module, opts: dict, streams: dict, ref: nn.Module | None = None) -> int:
+        """Register a phase's state; returns the step to start from, or -1 when the snapshot is past this phase."""
+        if self.phase is not None and self.phase not in self.finished:  # phases run one after the other
+            self.finished.append(self.phase)
+        self.phase, self.model, self._opts, self._streams, self._ref = phase, model, opts, streams, ref
+        st = self.state
+        if st is None or phase not in self.finished + [st["phase"]]:
+            return 0
+        if phase in self.finished:
+            return -1
+        for k, opt in opts.items():
+            opt.load_state_dict(st["opts"][k])
+        for k, stream in streams.items():
+            rng, order = st["streams"][k]
+            stream.rng.setstate(random_state(rng))
+            stream.order = list(order)
+        if ref is not None and st.get("ref") is not None:
+            ref.load_state_dict(st["ref"])
+        return st["step"]
+
+    def snapshot(self, steps_done: int) -> dict:
+        """The run after `steps_done` steps of the attached phase."""
+        return {"phase": self.phase, "step": steps_done, "finished": list(self.finished),
+                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                "opts": {k: o.state_dict() for k, o in self._opts.items()},
+                "streams": {k: [s.rng.getstate(), list(s.order)] for k, s in self._streams.items()},
+                "ref": None if self._ref is None else self._ref.state_dict(), "rng": rng_state()}
+
+
+def phase_range(resume: Resume | None, phase: str, steps: int, model, opts: dict, streams: dict, ref=None):
+    """The steps a post-training phase still has to run: all of them on a fresh run, the rest after its snapshot,
+    none when the snapshot is past this phase."""
+    start = 0 if resume is None else resume.attach(phase, model, opts, streams, ref)
+    return range(steps if start < 0 else start, steps)

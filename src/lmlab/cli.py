@@ -1,35 +1,23 @@
-"""The `lmlab` command line. Core commands live here; each method adds its own subcommands in
-`lmlab/commands/<name>.py` through `register(subparsers)` (discovered automatically)."""
+"""The `lmlab` command line. Core commands (list, run, reproduce, pretrain) live here; each method adds its
+own subcommands in `lmlab/methods/<name>/cli.py` through `register(subparsers)` (discovered by
+`lmlab.plugins`). Building the parser imports no torch: handlers import their heavy modules when they run."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
+import os
 import sys
 from pathlib import Path
 
-from lmlab.utils import LmlabError
-
-
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    """`key=value` pairs from the command line. Values stay strings: `experiments.resolve_config` parses
-    each one as the type of the preset value it replaces (and names the key when it cannot)."""
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise LmlabError(f"override {it!r} is not key=value (e.g. train.max_steps=50)")
-        k, v = it.split("=", 1)
-        if not k.strip():
-            raise LmlabError(f"override {it!r} has no key before '='")
-        out[k.strip()] = v.strip()
-    return out
+from lmlab import plugins
+from lmlab.errors import LmlabError
 
 
 def cmd_list(args) -> int:
-    from lmlab import experiments
+    from lmlab import experiment  # torch: imported when the command runs, not for --help
 
-    reg = experiments.registry()
+    reg = experiment.registry()
     if not reg:
         print("No experiments are registered yet.")
         return 0
@@ -41,16 +29,16 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from lmlab import experiments
+    from lmlab import experiment  # torch: imported when the command runs, not for --help
+    from lmlab.config import split_overrides
+    from lmlab.report import verdict
 
-    overrides = parse_overrides(args.overrides)
+    overrides = split_overrides(args.overrides)
     out = Path(args.out) if args.out else Path("reports") / args.preset / args.name
-    rep = experiments.run_experiment(args.name, args.preset, out, seed=args.seed, device=args.device,
+    rep = experiment.run_experiment(args.name, args.preset, out, seed=args.seed, device=args.device,
                                      data=args.data, overrides=overrides)
     print(f"report: {out / 'report.md'}")
     for c in rep.claims.values():
-        from lmlab.report import verdict
-
         print(f"  {c.id}: {verdict(c.held)} — {c.evidence[:160]}")
     if rep.error:
         print(f"error: the experiment failed: {rep.error.splitlines()[0]}", file=sys.stderr)
@@ -59,12 +47,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from lmlab import experiments
+    from lmlab import experiment  # torch: imported when the command runs, not for --help
     from lmlab.report import verdict, write_report_card
     from lmlab.utils import get_device
 
     out = Path(args.out)
-    reg = experiments.registry()
+    reg = experiment.registry()
     if args.only is not None:
         names = list(dict.fromkeys(n.strip() for n in args.only.split(",") if n.strip()))
         if not names:
@@ -79,13 +67,13 @@ def cmd_reproduce(args) -> int:
     # every name, preset and the device are checked before anything runs (a typo must not cost the
     # report card of the experiments before it)
     for name in names:
-        experiments.resolve_config(reg[name], args.preset)
+        experiment.resolve_config(reg[name], args.preset)
     get_device(args.device)
     reports = []
     try:
         for i, name in enumerate(names, 1):
             print(f"[{i}/{len(names)}] {name} (preset {args.preset}) ...", flush=True)
-            rep = experiments.run_experiment(name, args.preset, out / name, seed=args.seed,
+            rep = experiment.run_experiment(name, args.preset, out / name, seed=args.seed,
                                              device=args.device, data=args.data)
             summary = ", ".join(f"{c.id}={verdict(c.held)}" for c in rep.claims.values())
             status = "FAILED" if rep.error else f"{rep.runtime_s:.0f}s"
@@ -101,6 +89,25 @@ def cmd_reproduce(args) -> int:
     if failed:
         print(f"error: {len(failed)} experiment(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from lmlab.config import load_config  # torch: imported when the command runs, not for --help
+    from lmlab.train import pretrain
+
+    cfg = load_config(args.config, args.overrides)  # validated before any heavy work
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    result = pretrain(cfg, out, resume=args.resume)
+    if result["interrupted"]:
+        return 130
+    summary = f"done: step {result['step']}, {result['tokens_seen']:,} tokens"
+    if result["loss"] is not None:
+        summary += f", loss {result['loss']:.4f}"
+    if result["val_loss"] is not None:
+        summary += f", val loss {result['val_loss']:.4f}"
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary, not one per process
+        print(f"{summary}; checkpoints in {out}")
     return 0
 
 
@@ -131,11 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     common(s)
     s.set_defaults(func=cmd_reproduce)
 
-    from lmlab import commands
+    s = sub.add_parser(
+        "pretrain",
+        help="pretrain an lmlab GPT from a YAML config (checkpoints, resume, DDP or FSDP2 under torchrun)",
+        description="Pretrain an lmlab GPT. Launch with `torchrun --nproc_per_node N lmlab ...` "
+        "for data-parallel training.",
+    )
+    s.add_argument("--config", required=True, help="YAML run config (e.g. configs/tiny.yaml)")
+    s.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
+    s.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.n_layers=2 train.max_steps=50")
+    s.set_defaults(func=cmd_pretrain)
 
-    for mod in pkgutil.iter_modules(commands.__path__):
-        m = importlib.import_module(f"lmlab.commands.{mod.name}")
-        m.register(sub)
+    for name in plugins.part_names("cli"):
+        importlib.import_module(name).register(sub)
     return p
 
 
@@ -156,8 +172,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `lmlab list | head`
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

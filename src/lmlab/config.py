@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
-import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmlab.data import resolve_data_file, resolve_generator
+from lmlab.model import GPTConfig
 from lmlab.utils import LmlabError
 
-SYNTHETIC_GENERATORS = ("grammar", "arithmetic")  # built into lmlab.data
 BF16_NEEDS_CUDA = (
     "train.dtype=bf16 needs a CUDA device (bf16 autocast is CUDA-only in lmlab; on {device} the run "
     "would silently train in fp32): use train.dtype=auto or fp32, or train.device=cuda"
@@ -100,8 +99,6 @@ class RunConfig:
         return self.train.seq_len or self.model_config().seq_len
 
     def model_config(self, vocab_size: int | None = None):
-        from lmlab.model import GPTConfig
-
         d = dict(self.model)
         if vocab_size is not None and not d.get("vocab_size"):
             d["vocab_size"] = vocab_size
@@ -151,6 +148,8 @@ def _coerce(value: Any, hint, key: str):
     if hint is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):  # `key=1` / `key=0` on the command line
+            return bool(value)
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -195,8 +194,6 @@ def build(cls, d: dict, prefix: str = ""):
 
 
 def _check_model(model: dict) -> dict:
-    from lmlab.model import GPTConfig
-
     hints = typing.get_type_hints(GPTConfig)
     out = {}
     for k, v in model.items():
@@ -245,16 +242,56 @@ def parse_value(v: str) -> Any:
         return v
 
 
+def split_overrides(items: list[str]) -> dict[str, str]:
+    """`key=value` pairs from the command line, values still text (each is parsed against its field's type)."""
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise LmlabError(f"override {it!r} is not key=value (e.g. train.max_steps=50)")
+        k, v = it.split("=", 1)
+        if not k.strip():
+            raise LmlabError(f"override {it!r} has no key before '='")
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _accepts(hint, kind) -> bool:
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return kind in args
+
+
+def coerce_text(text: str, hint, key: str):
+    """A command-line value for a field of type `hint`: text fields take it as it is (`key=` is the empty
+    string), `null`/`none`/`~` is None where the field allows None, anything else is read as YAML and
+    type-checked (`[8, 16]` for a list, `1e-3` for a float, `yes`/`no`/`1`/`0` for a bool)."""
+    if _accepts(hint, type(None)) and text.strip().lower() in ("null", "none", "~"):
+        return None
+    if _accepts(hint, str):
+        return text
+    if not text.strip():
+        raise LmlabError(f"config key {key!r} was given an empty value; it expects {_type_name(hint)}")
+    return _coerce(parse_value(text.strip()), hint, key)
+
+
+def override(cfg, overrides: dict[str, Any]):
+    """A copy of the dataclass `cfg` with `overrides` applied: text values (as given on the command line) go
+    through `coerce_text`, others are type-checked; an unknown key is named with the closest known one. The
+    one parser for run configs' and experiment presets' `key=value` overrides."""
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for k, v in overrides.items():
+        if k not in names:
+            raise _unknown_key(k, names)
+        changes[k] = coerce_text(v, hints[k], k) if isinstance(v, str) else _coerce(v, hints[k], k)
+    return dataclasses.replace(cfg, **changes)
+
+
 def apply_overrides(raw: dict, overrides: list[str] | dict) -> dict:
     if isinstance(overrides, dict):
         items = list(overrides.items())
     else:
-        items = []
-        for it in overrides:
-            if "=" not in it:
-                raise LmlabError(f"override {it!r} is not key=value (e.g. train.max_steps=50)")
-            k, v = it.split("=", 1)
-            items.append((k.strip(), parse_value(v.strip())))
+        items = [(k, parse_value(v)) for k, v in split_overrides(overrides).items()]
     if any(k == "data.sources" or k.startswith("data.sources.") for k, _ in items):
         # sources default to one synthetic source; materialise it so `data.sources.0.x=...` works
         raw.setdefault("data", {}).setdefault("sources", [dataclasses.asdict(SourceConfig())])
@@ -293,48 +330,6 @@ def from_dict(raw: dict) -> RunConfig:
     cfg.model = _check_model(model)
     validate(cfg)
     return cfg
-
-
-def resolve_data_file(path: str, key: str) -> Path:
-    """A text file given as absolute, relative to the cwd, or relative to $LMLAB_DATA."""
-    p = Path(path).expanduser()
-    cands = [p] if p.is_absolute() else [Path.cwd() / p]
-    root = os.environ.get("LMLAB_DATA")
-    if not p.is_absolute() and root:
-        cands.append(Path(root) / p)
-    for c in cands:
-        if c.is_file():
-            return c
-    where = " or ".join(str(c) for c in cands)
-    fix = "" if root else "; set LMLAB_DATA to the data root"
-    raise LmlabError(
-        f"data file for {key} not found at {where}: give an existing path{fix}, "
-        "or use data.sources.0.kind=synthetic (needs no file)"
-    )
-
-
-def resolve_generator(spec: str, key: str):
-    """A document generator `fn(rng: random.Random) -> str | list[int]` from a name or 'module:function'."""
-    if ":" not in spec:
-        if spec not in SYNTHETIC_GENERATORS:
-            raise LmlabError(
-                f"unknown generator {spec!r} for {key}: use one of {', '.join(SYNTHETIC_GENERATORS)} "
-                "or 'package.module:function'"
-            )
-        from lmlab import data
-
-        return data.SYNTHETIC[spec]
-    mod, fn = spec.split(":", 1)
-    try:
-        obj = getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise LmlabError(
-            f"cannot import generator {spec!r} for {key} ({e}): "
-            "give 'package.module:function' of an importable function"
-        ) from None
-    if not callable(obj):
-        raise LmlabError(f"generator {spec!r} for {key} is not callable")
-    return obj
 
 
 def validate(cfg: RunConfig) -> None:

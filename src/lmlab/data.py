@@ -19,6 +19,8 @@ plus the packing buffer, and `load_state_dict()` resumes the exact stream.
 from __future__ import annotations
 
 import bisect
+import importlib
+import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -344,12 +346,50 @@ def _generator_alphabet(fn) -> set[str]:
     return set("".join(_sample_texts(fn, 2000, "alphabet")))
 
 
+def resolve_data_file(path: str, key: str) -> Path:
+    """A text file given as absolute, relative to the cwd, or relative to $LMLAB_DATA."""
+    p = Path(path).expanduser()
+    cands = [p] if p.is_absolute() else [Path.cwd() / p]
+    root = os.environ.get("LMLAB_DATA")
+    if not p.is_absolute() and root:
+        cands.append(Path(root) / p)
+    for c in cands:
+        if c.is_file():
+            return c
+    where = " or ".join(str(c) for c in cands)
+    fix = "" if root else "; set LMLAB_DATA to the data root"
+    raise LmlabError(
+        f"data file for {key} not found at {where}: give an existing path{fix}, "
+        "or use data.sources.0.kind=synthetic (needs no file)"
+    )
+
+
+def resolve_generator(spec: str, key: str):
+    """A document generator `fn(rng: random.Random) -> str | list[int]` from a name or 'module:function'."""
+    if ":" not in spec:
+        if spec not in SYNTHETIC:
+            raise LmlabError(
+                f"unknown generator {spec!r} for {key}: use one of {', '.join(SYNTHETIC)} "
+                "or 'package.module:function'"
+            )
+        return SYNTHETIC[spec]
+    mod, fn = spec.split(":", 1)
+    try:
+        obj = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise LmlabError(
+            f"cannot import generator {spec!r} for {key} ({e}): "
+            "give 'package.module:function' of an importable function"
+        ) from None
+    if not callable(obj):
+        raise LmlabError(f"generator {spec!r} for {key} is not callable")
+    return obj
+
+
 class DataSpec:
     """The resolved sources of a DataConfig: file texts read once, generators imported."""
 
     def __init__(self, dcfg):
-        from lmlab.config import resolve_data_file, resolve_generator
-
         self.cfg = dcfg
         self.entries = []  # (label, kind, payload: list[str] docs | generator fn, weight)
         self._encoded: dict = {}  # (tokenizer id, source index, split) -> token docs

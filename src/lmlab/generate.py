@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.utils import LmlabError
+from lmlab.utils import LmlabError, pad_batch
 
 
 @dataclass
@@ -172,16 +172,11 @@ def _as_lists(prompts, prompt_mask=None) -> list[list[int]]:
     return [list(map(int, p)) for p in prompts]
 
 
-def _left_pad(prompts: list[list[int]], pad_id: int, device):
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts left-padded for decoding, (B, T) ids and bool mask of real tokens; each needs a token."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise LmlabError("every prompt needs at least one token (e.g. BOS)")
-    n = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), n), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        ids[i, n - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, n - len(p) :] = True
-    return ids.to(device), mask.to(device)
+    return pad_batch(prompts, pad_id, left=True, device=device)
 
 
 def _budgets(max_new_tokens, b):
@@ -285,7 +280,7 @@ class _Tracker:
 # ----------------------------------------------------------------------------- fast decode step
 def _static_decodable(model: nn.Module) -> bool:
     """A plain lmlab GPT with standard attention and no hooks: the static decoder reproduces its forward."""
-    from lmlab.attention import MultiHeadAttention
+    from lmlab.model import MultiHeadAttention
     from lmlab.model import GPT, MLP, Block, RMSNorm
 
     if type(model) is not GPT:
@@ -553,7 +548,7 @@ def generate(
     budgets, stops = _budgets(max_new_tokens, b), _stops(stop_tokens, b)
     max_new = max(budgets)
     sampler = _Sampler(temperature, top_k, top_p, seed, generator, seeds, b, dev, max_new)
-    ids, mask = _left_pad(prompts, pad_id, dev)
+    ids, mask = left_pad(prompts, pad_id, dev)
     track = _Tracker(budgets, stops, max_new, pad_id, dev)
     if max_new == 0:
         return track.result()
@@ -609,7 +604,7 @@ def generate_naive(
     b = len(prompts)
     budgets, stops = _budgets(max_new_tokens, b), _stops(stop_tokens, b)
     sampler = _Sampler(temperature, top_k, top_p, seed, None, seeds, b, dev, max(budgets))
-    ids, mask = _left_pad(prompts, pad_id, dev)
+    ids, mask = left_pad(prompts, pad_id, dev)
     out = [[] for _ in range(b)]
     lps = [[] for _ in range(b)]
     done = [budgets[i] == 0 for i in range(b)]

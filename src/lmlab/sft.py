@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.checkpoint import phase_range
 from lmlab.model import IGNORE_INDEX
-from lmlab.utils import LmlabError, autocast_ctx
+from lmlab.utils import LmlabError, autocast_ctx, pad_batch
 
 
 @dataclass
@@ -57,17 +58,6 @@ class SFTConfig:
 
 
 # ---------------------------------------------------------------------------------------------- tensors
-def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) ids and (B, T) bool mask of real tokens."""
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = True
-    return ids, mask
-
-
 def forward_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (B, T, V) of an lmlab GPT / `lmlab.hf.HFModel`, or of a raw HF causal LM, for right-padded
     `ids` (padding only follows real tokens, so causal attention never lets a real token see it)."""
@@ -80,7 +70,7 @@ def forward_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | Non
 def completion_batch(examples: list[SFTExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """inputs (B, T), targets (B, T) with IGNORE_INDEX outside completion tokens, attention mask (B, T)."""
     seqs = [e.prompt_ids + e.completion_ids for e in examples]
-    ids, mask = right_pad(seqs, pad_id)
+    ids, mask = pad_batch(seqs, pad_id)
     targets = torch.full_like(ids, IGNORE_INDEX)
     for i, e in enumerate(examples):
         p, c = len(e.prompt_ids), len(e.completion_ids)
@@ -164,8 +154,7 @@ def clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, grad_clip: float
 def train_sft(model: nn.Module, examples: list[SFTExample], pad_id: int, cfg: SFTConfig, seed: int = 0,
               callback: Callable[[int, dict], None] | None = None, resume=None) -> list[dict]:
     """SFT with AdamW on the shared schedule (`lmlab.train.lr_at`); returns per-step logs.
-    `resume`: a `lmlab.posttrain.Resume` (snapshots between steps, exact continuation)."""
-    from lmlab.posttrain import _phase_range
+    `resume`: a `lmlab.checkpoint.Resume` (snapshots between steps, exact continuation)."""
     from lmlab.train import lr_at, set_lr
 
     cfg.validate()
@@ -173,7 +162,7 @@ def train_sft(model: nn.Module, examples: list[SFTExample], pad_id: int, cfg: SF
     stream = BatchStream(examples, cfg.batch_size, seed)
     model.train()
     history = []
-    for step in _phase_range(resume, "sft", cfg.steps, model, {"sft": opt}, {"sft": stream}):
+    for step in phase_range(resume, "sft", cfg.steps, model, {"sft": opt}, {"sft": stream}):
         t0 = time.perf_counter()
         set_lr(opt, lr_at(step, cfg.steps, cfg.lr, cfg.warmup, schedule=cfg.schedule))
         opt.zero_grad(set_to_none=True)

@@ -12,13 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-class LmlabError(Exception):
-    """An error caused by the user's input (config, path, model name...).
-
-    The CLI prints its message as one line and exits non-zero; the message should name the problem
-    and, where possible, the fix.
-    """
+from lmlab.errors import LmlabError  # noqa: F401  (defined torch-free; most modules import it from here)
 
 
 # ---------------------------------------------------------------- atomic files
@@ -156,6 +150,19 @@ def tiny_threads() -> None:
     torch.set_num_threads(1)
 
 
+def pad_batch(seqs, pad_id: int = 0, *, left: bool = False, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as (B, T) long ids padded with `pad_id` to the longest, and the (B, T) bool mask of
+    real tokens: right-padded (real tokens first), or left-padded (`left=True`, real tokens last)."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        real = slice(n - len(s), n) if left else slice(0, len(s))
+        ids[i, real] = torch.tensor(s, dtype=torch.long)
+        mask[i, real] = True
+    return ids.to(device), mask.to(device)
+
+
 # ---------------------------------------------------------------- real data
 def data_root(explicit: str | Path | None = None) -> Path | None:
     """The real-data root: an explicit `--data DIR`, else `$LMLAB_DATA`; None when neither is set.
@@ -183,3 +190,10 @@ def find_data(sub: str, explicit: str | Path | None = None) -> Path | None:
 
 DATA_HINT = ("real data not found: pass --data DIR or set LMLAB_DATA to a folder with sumerian/, knowledge/, "
              "lmc/, text/ (the lmlab repository's CI uses ../shared/data)")
+
+
+def check_fraction(**values: float) -> None:
+    """Raise LmlabError naming the first keyword whose value is not a fraction in [0, 1]."""
+    for k, v in values.items():
+        if not 0.0 <= v <= 1.0:
+            raise LmlabError(f"{k}={v} must be a fraction in [0, 1]")

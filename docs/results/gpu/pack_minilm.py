@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 
 def pack(out: str | Path) -> Path:
-    from lmlab.knowledge.retrieval import minilm_path
+    from lmlab.hf import minilm_path
 
     src, out = minilm_path(), Path(out)
     for f in src.rglob("*"):

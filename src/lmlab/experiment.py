@@ -1,0 +1,385 @@
+"""Experiment registry and runner. Each method's `methods/<name>/experiment.py` (or `experiment_*.py`)
+registers its experiments with `@experiment(...)`; modules are discovered by `lmlab.plugins` (no central
+list to edit).
+
+    @experiment(name="scaling_smoke", paper="...", claims={"wider_lower_loss": "..."},
+                presets={"tiny": {...}, "small": {...}, "gpu": {...}})
+    def run(ctx: RunContext) -> None:
+        ...
+        ctx.report.decide("wider_lower_loss", held=..., evidence="...")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab import config, plugins
+from lmlab.report import NOT_EVALUATED, Report
+from lmlab.utils import DATA_HINT, LmlabError, find_data, get_device, seed_everything
+
+PRESETS = ("tiny", "small", "gpu")
+
+
+@dataclass
+class Experiment:
+    name: str
+    paper: str
+    claims: dict[str, str]
+    presets: dict[str, dict[str, Any]]
+    fn: Callable[[RunContext], None]
+    needs_data: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass
+class RunContext:
+    experiment: Experiment
+    preset: str
+    cfg: Any  # the experiment's preset dataclass, overrides applied
+    seed: int
+    device: torch.device
+    out_dir: Path
+    data_arg: str | None = None
+    report: Report = field(init=False)
+    quiet: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)  # the preset keys set by the caller (parsed)
+    interrupted: bool = field(default=False, init=False)
+
+    def __post_init__(self):
+        self.report = Report(
+            self.experiment.name,
+            self.preset,
+            self.seed,
+            self.out_dir,
+            paper=self.experiment.paper,
+            config=dataclasses.asdict(self.cfg) if dataclasses.is_dataclass(self.cfg) else dict(self.cfg),
+            device=str(self.device),
+            overrides=dict(self.overrides),
+        )
+        for cid, statement in self.experiment.claims.items():
+            self.report.add_claim(cid, statement)
+
+    def data(self, sub: str) -> Path | None:
+        """Real-data subfolder (e.g. "sumerian") or None; experiments then mark data claims undecided
+        with `ctx.no_data_reason(sub)` as evidence."""
+        return find_data(sub, self.data_arg)
+
+    @staticmethod
+    def no_data_reason(sub: str) -> str:
+        return f"undecided: needs real data `{sub}/`; {DATA_HINT}"
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """A KeyboardInterrupt (Ctrl-C, `timeout -s INT`) inside this block ends the block, not the run: the
+        experiment goes on to report what it finished (check `self.interrupted`), then the runner marks the
+        report interrupted and re-raises."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.interrupted = True
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{self.experiment.name}] {msg}", flush=True)
+
+    def progress(self, iterable, total: int | None = None, desc: str = "", every_s: float = 10.0):
+        """Yield from `iterable`, logging `desc i/total` at most every `every_s` seconds and at the end."""
+        total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        t0 = last = time.time()
+        i = 0
+        for i, item in enumerate(iterable, 1):
+            yield item
+            now = time.time()
+            if now - last >= every_s:
+                last = now
+                of = f"/{total}" if total else ""
+                self.log(f"{desc} {i}{of} ({now - t0:.0f}s)")
+        self.log(f"{desc} done: {i} in {time.time() - t0:.1f}s")
+
+    def fit_progress(self, desc: str, steps: int, every_s: float = 30.0):
+        """A `train.fit` callback that logs `desc step s/steps: loss (elapsed)` at most every `every_s` seconds
+        and at the last step. The loss is read back (a device sync) only when a line is logged."""
+        t0 = last = time.time()
+
+        def callback(step: int, loss) -> None:
+            nonlocal last
+            now = time.time()
+            if now - last >= every_s or step == steps - 1:
+                last = now
+                self.log(f"{desc} step {step + 1}/{steps}: loss {float(loss):.4f} ({now - t0:.0f}s)")
+
+        return callback
+
+
+_REGISTRY: dict[str, Experiment] = {}
+_DISCOVERED = False
+
+
+def experiment(
+    name: str,
+    paper: str,
+    claims: dict[str, str],
+    presets: dict[str, dict[str, Any]],
+    needs_data: tuple[str, ...] = (),
+    description: str = "",
+):
+    missing = [p for p in PRESETS if p not in presets]
+    if missing:
+        raise ValueError(f"experiment {name!r} lacks presets {missing}")
+
+    def deco(fn):
+        _REGISTRY[name] = Experiment(
+            name,
+            paper,
+            dict(claims),
+            {k: dict(v) for k, v in presets.items()},
+            fn,
+            tuple(needs_data),
+            description or (fn.__doc__ or "").strip(),
+        )
+        return fn
+
+    return deco
+
+
+def _broken(module: str, error: BaseException) -> Experiment:
+    """Stand-in for an experiment module that fails to import: running it records the import error, so
+    `lmlab reproduce` still reports it (as failed) and keeps going."""
+    detail = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    package, _, leaf = module.rpartition(".")
+    name = package.rsplit(".", 1)[-1] if leaf == "experiment" else leaf.removeprefix("experiment_")
+
+    def fn(ctx: RunContext) -> None:
+        raise ImportError(f"experiment module {module} failed to import:\n{detail}")
+
+    return Experiment(
+        name,
+        "(module failed to import)",
+        {},
+        {p: {} for p in PRESETS},
+        fn,
+        description=f"import error: {type(error).__name__}: {error}",
+    )
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    _DISCOVERED = True
+    for module in plugins.part_names("experiment"):
+        before = set(_REGISTRY)
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # one broken module must not take the whole registry down
+            if not (set(_REGISTRY) - before):
+                stand_in = _broken(module, e)
+                _REGISTRY[stand_in.name] = stand_in
+
+
+def registry() -> dict[str, Experiment]:
+    if not _DISCOVERED:
+        _discover()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(name: str) -> Experiment:
+    reg = registry()
+    if name not in reg:
+        raise LmlabError(
+            f"unknown experiment {name!r}; available: {', '.join(reg) or '(none)'} (see `lmlab list`)"
+        )
+    return reg[name]
+
+
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def _expected(default: Any) -> str:
+    if isinstance(default, bool):
+        return "a boolean (true/false, yes/no, 1/0)"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, str):
+        return "text"
+    if isinstance(default, list):
+        return "a list (YAML, e.g. [1, 2])"
+    if isinstance(default, dict):
+        return "a mapping (YAML, e.g. {a: 1})"
+    return "a YAML value"
+
+
+def coerce_override(key: str, value: Any, default: Any) -> Any:
+    """`value` for config key `key` as the type of its preset value `default`. Strings (as given on the
+    command line) are parsed: int keys take integer literals only, float keys any number, bool keys
+    true/false/yes/no/1/0, str keys any text (`key=` gives the empty string), list/dict keys YAML. Anything
+    else raises LmlabError naming the key, the value and the expected type."""
+    import yaml
+
+    def bad(expected: str) -> LmlabError:
+        return LmlabError(f"config key {key!r} expects {expected}, got {value!r} (preset value: {default!r})")
+
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(default, bool):
+        if isinstance(text, bool):
+            return text
+        if isinstance(text, int) and text in (0, 1):
+            return bool(text)
+        if isinstance(text, str) and text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise bad(_expected(default))
+    if isinstance(default, int):
+        if isinstance(text, int) and not isinstance(text, bool):
+            return text
+        if isinstance(text, str):
+            try:
+                return int(text)
+            except ValueError:
+                pass
+        raise bad(_expected(default))
+    if isinstance(default, float):
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            return float(text)
+        if isinstance(text, str):
+            try:
+                return float(text)
+            except ValueError:
+                pass
+        raise bad(_expected(default))
+    if isinstance(default, str):
+        if text is None:  # `key=` on the command line: the empty string
+            return ""
+        if isinstance(text, str):
+            return value
+        raise bad(_expected(default))
+    if isinstance(default, (list, dict)) or default is None:
+        if isinstance(text, str):  # never empty here: resolve_config refuses empty values first
+            try:
+                text = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise bad(f"a YAML value ({str(e).splitlines()[0]})") from e
+        if default is not None and not isinstance(text, type(default)):
+            raise bad(_expected(default))
+        return text
+    return value
+
+
+def presets(config_cls: type, **changes: dict[str, Any]) -> dict[str, Any]:
+    """An experiment's presets, typed: each is the dataclass `config_cls` — whose defaults are the base every
+    preset shares — with that preset's changes, type-checked like any override.
+
+        PRESETS = presets(Config, tiny={"steps": 200}, small={"steps": 1200}, gpu={"steps": 2000, "batch": 128})
+    """
+    base = config_cls()
+    return {name: config.override(base, ch) for name, ch in changes.items()}
+
+
+def resolve_config(exp: Experiment, preset: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The preset `preset` of `exp` with `overrides` (`key: value`, values as text from the command line or
+    already typed) applied through `lmlab.config.override`."""
+    if preset not in exp.presets:
+        raise LmlabError(
+            f"experiment {exp.name!r} has no preset {preset!r}; choose from {', '.join(exp.presets)}"
+        )
+    if dataclasses.is_dataclass(exp.presets[preset]):
+        try:
+            return config.override(exp.presets[preset], dict(overrides or {}))
+        except LmlabError as e:
+            raise LmlabError(f"{exp.name} preset {preset}: {e}") from None
+    cfg = dict(exp.presets[preset])
+    for k, v in (overrides or {}).items():
+        if k not in cfg:
+            raise LmlabError(
+                f"unknown config key {k!r} for {exp.name} preset {preset}; known: {', '.join(cfg)}"
+            )
+        # keys that some preset leaves at None ("automatic", "all") accept None / null in every preset
+        if any(p.get(k) is None for p in exp.presets.values()) and (
+                v is None or (isinstance(v, str) and v.strip().lower() in ("null", "none", "~"))):
+            cfg[k] = None
+            continue
+        if (v is None or (isinstance(v, str) and not v.strip())) and not isinstance(cfg[k], str):
+            raise LmlabError(
+                f"config key {k!r} was given an empty value; it expects {_expected(cfg[k])} "
+                f"(preset value: {cfg[k]!r})"
+            )
+        cfg[k] = coerce_override(k, v, cfg[k])
+    return cfg
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of the child processes it has waited for (data workers, the toy process
+    of task_competition): the steadier measure of work on a shared machine."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def run_experiment(
+    name: str,
+    preset: str = "tiny",
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    data: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    quiet: bool = False,
+    raise_errors: bool = False,
+) -> Report:
+    """Run one experiment and write its report. Errors inside the experiment are recorded in the
+    report (and re-raised when `raise_errors`)."""
+    exp = get(name)
+    cfg = resolve_config(exp, preset, overrides)
+    out = Path(out_dir) if out_dir is not None else Path("reports") / preset / name
+    dev = get_device(device)
+    ctx = RunContext(exp, preset, cfg, seed, dev, out, data_arg=data, quiet=quiet,
+                     overrides={k: getattr(cfg, k) if dataclasses.is_dataclass(cfg) else cfg[k]
+                                for k in (overrides or {})})
+    if preset == "gpu" and dev.type == "cpu" and not quiet:
+        print(f"note: {name}'s gpu preset is sized for about 5 minutes on one H100/H200 and runs on the CPU here, "
+              "where it takes far longer (hours for some); --preset small is the CPU-sized run", file=sys.stderr,
+              flush=True)
+    seed_everything(seed)
+    threads = torch.get_num_threads()
+    if preset == "tiny" and dev.type == "cpu":
+        torch.set_num_threads(1)
+    t0, c0 = time.time(), cpu_seconds()
+
+    def close(unreached: str) -> None:
+        """Write the report: times, threads, and a reason on every claim the run did not reach."""
+        ctx.report.runtime_s, ctx.report.cpu_time_s = time.time() - t0, cpu_seconds() - c0
+        ctx.report.cpu_threads = torch.get_num_threads()  # as the run left it (experiments may lower it)
+        for c in ctx.report.claims.values():
+            if c.evidence == NOT_EVALUATED:
+                c.held, c.evidence = None, unreached
+        ctx.report.write()
+
+    try:
+        exp.fn(ctx)
+        if ctx.interrupted:  # the experiment reported what it finished; the run still stops
+            raise KeyboardInterrupt
+        close("undecided: the experiment finished without deciding this claim")
+    except Exception as e:  # recorded in the report; reproduce keeps going
+        ctx.report.error = f"{type(e).__name__}: {e}\n\n{traceback.format_exc()}"
+        first_line = (str(e).splitlines() or [""])[0]
+        close(f"undecided: the run failed ({type(e).__name__}: {first_line})")
+        if raise_errors:
+            raise
+    except KeyboardInterrupt:  # Ctrl-C or `timeout -s INT`: keep what was measured, then stop
+        ctx.report.error = f"interrupted after {time.time() - t0:.0f} s (KeyboardInterrupt); claims not yet " \
+                           "decided stay undecided"
+        close("undecided: the run was interrupted before deciding this claim")
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    return ctx.report

@@ -1,1 +1,0 @@
-"""lmlab.knowledge package."""

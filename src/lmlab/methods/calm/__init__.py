@@ -1,0 +1,1 @@
+"""CALM: composing two frozen models through cross-attention (calm_kv)."""

@@ -1,0 +1,122 @@
+"""`lmlab compose`: train CALM bridges between two frozen checkpoints (lmlab runs or local HF models)."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+from lmlab.errors import LmlabError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("compose", help="compose a frozen anchor and augmenting model with learned cross-attention")
+    p.add_argument("--anchor", required=True, help="anchor: lmlab run/step folder or local HF causal-LM folder")
+    p.add_argument("--augment", required=True, help="augmenting model: lmlab run/step folder or HF folder")
+    p.add_argument("--data", required=True, help="JSONL of {\"prompt\": ..., \"completion\": ...} (composition set)")
+    p.add_argument("--eval", default=None, help="optional JSONL to report greedy exact-match accuracy on")
+    p.add_argument("--tokenizer", default=None, help="shared tokenizer file (default: the anchor's)")
+    p.add_argument("--connections", default=None, help="explicit pairs AUG:ANCHOR, e.g. 2:0,2:1")
+    p.add_argument("--n-connections", type=int, default=None, help="evenly spaced pairs (default: every 4th layer)")
+    p.add_argument("--augment-sees", default="sequence", choices=["sequence", "prefix"])
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="bridge.pt", help="where to save the composition parameters")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly from OUT.resume (written on Ctrl-C), with the same command")
+    p.set_defaults(func=run)
+
+
+def read_pairs(path: str) -> list[tuple[str, str]]:
+    p = Path(path)
+    if not p.is_file():
+        raise LmlabError(f"data file {p} not found")
+    pairs = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pairs.append((row["prompt"], row["completion"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise LmlabError(f"{p}:{n}: expected a JSON object with 'prompt' and 'completion' ({e})") from e
+    if not pairs:
+        raise LmlabError(f"{p} holds no examples")
+    return pairs
+
+
+def run(args) -> int:
+    # heavy imports (torch) when the command runs, not when the parser is built
+    import torch
+
+    from lmlab.checkpoint import load_snapshot, random_state, save_snapshot
+    from lmlab.methods.calm.compose import compose, parse_connections
+    from lmlab.methods.calm.experiment import encode_pairs
+    from lmlab.loading import load_policy
+    from lmlab.train import StopOnSigint, StopRequested, fit
+    from lmlab.utils import get_device, seed_everything
+
+    seed_everything(args.seed)
+    dev = get_device(args.device)
+    anchor, codec, _ = load_policy(args.anchor, None, args.tokenizer, dev)
+    augment, aug_codec, _ = load_policy(args.augment, None, args.tokenizer, dev)
+    if args.augment_sees == "prefix":
+        raise LmlabError("--augment-sees prefix is an ablation for the calm_kv experiment; use 'sequence' here")
+    conns = parse_connections(args.connections) if args.connections else None
+    cm = compose(anchor, augment, n_connections=args.n_connections, connections=conns,
+                 augment_sees=args.augment_sees, tokenizers=(codec, aug_codec))
+    pairs = read_pairs(args.data)
+    rng = random.Random(args.seed)
+
+    def batches():
+        while True:
+            yield encode_pairs(codec, [pairs[rng.randrange(len(pairs))] for _ in range(args.batch)], dev)
+
+    opt = torch.optim.AdamW(cm.bridge_parameters(), lr=args.lr)
+    snap_path = Path(f"{args.out}.resume")
+    run_id = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("resume", "func", "eval", "device")}
+    done = [0]  # steps completed
+    if args.resume:
+        snap = load_snapshot(snap_path, run_id, "it is written on Ctrl-C: run without --resume")
+        cm.bridges.load_state_dict(snap["bridges"])
+        opt.load_state_dict(snap["opt"])
+        rng.setstate(random_state(snap["rng"]))
+        done[0] = snap["step"]
+    elif snap_path.exists():
+        raise LmlabError(f"{snap_path} holds an interrupted run: continue it with --resume, or choose another --out")
+
+    def after_step(step, loss):
+        done[0] = step + 1
+        stop.stop_here()
+
+    try:
+        with StopOnSigint() as stop:
+            losses = fit(cm, lambda m, b: m(b[0], b[1]), batches(), args.steps, lr=args.lr,
+                         warmup=min(50, args.steps // 10), optimizer=opt, callback=after_step, start=done[0])
+    except StopRequested:
+        cm.save_bridges(args.out, str(args.anchor), str(args.augment),
+                        extra={"data": str(args.data), "steps": done[0], "interrupted": True})
+        save_snapshot(snap_path, {"run": run_id, "step": done[0], "bridges": cm.bridges.state_dict(),
+                                  "opt": opt.state_dict(), "rng": rng.getstate()})
+        print(f"interrupted after {done[0]} of {args.steps} steps: the bridges as they stood are saved in "
+              f"{args.out} (extra.interrupted); continue exactly with the same command and --resume", file=sys.stderr)
+        return 130
+    cm.save_bridges(args.out, str(args.anchor), str(args.augment), extra={"data": str(args.data), "steps": args.steps})
+    snap_path.unlink(missing_ok=True)
+    if not losses:
+        losses = [float("nan")]
+    print(f"trained {cm.num_bridge_params():,} bridge parameters on connections {cm.connections}: "
+          f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved {args.out}")
+    if args.eval:
+        ev = read_pairs(args.eval)
+        prompts = [codec.encode(p, bos=True) for p, _ in ev]
+        outs = cm.generate(prompts, max(len(codec.encode(c)) for _, c in ev) + 2, stop_token=codec.eos_id,
+                           pad_id=codec.pad_id)
+        hits = sum(codec.decode([t for t in o if t != codec.eos_id], skip_special=True).strip() == c.strip()
+                   for o, (_, c) in zip(outs, ev))
+        print(f"exact match on {args.eval}: {hits}/{len(ev)} = {hits / len(ev):.3f}")
+    return 0

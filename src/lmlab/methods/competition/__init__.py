@@ -1,0 +1,1 @@
+"""Task competition across scale: interference, rare-task retention, unit allocation (task_competition)."""

@@ -1,0 +1,1 @@
+"""Interleaved Head Attention: the "iha" attention variant and its synthetic tasks (iha_synthetic)."""

@@ -1,0 +1,250 @@
+"""`lmlab sft`, `lmlab rl` and `lmlab post-train --pipeline P` on an lmlab checkpoint or a local HF causal LM.
+
+    lmlab rl runs/tiny --step 2000 --task digitsum --difficulty 5 --out runs/tiny-rl
+    lmlab post-train path/to/hf_model --pipeline parallel_avg --rl-steps 50 --out out/
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from lmlab.errors import LmlabError
+from lmlab.methods.posttrain import PIPELINES
+
+
+def _common(p, pipeline_choice: bool) -> None:
+    p.add_argument("model", help="lmlab run folder (or step folder) or a local Hugging Face causal LM folder")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of an lmlab run (default: latest)")
+    p.add_argument("--tokenizer", default=None, help="lmlab tokenizer.json (default: the run's / the HF model's)")
+    p.add_argument("--out", required=True, help="output folder: the post-trained model, metrics.json, history.jsonl")
+    p.add_argument("--task", default="digitsum", help="reasoning task: digitsum | wordprob")
+    p.add_argument("--difficulty", type=int, default=None, help="problem difficulty (digits / steps)")
+    p.add_argument("--n-train", type=int, default=500, help="training questions")
+    p.add_argument("--n-test", type=int, default=50, help="held-out test questions")
+    p.add_argument("--eval-samples", type=int, default=16, help="samples per test question for pass@k (n)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu | cuda | auto")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="write a resumable snapshot (OUT/resume.pt) every N steps (Ctrl-C always writes one)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly from OUT/resume.pt (same command and flags as the interrupted run)")
+    if pipeline_choice:
+        p.add_argument("--pipeline", required=True, choices=PIPELINES)
+
+
+def _sft_args(p, prefix: str) -> None:
+    names = (lambda n: [f"--sft-{n}"] + ([f"--{n}"] if not prefix else []))
+    p.add_argument(*names("steps"), dest="sft_steps", type=int, default=100)
+    p.add_argument(*names("lr"), dest="sft_lr", type=float, default=1e-3)
+    p.add_argument(*names("batch-size"), dest="sft_batch_size", type=int, default=64)
+    p.add_argument(*names("micro-batch-size"), dest="sft_micro_batch_size", type=int, default=None)
+    p.add_argument("--gold-limit", type=int, default=16, help="solutions per question for SFT-Gold")
+
+
+def _rl_args(p, prefix: str) -> None:
+    names = (lambda n: [f"--rl-{n}"] + ([f"--{n}"] if not prefix else []))
+    p.add_argument(*names("steps"), dest="rl_steps", type=int, default=50)
+    p.add_argument(*names("lr"), dest="rl_lr", type=float, default=3e-4)
+    p.add_argument("--prompts-per-step", type=int, default=8)
+    p.add_argument("--group-size", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's longest solution")
+    p.add_argument("--scale-advantages", choices=("std", "none"), default="std")
+    p.add_argument("--kl-coef", type=float, default=0.0, help="β of the k3-KL penalty to the RL start")
+    p.add_argument("--log-kl", action="store_true", help="log the KL to the RL start without penalising it")
+    p.add_argument("--ppo-epochs", type=int, default=1)
+    p.add_argument("--minibatches", type=int, default=1)
+    p.add_argument("--clip-eps", type=float, default=0.2)
+    p.add_argument("--format-reward", type=float, default=0.0)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sft", help="SFT (one gold solution per question; --gold: all) on a checkpoint")
+    _common(p, False)
+    _sft_args(p, "")
+    p.add_argument("--gold", action="store_true", help="SFT-Gold: train on all gold solutions")
+    p.set_defaults(func=lambda a: run(a, "sft_gold" if a.gold else "sft"))
+
+    p = sub.add_parser("rl", help="GRPO on a checkpoint with a verifiable reasoning task")
+    _common(p, False)
+    _rl_args(p, "")
+    p.set_defaults(func=lambda a: run(a, "rl"))
+
+    p = sub.add_parser("post-train", help="a post-training pipeline (rl|sft|sft_gold|sft_rl|parallel_avg|...)")
+    _common(p, True)
+    _sft_args(p, "sft")
+    _rl_args(p, "rl")
+    p.add_argument("--mixed-sft-lr", type=float, default=None, help="SFT-side LR of mixed pipelines")
+    p.add_argument("--combined-weights", type=float, nargs=2, default=(1.0, 1.0), metavar=("W_RL", "W_SFT"))
+    p.add_argument("--interleave-block", type=int, default=5)
+    p.set_defaults(func=lambda a: run(a, a.pipeline))
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+def _config(args, pipeline: str, task, difficulty: int):
+    # heavy imports (torch) when the command runs, not when the parser is built
+    from lmlab.methods.posttrain.pipelines import PostTrainConfig
+    from lmlab.rl import GRPOConfig
+    from lmlab.sft import SFTConfig
+
+    g = lambda name, default=None: getattr(args, name, default)
+    rl = GRPOConfig(steps=g("rl_steps", 0), lr=g("rl_lr", 3e-4), prompts_per_step=g("prompts_per_step", 8),
+                    group_size=g("group_size", 16), temperature=g("temperature", 1.0),
+                    max_new_tokens=(g("max_new_tokens") if g("max_new_tokens") is not None
+                                    else task.max_completion_chars(difficulty) + 1),
+                    scale_advantages=g("scale_advantages", "std"), kl_coef=g("kl_coef", 0.0),
+                    log_kl=g("log_kl", False),
+                    ppo_epochs=g("ppo_epochs", 1), minibatches=g("minibatches", 1), clip_eps=g("clip_eps", 0.2),
+                    format_reward=g("format_reward", 0.0))
+    sft = SFTConfig(steps=g("sft_steps", 0), lr=g("sft_lr", 1e-3), batch_size=g("sft_batch_size", 64),
+                    micro_batch_size=g("sft_micro_batch_size"))
+    cfg = PostTrainConfig(rl=rl, sft=sft, gold_limit=g("gold_limit", 16), mixed_sft_lr=g("mixed_sft_lr"),
+                          combined_weights=tuple(g("combined_weights", (1.0, 1.0))),
+                          interleave_block=g("interleave_block", 5))
+    cfg.validate(pipeline)  # LmlabErrors name the flag
+    for name, v in (("--n-train", args.n_train), ("--n-test", args.n_test), ("--eval-samples", args.eval_samples)):
+        if v < 1:
+            raise LmlabError(f"{name} must be >= 1, got {v}")
+    return cfg
+
+
+def _difficulty(args, task) -> int:
+    """--difficulty (0 is an error, not the default) checked against the task."""
+    import random  # imported when the command runs, like the rest of this handler's imports
+
+    if args.difficulty is None:
+        return task.default_difficulty
+    try:
+        task.sample(random.Random(0), args.difficulty)
+    except LmlabError as e:
+        raise LmlabError(f"--difficulty {args.difficulty}: {e}") from None
+    return args.difficulty
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise LmlabError(f"--out {out} is a file, not a folder: pass a new folder")
+    if (out / SNAPSHOT).exists():
+        raise LmlabError(f"--out {out} holds an interrupted run: continue it with --resume, or pass a new folder")
+    if out.exists() and any(out.iterdir()):
+        raise LmlabError(f"--out {out} is not empty: pass a new folder (results are never overwritten)")
+
+
+def _evaluate(model, codec, task, test, n: int, max_new: int, seed: int) -> dict:
+    # heavy imports (torch) when the command runs, not when the parser is built
+    from lmlab.rl import sample_pass_at_k
+    from lmlab.methods.posttrain.general import GeneralSuite, evaluate_general
+
+    res = sample_pass_at_k(model, codec, task, test, n, ks=sorted({1, n}), max_new_tokens=max_new, seed=seed)
+    out = {f"pass@{k}": v for k, v in res["pass"].items()}
+    out["format_rate"] = res["format_rate"]
+    try:
+        out.update(evaluate_general(model, codec, GeneralSuite(), n=64))
+    except LmlabError as e:  # the tokenizer cannot write the general suite's text
+        out["general"] = f"skipped: {e}"
+    return out
+
+
+def run(args, pipeline: str) -> int:
+    # heavy imports (torch) when the command runs, not when the parser is built
+    from dataclasses import asdict
+
+    from lmlab.checkpoint import load_snapshot, save_snapshot, set_rng_state
+    from lmlab.loading import load_policy
+    from lmlab.checkpoint import Resume
+    from lmlab.methods.posttrain.pipelines import run_pipeline
+    from lmlab.rl import summarize_history
+    from lmlab.methods.posttrain.tasks import get_task, make_split
+    from lmlab.train import StopOnSigint, StopRequested
+    from lmlab.utils import atomic_write_json, atomic_write_text, get_device, seed_everything
+
+    task = get_task(args.task)
+    difficulty = _difficulty(args, task)
+    out = Path(args.out)
+    if args.save_every < 0:
+        raise LmlabError(f"--save-every must be >= 0, got {args.save_every}")
+    cfg = _config(args, pipeline, task, difficulty)
+    run_id = {"pipeline": pipeline, "model": str(args.model), "step": args.step, "tokenizer": args.tokenizer,
+              "task": task.name, "difficulty": difficulty, "n_train": args.n_train, "n_test": args.n_test,
+              "eval_samples": args.eval_samples, "seed": args.seed, "config": json.loads(json.dumps(asdict(cfg)))}
+    snap = load_snapshot(out / SNAPSHOT, run_id, RESUME_HINT) if args.resume else _check_out(out)
+    device = get_device(args.device)
+    seed_everything(args.seed)
+    model, codec, kind = load_policy(args.model, args.step, args.tokenizer, device)
+    try:
+        codec.encode(make_split(task, 1, difficulty, seed=0)[0].prompt)
+    except LmlabError as e:
+        raise LmlabError(f"the model's tokenizer cannot encode the {task.name} task ({e}): use a model whose "
+                         "vocabulary covers digits and the task's symbols, or pass --tokenizer") from None
+    test = make_split(task, args.n_test, difficulty, seed=args.seed + 10_000)
+    train = make_split(task, args.n_train, difficulty, seed=args.seed, exclude={p.prompt for p in test})
+    max_new = cfg.rl.max_new_tokens
+    if snap is None:
+        before, entries, train_s = _evaluate(model, codec, task, test, args.eval_samples, max_new, args.seed), [], 0.0
+    else:
+        model.load_state_dict(snap["model"])
+        set_rng_state(snap["rng"])
+        before, entries, train_s = snap["before"], snap["entries"], snap["train_s"]
+        print(f"resuming {out} after {len(entries)} step(s) (phase {snap['phase']})", flush=True)
+    print(f"before: {json.dumps({k: round(v, 4) for k, v in before.items() if isinstance(v, float)})}", flush=True)
+    t0 = time.time() - train_s
+    resume = Resume(snap)
+
+    def log(phase, step, entry):
+        entries.append({"phase": phase, **entry})
+        if step % 10 == 0:
+            keys = ("reward", "sft_loss", "loss", "frac_zero_std")
+            print(f"[{phase} {step}] " + " ".join(f"{k}={entry[k]:.4g}" for k in keys if k in entry), flush=True)
+        if stop.requested or (args.save_every and len(entries) % args.save_every == 0):
+            out.mkdir(parents=True, exist_ok=True)  # between steps: weights, optimizers and samplers are consistent
+            save_snapshot(out / SNAPSHOT, {**resume.snapshot(step + 1), "run": run_id, "before": before,
+                                           "entries": entries, "train_s": time.time() - t0})
+        stop.stop_here()
+
+    def write_run(after, **extra):
+        out.mkdir(parents=True, exist_ok=True)
+        _save(model, codec, kind, out, pipeline, len(entries))
+        atomic_write_text(out / "history.jsonl", "".join(json.dumps(e) + "\n" for e in entries))
+        atomic_write_json(out / "metrics.json", {
+            "pipeline": pipeline, "model": str(args.model), "step": args.step, "task": task.name,
+            "difficulty": difficulty, **extra, "before": before, "after": after, "train_s": time.time() - t0,
+            "config": cfg})
+
+    try:
+        with StopOnSigint() as stop:
+            run_pipeline(pipeline, model, codec, task, train, cfg, seed=args.seed, callback=log, resume=resume)
+    except StopRequested:
+        write_run(None, interrupted=True, steps_done=len(entries))
+        print(f"interrupted after {len(entries)} post-training step(s): the model as it stood then is saved in {out} "
+              "(metrics.json: interrupted, no 'after' evaluation); continue exactly with the same command and "
+              "--resume", file=sys.stderr)
+        return 130
+    after = _evaluate(model, codec, task, test, args.eval_samples, max_new, args.seed)
+    print(f"after:  {json.dumps({k: round(v, 4) for k, v in after.items() if isinstance(v, float)})}", flush=True)
+    rl_logs = [e for e in entries if e["phase"] != "sft"]
+    write_run(after, rollout=summarize_history(rl_logs) if rl_logs else None)
+    (out / SNAPSHOT).unlink(missing_ok=True)  # the run is complete
+    print(f"saved to {out}")
+    return 0
+
+
+SNAPSHOT = "resume.pt"
+RESUME_HINT = ("it is written on Ctrl-C and every --save-every steps, and removed when a run completes: start the "
+               "run without --resume")
+
+
+def _save(model, codec, kind: str, out: Path, pipeline: str, steps: int) -> None:
+    if kind == "hf":
+        model.hf.save_pretrained(out)
+        if hasattr(codec, "tok"):
+            codec.tok.save_pretrained(out)
+        else:
+            codec.save(out / "lmlab_tokenizer.json")
+        return
+    from lmlab import checkpoint  # heavy (torch): imported when the command runs
+
+    checkpoint.save(out, steps, model, extra={"posttrain": pipeline})
+    codec.save(out / "tokenizer.json")

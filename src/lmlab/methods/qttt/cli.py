@@ -1,0 +1,115 @@
+"""`lmlab ttt --model DIR --context FILE --question TEXT`: answer a question about a long context after
+query-only test-time training (qTTT) on that context.
+
+DIR is a local Hugging Face causal-LM folder (Llama/Qwen/Mistral/OLMo) or an lmlab run / step folder.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lmlab.errors import LmlabError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "ttt",
+        help="answer a question about a long context after qTTT (query-only test-time "
+        "training) on that context",
+        description="One prefill of the context, N next-token steps on length-k spans that update "
+        "only the query projections, then the answer over the unchanged cache.",
+    )
+    p.add_argument("--model", required=True, help="HF causal-LM folder or lmlab run/step folder")
+    p.add_argument("--context", required=True, help="text file holding the long context")
+    p.add_argument("--question", required=True, help="question text appended after the context")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of an lmlab run (default: latest)")
+    p.add_argument(
+        "--tokenizer", default=None, help="lmlab tokenizer.json (default: the run's / the HF model's)"
+    )
+    p.add_argument("--steps", type=int, default=32, help="qTTT steps N (paper: 32)")
+    p.add_argument("--span", type=int, default=128, help="span length k (paper: 128)")
+    p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (paper grid 1e-6..3e-4)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--params", default="q_full", choices=["q_full", "q_lora"])
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--sampler", default="uniform", choices=["uniform", "sweep", "tail"], help="span sampler")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--compare", action="store_true", help="also answer without adaptation")
+    p.add_argument("--device", default=None, help="cpu | cuda | auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    # heavy imports (torch) when the command runs, not when the parser is built
+    from lmlab.loading import load_policy
+    from lmlab.methods.qttt.flops import FlopModel
+    from lmlab.methods.qttt.ttt import QTTT, QTTTConfig
+    from lmlab.utils import get_device
+
+    ctx_path = Path(args.context)
+    if not ctx_path.is_file():
+        raise LmlabError(f"context file {ctx_path} does not exist: pass --context FILE with the long text")
+    text = ctx_path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise LmlabError(f"context file {ctx_path} is empty")
+    cfg = QTTTConfig(
+        steps=args.steps,
+        span_len=args.span,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip or None,
+        params=args.params,
+        lora_rank=args.lora_rank,
+        lora_alpha=2.0 * args.lora_rank,
+        sampler=args.sampler,
+        seed=args.seed,
+    )
+    dev = get_device(args.device)
+    model, codec, kind = load_policy(args.model, args.step, args.tokenizer, dev)
+    context = codec.encode(text, bos=True)
+    question = codec.encode("\n" + args.question)
+    if len(context) < 2:
+        raise LmlabError("the context encodes to fewer than 2 tokens: qTTT needs a longer context")
+    if not question:
+        raise LmlabError("the question encodes to no tokens")
+    stops = {codec.eos_id} if getattr(codec, "eos_id", None) is not None else None
+    qttt = QTTT(model, cfg)
+    flops = FlopModel.from_model(model)
+    k = min(cfg.span_len, len(context) - 1)
+    print(
+        f"model: {args.model} ({kind}); context {len(context)} tokens; qTTT N={cfg.steps}, k={k}, lr={cfg.lr}, "
+        f"{cfg.params}; matched thinking budget ≈ {flops.matched_thinking_tokens(cfg.steps, k, len(context)):.0f} "
+        f"tokens"
+    )
+
+    def answer(steps):
+        t0 = time.time()
+        with qttt.adapt([context], steps=steps) as st:
+            t1 = time.time()
+            out = st.generate(
+                [question],
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                stop_tokens=stops,
+                seed=args.seed,
+            )
+            losses = [l[0] for l in st.losses]
+        toks = [t for t in out.tokens[0] if stops is None or t not in stops]
+        return codec.decode(toks), losses, t1 - t0, time.time() - t1
+
+    if args.compare:
+        base, _, tp, ta = answer(0)
+        print(f"without qTTT ({tp:.1f}s prefill, {ta:.1f}s answer): {base}")
+    ans, losses, tp, ta = answer(None)
+    if losses:
+        print(
+            f"span loss: first {losses[0]:.3f}, last {losses[-1]:.3f} (mean of first/last quarter "
+            f"{sum(losses[: max(1, len(losses) // 4)]) / max(1, len(losses) // 4):.3f} → "
+            f"{sum(losses[-max(1, len(losses) // 4) :]) / max(1, len(losses) // 4):.3f})"
+        )
+    print(f"with qTTT ({tp:.1f}s prefill + adaptation, {ta:.1f}s answer): {ans}")
+    return 0

@@ -1,0 +1,611 @@
+"""qTTT: query-only test-time training for long contexts (Bansal et al., 2025; spec 04).
+
+One prefill computes the context's keys and values, and that cache then stays frozen. N steps of
+next-token loss on length-k context spans, each span attending to the frozen cache, update only the
+query projections of every attention layer (full matrices by default, LoRA on q as an option), with
+AdamW, weight decay and gradient clipping. The answer is decoded with the adapted queries over the
+unchanged cache. The adaptation lives in per-context deltas installed as forward hooks on the query
+projections: leaving `QTTT.adapt(...)` removes them, so nothing leaks into the next context.
+
+    qttt = QTTT(model, QTTTConfig(steps=32, span_len=128, lr=1e-5))
+    with qttt.adapt([context_ids]) as s:          # prefill + N span steps
+        out = s.generate([question_ids], max_new_tokens=32, temperature=0)
+
+Works for lmlab `GPT` (batched per-sample adaptation with left padding; each sample has its own
+deltas, optimizer state and clipping, so a batch equals a loop over single contexts) and for Hugging
+Face decoders with named projections (Llama, Qwen2/3, Mistral, OLMo; one context at a time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.generate import Generation as SampledGeneration
+from lmlab.generate import sample_next
+from lmlab.hf import attention_projections, unwrap_hf
+from lmlab.model import GPT, IGNORE_INDEX, KVCache
+from lmlab.utils import LmlabError, autocast_ctx, pad_batch
+
+PARAMS = ("q_full", "q_lora")
+
+
+@dataclass
+class QTTTConfig:
+    steps: int = 32  # N_qTTT
+    span_len: int = 128  # k
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    grad_clip: float | None = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    params: str = "q_full"  # "q_full" (paper) | "q_lora"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    sampler: str | Callable = "uniform"  # a name in SAMPLERS or a callable (see `SpanSampler`)
+    seed: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise LmlabError(f"qTTT steps must be an integer >= 0, got {self.steps!r}")
+        if not isinstance(self.span_len, int) or self.span_len < 1:
+            raise LmlabError(f"qTTT span length must be a positive integer, got {self.span_len!r}")
+        if not self.lr > 0:
+            raise LmlabError(
+                f"qTTT learning rate must be > 0, got {self.lr!r} (the paper's grid: 1e-6 .. 3e-4)"
+            )
+        if self.params not in PARAMS:
+            raise LmlabError(f"qTTT params must be one of {', '.join(PARAMS)}, got {self.params!r}")
+        if self.params == "q_lora" and self.lora_rank < 1:
+            raise LmlabError(f"LoRA rank must be >= 1, got {self.lora_rank}")
+        if not callable(self.sampler) and self.sampler not in SAMPLERS:
+            raise LmlabError(
+                f"unknown span sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)} or pass a callable"
+            )
+
+
+# ---------------------------------------------------------------- span samplers
+@dataclass
+class SpanInfo:
+    """What a sampler may use: the context length, the span length and optional per-position weights
+    (e.g. 1 at tokens whose prediction needs retrieval; used by the "targeted" sampler)."""
+
+    length: int
+    span_len: int
+    weights: np.ndarray | None = None
+
+
+def uniform_spans(rng: np.random.Generator, n: int, info: SpanInfo) -> np.ndarray:
+    """The paper's sampler: t ~ Uniform over all starts whose k targets stay inside the context."""
+    return rng.integers(0, info.length - info.span_len, size=n)
+
+
+def sweep_spans(rng: np.random.Generator, n: int, info: SpanInfo) -> np.ndarray:
+    """Stratified: the context cut into n equal strata, one uniform start per stratum, in random order
+    (covers the whole context evenly; same marginal as uniform)."""
+    hi = info.length - info.span_len
+    edges = np.linspace(0, hi, n + 1)
+    starts = np.minimum((edges[:-1] + rng.random(n) * (edges[1:] - edges[:-1])).astype(int), hi - 1)
+    return rng.permutation(starts)
+
+
+def tail_spans(rng: np.random.Generator, n: int, info: SpanInfo) -> np.ndarray:
+    """Always the last k+1 tokens (the most recent text)."""
+    return np.full(n, info.length - info.span_len - 1)
+
+
+def targeted_spans(rng: np.random.Generator, n: int, info: SpanInfo) -> np.ndarray:
+    """Spans that contain a position drawn with probability ∝ weights (an oracle-ish control: spans
+    whose next-token loss exercises retrieval). Falls back to uniform when no weight is positive."""
+    w = info.weights
+    if w is None or not np.any(np.asarray(w) > 0):
+        return uniform_spans(rng, n, info)
+    w = np.asarray(w, dtype=float)[: info.length]
+    w = np.clip(w, 0, None)
+    pos = rng.choice(len(w), size=n, p=w / w.sum())  # target token index, predicted at position pos-1
+    offset = rng.integers(0, info.span_len, size=n)
+    return np.clip(pos - 1 - offset, 0, info.length - info.span_len - 1)
+
+
+SpanSampler = Callable[[np.random.Generator, int, SpanInfo], np.ndarray]
+SAMPLERS: dict[str, SpanSampler] = {
+    "uniform": uniform_spans,
+    "sweep": sweep_spans,
+    "tail": tail_spans,
+    "targeted": targeted_spans,
+}
+
+
+# ---------------------------------------------------------------- query deltas
+class QueryDeltas:
+    """Per-sample additive changes to every attention layer's query projection, as forward hooks.
+
+    q_full: ΔW (B, out, in) so the query is (W + ΔW[b]) x. q_lora: (α/r)·B[b] A[b] x with A random,
+    B zero. The base weights are never written; `remove()` detaches the hooks.
+    """
+
+    def __init__(self, model: nn.Module, batch: int, cfg: QTTTConfig, device, seeds: Sequence[int]):
+        self.cfg, self.batch = cfg, batch
+        self.entries = []  # (module, out slice, base weight (out, in) or None)
+        for proj in attention_projections(model):
+            if "q" in proj:
+                mod, sl = proj["q"], slice(None)
+                w = mod.weight if isinstance(mod, nn.Linear) else None
+            else:  # GPT-2 fused c_attn (Conv1D, weight (in, 3d)): queries are the first third
+                mod = proj["qkv"]
+                d = mod.weight.shape[1] // 3
+                sl, w = slice(0, d), mod.weight[:, :d].t()
+            if w is None:
+                raise LmlabError(f"qTTT needs nn.Linear query projections, found {type(mod).__name__}")
+            self.entries.append((mod, sl, w))
+        self.tensors: list[list[torch.Tensor]] = []
+        for _, _, w in self.entries:
+            out_f, in_f = w.shape
+            if cfg.params == "q_full":
+                self.tensors.append([torch.zeros(batch, out_f, in_f, device=device, requires_grad=True)])
+            else:
+                r = cfg.lora_rank
+                a = torch.stack(
+                    [
+                        torch.randn(r, in_f, generator=torch.Generator().manual_seed(sd + len(self.tensors)))
+                        for sd in seeds
+                    ]
+                ).to(device) / math.sqrt(in_f)
+                self.tensors.append(
+                    [a.requires_grad_(True), torch.zeros(batch, out_f, r, device=device, requires_grad=True)]
+                )
+        self.handles = [
+            mod.register_forward_hook(self._hook(i)) for i, (mod, _, _) in enumerate(self.entries)
+        ]
+
+    def params(self) -> list[torch.Tensor]:
+        return [t for ts in self.tensors for t in ts]
+
+    def delta_weights(self) -> list[torch.Tensor]:
+        """The effective ΔW_Q per layer, (B, out, in)."""
+        if self.cfg.params == "q_full":
+            return [ts[0].detach() for ts in self.tensors]
+        s = self.cfg.lora_alpha / self.cfg.lora_rank
+        return [s * (ts[1] @ ts[0]).detach() for ts in self.tensors]
+
+    def _delta_out(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        ts = self.tensors[i]
+        b = x.shape[0]
+        if ts[0].shape[0] not in (1, b):
+            raise LmlabError(
+                f"qTTT deltas were made for {ts[0].shape[0]} contexts but the model got a batch of "
+                f"{b}: adapt and decode the same batch"
+            )
+        if self.cfg.params == "q_full":
+            return torch.einsum("bti,boi->bto", x, ts[0].to(x.dtype).expand(b, -1, -1))
+        a, bm = (t.to(x.dtype).expand(b, -1, -1) for t in ts)
+        s = self.cfg.lora_alpha / self.cfg.lora_rank
+        return s * torch.einsum("btr,bor->bto", torch.einsum("bti,bri->btr", x, a), bm)
+
+    def _hook(self, i: int):
+        sl = self.entries[i][1]
+
+        def hook(mod, inputs, out):
+            d = self._delta_out(i, inputs[0]).to(out.dtype)
+            if sl == slice(None):
+                return out + d
+            return torch.cat([out[..., : sl.stop] + d, out[..., sl.stop :]], dim=-1)
+
+        return hook
+
+    def decay_(self, lr: float) -> None:
+        """Decoupled weight decay of the full query matrix W + ΔW toward 0 (AdamW on W_Q, as in the
+        paper), applied before the Adam step like torch's AdamW. LoRA factors decay inside AdamW."""
+        wd = self.cfg.weight_decay
+        if wd == 0 or self.cfg.params != "q_full":
+            return
+        with torch.no_grad():
+            for (_, _, w), ts in zip(self.entries, self.tensors):
+                ts[0].sub_(lr * wd * (w.detach().float()[None] + ts[0]))
+
+    def clip_(self, max_norm: float | None) -> torch.Tensor:
+        """Per-sample gradient clipping over all layers (each context is its own batch-size-1 run)."""
+        grads = [p.grad for p in self.params()]
+        norms = torch.sqrt(sum(g.float().pow(2).flatten(1).sum(1) for g in grads))
+        if max_norm:
+            scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(scale.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+        return norms
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+# ---------------------------------------------------------------- backends
+def _cache_kwarg(model: nn.Module) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _sum_per_sample(loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean loss per sample over weighted targets, (B,)."""
+    return (loss * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+class _GPTBackend:
+    """lmlab GPT: batched, left-padded contexts; the frozen `KVCache` does the span attention."""
+
+    def __init__(self, model: GPT):
+        self.model = model
+        self.device = model.embed.weight.device
+
+    def prefill(self, contexts: list[list[int]]):
+        ids, mask = pad_batch(contexts, 0, left=True, device=self.device)
+        b, n = ids.shape
+        cache = self.model.new_cache(b, n)
+        with torch.no_grad(), autocast_ctx(self.device):
+            self.model(ids, cache=cache, key_mask=mask, return_hidden=True)
+        cache.freeze()
+        self.ids, self.pad = ids, [n - len(c) for c in contexts]
+        return cache
+
+    def span_loss(self, cache: KVCache, starts: np.ndarray, k: int, weights: torch.Tensor) -> torch.Tensor:
+        """Per-sample mean next-token loss on spans [t, t+k) attending to the frozen cache, (B,)."""
+        slot0 = torch.tensor([p + int(t) for p, t in zip(self.pad, starts)], device=self.device)
+        idx = slot0[:, None] + torch.arange(k + 1, device=self.device)
+        toks = self.ids.gather(1, idx)
+        positions = torch.as_tensor(starts, device=self.device)[:, None] + torch.arange(k, device=self.device)
+        with autocast_ctx(self.device):
+            loss = self.model(
+                toks[:, :-1], toks[:, 1:], cache=cache, positions=positions, loss_reduction="none"
+            )
+        return _sum_per_sample(loss.float(), weights)
+
+    def fork(self, cache: KVCache, extra: int) -> KVCache:
+        """A writable copy of the frozen cache with room for `extra` more tokens (the prefill stays intact)."""
+        new = KVCache(cache.batch_size, cache.length + extra, device=self.device)
+        n = cache.length
+        new.key_pos[:, :n] = cache.key_pos[:, :n]
+        new.key_valid[:, :n] = cache.key_valid[:, :n]
+        new.next_pos = cache.next_pos.clone()
+        new.length = n
+        for layer, (kb, vb) in cache._kv.items():
+            per_tok = kb.shape[2] // cache.max_len  # IHA stores several entries per token
+            k_new = kb.new_zeros(kb.shape[0], kb.shape[1], new.max_len * per_tok, kb.shape[3])
+            v_new = vb.new_zeros(vb.shape[0], vb.shape[1], new.max_len * per_tok, vb.shape[3])
+            fill = cache._fill[layer]
+            k_new[:, :, :fill] = kb[:, :, :fill]
+            v_new[:, :, :fill] = vb[:, :, :fill]
+            new._kv[layer], new._fill[layer] = (k_new, v_new), fill
+        return new
+
+    def step(self, cache: KVCache, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        with autocast_ctx(self.device):
+            return self.model(ids, cache=cache, key_mask=mask).float()
+
+    def context_slots(self, i: int) -> int:
+        """Cache slot of context token 0 of sample i (left padding offset)."""
+        return self.pad[i]
+
+
+class _HFBackend:
+    """Hugging Face decoder, one context at a time. Span forwards see a DynamicCache whose layers return
+    the prefill's K/V up to the span's end (the span's own keys included) and never store anything."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.kw = _cache_kwarg(model)
+        self.last_only = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def _call(self, ids, cache, last_only: bool = False):
+        extra = {"logits_to_keep": 1} if last_only and self.last_only else {}
+        with autocast_ctx(self.device):
+            return self.model(input_ids=ids, use_cache=True, **{self.kw: cache}, **extra)
+
+    def prefill(self, contexts: list[list[int]]):
+        if len(contexts) != 1:
+            raise LmlabError(
+                "qTTT on Hugging Face models adapts one context at a time: pass a single context"
+            )
+        from transformers import DynamicCache  # heavy: transformers only for Hugging Face models
+
+        self.ids = torch.tensor([contexts[0]], device=self.device)
+        self.pad = [0]
+        with torch.no_grad():
+            out = self._call(self.ids, DynamicCache(), last_only=True)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        return [(k.detach(), v.detach()) for k, v in _hf_layers_kv(cache)]
+
+    def span_loss(self, kv, starts: np.ndarray, k: int, weights: torch.Tensor) -> torch.Tensor:
+        from transformers import DynamicCache  # heavy: transformers only for Hugging Face models
+
+        t = int(starts[0])
+        toks = self.ids[:, t : t + k + 1]
+        cache = DynamicCache()
+        cache.layers = [_frozen_layer(kk, vv, t) for kk, vv in kv]
+        logits = self._call(toks[:, :-1], cache).logits.float()
+        loss = F.cross_entropy(logits.transpose(1, 2), toks[:, 1:], reduction="none")
+        return _sum_per_sample(loss, weights)
+
+    def fork(self, kv, extra: int):
+        from transformers import DynamicCache  # heavy: transformers only for Hugging Face models
+
+        cache = DynamicCache()
+        for i, (kk, vv) in enumerate(kv):
+            cache.update(kk.clone(), vv.clone(), i)
+        return cache
+
+    def step(self, cache, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is not None and not bool(mask.all()):
+            raise LmlabError(
+                "padded questions are not supported for Hugging Face models: one question per context"
+            )
+        return self._call(ids, cache).logits.float()
+
+    def context_slots(self, i: int) -> int:
+        return 0
+
+
+def _hf_layers_kv(cache):
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))  # older transformers
+
+
+_FROZEN_LAYER_CLS = None
+
+
+def _frozen_layer(keys: torch.Tensor, values: torch.Tensor, visible: int):
+    """A DynamicLayer that shows `visible` cached tokens and, for a forward of n new tokens, returns the
+    prefill's K/V for positions [0, visible + n) instead of storing the recomputed ones."""
+    global _FROZEN_LAYER_CLS
+    if _FROZEN_LAYER_CLS is None:
+        try:  # heavy and version-dependent: transformers only for Hugging Face models
+            from transformers.cache_utils import DynamicLayer
+        except ImportError as e:  # pragma: no cover - depends on the installed transformers
+            raise LmlabError("qTTT on Hugging Face models needs transformers >= 4.56 (cache layers)") from e
+
+        class FrozenPrefixLayer(DynamicLayer):
+            def __init__(self, keys, values, visible):
+                super().__init__()
+                self.full_keys, self.full_values, self.visible = keys, values, visible
+                self.keys, self.values = keys[..., :visible, :], values[..., :visible, :]
+                self.device, self.is_initialized = keys.device, True
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                end = self.visible + key_states.shape[-2]
+                return self.full_keys[..., :end, :], self.full_values[..., :end, :]
+
+            def get_seq_length(self, *args, **kwargs) -> int:
+                return self.visible
+
+        _FROZEN_LAYER_CLS = FrozenPrefixLayer
+    return _FROZEN_LAYER_CLS(keys, values, visible)
+
+
+def backend_for(model: nn.Module):
+    return _GPTBackend(model) if isinstance(model, GPT) else _HFBackend(model)
+
+
+# ---------------------------------------------------------------- the method
+@dataclass
+class Generation(SampledGeneration):
+    """`lmlab.generate.Generation` (tokens, log-probs, finished) plus the first answer token's logits."""
+
+    first_logits: torch.Tensor  # (B, V) logits of the first answer token
+
+
+@dataclass
+class AdaptedContexts:
+    """What `QTTT.adapt` yields: the frozen prefill and the adapted query deltas (if steps > 0)."""
+
+    qttt: QTTT
+    backend: object
+    cache: object
+    deltas: QueryDeltas | None
+    losses: list[list[float]] = field(
+        default_factory=list
+    )  # per step, per sample span loss (before the update)
+    grad_norms: list[list[float]] = field(default_factory=list)
+    spans: list[list[int]] = field(default_factory=list)  # per sample, the span starts used
+
+    @property
+    def batch(self) -> int:
+        return len(self.backend.pad)
+
+    def context_slot(self, sample: int, position: int) -> int:
+        """Cache slot (the key index seen by attention) of context token `position` of `sample`."""
+        return self.backend.context_slots(sample) + position
+
+    def forward(self, questions: list[list[int]]) -> torch.Tensor:
+        """Logits (B, Tq, V) of the question tokens, read over a copy of the frozen cache with the adapted
+        queries (hook `blocks.{i}.attn.hook_pattern` around this call to see attention; keys are the
+        cache slots followed by the question tokens). Questions are left-padded."""
+        ids, mask = _pad_left(questions, self.backend.device)
+        cache = self.backend.fork(self.cache, ids.shape[1])
+        with torch.no_grad():
+            return self.backend.step(cache, ids, mask)
+
+    def generate(
+        self,
+        questions: list[list[int]],
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_tokens=None,
+        seed: int = 0,
+    ) -> Generation:
+        """Decode answers after each question over a copy of the frozen cache (temperature 0 = greedy)."""
+        if len(questions) != self.batch:
+            raise LmlabError(f"got {len(questions)} questions for {self.batch} adapted contexts")
+        dev = self.backend.device
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(seed)
+        ids, mask = _pad_left(questions, dev)
+        cache = self.backend.fork(self.cache, ids.shape[1] + max_new_tokens)
+        stops = set(stop_tokens or ())
+        out = [[] for _ in questions]
+        lps = [[] for _ in questions]
+        done = [max_new_tokens == 0] * len(questions)
+        finished = [False] * len(questions)
+        with torch.no_grad():
+            logits = self.backend.step(cache, ids, mask)[:, -1]
+            first = logits.clone()
+            for _ in range(max_new_tokens):
+                nxt, logp = sample_next(logits, temperature, top_k, top_p, gen)
+                for i, (t, lp) in enumerate(zip(nxt.tolist(), logp.tolist())):
+                    if done[i]:
+                        continue
+                    out[i].append(t)
+                    lps[i].append(lp)
+                    if t in stops:
+                        done[i] = finished[i] = True
+                    elif len(out[i]) >= max_new_tokens:
+                        done[i] = True
+                if all(done):
+                    break
+                logits = self.backend.step(cache, nxt[:, None], None)[:, -1]
+        return Generation(out, lps, finished, first)
+
+
+def _context_seed(seed: int, context: Sequence[int]) -> int:
+    """Per-context randomness that does not depend on the batch a context is adapted in."""
+    return (seed * 1_000_003 + zlib.crc32(np.asarray(context, dtype=np.int64).tobytes())) % (2**31)
+
+
+def _pad_left(seqs: list[list[int]], device):
+    if not seqs or any(len(s) == 0 for s in seqs):
+        raise LmlabError("every question needs at least one token")
+    return pad_batch(seqs, 0, left=True, device=device)
+
+
+class QTTT:
+    """Query-only test-time training for one model; `adapt(contexts)` is the per-context entry point."""
+
+    def __init__(self, model: nn.Module, cfg: QTTTConfig | None = None):
+        self.model = unwrap_hf(model)
+        self.cfg = cfg or QTTTConfig()
+
+    @contextlib.contextmanager
+    def adapt(
+        self,
+        contexts: Sequence[Sequence[int]],
+        span_weights: Sequence[np.ndarray] | None = None,
+        target_weights: Sequence[np.ndarray] | None = None,
+        steps: int | None = None,
+    ):
+        """Prefill `contexts` (token-id lists), run the qTTT steps, and yield an `AdaptedContexts`.
+
+        span_weights: per context, per-position weights for the "targeted" sampler. target_weights: per
+        context, a weight for the loss of predicting token j (index j of the context; default 1): e.g.
+        restrict the span loss to answer-like tokens. steps: override cfg.steps (0 = no adaptation,
+        the in-context baseline through the same code path). On exit the deltas are removed.
+        """
+        cfg = self.cfg
+        contexts = [list(map(int, c)) for c in contexts]
+        n_steps = cfg.steps if steps is None else steps
+        if not contexts:
+            raise LmlabError("qTTT needs at least one context")
+        lengths = [len(c) for c in contexts]
+        k = min(cfg.span_len, min(lengths) - 1)
+        if n_steps > 0 and k < 1:
+            raise LmlabError(
+                f"a context of {min(lengths)} tokens is too short for qTTT: it needs at least 2 tokens"
+            )
+        model = self.model
+        was_training = model.training
+        model.eval()
+        backend = backend_for(model)
+        deltas = None
+        try:
+            cache = backend.prefill(contexts)
+            dev = backend.device
+            state = AdaptedContexts(self, backend, cache, None)
+            if n_steps > 0:
+                deltas = QueryDeltas(
+                    model, len(contexts), cfg, dev, [_context_seed(cfg.seed, c) for c in contexts]
+                )
+                state.deltas = deltas
+                self._train(backend, cache, deltas, contexts, k, n_steps, span_weights, target_weights, state)
+            yield state
+        finally:
+            if deltas is not None:
+                deltas.remove()
+            model.train(was_training)
+
+    def _train(
+        self,
+        backend,
+        cache,
+        deltas: QueryDeltas,
+        contexts,
+        k,
+        n_steps,
+        span_weights,
+        target_weights,
+        state: AdaptedContexts,
+    ) -> None:
+        cfg = self.cfg
+        sampler = cfg.sampler if callable(cfg.sampler) else SAMPLERS[cfg.sampler]
+        starts = []
+        for i, c in enumerate(contexts):
+            rng = np.random.default_rng(_context_seed(cfg.seed, c))
+            w = None if span_weights is None else np.asarray(span_weights[i], dtype=float)
+            s = np.asarray(sampler(rng, n_steps, SpanInfo(len(c), k, w)), dtype=int)
+            if s.shape != (n_steps,) or s.min() < 0 or s.max() + k >= len(c):
+                raise LmlabError(
+                    f"span sampler returned invalid starts for a context of {len(c)} tokens "
+                    f"(span {k}): need {n_steps} starts in [0, {len(c) - k - 1}]"
+                )
+            starts.append(s)
+        state.spans = [s.tolist() for s in starts]
+        tw = None
+        if target_weights is not None:
+            tw = [torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in target_weights]
+        params = deltas.params()
+        wd_inside = cfg.weight_decay if cfg.params == "q_lora" else 0.0
+        fused = params[0].is_cuda
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=wd_inside, fused=fused)
+        dev = backend.device
+        for step in range(n_steps):
+            st = np.array([s[step] for s in starts])
+            if tw is None:
+                w = torch.ones(len(contexts), k, device=dev)
+            else:
+                w = torch.stack([tw[i][t + 1 : t + k + 1] for i, t in enumerate(st)]).to(dev)
+            loss = backend.span_loss(cache, st, k, w)
+            grads = torch.autograd.grad(loss.sum(), params)
+            for p, g in zip(params, grads):
+                p.grad = g.contiguous()  # einsum's grads are permuted views; fused CUDA AdamW rejects those
+            norms = deltas.clip_(cfg.grad_clip)
+            deltas.decay_(cfg.lr)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            state.losses.append(loss.detach().cpu().tolist())
+            state.grad_norms.append(norms.detach().cpu().tolist())
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "QTTT",
+    "SAMPLERS",
+    "AdaptedContexts",
+    "QTTTConfig",
+    "QueryDeltas",
+    "SpanInfo",
+    "sweep_spans",
+    "tail_spans",
+    "targeted_spans",
+    "uniform_spans",
+]

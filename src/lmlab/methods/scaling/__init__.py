@@ -1,0 +1,1 @@
+"""A scaling-law smoke test: wider models reach lower held-out loss (scaling_smoke)."""

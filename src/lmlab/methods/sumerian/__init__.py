@@ -1,0 +1,1 @@
+"""A Sumerian pipeline (POS, NER, MT) with InterpretLR attributions (sumerian_pipeline)."""

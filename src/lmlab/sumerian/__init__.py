@@ -1,1 +1,0 @@
-"""lmlab.sumerian package."""

@@ -1,1 +1,0 @@
-"""lmlab.tasks package."""

@@ -1,0 +1,1 @@
+"""NoPE: causal attention without positional encoding (a test-only example method)."""

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+
+from lmlab import hf
+from lmlab.methods.qttt.flops import FlopModel
+from lmlab.methods.qttt.ttt import QTTT, QTTTConfig, _frozen_layer, _HFBackend
+from lmlab.utils import LmlabError
+
+transformers = pytest.importorskip("transformers")
+
+
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256)
+
+
+def _tiny(kind, tmp_path):
+    if kind == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY))
+    else:  # Qwen2: biases on q/k/v
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**TINY))
+    model.save_pretrained(tmp_path / kind)
+    return hf.load_model(tmp_path / kind).eval()
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def model(request, tmp_path):
+    torch.manual_seed(0)
+    return _tiny(request.param, tmp_path)
+
+
+def ids(n, seed=0):
+    return torch.randint(0, 64, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def test_frozen_span_forward_equals_full_forward(model):
+    from transformers import DynamicCache
+
+    c = ids(48)
+    with torch.no_grad():
+        full = model(torch.tensor([c])).logits[0]
+    b = _HFBackend(model)
+    kv = b.prefill([c])
+    for t, k in [(0, 6), (20, 10), (37, 10)]:
+        cache = DynamicCache()
+        cache.layers = [_frozen_layer(kk, vv, t) for kk, vv in kv]
+        with torch.no_grad():
+            span = b._call(torch.tensor([c[t : t + k]]), cache).logits[0]
+        assert (span - full[t : t + k]).abs().max() < 1e-5
+
+
+def test_qttt_end_to_end_on_hf(model):
+    c = ids(60, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        base = model(torch.tensor([c + [3, 4]])).logits[0, -1]
+    q = QTTT(model, QTTTConfig(steps=4, span_len=12, lr=1e-2))
+    with q.adapt([c]) as st:
+        kv_before = [(k.clone(), v.clone()) for k, v in st.cache]
+        assert len(st.losses) == 4 and all(np.isfinite(l[0]) for l in st.losses)
+        out = st.generate([[3, 4]], max_new_tokens=5, temperature=0)
+        assert len(out.tokens[0]) == 5
+        assert (out.first_logits[0] - base).abs().max() > 1e-5  # the adapted queries change the answer logits
+        assert all(torch.equal(a, k) and torch.equal(b, v) for (a, b), (k, v) in zip(kv_before, st.cache))
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # reset: no hooks, identical outputs
+    with q.adapt([c], steps=0) as st:
+        again = st.forward([[3, 4]])[0, -1]
+    assert (again - base).abs().max() < 1e-5
+    with pytest.raises(LmlabError), q.adapt([c, c]):
+        pass
+
+
+def test_flop_model_from_hf(model):
+    f = FlopModel.from_model(model)
+    assert (f.n_layers, f.d_model) == (2, 32) and abs(f.mlp_ratio - 1.5 * 64 / 32) < 1e-12
