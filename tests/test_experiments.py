@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,22 +9,16 @@ import torch
 import lmlab.experiment as ex
 from lmlab import cli
 from lmlab.experiment import Experiment, experiment, resolve_config, run_experiment
+from lmlab.methods.scaling import experiment as scaling
 from lmlab.utils import LmlabError
 
-FAST_SMOKE = {
-    "vocab": 12,
-    "branching": 2,
-    "seq_len": 16,
-    "layers": 1,
-    "heads": 2,
-    "lr": 3e-3,
-    "eval_every": 10,
-    "eval_seqs": 16,
-    "widths": [8, 32],
-    "seeds": 1,
-    "steps": 20,
-    "batch": 8,
-}
+FAST_SMOKE = scaling.Config(vocab=12, branching=2, seq_len=16, layers=1, heads=2, lr=3e-3, eval_every=10,
+                            eval_seqs=16, widths=[8, 32], seeds=1, steps=20, batch=8)
+
+
+@dataclasses.dataclass
+class Empty:
+    """A config with no fields."""
 
 
 @pytest.fixture
@@ -43,7 +38,7 @@ def registry(monkeypatch):
             "boom",
             "A failing paper",
             {"c_ok": "decided", "c_lost": "never reached"},
-            {"tiny": {}, "small": {}, "gpu": {}},
+            {"tiny": Empty(), "small": Empty(), "gpu": Empty()},
             boom,
         ),
     )
@@ -56,18 +51,22 @@ def test_registry_and_config(registry):
     smoke = registry["scaling_smoke"]
     assert set(smoke.presets) >= {"tiny", "small", "gpu"} and "c1_wider_lower_loss" in smoke.claims
     cfg = resolve_config(smoke, "tiny", {"steps": "7", "lr": 0.01})
-    assert cfg["steps"] == 7 and cfg["lr"] == 0.01
+    assert cfg.steps == 7 and cfg.lr == 0.01
+    cfg.widths.append(999)  # a resolved config is the caller's own: the registered preset is unchanged
+    assert 999 not in smoke.presets["tiny"].widths
     calm = registry["calm_kv"]
     # `baselines=` on the command line clears the list
-    assert resolve_config(calm, "small", {"baselines": None})["baselines"] == ""
-    with pytest.raises(LmlabError, match="unknown config key"):
+    assert resolve_config(calm, "small", {"baselines": ""}).baselines == ""
+    with pytest.raises(LmlabError, match="unknown config key 'stepz': did you mean steps"):
         resolve_config(smoke, "tiny", {"stepz": 3})
     with pytest.raises(LmlabError, match="no preset"):
         resolve_config(smoke, "huge")
     with pytest.raises(LmlabError, match="unknown experiment"):
         ex.get("no_such_experiment")
     with pytest.raises(ValueError, match="lacks presets"):
-        experiment("x", "p", {}, {"tiny": {}})
+        experiment("x", "p", {}, {"tiny": Empty()})
+    with pytest.raises(ValueError, match="not dataclasses"):
+        experiment("x", "p", {}, {"tiny": {}, "small": {}, "gpu": {}})
 
 
 def test_failing_experiment_is_recorded(registry, tmp_path):
@@ -88,7 +87,7 @@ def test_interrupted_experiment_keeps_its_report(monkeypatch, tmp_path):
         raise KeyboardInterrupt
 
     exp = Experiment("stopped", "p", {"c_ok": "decided", "c_lost": "never reached"},
-                     {"tiny": {}, "small": {}, "gpu": {}}, stopped)
+                     {"tiny": Empty(), "small": Empty(), "gpu": Empty()}, stopped)
     monkeypatch.setitem(ex._REGISTRY, "stopped", exp)
     with pytest.raises(KeyboardInterrupt):
         run_experiment("stopped", "tiny", tmp_path / "s", quiet=True)
@@ -105,7 +104,7 @@ def test_interruptible_block_lets_the_experiment_report_then_stops_the_run(monke
         ctx.report.decide("c_ok", True, "decided from what finished before the interrupt")
 
     exp = Experiment("partial", "p", {"c_ok": "decided", "c_lost": "never reached"},
-                     {"tiny": {}, "small": {}, "gpu": {}}, partial)
+                     {"tiny": Empty(), "small": Empty(), "gpu": Empty()}, partial)
     monkeypatch.setitem(ex._REGISTRY, "partial", exp)
     with pytest.raises(KeyboardInterrupt):
         run_experiment("partial", "tiny", tmp_path / "p", quiet=True)
@@ -223,42 +222,42 @@ def test_overrides_are_parsed_by_type_with_clear_errors(registry):
     exp = registry["sumerian_pipeline"]
     cfg = resolve_config(exp, "tiny", {"mt_steps": "20", "mt_lr": "1e-3", "self_training": "yes",
                                        "decide_mt": "0", "taggers": "hmm", "beam": 3, "mt_batch": " 8 "})
-    assert cfg["mt_steps"] == 20 and cfg["mt_lr"] == 1e-3 and cfg["self_training"] is True
-    assert cfg["decide_mt"] is False and cfg["taggers"] == "hmm" and cfg["beam"] == 3 and cfg["mt_batch"] == 8
+    assert cfg.mt_steps == 20 and cfg.mt_lr == 1e-3 and cfg.self_training is True
+    assert cfg.decide_mt is False and cfg.taggers == "hmm" and cfg.beam == 3 and cfg.mt_batch == 8
     bad = [
-        ("mt_steps", "abc", "an integer"),
-        ("mt_steps", "1.5e3", "an integer"),
-        ("mt_steps", "1.9", "an integer"),
-        ("mt_steps", 1.9, "an integer"),
-        ("mt_steps", True, "an integer"),
-        ("mt_lr", "fast", "a number"),
-        ("self_training", "nope", "a boolean"),
-        ("decide_mt", "maybe", "a boolean"),
-        ("decide_mt", 2, "a boolean"),
+        ("mt_steps", "abc", "must be int"),
+        ("mt_steps", "1.5e3", "must be int"),
+        ("mt_steps", "1.9", "must be int"),
+        ("mt_steps", 1.9, "must be int"),
+        ("mt_steps", True, "must be int"),
+        ("mt_lr", "fast", "must be float"),
+        ("self_training", "nope", "must be bool"),
+        ("decide_mt", "maybe", "must be bool"),
+        ("decide_mt", 2, "must be bool"),
     ]
     for key, value, expected in bad:
         with pytest.raises(LmlabError) as e:
             resolve_config(exp, "tiny", {key: value})
         msg = str(e.value)
-        assert f"'{key}'" in msg and repr(value) in msg and expected in msg, msg
+        assert f"'{key}'" in msg and expected in msg and "sumerian_pipeline preset tiny" in msg, msg
     for key in ("tag_train", "mt_lr", "decide_mt"):
         with pytest.raises(LmlabError, match=f"'{key}' was given an empty value"):
             resolve_config(exp, "tiny", {key: ""})
-    # a key that some preset leaves at None ("all arms", "automatic") takes None / null in every preset
+    # a field typed `X | None` ("all arms", "automatic") takes None / null in every preset
     rl = registry["rl_checkpoints"]
-    assert resolve_config(rl, "tiny", {"early_arms": None})["early_arms"] is None
-    assert resolve_config(rl, "tiny", {"early_arms": "null"})["early_arms"] is None
-    with pytest.raises(LmlabError, match="'n_test' was given an empty value"):
+    assert resolve_config(rl, "tiny", {"early_arms": None}).early_arms is None
+    assert resolve_config(rl, "tiny", {"early_arms": "null"}).early_arms is None
+    with pytest.raises(LmlabError, match="'n_test' must be int, got None"):
         resolve_config(rl, "tiny", {"n_test": None})
     smoke = registry["scaling_smoke"]
-    assert resolve_config(smoke, "tiny", {"widths": "[8, 16]"})["widths"] == [8, 16]
-    with pytest.raises(LmlabError, match="'widths' expects a list"):
+    assert resolve_config(smoke, "tiny", {"widths": "[8, 16]"}).widths == [8, 16]
+    with pytest.raises(LmlabError, match="'widths' must be a list"):
         resolve_config(smoke, "tiny", {"widths": "8,16"})
 
 
 def test_run_command_reports_override_errors_without_a_traceback(registry, tmp_path, capsys):
-    for arg, expected in (("mt_steps=abc", "expects an integer"), ("tag_train=", "empty value"),
-                          ("decide_mt=maybe", "expects a boolean")):
+    for arg, expected in (("mt_steps=abc", "must be int"), ("tag_train=", "empty value"),
+                          ("decide_mt=maybe", "must be bool")):
         assert cli.main(["run", "sumerian_pipeline", "--out", str(tmp_path / "x"), arg]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and expected in err and "Traceback" not in err
@@ -287,9 +286,9 @@ def test_scaling_smoke_gpu_preset_on_cpu(tmp_path, capsys):
     assert "gpu preset is sized for about 5 minutes" in capsys.readouterr().err  # said once, before the run
     res = json.loads((tmp_path / "results.json").read_text())
     runs = res["metrics"]["runs"]
-    assert {(r["width"], r["seed"]) for r in runs} == {(w, s) for w in gpu["widths"] for s in range(2)}
-    assert all(f"held_out_loss_d{w}" in res["metrics"] for w in gpu["widths"])
-    assert res["config"]["vocab"] == gpu["vocab"] and "2·SE" in res["claims"][0]["evidence"]
+    assert {(r["width"], r["seed"]) for r in runs} == {(w, s) for w in gpu.widths for s in range(2)}
+    assert all(f"held_out_loss_d{w}" in res["metrics"] for w in gpu.widths)
+    assert res["config"]["vocab"] == gpu.vocab and "2·SE" in res["claims"][0]["evidence"]
     assert (tmp_path / "heldout_loss.png").stat().st_size > 1000
 
 
@@ -299,7 +298,7 @@ def test_fit_progress_logs_the_loss_at_most_every_interval_and_at_the_last_step(
     from lmlab.experiment import RunContext, registry
     from lmlab.train import fit
 
-    ctx = RunContext(registry()["scaling_smoke"], "tiny", {}, 0, torch.device("cpu"), Path(tmp_path))
+    ctx = RunContext(registry()["scaling_smoke"], "tiny", FAST_SMOKE, 0, torch.device("cpu"), Path(tmp_path))
     clock = iter([0.0, 10.0, 31.0, 40.0, 45.0, 70.0])  # creation, then one reading per step
     monkeypatch.setattr(ex.time, "time", lambda: next(clock))
     torch.manual_seed(0)

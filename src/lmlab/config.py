@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from lmlab.data import resolve_data_file, resolve_generator
 from lmlab.model import GPTConfig
 from lmlab.utils import LmlabError
@@ -121,6 +123,8 @@ def _coerce(value: Any, hint, key: str):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
+        if type(value) in args:  # already one of the members (int stays int in `int | float`)
+            return value
         errors = []
         for a in args:
             if a is type(None):
@@ -234,8 +238,6 @@ def _index(lst: list, p: str, parts: list[str]) -> int:
 
 
 def parse_value(v: str) -> Any:
-    import yaml
-
     try:
         return yaml.safe_load(v)
     except yaml.YAMLError:
@@ -262,11 +264,18 @@ def _accepts(hint, kind) -> bool:
 
 def coerce_text(text: str, hint, key: str):
     """A command-line value for a field of type `hint`: text fields take it as it is (`key=` is the empty
-    string), `null`/`none`/`~` is None where the field allows None, anything else is read as YAML and
-    type-checked (`[8, 16]` for a list, `1e-3` for a float, `yes`/`no`/`1`/`0` for a bool)."""
+    string; a union with text, e.g. `int | str`, first tries its other members), `null`/`none`/`~` is None
+    where the field allows None, anything else is read as YAML and type-checked (`[8, 16]` for a list, `1e-3`
+    for a float, `yes`/`no`/`1`/`0` for a bool)."""
     if _accepts(hint, type(None)) and text.strip().lower() in ("null", "none", "~"):
         return None
     if _accepts(hint, str):
+        members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        for other in (m for m in members if m not in (str, type(None))):  # `int | str`: 3 is an int
+            try:
+                return _coerce(parse_value(text.strip()), other, key)
+            except LmlabError:
+                pass
         return text
     if not text.strip():
         raise LmlabError(f"config key {key!r} was given an empty value; it expects {_type_name(hint)}")
@@ -303,8 +312,6 @@ def apply_overrides(raw: dict, overrides: list[str] | dict) -> dict:
 # ---------------------------------------------------------------- loading and validation
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
     """Read a YAML run config (or start from defaults), apply overrides, build and validate it."""
-    import yaml
-
     raw: dict = {}
     if path is not None:
         p = Path(path)

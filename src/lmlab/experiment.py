@@ -12,6 +12,7 @@ list to edit).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import importlib
 import os
@@ -37,7 +38,7 @@ class Experiment:
     name: str
     paper: str
     claims: dict[str, str]
-    presets: dict[str, dict[str, Any]]
+    presets: dict[str, Any]  # preset name -> the experiment's config dataclass
     fn: Callable[[RunContext], None]
     needs_data: tuple[str, ...] = ()
     description: str = ""
@@ -64,7 +65,7 @@ class RunContext:
             self.seed,
             self.out_dir,
             paper=self.experiment.paper,
-            config=dataclasses.asdict(self.cfg) if dataclasses.is_dataclass(self.cfg) else dict(self.cfg),
+            config=dataclasses.asdict(self.cfg),
             device=str(self.device),
             overrides=dict(self.overrides),
         )
@@ -131,20 +132,24 @@ def experiment(
     name: str,
     paper: str,
     claims: dict[str, str],
-    presets: dict[str, dict[str, Any]],
+    presets: dict[str, Any],
     needs_data: tuple[str, ...] = (),
     description: str = "",
 ):
     missing = [p for p in PRESETS if p not in presets]
     if missing:
         raise ValueError(f"experiment {name!r} lacks presets {missing}")
+    untyped = [p for p, cfg in presets.items() if not dataclasses.is_dataclass(cfg)]
+    if untyped:
+        raise ValueError(f"experiment {name!r}: presets {untyped} are not dataclasses; build them with "
+                         "lmlab.experiment.presets(Config, tiny={...}, small={...}, gpu={...})")
 
     def deco(fn):
         _REGISTRY[name] = Experiment(
             name,
             paper,
             dict(claims),
-            {k: dict(v) for k, v in presets.items()},
+            dict(presets),
             fn,
             tuple(needs_data),
             description or (fn.__doc__ or "").strip(),
@@ -202,80 +207,6 @@ def get(name: str) -> Experiment:
     return reg[name]
 
 
-_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
-
-
-def _expected(default: Any) -> str:
-    if isinstance(default, bool):
-        return "a boolean (true/false, yes/no, 1/0)"
-    if isinstance(default, int):
-        return "an integer"
-    if isinstance(default, float):
-        return "a number"
-    if isinstance(default, str):
-        return "text"
-    if isinstance(default, list):
-        return "a list (YAML, e.g. [1, 2])"
-    if isinstance(default, dict):
-        return "a mapping (YAML, e.g. {a: 1})"
-    return "a YAML value"
-
-
-def coerce_override(key: str, value: Any, default: Any) -> Any:
-    """`value` for config key `key` as the type of its preset value `default`. Strings (as given on the
-    command line) are parsed: int keys take integer literals only, float keys any number, bool keys
-    true/false/yes/no/1/0, str keys any text (`key=` gives the empty string), list/dict keys YAML. Anything
-    else raises LmlabError naming the key, the value and the expected type."""
-    import yaml
-
-    def bad(expected: str) -> LmlabError:
-        return LmlabError(f"config key {key!r} expects {expected}, got {value!r} (preset value: {default!r})")
-
-    text = value.strip() if isinstance(value, str) else value
-    if isinstance(default, bool):
-        if isinstance(text, bool):
-            return text
-        if isinstance(text, int) and text in (0, 1):
-            return bool(text)
-        if isinstance(text, str) and text.lower() in _TRUE + _FALSE:
-            return text.lower() in _TRUE
-        raise bad(_expected(default))
-    if isinstance(default, int):
-        if isinstance(text, int) and not isinstance(text, bool):
-            return text
-        if isinstance(text, str):
-            try:
-                return int(text)
-            except ValueError:
-                pass
-        raise bad(_expected(default))
-    if isinstance(default, float):
-        if isinstance(text, (int, float)) and not isinstance(text, bool):
-            return float(text)
-        if isinstance(text, str):
-            try:
-                return float(text)
-            except ValueError:
-                pass
-        raise bad(_expected(default))
-    if isinstance(default, str):
-        if text is None:  # `key=` on the command line: the empty string
-            return ""
-        if isinstance(text, str):
-            return value
-        raise bad(_expected(default))
-    if isinstance(default, (list, dict)) or default is None:
-        if isinstance(text, str):  # never empty here: resolve_config refuses empty values first
-            try:
-                text = yaml.safe_load(text)
-            except yaml.YAMLError as e:
-                raise bad(f"a YAML value ({str(e).splitlines()[0]})") from e
-        if default is not None and not isinstance(text, type(default)):
-            raise bad(_expected(default))
-        return text
-    return value
-
-
 def presets(config_cls: type, **changes: dict[str, Any]) -> dict[str, Any]:
     """An experiment's presets, typed: each is the dataclass `config_cls` — whose defaults are the base every
     preset shares — with that preset's changes, type-checked like any override.
@@ -293,29 +224,10 @@ def resolve_config(exp: Experiment, preset: str, overrides: dict[str, Any] | Non
         raise LmlabError(
             f"experiment {exp.name!r} has no preset {preset!r}; choose from {', '.join(exp.presets)}"
         )
-    if dataclasses.is_dataclass(exp.presets[preset]):
-        try:
-            return config.override(exp.presets[preset], dict(overrides or {}))
-        except LmlabError as e:
-            raise LmlabError(f"{exp.name} preset {preset}: {e}") from None
-    cfg = dict(exp.presets[preset])
-    for k, v in (overrides or {}).items():
-        if k not in cfg:
-            raise LmlabError(
-                f"unknown config key {k!r} for {exp.name} preset {preset}; known: {', '.join(cfg)}"
-            )
-        # keys that some preset leaves at None ("automatic", "all") accept None / null in every preset
-        if any(p.get(k) is None for p in exp.presets.values()) and (
-                v is None or (isinstance(v, str) and v.strip().lower() in ("null", "none", "~"))):
-            cfg[k] = None
-            continue
-        if (v is None or (isinstance(v, str) and not v.strip())) and not isinstance(cfg[k], str):
-            raise LmlabError(
-                f"config key {k!r} was given an empty value; it expects {_expected(cfg[k])} "
-                f"(preset value: {cfg[k]!r})"
-            )
-        cfg[k] = coerce_override(k, v, cfg[k])
-    return cfg
+    try:  # a deep copy: an experiment that changes its config in place must not change the registered preset
+        return config.override(copy.deepcopy(exp.presets[preset]), dict(overrides or {}))
+    except LmlabError as e:
+        raise LmlabError(f"{exp.name} preset {preset}: {e}") from None
 
 
 def cpu_seconds() -> float:
@@ -343,8 +255,7 @@ def run_experiment(
     out = Path(out_dir) if out_dir is not None else Path("reports") / preset / name
     dev = get_device(device)
     ctx = RunContext(exp, preset, cfg, seed, dev, out, data_arg=data, quiet=quiet,
-                     overrides={k: getattr(cfg, k) if dataclasses.is_dataclass(cfg) else cfg[k]
-                                for k in (overrides or {})})
+                     overrides={k: getattr(cfg, k) for k in (overrides or {})})
     if preset == "gpu" and dev.type == "cpu" and not quiet:
         print(f"note: {name}'s gpu preset is sized for about 5 minutes on one H100/H200 and runs on the CPU here, "
               "where it takes far longer (hours for some); --preset small is the CPU-sized run", file=sys.stderr,

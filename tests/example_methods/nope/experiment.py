@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from lmlab.experiment import RunContext, experiment
+from lmlab.experiment import RunContext, experiment, presets
 from lmlab.model import GPT, GPTConfig
 from lmlab.train import fit
 
 MARGIN = 0.5  # nats below the uniform guess: chosen for this example, not taken from a paper
 
-PRESETS = {"tiny": {"steps": 40, "vocab": 8, "seq_len": 16, "batch": 16, "lr": 1e-2},
-           "small": {"steps": 200, "vocab": 8, "seq_len": 32, "batch": 32, "lr": 1e-2},
-           "gpu": {"steps": 1000, "vocab": 16, "seq_len": 64, "batch": 64, "lr": 3e-3}}
+
+@dataclass
+class Config:
+    """One run: a one-layer NoPE GPT trained `steps` steps on periodic sequences over `vocab` symbols."""
+
+    steps: int = 40
+    vocab: int = 8
+    seq_len: int = 16
+    batch: int = 16
+    lr: float = 1e-2
+
+
+PRESETS = presets(Config, tiny={}, small={"steps": 200, "seq_len": 32, "batch": 32},
+                  gpu={"steps": 1000, "vocab": 16, "seq_len": 64, "batch": 64, "lr": 3e-3})
 
 
 @experiment(name="nope_periodic", paper="(test-only example method)",
@@ -23,18 +35,18 @@ PRESETS = {"tiny": {"steps": 40, "vocab": 8, "seq_len": 16, "batch": 16, "lr": 1
             presets=PRESETS)
 def run(ctx: RunContext) -> None:
     cfg = ctx.cfg
-    model = GPT(GPTConfig(vocab_size=cfg["vocab"], n_layers=1, n_heads=2, d_model=32, seq_len=cfg["seq_len"],
+    model = GPT(GPTConfig(vocab_size=cfg.vocab, n_layers=1, n_heads=2, d_model=32, seq_len=cfg.seq_len,
                           attention="nope")).to(ctx.device)
     g = torch.Generator().manual_seed(ctx.seed)
 
     def batches():
         while True:
-            start = torch.randint(0, cfg["vocab"], (cfg["batch"], 1), generator=g)
-            x = (start + torch.arange(cfg["seq_len"] + 1)) % cfg["vocab"]
+            start = torch.randint(0, cfg.vocab, (cfg.batch, 1), generator=g)
+            x = (start + torch.arange(cfg.seq_len + 1)) % cfg.vocab
             yield x[:, :-1].to(ctx.device), x[:, 1:].to(ctx.device)
 
-    losses = fit(model, lambda m, b: m(b[0], targets=b[1]), batches(), cfg["steps"], lr=cfg["lr"])
-    final, uniform = float(losses[-1]), math.log(cfg["vocab"])
+    losses = fit(model, lambda m, b: m(b[0], targets=b[1]), batches(), cfg.steps, lr=cfg.lr)
+    final, uniform = float(losses[-1]), math.log(cfg.vocab)
     ctx.report.metric("final_loss", final)
     ctx.report.decide("learns_periodic", uniform - final >= MARGIN,
                       f"final loss {final:.3f} vs the uniform {uniform:.3f} (margin {MARGIN})")

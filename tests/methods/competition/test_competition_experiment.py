@@ -16,7 +16,7 @@ def test_presets_and_claims_are_declared():
     exp = get("task_competition")
     assert set(exp.claims) == {"c1_tasks_learned_grow", "c2_allocation", "c3_retention_threshold",
                                "c4_common_gradient", "c5_frequency_substitutes", "c6_lm_rare_tasks"}
-    assert exp.presets["tiny"]["lm"] is False and exp.presets["small"]["lm"] is True
+    assert exp.presets["tiny"].lm is False and exp.presets["small"].lm is True
 
 
 def test_miniature_run_writes_a_complete_report(tmp_path):
@@ -85,7 +85,7 @@ def test_a_failing_toy_process_raises_with_its_traceback(monkeypatch):
 
     monkeypatch.setattr(tc, "toy_part", broken)
     with pytest.raises(RuntimeError, match="bad toy width"):
-        tc._ToyProcess({}, 0, print).result()
+        tc._ToyProcess(tc.Config(), 0, print).result()
 
 
 @pytest.mark.slow
@@ -104,7 +104,7 @@ def test_gpu_preset_runs_on_cpu_with_every_section(tmp_path, monkeypatch):
     monkeypatch.setattr(tcx, "_ToyProcess", Spy)
     gpu = get("task_competition").presets["gpu"]
     cheap = {"seeds": 2, "widths": [4, 16], "sweep_steps": 200, "inj_widths": [8, 64], "inj_steps": 199,
-             "relu_widths": [8, 16], "lm_sizes": gpu["lm_sizes"][:2], "lm_steps": 20, "lm_eval_every": 10,
+             "relu_widths": [8, 16], "lm_sizes": gpu.lm_sizes[:2], "lm_steps": 20, "lm_eval_every": 10,
              "lm_batch": 4, "lm_seq": 32, "lm_freqs": [10, 0.1], "cmp_items": 8, "mod_p": 11}
     rep = run_experiment("task_competition", "gpu", tmp_path, device="cpu", overrides=cheap, quiet=True,
                          raise_errors=True)
@@ -116,10 +116,10 @@ def test_gpu_preset_runs_on_cpu_with_every_section(tmp_path, monkeypatch):
     m = res["metrics"]
     assert sorted(m["relu_errors"], key=int) == ["8", "16"] and "relu_top3_share" in m
     assert {(r["layers"], r["d_model"], r["freq"]) for r in m["lm"]} == \
-        {(*s, f) for s in gpu["lm_sizes"][:2] for f in (10, 0.1)}
+        {(*s, f) for s in gpu.lm_sizes[:2] for f in (10, 0.1)}
     for r in m["lm"]:
         for t in r["tasks"].values():
-            layers = sorted({-1, r["layers"] // 2 - 1, r["layers"] - 1}) if r["freq"] in gpu["lm_probe_freqs"] else []
+            layers = sorted({-1, r["layers"] // 2 - 1, r["layers"] - 1}) if r["freq"] in gpu.lm_probe_freqs else []
             assert sorted(t["probe"], key=int) == [str(x) for x in layers]
             if r["freq"] < 1:  # injections at steps 9 and 19: the jump and decay are measured
                 assert t["jump"] is not None and (t["decay_frac"] is not None or t["jump"] <= 0)
@@ -141,12 +141,12 @@ def test_the_toy_process_outlives_a_ctrl_c_and_a_dead_one_raises(monkeypatch):
     import lmlab.methods.competition.experiment as tc
 
     monkeypatch.setattr(tc, "toy_part", lambda cfg, seed, log: time.sleep(0.5) or {"x": np.zeros(100_000)})
-    toy = tc._ToyProcess({}, 0, print)
+    toy = tc._ToyProcess(tc.Config(), 0, print)
     time.sleep(0.2)
     os.kill(toy.proc.pid, signal.SIGINT)
     assert toy.result()["x"].shape == (100_000,)
     monkeypatch.setattr(tc, "toy_part", lambda cfg, seed, log: time.sleep(30))
-    toy = tc._ToyProcess({}, 0, print)
+    toy = tc._ToyProcess(tc.Config(), 0, print)
     os.kill(toy.proc.pid, signal.SIGKILL)
     with pytest.raises(RuntimeError, match="died without a result"):
         toy.result()

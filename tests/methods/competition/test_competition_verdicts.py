@@ -9,7 +9,7 @@ import pytest
 import lmlab.methods.competition.experiment as tcx
 from lmlab.report import Report
 
-CFG = {"lost": 0.1, "retained": 0.8, "seeds": 3, "lm_learned_acc": 0.8, "lm_steps": 10, "lm_freqs": [10, 1]}
+CFG = tcx.Config(lost=0.1, retained=0.8, seeds=3, lm_learned_acc=0.8, lm_steps=10, lm_freqs=[10, 1])
 
 
 def _rep(tmp_path):

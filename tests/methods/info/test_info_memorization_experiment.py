@@ -8,7 +8,7 @@ from scipy.special import digamma
 from lmlab.experiment import get, run_experiment
 from lmlab.methods.info import experiment as im
 
-# the small preset (it declares the text keys) shrunk to ~15 s on one thread: one seed, the two extremes
+# the small preset (it runs the text family) shrunk to ~15 s on one thread: one seed, the two extremes
 MINI = {"seeds": [0], "n_train": 300, "n_val": 200, "alphas": [0.0, 1.0], "betas": [0.0, 0.75], "heur_width": 16,
         "heur_epochs": 60, "ex_width": 64, "ex_epochs": 150, "ex_n_train": 100, "mi_neurons": 6, "text": True,
         "text_n": 400, "text_epochs": 3}
@@ -17,7 +17,7 @@ MINI = {"seeds": [0], "n_train": 300, "n_val": 200, "alphas": [0.0, 1.0], "betas
 def test_presets_and_claims_are_declared():
     exp = get("info_memorization")
     assert set(exp.claims) == {"c1_heuristic", "c2_example", "c3_ranking", "c4_text"}
-    assert exp.presets["tiny"]["text"] is False and exp.presets["small"]["text"] is True
+    assert exp.presets["tiny"].text is False and exp.presets["small"].text is True
 
 
 def test_miniature_run_writes_a_complete_report(tmp_path):
@@ -106,8 +106,8 @@ def test_gpu_preset_runs_on_cpu_shrunk(tmp_path):
                for e in evidence.values()), evidence
     assert evidence["c4_text"].startswith("text α:") and "over 4 α-models" in evidence["c3_ranking"]
     gpu = get("info_memorization").presets["gpu"]
-    keys = [f"heuristic.α={a}" for a in gpu["alphas"]] + [f"example.β={b}" for b in gpu["betas"]]
-    keys += [f"text.α={gpu['alphas'][0]}", f"text.α={gpu['alphas'][-1]}"]
+    keys = [f"heuristic.α={a}" for a in gpu.alphas] + [f"example.β={b}" for b in gpu.betas]
+    keys += [f"text.α={gpu.alphas[0]}", f"text.α={gpu.alphas[-1]}"]
     assert set(keys) <= set(res["metrics"])
     for name in ("heuristic_entropy", "example_mi", "text_entropy", "text_mi"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000

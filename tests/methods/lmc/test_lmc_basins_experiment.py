@@ -23,7 +23,7 @@ def _feather_csv(root):
 def test_presets_and_claims_are_declared():
     exp = get("lmc_basins")
     assert set(exp.claims) == {"c1_basins", "c2_strategy", "c3_emergent", "c4_real_mnli", "c5_minilm"}
-    assert exp.presets["tiny"]["minilm"] is False and exp.presets["small"]["minilm"] is True
+    assert exp.presets["tiny"].minilm is False and exp.presets["small"].minilm is True
 
 
 def test_miniature_run_writes_a_complete_report(tmp_path):

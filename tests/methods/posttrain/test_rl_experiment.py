@@ -1,9 +1,10 @@
+import dataclasses
 import json
 
 import pytest
 
 from lmlab.experiment import get, run_experiment
-from lmlab.methods.posttrain.experiment import CLAIMS, _decide
+from lmlab.methods.posttrain.experiment import CLAIMS, Config, _decide
 
 FAST = {"pretrain_steps": 12, "checkpoints": [4, 12], "pretrain_docs": 8, "n_train": 12, "n_test": 3,
         "eval_samples": 4, "rl_steps": 2, "rl_prompts": 2, "rl_group": 4, "sft_steps": 2, "sft_batch": 4,
@@ -49,7 +50,7 @@ def _interrupted_run(tmp_path, monkeypatch, stop) -> dict:
 
 def test_interrupt_in_data_arm_still_reports_claims_1_to_4(tmp_path, monkeypatch):
     out = _interrupted_run(tmp_path, monkeypatch,
-                           lambda seed, share, cfg: seed == 1 and share == cfg["targeted_hard_share"])
+                           lambda seed, share, cfg: seed == 1 and share == cfg.targeted_hard_share)
     claims = out["claims"]
     for cid in ("c1_too_early", "c2_expand_vs_sharpen", "c3_general", "c4_parallel_avg"):
         assert "interrupted" not in claims[cid]["evidence"]
@@ -67,11 +68,11 @@ def test_interrupt_after_the_first_seed_reports_that_seed(tmp_path, monkeypatch)
 
 def test_presets_declare_the_budgeted_configurations():
     exp = get("rl_checkpoints")
-    assert exp.presets["tiny"]["seeds"] == 1 and exp.presets["small"]["seeds"] >= 2
-    assert exp.presets["gpu"]["seeds"] >= 2 and exp.presets["small"]["data_arm"]
+    assert exp.presets["tiny"].seeds == 1 and exp.presets["small"].seeds >= 2
+    assert exp.presets["gpu"].seeds >= 2 and exp.presets["small"].data_arm
     for preset in exp.presets.values():
-        assert preset["checkpoints"][-1] == preset["pretrain_steps"]
-        assert sorted(preset["checkpoints"]) == preset["checkpoints"]
+        assert preset.checkpoints[-1] == preset.pretrain_steps
+        assert sorted(preset.checkpoints) == preset.checkpoints
 
 
 class _Rep:
@@ -117,8 +118,8 @@ def _res(pass1, passk, nll, ready=None):
     return _from_counts(_counts(pass1, passk), nll, ready)
 
 
-CFG = {"checkpoints": [1, 2], "pipelines": ["rl", "sft", "sft_rl", "parallel_avg"], "eval_samples": N,
-       "targeted_hard_share": 0.5, "big_d_model": 96, "data_arm": True}
+CFG = Config(checkpoints=[1, 2], pipelines=["rl", "sft", "sft_rl", "parallel_avg"], eval_samples=N,
+             targeted_hard_share=0.5, big_d_model=96, data_arm=True)
 
 
 def _paper():
@@ -211,7 +212,7 @@ def test_c4_keeps_checkpoints_where_another_arm_is_saturated():
     assert _c4_best([(1, 0.60, 0.99)])[0] is False
     assert _c4_best([(1, 0.99, 1.0)])[0] is None  # parallel_avg saturated everywhere: nothing to compare
     assert _c4_best([(1, 0.99, 1.0), (2, 0.80, 0.81)])[0] is True  # saturated row = tied-best
-    cfg = {**CFG, "checkpoints": [1]}
+    cfg = dataclasses.replace(CFG, checkpoints=[1])
     res = {(0, 1, "base"): _res(0.1, 0.5, 2.0, ready=0.5), (0, 1, "rl"): _res(0.3, 0.6, 2.0),
            (0, 1, "sft"): _res(0.4, 0.99, 2.2), (0, 1, "sft_rl"): _res(0.5, 0.99, 2.2),
            (0, 1, "parallel_avg"): _res(0.2, 0.60, 2.0)}
@@ -264,7 +265,8 @@ def test_pretraining_with_a_data_worker_process_gives_the_same_checkpoints():
     tok = CharTokenizer(set(task.alphabet + suite.alphabet))
     snaps, logs = {}, {}
     for worker in (False, True):
-        cfg = {**PRESETS["tiny"], **FAST, "pretrain_steps": 6, "checkpoints": [3, 6], "data_process": worker}
+        cfg = dataclasses.replace(PRESETS["tiny"], **{**FAST, "pretrain_steps": 6, "checkpoints": [3, 6],
+                                                       "data_process": worker})
         log = logs.setdefault(worker, []).append
         _, snaps[worker] = _pretrain(cfg, task, suite, tok, 0.1, 16, 0, torch.device("cpu"), log)
     composition = [line.split("token composition ")[1] for line in logs[False]]
@@ -296,7 +298,7 @@ def test_gpu_preset_runs_on_cpu_with_every_section(tmp_path, monkeypatch):
         assert "not evaluated" not in c["evidence"] and "failed" not in c["evidence"], c
         assert "interrupted" not in c["evidence"] and "does not run" not in c["evidence"], c
     m = out["metrics"]
-    assert {f"seed{s}/step{ck}/{arm}" for s in (0, 1) for ck in (6, 12) for arm in ["base"] + gpu["pipelines"]} \
+    assert {f"seed{s}/step{ck}/{arm}" for s in (0, 1) for ck in (6, 12) for arm in ["base"] + gpu.pipelines} \
         == set(m["runs"])
     assert all("ready_passk" in m["runs"][f"seed{s}/step{ck}/base"] for s in (0, 1) for ck in (6, 12))
     assert set(m["dynamics"]) == {f"{arm}/seed{s}" for arm in ("rl", "sft_rl") for s in (0, 1)}

@@ -1,8 +1,9 @@
-import pytest
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import lmlab.methods.qttt.experiment as lct
@@ -41,7 +42,7 @@ def test_experiment_registered_with_presets():
     assert set(exp.presets) >= {"tiny", "small", "gpu"}
     assert set(exp.claims) == {"c1_dilution", "c2_thinking", "c3_qttt"}
     for name in ("small", "gpu", "tiny"):
-        assert exp.presets[name]["position_offsets"] is True  # spec §13 step 2
+        assert exp.presets[name].position_offsets is True  # spec §13 step 2
 
 
 def test_tiny_mechanism_run_decides_from_numbers(tmp_path, monkeypatch):
@@ -129,8 +130,9 @@ def test_lm_path_smoke(tmp_path):
 
 
 def test_training_uses_random_line_offsets_once_retrieval_is_learned():
-    cfg = dict(lct.PRESETS["tiny"], d_model=16, n_keys=16, n_values=4, n_families=2, train_lines=[2, 4])
-    cfg.update(train_steps=30, batch_size=2, offset_after_loss=1e9)  # trigger as soon as 20 losses exist
+    cfg = dataclasses.replace(lct.PRESETS["tiny"], d_model=16, n_keys=16, n_values=4, n_families=2,
+                              train_lines=[2, 4], train_steps=30, batch_size=2,
+                              offset_after_loss=1e9)  # trigger as soon as 20 losses exist
     task = lct.build_task(cfg)
     model = lct.build_model(cfg, task, torch.device("cpu"))
     seen = []
@@ -178,7 +180,7 @@ def _results(spec):
 
 
 def _decide(tmp_path, results, lift=8.0):
-    cfg = dict(lct.PRESETS["small"])
+    cfg = lct.PRESETS["small"]
     ctx = _Ctx(tmp_path, cfg)
     lengths = sorted(results)
     L, H = 1, 0
@@ -237,7 +239,7 @@ def test_ablation_zeroes_only_the_answer_row():
     from lmlab.hooks import hooks
 
     torch.manual_seed(0)
-    cfg = dict(lct.PRESETS["tiny"], d_model=16, n_keys=16, n_values=4, n_families=2)
+    cfg = dataclasses.replace(lct.PRESETS["tiny"], d_model=16, n_keys=16, n_values=4, n_families=2)
     task = lct.build_task(cfg)
     model = lct.build_model(cfg, task, torch.device("cpu")).eval()
     ids = torch.randint(0, task.vocab_size, (2, 9))
@@ -277,9 +279,9 @@ def test_gpu_preset_runs_on_cpu_with_every_arm(tmp_path, monkeypatch):
     assert m["positions"]["offset_start_step"] == 20 and all(m["positions"]["in_range"].values())
     assert set(m["results"]) == {"3", "6", "12"}
     for r in m["results"].values():
-        assert set(gpu["arms"]) <= set(r) and r["m_think"] > 0
-    assert set(m["qttt_lr"]) == {"uniform", "targeted"} and m["qttt_lr"]["uniform"] in gpu["ttt_lrs"]
-    assert len(m["retrieval_head"]["ablation_acc"]) == gpu["n_layers"] * gpu["n_heads"]
+        assert set(gpu.arms) <= set(r) and r["m_think"] > 0
+    assert set(m["qttt_lr"]) == {"uniform", "targeted"} and m["qttt_lr"]["uniform"] in gpu.ttt_lrs
+    assert len(m["retrieval_head"]["ablation_acc"]) == gpu.n_layers * gpu.n_heads
     assert m["flop_budget"] and (tmp_path / "accuracy_mass.png").stat().st_size > 1000
 
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from lmlab.methods.scaling.experiment import MarkovSource, training_data
+from lmlab.methods.scaling.experiment import Config, MarkovSource, training_data
 
 
 def test_markov_source_ignores_the_global_rng():
@@ -43,7 +43,7 @@ def test_markov_sampling_is_determined_by_the_generator():
 
 
 def test_training_data_is_shared_by_widths_and_has_one_batch_per_step():
-    cfg = {"steps": 3, "batch": 4, "seq_len": 10}
+    cfg = Config(steps=3, batch=4, seq_len=10)
     src = MarkovSource(8, 2, seed=0)
     d = training_data(cfg, src, seed=7)
     assert d.shape == (3, 4, 10) and torch.equal(d, training_data(cfg, src, seed=7))

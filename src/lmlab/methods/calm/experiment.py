@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 
 import torch
 
-from lmlab.experiment import RunContext, experiment
+from lmlab.experiment import RunContext, experiment, presets
 from lmlab.generate import generate
 from lmlab.methods.calm.compose import compose, parse_connections
 from lmlab.methods.calm.tasks import KVTask
@@ -34,42 +35,70 @@ CLAIMS = {
 KEEP_MARGIN = 0.1  # calm_keeps_anchor_skill: CALM NUM-MATH may trail the anchor's by at most this
 ANCHOR_POOL = 2000  # NUM-MATH prompts labelled for the composition mix (bridge batches draw from them)
 
-BASE = dict(n_keys=1000, value_max=9, ops="+-", d_model=64, n_layers=3, n_heads=4, batch=32, lr=2e-3,
-            augment_lr=2e-3, anchor_steps=700, augment_steps=900, bridge_steps=1200, n_connections=3,
-            connections="2:0,2:1,2:2", dc_key_frac=0.2,
-            dc_source="kv_math", fmt="scratchpad", n_eval=150, baselines="random_augment", finetune_steps=600,
-            seeds=1, anchor_mix=0.3, anchor_mix_labels="anchor")
-# anchor_mix: share of each composition batch that shows the anchor's own skill (NUM-MATH prompts). D_C alone
-#   holds only key expressions, so the bridge learns to override the anchor everywhere and the composed model
-#   loses NUM-MATH; 0.3 keeps it with held-out KV-MATH unchanged (measured values in
-#   docs/results/run_history_from_code.md). CALM (§3.2) builds D_C to show the skills the composition must
-#   have, the anchor's included.
-# anchor_mix_labels: "anchor" = the frozen anchor's own greedy completions (self-distillation: needs neither the
-#   anchor's training data nor its weights to change, as in the paper's setting); "verifier" = the task's exact
-#   completions. The same mix trains every bridge baseline and the anchor fine-tune (same composition data); the
-#   anchor_finetune baseline also fine-tunes on D_C alone (`anchor_finetune_dc`, the paper's setting), since
-#   the anchor-skill share is itself a rehearsal that keeps a fine-tuned anchor from forgetting.
+@dataclass
+class Config:
+    """One CALM run, per seed: train an anchor GPT on numeric arithmetic (NUM-MATH) and an augmenting GPT on
+    key-value substitution (KV-SUBS) over `n_keys` keys, compose them with cross-attention bridges trained on the
+    composition data D_C, and score all three (and the `baselines`) on KV-MATH over held-out keys. The defaults
+    are the tiny preset."""
 
-PRESETS = {
+    # the task
+    n_keys: int = 250
+    value_max: int = 9
+    ops: str = "+-"
+    dc_key_frac: float = 0.35
+    dc_source: str = "kv_math"
+    fmt: str = "scratchpad"
+    # the two base models (same shape) and their training
+    d_model: int = 64
+    n_layers: int = 3
+    n_heads: int = 4
+    batch: int = 32
+    lr: float = 2e-3
+    augment_lr: float = 1e-3
+    anchor_steps: int = 550
+    augment_steps: int = 650
+    # the composition
+    bridge_steps: int = 700
+    n_connections: int = 3
+    connections: str = "2:0,2:1,2:2"  # "" = n_connections evenly spaced layer pairs
+    # anchor_mix: share of each composition batch that shows the anchor's own skill (NUM-MATH prompts). D_C alone
+    #   holds only key expressions, so the bridge learns to override the anchor everywhere and the composed model
+    #   loses NUM-MATH; 0.3 keeps it with held-out KV-MATH unchanged (measured values in
+    #   docs/results/run_history_from_code.md). CALM (§3.2) builds D_C to show the skills the composition must
+    #   have, the anchor's included.
+    anchor_mix: float = 0.3
+    # anchor_mix_labels: "anchor" = the frozen anchor's own greedy completions (self-distillation: needs neither the
+    #   anchor's training data nor its weights to change, as in the paper's setting); "verifier" = the task's exact
+    #   completions. The same mix trains every bridge baseline and the anchor fine-tune (same composition data); the
+    #   anchor_finetune baseline also fine-tunes on D_C alone (`anchor_finetune_dc`, the paper's setting), since
+    #   the anchor-skill share is itself a rehearsal that keeps a fine-tuned anchor from forgetting.
+    anchor_mix_labels: str = "anchor"
+    # evaluation and controls
+    n_eval: int = 120
+    baselines: str = ""  # comma-separated: random_augment, prefix_encoder, projection_only, anchor_finetune
+    finetune_steps: int = 600
+    seeds: int = 1
+
+
+BASELINES = "random_augment,prefix_encoder,projection_only,anchor_finetune"
+PRESETS = presets(
+    Config,
     # Sized for the 60 s tiny budget (measured times and accuracies: docs/results/run_history_from_code.md):
     # 250 keys (a smaller vocabulary head and fewer facts to memorise), no baselines (the random-augment control
     # runs from the small preset on); augment_lr 1e-3 because at 2e-3 the augmenting model's memorisation of the
     # keys could fail. 700 bridge steps: with the anchor-skill mix, fewer left the bridge nudging the anchor's
     # sums by ±1, and more would break the 60 s budget.
-    "tiny": dict(BASE, n_keys=250, dc_key_frac=0.35, anchor_steps=550, augment_steps=650, augment_lr=1e-3,
-                 bridge_steps=700, n_eval=120, baselines=""),
-    "small": dict(BASE, anchor_steps=1500, augment_steps=2000, bridge_steps=2000, n_eval=300,
-                  baselines="random_augment,prefix_encoder,projection_only,anchor_finetune", finetune_steps=1500,
-                  seeds=2),
+    tiny={},
+    small={"n_keys": 1000, "dc_key_frac": 0.2, "augment_lr": 2e-3, "anchor_steps": 1500, "augment_steps": 2000,
+           "bridge_steps": 2000, "n_eval": 300, "baselines": BASELINES, "finetune_steps": 1500, "seeds": 2},
     # Not sized for 5 minutes: about 25,000 optimizer steps per seed (anchor, augmenting model, CALM, three bridge
     # baselines, two anchor fine-tunes) x 2 seeds: expect 20 minutes or more on one GPU (see
     # docs/results/run_history_from_code.md).
-    "gpu": dict(BASE, n_keys=5000, d_model=256, n_layers=6, n_heads=8, batch=128, lr=1e-3, augment_lr=1e-3,
-                anchor_steps=3000, augment_steps=4000, bridge_steps=3000, n_connections=3, connections="", n_eval=1000,
-                ops="+-*",
-                baselines="random_augment,prefix_encoder,projection_only,anchor_finetune", finetune_steps=3000,
-                seeds=2),
-}
+    gpu={"n_keys": 5000, "ops": "+-*", "dc_key_frac": 0.2, "d_model": 256, "n_layers": 6, "n_heads": 8,
+         "batch": 128, "lr": 1e-3, "anchor_steps": 3000, "augment_steps": 4000, "bridge_steps": 3000,
+         "connections": "", "n_eval": 1000, "baselines": BASELINES, "finetune_steps": 3000, "seeds": 2},
+)
 
 
 def encode_pairs(tok, pairs, device):
@@ -171,7 +200,7 @@ def composed_gen(cm, tok):
 def run(ctx: RunContext) -> None:
     cfg, rep = ctx.cfg, ctx.report
     per_seed = []
-    for s in range(cfg["seeds"]):
+    for s in range(cfg.seeds):
         seed = ctx.seed + s
         res = run_seed(ctx, seed)
         per_seed.append(res)
@@ -192,8 +221,8 @@ def run(ctx: RunContext) -> None:
     alt.insert(0, ["CALM", mean["calm/kv_math"]])
     rep.table(alt, ["system", "KV-MATH accuracy on held-out keys"], title="Alternatives (same composition data)")
     rep.text(_alternatives_note(mean))
-    rep.text(f"Composition data: D_C ({cfg['dc_source']}) with a {cfg['anchor_mix']:.0%} share of NUM-MATH prompts "
-             f"labelled by {'the frozen anchor' if cfg['anchor_mix_labels'] == 'anchor' else 'the task verifier'} "
+    rep.text(f"Composition data: D_C ({cfg.dc_source}) with a {cfg.anchor_mix:.0%} share of NUM-MATH prompts "
+             f"labelled by {'the frozen anchor' if cfg.anchor_mix_labels == 'anchor' else 'the task verifier'} "
              "(`anchor_mix`, `anchor_mix_labels`); every bridge baseline and the anchor fine-tune train on the same "
              "mix (the `anchor_finetune` baseline also fine-tunes on D_C alone, as in the paper).")
     decide_claims(rep, mean)
@@ -246,23 +275,23 @@ def decide_claims(rep, mean: dict) -> None:
 def run_seed(ctx: RunContext, seed: int) -> dict:
     cfg, dev = ctx.cfg, ctx.device
     torch.manual_seed(seed)
-    task = KVTask(n_keys=cfg["n_keys"], value_max=cfg["value_max"], ops=cfg["ops"], dc_key_frac=cfg["dc_key_frac"],
-                  fmt=cfg["fmt"], dc_source=cfg["dc_source"], seed=seed)
+    task = KVTask(n_keys=cfg.n_keys, value_max=cfg.value_max, ops=cfg.ops, dc_key_frac=cfg.dc_key_frac,
+                  fmt=cfg.fmt, dc_source=cfg.dc_source, seed=seed)
     tok = task.tokenizer()
-    mcfg = GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
-                     d_model=cfg["d_model"], seq_len=64)
-    b, lr = cfg["batch"], cfg["lr"]
+    mcfg = GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                     d_model=cfg.d_model, seq_len=64)
+    b, lr = cfg.batch, cfg.lr
     t0 = time.time()
     anchor = GPT(mcfg).to(dev)
-    fit(anchor, lm_loss, batches(tok, task, "num_math", "all", b, seed + 1, dev), cfg["anchor_steps"], lr=lr,
-        warmup=50, callback=ctx.fit_progress(f"seed {seed}: anchor", cfg["anchor_steps"]))
+    fit(anchor, lm_loss, batches(tok, task, "num_math", "all", b, seed + 1, dev), cfg.anchor_steps, lr=lr,
+        warmup=50, callback=ctx.fit_progress(f"seed {seed}: anchor", cfg.anchor_steps))
     augment = GPT(mcfg).to(dev)
-    fit(augment, lm_loss, batches(tok, task, "kv_subs", "all", b, seed + 2, dev), cfg["augment_steps"],
-        lr=cfg["augment_lr"], warmup=50,
-        callback=ctx.fit_progress(f"seed {seed}: augmenting model", cfg["augment_steps"]))
+    fit(augment, lm_loss, batches(tok, task, "kv_subs", "all", b, seed + 2, dev), cfg.augment_steps,
+        lr=cfg.augment_lr, warmup=50,
+        callback=ctx.fit_progress(f"seed {seed}: augmenting model", cfg.augment_steps))
     ctx.log(f"seed {seed}: base models trained in {time.time() - t0:.0f}s")
 
-    n = cfg["n_eval"]
+    n = cfg.n_eval
     ev = {v: task.dataset(v, n, "heldout", seed + 100) for v in ("kv_subs", "num_math", "kv_math")}
     ev_dc = task.dataset("kv_math", n // 2, "dc", seed + 101)
     max_new = 24
@@ -274,24 +303,24 @@ def run_seed(ctx: RunContext, seed: int) -> dict:
                 res[f"{name}/num_math_exact"] = exact
 
     dc_pairs = task.dc_dataset(20000, seed + 3)
-    share = cfg["anchor_mix"]
-    skill_pairs = anchor_skill_pairs(task, ANCHOR_POOL, seed + 6, cfg["anchor_mix_labels"], anchor, tok,
+    share = cfg.anchor_mix
+    skill_pairs = anchor_skill_pairs(task, ANCHOR_POOL, seed + 6, cfg.anchor_mix_labels, anchor, tok,
                                      max_new) if share > 0 else []
 
     def composition_batches(batch_seed):
         return mixed_batches(tok, dc_pairs, skill_pairs, share, b, batch_seed, dev)
 
     def train_composition(aug_model, augment_sees="sequence", bridge="cross", desc="CALM bridges"):
-        conns = parse_connections(cfg["connections"]) if cfg["connections"] else None
-        cm = compose(anchor, aug_model, n_connections=cfg["n_connections"], connections=conns,
+        conns = parse_connections(cfg.connections) if cfg.connections else None
+        cm = compose(anchor, aug_model, n_connections=cfg.n_connections, connections=conns,
                      augment_sees=augment_sees,
                      position_aligned=bridge == "projection_only")
         data = composition_batches(seed + 4)
         loss_fn = (lambda model, batch: model(batch[0], batch[1])) if augment_sees == "sequence" else \
             (lambda model, batch: model(batch[0], batch[1], prefix_len=_prefix_len(batch[1])))
-        fit(cm, loss_fn, data, cfg["bridge_steps"], lr=lr, warmup=50, grad_clip=1.0,
+        fit(cm, loss_fn, data, cfg.bridge_steps, lr=lr, warmup=50, grad_clip=1.0,
             optimizer=torch.optim.AdamW(cm.bridge_parameters(), lr=lr, weight_decay=0.0),
-            callback=ctx.fit_progress(f"seed {seed}: {desc}", cfg["bridge_steps"]))
+            callback=ctx.fit_progress(f"seed {seed}: {desc}", cfg.bridge_steps))
         return cm
 
     t1 = time.time()
@@ -304,7 +333,7 @@ def run_seed(ctx: RunContext, seed: int) -> dict:
             res["calm/num_math_exact"] = exact
     res["calm/kv_math_dc"] = accuracy(composed_gen(cm, tok), tok, task, ev_dc, "kv_math", max_new)
 
-    for base in [x for x in cfg["baselines"].split(",") if x]:
+    for base in [x for x in cfg.baselines.split(",") if x]:
         if base == "random_augment":
             rnd = GPT(mcfg).to(dev)
             res["random_augment/heldout"] = accuracy(composed_gen(train_composition(rnd, desc=base), tok), tok, task,
@@ -324,8 +353,8 @@ def run_seed(ctx: RunContext, seed: int) -> dict:
             for name, data in variants:
                 ft = GPT(mcfg).to(dev)
                 ft.load_state_dict(anchor.state_dict())
-                fit(ft, lm_loss, data, cfg["finetune_steps"], lr=lr / 2, warmup=50,
-                    callback=ctx.fit_progress(f"seed {seed}: {name}", cfg["finetune_steps"]))
+                fit(ft, lm_loss, data, cfg.finetune_steps, lr=lr / 2, warmup=50,
+                    callback=ctx.fit_progress(f"seed {seed}: {name}", cfg.finetune_steps))
                 res[f"{name}/heldout"] = accuracy(base_gen(ft, tok), tok, task, ev["kv_math"], "kv_math", max_new)
                 res[f"{name}/num_math"] = accuracy(base_gen(ft, tok), tok, task, ev["num_math"], "num_math",
                                                    max_new)

@@ -16,13 +16,14 @@ import pickle
 import signal
 import time
 import traceback
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.experiment import RunContext, experiment
+from lmlab.experiment import RunContext, experiment, presets
 from lmlab.methods.competition import interference as itf
 from lmlab.methods.competition import tasks as tc
 from lmlab.methods.competition.scaling import fit_scaling_law, unreachable_band
@@ -30,30 +31,72 @@ from lmlab.model import GPT, GPTConfig
 from lmlab.train import lr_at, make_optimizer, set_lr
 from lmlab.utils import autocast_ctx
 
-TOY = {"n_tasks": 12, "block_dim": 8, "zipf": 1.2, "ranks": [1, 2, 4, 8], "toy_lr": 0.2, "toy_batch": 64,
-       "init_std": 0.01, "learned_err": 0.1, "retained": 0.8, "lost": 0.1, "rare_rank": 2,
-       "widths": [4, 8, 16, 32, 64, 128], "inj_periods": [100, 20]}
-LM_OFF = {"lm": False, "lm_sizes": [], "lm_freqs": [], "lm_steps": 0, "lm_batch": 16, "lm_seq": 32, "lm_lr": 3e-3,
-          "lm_vocab": 64, "lm_order": 2, "lm_branching": 3, "cmp_items": 12, "mod_p": 11, "heldout_frac": 0.2,
-          "lm_learned_acc": 0.8, "lm_eval_every": 50, "lm_probe_freqs": [],
-          "toy_in_process": None}  # run the toy in a forked process beside the LM ladder (None: when lm is on)
 
-PRESETS = {
-    "tiny": {**TOY, **LM_OFF, "seeds": 3, "sweep_steps": 2000, "inj_widths": [8, 16, 32, 64], "inj_steps": 2999,
-             "relu": False, "relu_widths": []},
-    "small": {**TOY, **LM_OFF, "seeds": 3, "sweep_steps": 2000, "inj_widths": [8, 16, 32, 64, 128], "inj_steps": 2999,
-              "relu": True, "relu_widths": [8, 16, 32, 64, 128],
-              "lm": True, "lm_sizes": [[1, 32], [2, 64], [2, 128]], "lm_freqs": [4, 1, 0.25], "lm_steps": 1500,
-              "lm_probe_freqs": [4, 1, 0.25]},
+@dataclass
+class Config:
+    """One run. Part A (every preset): the multi-task regression toy — `n_tasks` tasks on orthogonal blocks of
+    `block_dim`, Zipf(`zipf`) frequencies, `ranks` complexities — trained `seeds` nets per width over `widths`
+    (linear; ReLU over `relu_widths` when `relu`), then rare-task injection every `inj_periods` steps over
+    `inj_widths`. Part B (when `lm`): a ladder of GPTs `lm_sizes` ([layers, d_model]) on a Markov background with
+    comparison and modular-addition instances injected at `lm_freqs` per batch. The defaults are the tiny
+    preset: the toy only."""
+
+    # part A: the toy regression
+    n_tasks: int = 12
+    block_dim: int = 8
+    zipf: float = 1.2
+    ranks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    toy_lr: float = 0.2
+    toy_batch: int = 64
+    init_std: float = 0.01
+    seeds: int = 3
+    widths: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128])
+    sweep_steps: int = 2000
+    relu: bool = False
+    relu_widths: list[int] = field(default_factory=list)
+    inj_periods: list[int] = field(default_factory=lambda: [100, 20])
+    inj_widths: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    inj_steps: int = 2999
+    rare_rank: int = 2
+    # the toy claims' thresholds (normalised error; rare-task signal 1 − error)
+    learned_err: float = 0.1
+    retained: float = 0.8
+    lost: float = 0.1
+    # part B: the LM ladder (off: no sizes, no frequencies)
+    lm: bool = False
+    lm_sizes: list[list[int]] = field(default_factory=list)  # [n_layers, d_model] per model
+    lm_freqs: list[int | float] = field(default_factory=list)  # injected instances of each task per batch
+    lm_probe_freqs: list[int | float] = field(default_factory=list)
+    lm_steps: int = 0
+    lm_batch: int = 16
+    lm_seq: int = 32
+    lm_lr: float = 3e-3
+    lm_vocab: int = 64
+    lm_order: int = 2
+    lm_branching: int = 3
+    cmp_items: int = 12
+    mod_p: int = 11
+    heldout_frac: float = 0.2
+    lm_learned_acc: float = 0.8
+    lm_eval_every: int = 50
+    toy_in_process: bool | None = None  # run the toy in a forked process beside the LM ladder (None: when lm is on)
+
+
+PRESETS = presets(
+    Config,
+    tiny={},
+    small={"relu": True, "relu_widths": [8, 16, 32, 64, 128], "inj_widths": [8, 16, 32, 64, 128],
+           "lm": True, "lm_sizes": [[1, 32], [2, 64], [2, 128]], "lm_freqs": [4, 1, 0.25],
+           "lm_probe_freqs": [4, 1, 0.25], "lm_steps": 1500},
     # The toy part runs on the CPU in every preset, in its own process beside the LM cells. Sized to finish in
     # ~5 min on one H100/H200: the toy is the small preset's, and the LM ladder starts at 10/batch (a higher
     # frequency did not separate the sizes); see docs/results/run_history_from_code.md.
-    "gpu": {**TOY, **LM_OFF, "seeds": 3, "sweep_steps": 2000, "inj_widths": [8, 16, 32, 64, 128], "inj_steps": 2999,
-            "relu": True, "relu_widths": [8, 16, 32, 64, 128],
-            "lm": True, "lm_sizes": [[2, 64], [4, 128], [6, 256], [8, 512]], "lm_freqs": [10, 1, 0.1],
-            "lm_steps": 1000, "lm_batch": 64, "lm_seq": 128, "cmp_items": 16, "mod_p": 23, "lm_vocab": 128,
-            "lm_eval_every": 100, "lm_probe_freqs": [10, 1]},
-}
+    gpu={"relu": True, "relu_widths": [8, 16, 32, 64, 128], "inj_widths": [8, 16, 32, 64, 128],
+         "lm": True, "lm_sizes": [[2, 64], [4, 128], [6, 256], [8, 512]], "lm_freqs": [10, 1, 0.1],
+         "lm_probe_freqs": [10, 1], "lm_steps": 1000, "lm_batch": 64, "lm_seq": 128, "lm_vocab": 128,
+         "cmp_items": 16, "mod_p": 23, "lm_eval_every": 100},
+)
+
 
 CLAIMS = {
     "c1_tasks_learned_grow": "the number of tasks learned grows with width, and the unlearned ones are the "
@@ -72,17 +115,17 @@ CLAIMS = {
 
 
 # ================================================================ part A: toy regression
-def _mixture(cfg, seed) -> tc.RegressionMixture:
-    return tc.RegressionMixture(n_tasks=cfg["n_tasks"], block_dim=cfg["block_dim"], zipf=cfg["zipf"],
-                                ranks=tuple(cfg["ranks"]), seed=seed)
+def _mixture(cfg: Config, seed) -> tc.RegressionMixture:
+    return tc.RegressionMixture(n_tasks=cfg.n_tasks, block_dim=cfg.block_dim, zipf=cfg.zipf,
+                                ranks=tuple(cfg.ranks), seed=seed)
 
 
-def _injection_mixture(cfg, seed) -> tc.RegressionMixture:
+def _injection_mixture(cfg: Config, seed) -> tc.RegressionMixture:
     """K−1 Zipf common tasks plus one rare task (frequency 0 in the mixture; it arrives by injection)."""
-    k = cfg["n_tasks"]
-    ranks = [cfg["ranks"][i % len(cfg["ranks"])] for i in range(k - 1)] + [cfg["rare_rank"]]
-    freqs = tuple(tc.zipf_frequencies(k - 1, cfg["zipf"])) + (0.0,)
-    return tc.RegressionMixture(n_tasks=k, block_dim=cfg["block_dim"], ranks=tuple(ranks), freqs=freqs, seed=seed)
+    k = cfg.n_tasks
+    ranks = [cfg.ranks[i % len(cfg.ranks)] for i in range(k - 1)] + [cfg.rare_rank]
+    freqs = tuple(tc.zipf_frequencies(k - 1, cfg.zipf)) + (0.0,)
+    return tc.RegressionMixture(n_tasks=k, block_dim=cfg.block_dim, ranks=tuple(ranks), freqs=freqs, seed=seed)
 
 
 def _eval_errors(nets, mix, n_eval=4096, seed=123):
@@ -91,21 +134,21 @@ def _eval_errors(nets, mix, n_eval=4096, seed=123):
         return tc.normalised_errors(nets, mix, batch).numpy()
 
 
-def toy_sweep(cfg, seed, activation, widths, log) -> dict:
+def toy_sweep(cfg: Config, seed, activation, widths, log) -> dict:
     """Train `seeds` nets per width; errors per task, allocation, and the loss at log-spaced steps."""
     mix = _mixture(cfg, seed)
-    steps = cfg["sweep_steps"]
+    steps = cfg.sweep_steps
     checkpoints = sorted({int(steps * 2.0 ** -i) for i in range(6)} - {0})
     out = {"errors": {}, "alloc": {}, "loss_at": {}, "checkpoints": checkpoints}
     for n in widths:
-        nets = tc.TwoLayerNets(cfg["seeds"], n, mix.dim, mix.dim, activation, cfg["init_std"], seed=seed + n)
+        nets = tc.TwoLayerNets(cfg.seeds, n, mix.dim, mix.dim, activation, cfg.init_std, seed=seed + n)
         losses = {}
 
         def cb(step, nets_, _l=losses):
             if step + 1 in checkpoints:
                 e = _eval_errors(nets_, mix, 1024)
                 _l[step + 1] = (e * mix.maps.pow(2).sum((1, 2)).numpy() * mix.frequencies).sum(1)  # raw mixture loss
-        tc.train_toy(nets, mix, steps, cfg["toy_lr"], cfg["toy_batch"], seed=seed + 7 * n, callback=cb)
+        tc.train_toy(nets, mix, steps, cfg.toy_lr, cfg.toy_batch, seed=seed + 7 * n, callback=cb)
         out["errors"][n] = _eval_errors(nets, mix)  # (seeds, K)
         out["loss_at"][n] = losses
         if activation == "linear":
@@ -142,18 +185,18 @@ def _toy_interference(nets, mix, common_p) -> list[dict]:
                              names[:-1], names[-1]) for m in range(nets.n_models)]
 
 
-def toy_injection(cfg, seed, period, widths, log) -> dict:
+def toy_injection(cfg: Config, seed, period, widths, log) -> dict:
     """Common Zipf batches with one rare-task batch every `period` steps; the rare signal 1 − error is
     recorded after every update, gradient interference every `period` steps."""
     mix = _injection_mixture(cfg, seed)
-    k, steps = mix.n_tasks, cfg["inj_steps"]
+    k, steps = mix.n_tasks, cfg.inj_steps
     sched = tc.InjectionSchedule(1.0 / period)
     common_p = mix.frequencies.copy()
     rare = np.eye(k)[k - 1]
     grad_every = period * max(1, steps // 30 // period)  # measured mid-interval, away from injections
     out = {}
     for n in widths:
-        nets = tc.TwoLayerNets(cfg["seeds"], n, mix.dim, mix.dim, "linear", cfg["init_std"], seed=seed + n)
+        nets = tc.TwoLayerNets(cfg.seeds, n, mix.dim, mix.dim, "linear", cfg.init_std, seed=seed + n)
         signal = [1 - _eval_errors(nets, mix)[:, -1]]
         gsteps, gnorm, gcos = [], [], []
 
@@ -161,9 +204,9 @@ def toy_injection(cfg, seed, period, widths, log) -> dict:
             signal.append(1 - _eval_errors(nets_, mix)[:, -1])
             if (step + 1 + grad_every // 2) % grad_every == 0 and not sched.count(step):
                 gsteps.append(step + 1)
-                gnorm.append(_minibatch_grad_norm(nets_, mix, common_p, cfg["toy_batch"], draws=2, seed=step))
+                gnorm.append(_minibatch_grad_norm(nets_, mix, common_p, cfg.toy_batch, draws=2, seed=step))
                 gcos.append([d["cos_common_rare"] for d in _toy_interference(nets_, mix, common_p)])
-        tc.train_toy(nets, mix, steps, cfg["toy_lr"], cfg["toy_batch"],
+        tc.train_toy(nets, mix, steps, cfg.toy_lr, cfg.toy_batch,
                      probs=lambda s: rare if sched.count(s) else None, seed=seed + 11 * n, callback=cb)
         sig = np.stack(signal, 1)  # (seeds, steps+1)
         inj = [itf.injection_signal(sig[m], sched.steps_with_injection(steps)) for m in range(nets.n_models)]
@@ -171,7 +214,7 @@ def toy_injection(cfg, seed, period, widths, log) -> dict:
         out[n] = {"signal": sig, "final": sig[:, -1], "peak": sig.max(1),
                   "decay_frac": np.array([d["decay_frac"] for d in inj]),
                   "jump": np.array([d["mean_jump"] for d in inj]),
-                  "g_batch": _minibatch_grad_norm(nets, mix, common_p, cfg["toy_batch"]),
+                  "g_batch": _minibatch_grad_norm(nets, mix, common_p, cfg.toy_batch),
                   "g_expected": np.array([d["common_norm"] for d in end]),
                   "cos_end": np.array([d["cos_common_rare"] for d in end]),
                   "grad_steps": gsteps, "grad_norm": np.array(gnorm), "grad_cos": np.array(gcos)}
@@ -191,11 +234,11 @@ def _dominance_violations(learned: np.ndarray, p: np.ndarray, c: np.ndarray) -> 
     return bad
 
 
-def decide_c1(rep, sweep, cfg):
-    mix, widths, thr = sweep["mix"], sorted(sweep["errors"]), cfg["learned_err"]
+def decide_c1(rep, sweep, cfg: Config):
+    mix, widths, thr = sweep["mix"], sorted(sweep["errors"]), cfg.learned_err
     p, c = mix.frequencies, mix.complexities
     per_seed_ok, rows = [], []
-    for m in range(cfg["seeds"]):
+    for m in range(cfg.seeds):
         counts = [int((sweep["errors"][n][m] < thr).sum()) for n in widths]
         viol = sum(len(_dominance_violations(sweep["errors"][n][m] < thr, p, c)) for n in widths)
         per_seed_ok.append(all(b >= a for a, b in pairwise(counts)) and counts[-1] > counts[0] and viol == 0)
@@ -217,19 +260,19 @@ def decide_c1(rep, sweep, cfg):
     return counts
 
 
-def decide_c2(rep, sweep, cfg, top=3):
+def decide_c2(rep, sweep, cfg: Config, top=3):
     widths = sorted(sweep["alloc"])
     share = {n: sweep["alloc"][n][:, :top].sum(1) for n in widths}  # fraction of all units
     mean = [float(share[n].mean()) for n in widths]
     mono = all(b <= a + 0.02 for a, b in pairwise(mean))
     drop = mean[0] - mean[-1]
-    seeds_ok = sum(share[widths[0]][m] - share[widths[-1]][m] >= 0.2 for m in range(cfg["seeds"]))
-    held = mono and drop >= 0.2 and seeds_ok == cfg["seeds"]
+    seeds_ok = sum(share[widths[0]][m] - share[widths[-1]][m] >= 0.2 for m in range(cfg.seeds))
+    held = mono and drop >= 0.2 and seeds_ok == cfg.seeds
     rep.decide("c2_allocation", held,
                f"share of units allocated to the top-{top} frequent tasks (path strength, seed mean): "
                + ", ".join(f"N={n}: {s:.2f}" for n, s in zip(widths, mean))
                + f"; criterion: non-increasing (tolerance 0.02) and ≥ 0.20 lower at the widest width in every seed "
-                 f"(drop {drop:.2f}; {seeds_ok}/{cfg['seeds']} seeds).")
+                 f"(drop {drop:.2f}; {seeds_ok}/{cfg.seeds} seeds).")
     return mean
 
 
@@ -252,20 +295,20 @@ def _rise_and_decay(r, retained: float) -> np.ndarray:
     return (r["peak"] >= VISIBLE_PEAK) & (np.nan_to_num(r["decay_frac"]) >= 0.5) & (r["final"] < retained)
 
 
-def decide_c3(rep, inj, cfg):
+def decide_c3(rep, inj, cfg: Config):
     """Threshold at the slowest schedule; rise-and-decay must be visible in a narrow model (majority of seeds) at
     some schedule where it loses the task, and every width from the threshold on must accumulate."""
     slow = max(inj)
     res = inj[slow]
     final = {n: float(r["final"].mean()) for n, r in res.items()}
-    thr = _split_threshold(final, cfg["lost"], cfg["retained"])
+    thr = _split_threshold(final, cfg.lost, cfg.retained)
     if thr is None:
         rep.decide("c3_retention_threshold", False,
                    f"injection every {slow} steps: final rare signal (1 − error, seed mean) "
                    + ", ".join(f"N={n}: {v:.2f}" for n, v in sorted(final.items()))
-                   + f" — no width splits lost (< {cfg['lost']}) from retained (> {cfg['retained']}).")
+                   + f" — no width splits lost (< {cfg.lost}) from retained (> {cfg.retained}).")
         return None
-    rd = {(p, n): _rise_and_decay(r, cfg["retained"]) for p in inj for n, r in inj[p].items() if n < thr}
+    rd = {(p, n): _rise_and_decay(r, cfg.retained) for p in inj for n, r in inj[p].items() if n < thr}
     shown = sorted(((p, n) for (p, n), ok in rd.items() if ok.sum() * 2 > len(ok)), key=lambda k: (-k[0], k[1]))
     accum = {(p, n): float(np.nanmean(r["decay_frac"])) for p in inj for n, r in inj[p].items() if n >= thr}
     accumulates = all(v < 0.5 for v in accum.values())
@@ -274,7 +317,7 @@ def decide_c3(rep, inj, cfg):
     rep.decide("c3_retention_threshold", held,
                f"injection every {slow} steps: final rare signal (1 − error, seed mean) "
                + ", ".join(f"N={n}: {v:.2f}" for n, v in sorted(final.items()))
-               + f" → retained only from N={thr} on (criterion: < {cfg['lost']} below, > {cfg['retained']} from it on). "
+               + f" → retained only from N={thr} on (criterion: < {cfg.lost} below, > {cfg.retained} from it on). "
                  f"Rise-and-decay (peak ≥ {VISIBLE_PEAK}, ≥ half of each injection's gain lost before the next, not "
                  f"retained) in a majority of seeds of a width below N={thr}: "
                + (", ".join(f"N={n} every {p} steps ({int(rd[(p, n)].sum())}/{len(rd[(p, n)])} seeds)" for p, n in shown)
@@ -288,7 +331,7 @@ def decide_c3(rep, inj, cfg):
     return thr
 
 
-def decide_c4(rep, inj, thr, cfg):
+def decide_c4(rep, inj, thr, cfg: Config):
     """Every width below the retention threshold must have a ≥ 5× larger common-task gradient than every width
     from it on (a mean over widths hides a narrow width that sits at a small-gradient saddle)."""
     slow = max(inj)
@@ -314,17 +357,17 @@ def decide_c4(rep, inj, thr, cfg):
                   "wide models."))
 
 
-def decide_c5(rep, inj, cfg):
+def decide_c5(rep, inj, cfg: Config):
     slow, fast = max(inj), min(inj)
-    flips = [n for n in inj[slow] if inj[slow][n]["final"].mean() < cfg["lost"]
-             and inj[fast][n]["final"].mean() > cfg["retained"]]
-    worse = [n for n in inj[slow] if inj[slow][n]["final"].mean() > cfg["retained"]
-             and inj[fast][n]["final"].mean() < cfg["retained"]]
+    flips = [n for n in inj[slow] if inj[slow][n]["final"].mean() < cfg.lost
+             and inj[fast][n]["final"].mean() > cfg.retained]
+    worse = [n for n in inj[slow] if inj[slow][n]["final"].mean() > cfg.retained
+             and inj[fast][n]["final"].mean() < cfg.retained]
     rep.decide("c5_frequency_substitutes", bool(flips) and not worse,
                f"final rare signal every {slow} vs every {fast} steps: "
                + ", ".join(f"N={n}: {inj[slow][n]['final'].mean():.2f}→{inj[fast][n]['final'].mean():.2f}"
                            for n in sorted(inj[slow]))
-               + f"; widths flipped from lost (< {cfg['lost']}) to retained (> {cfg['retained']}): {flips or 'none'}"
+               + f"; widths flipped from lost (< {cfg.lost}) to retained (> {cfg.retained}): {flips or 'none'}"
                + (f"; retained only at the slow rate: {worse}" if worse else ""))
 
 
@@ -358,12 +401,12 @@ def scaling_section(rep, sweep, label):
 
 # ================================================================ part B: LM ladder
 class LMSetup:
-    def __init__(self, cfg, seed):
-        v = cfg["lm_vocab"]
-        self.bg = tc.MarkovBackground(v, cfg["lm_order"], cfg["lm_branching"], seed=seed)
+    def __init__(self, cfg: Config, seed):
+        v = cfg.lm_vocab
+        self.bg = tc.MarkovBackground(v, cfg.lm_order, cfg.lm_branching, seed=seed)
         marker_cmp, marker_add, eq = v, v + 1, v + 2
-        self.tasks = [tc.make_comparison(cfg["cmp_items"], v, marker_cmp, eq, cfg["heldout_frac"], seed=seed),
-                      tc.make_modular_addition(cfg["mod_p"], v, marker_add, eq, cfg["heldout_frac"], seed=seed)]
+        self.tasks = [tc.make_comparison(cfg.cmp_items, v, marker_cmp, eq, cfg.heldout_frac, seed=seed),
+                      tc.make_modular_addition(cfg.mod_p, v, marker_add, eq, cfg.heldout_frac, seed=seed)]
         self.entropy = self.bg.entropy_rate()
 
 
@@ -374,21 +417,21 @@ def _answer_stats(model, prompts, answers):
     return float(logp.gather(1, answers[:, None]).mean()), float((logp.argmax(-1) == answers).float().mean())
 
 
-def lm_run(cfg, setup: LMSetup, layers, d_model, freq, seed, device, log) -> dict:
+def lm_run(cfg: Config, setup: LMSetup, layers, d_model, freq, seed, device, log) -> dict:
     t0 = time.time()
     torch.manual_seed(seed)
-    stream = tc.InjectionStream(setup.bg, setup.tasks, [freq] * len(setup.tasks), cfg["lm_batch"], cfg["lm_seq"],
+    stream = tc.InjectionStream(setup.bg, setup.tasks, [freq] * len(setup.tasks), cfg.lm_batch, cfg.lm_seq,
                                 seed=seed + 1)
     mcfg = GPTConfig(vocab_size=stream.vocab_size, n_layers=layers, n_heads=max(1, d_model // 32), d_model=d_model,
-                     seq_len=cfg["lm_seq"] + 8, mlp="relu2")
+                     seq_len=cfg.lm_seq + 8, mlp="relu2")
     model = GPT(mcfg).to(device)
-    opt = make_optimizer(model, cfg["lm_lr"], weight_decay=0.1)
-    steps = cfg["lm_steps"]
+    opt = make_optimizer(model, cfg.lm_lr, weight_decay=0.1)
+    steps = cfg.lm_steps
     evals = {}
     for t in setup.tasks:
         for split, idx in (("train", t.train_idx), ("heldout", t.heldout_idx)):
             evals[(t.name, split)] = (stream.eval_batch(t, idx, seed=seed + 5).to(device), t.answers[idx].to(device))
-    bg_eval = setup.bg.sample(32, cfg["lm_seq"] + 1, torch.Generator().manual_seed(seed + 9)).to(device)
+    bg_eval = setup.bg.sample(32, cfg.lm_seq + 1, torch.Generator().manual_seed(seed + 9)).to(device)
 
     def loss_fns():
         fns = {"background": lambda m: m(bg_eval[:, :-1], bg_eval[:, 1:])}
@@ -416,7 +459,7 @@ def lm_run(cfg, setup: LMSetup, layers, d_model, freq, seed, device, log) -> dic
         injected = sum(counts) > 0 and freq < 1
         if injected:
             before = {t.name: track.metric_fns[t.name](model) for t in setup.tasks}
-        set_lr(opt, lr_at(step, steps, cfg["lm_lr"], warmup=min(100, steps // 10)))
+        set_lr(opt, lr_at(step, steps, cfg.lm_lr, warmup=min(100, steps // 10)))
         with autocast_ctx(device):
             loss = model(seq[:, :-1], seq[:, 1:])
         opt.zero_grad(set_to_none=True)
@@ -427,7 +470,7 @@ def lm_run(cfg, setup: LMSetup, layers, d_model, freq, seed, device, log) -> dic
             for t in setup.tasks:
                 inj[t.name]["before"].append(before[t.name])
                 inj[t.name]["after"].append(track.metric_fns[t.name](model))
-        if (step + 1) % cfg["lm_eval_every"] == 0 or step + 1 == steps:
+        if (step + 1) % cfg.lm_eval_every == 0 or step + 1 == steps:
             track.record(step + 1, model)
             st = grad_stats()
             grads["steps"].append(step + 1)
@@ -437,7 +480,7 @@ def lm_run(cfg, setup: LMSetup, layers, d_model, freq, seed, device, log) -> dic
                 grads[t.name]["projection"].append(st[t.name]["projection"])
     model.eval()
     res = {"params": model.num_params(), "layers": layers, "d_model": d_model, "freq": freq,
-           "token_frac": freq * tc.InjectedTask.LENGTH / (cfg["lm_batch"] * (cfg["lm_seq"] + 1)),
+           "token_frac": freq * tc.InjectedTask.LENGTH / (cfg.lm_batch * (cfg.lm_seq + 1)),
            "track": {"steps": track.steps, **track.values}, "grads": grads, "tasks": {}}
     with torch.no_grad():
         res["bg_loss"] = float(model(bg_eval[:, :-1], bg_eval[:, 1:]))
@@ -450,7 +493,7 @@ def lm_run(cfg, setup: LMSetup, layers, d_model, freq, seed, device, log) -> dic
             "jump": float((a - b).mean()) if len(a) else None,
             "decay_frac": float((a[:-1] - b[1:]).mean() / (a - b).mean()) if len(a) > 1 and (a - b).mean() > 0 else None,
             "bg_projection_end": grads[t.name]["projection"][-1], "cos_end": grads[t.name]["cos"][-1],
-            "probe": _probe(model, stream, t, seed, device) if freq in cfg["lm_probe_freqs"] else {},
+            "probe": _probe(model, stream, t, seed, device) if freq in cfg.lm_probe_freqs else {},
         }
     res["bg_grad_end"] = grads["bg_norm"][-1]
     res["alloc_injected"] = _lm_allocation(model, loss_fns(), setup)
@@ -480,10 +523,10 @@ def _lm_allocation(model, fns, setup) -> float:
     return float(sum(alloc["fractions"][i] for i, n in enumerate(names) if n != "background"))
 
 
-def decide_c6(rep, lm, cfg, setup):
+def decide_c6(rep, lm, cfg: Config, setup):
     sizes = sorted({(r["layers"], r["d_model"]) for r in lm}, key=lambda s: s[0] * s[1] ** 2)
     freqs = sorted({r["freq"] for r in lm})
-    thr = cfg["lm_learned_acc"]
+    thr = cfg.lm_learned_acc
     by = {(r["layers"], r["d_model"], r["freq"]): r for r in lm}
     min_freq, rows = {}, []
     for t in setup.tasks:
@@ -522,8 +565,8 @@ def decide_c6(rep, lm, cfg, setup):
                + "; alignment above chance |cos|·√P (≈ 0.8 for unrelated directions in P dimensions) "
                + ", ".join(f"{name(s)}: {itf_by[s]['alignment']:.1f}" for s in sizes)
                + ". " + _interference_reading(itf_by[sizes[0]], itf_by[sizes[-1]])
-               + f" One seed per cell; {cfg['lm_steps']} steps"
-               + ("." if len(freqs) == len(cfg["lm_freqs"]) else f"; only frequencies {freqs} of {cfg['lm_freqs']} "
+               + f" One seed per cell; {cfg.lm_steps} steps"
+               + ("." if len(freqs) == len(cfg.lm_freqs) else f"; only frequencies {freqs} of {cfg.lm_freqs} "
                   "finished (the run was interrupted)."))
 
 
@@ -553,7 +596,7 @@ def lm_interference(cells: list[dict], tasks: list[str]) -> dict:
 
 
 # ================================================================ figures
-def _figures(rep, sweep, inj, lm, cfg):
+def _figures(rep, sweep, inj, lm, cfg: Config):
     import matplotlib  # heavy: imported only when plotting
 
     matplotlib.use("Agg")
@@ -628,7 +671,7 @@ def _figures(rep, sweep, inj, lm, cfg):
             ax.set_title(f"LM: {name} accuracy (trained pairs)")
         fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
         rep.figure(fig, "lm_frequency_size_grid", "Frequency × size grid: injected-task accuracy (learned ≥ "
-                   f"{cfg['lm_learned_acc']}).")
+                   f"{cfg.lm_learned_acc}).")
 
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
         f0 = freqs[0]
@@ -659,7 +702,7 @@ def _figures(rep, sweep, inj, lm, cfg):
 def run(ctx: RunContext) -> None:
     """Task competition: allocation, interference and rare-task retention vs width."""
     cfg, rep = ctx.cfg, ctx.report
-    overlap = cfg["lm"] if cfg["toy_in_process"] is None else cfg["toy_in_process"]
+    overlap = cfg.lm if cfg.toy_in_process is None else cfg.toy_in_process
     toy = _ToyProcess(cfg, ctx.seed, ctx.log) if overlap else None  # the CPU toy beside the LM ladder
     if toy is None:
         threads = torch.get_num_threads()
@@ -668,22 +711,22 @@ def run(ctx: RunContext) -> None:
         finally:
             torch.set_num_threads(threads)
     lm = []
-    if cfg["lm"]:
+    if cfg.lm:
         if ctx.device.type == "cpu":
             torch.set_num_threads(1)  # small models on a shared CPU
         setup = LMSetup(cfg, ctx.seed)
         with ctx.interruptible():  # e.g. a time limit: claim 6 is decided on the frequencies all sizes did
-            for f in cfg["lm_freqs"]:
-                for layers, d in cfg["lm_sizes"]:
+            for f in cfg.lm_freqs:
+                for layers, d in cfg.lm_sizes:
                     lm.append(lm_run(cfg, setup, layers, d, f, ctx.seed, ctx.device, ctx.log))
         if ctx.interrupted:
-            done = len(lm) // len(cfg["lm_sizes"])  # frequencies that every size finished
-            lm = lm[: done * len(cfg["lm_sizes"])]
+            done = len(lm) // len(cfg.lm_sizes)  # frequencies that every size finished
+            lm = lm[: done * len(cfg.lm_sizes)]
             ctx.log(f"interrupted in the LM ladder; reporting {done} finished frequencies")
     if toy is not None:
         results = toy.result()
     sweep, inj = report_toy(rep, cfg, results)
-    if cfg["lm"]:
+    if cfg.lm:
         rep.metric("lm", [{k: v for k, v in r.items() if k not in ("track",)} for r in lm])
         rep.metric("lm_background_entropy", setup.entropy)
         if lm:
@@ -695,13 +738,13 @@ def run(ctx: RunContext) -> None:
     _figures(rep, sweep, inj, lm, cfg)
 
 
-def toy_part(cfg, seed, log) -> dict:
+def toy_part(cfg: Config, seed, log) -> dict:
     """Every toy-regression run (linear sweep, ReLU sweep, injection), on the CPU with one thread."""
     torch.set_num_threads(1)  # the toy nets are tiny: one thread is fastest
-    out = {"sweep": toy_sweep(cfg, seed, "linear", cfg["widths"], log)}
-    if cfg["relu"]:
-        out["relu"] = toy_sweep(cfg, seed, "relu", cfg["relu_widths"], log)
-    out["inj"] = {p: toy_injection(cfg, seed, p, cfg["inj_widths"], log) for p in cfg["inj_periods"]}
+    out = {"sweep": toy_sweep(cfg, seed, "linear", cfg.widths, log)}
+    if cfg.relu:
+        out["relu"] = toy_sweep(cfg, seed, "relu", cfg.relu_widths, log)
+    out["inj"] = {p: toy_injection(cfg, seed, p, cfg.inj_widths, log) for p in cfg.inj_periods}
     return out
 
 
@@ -715,7 +758,7 @@ class _ToyProcess:
     (claims 1-5) is still reported; a Ctrl-C while waiting for it ends the child.
     """
 
-    def __init__(self, cfg, seed, log):
+    def __init__(self, cfg: Config, seed, log):
         ctx = mp.get_context("fork")
         self.conn, child = ctx.Pipe(duplex=False)
         self.proc = ctx.Process(target=self._main, args=(child, cfg, seed, log), daemon=True)
@@ -723,7 +766,7 @@ class _ToyProcess:
         child.close()  # so that a child that dies without sending gives EOFError here, not a hang
 
     @staticmethod
-    def _main(conn, cfg, seed, log):
+    def _main(conn, cfg: Config, seed, log):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             msg = ("ok", pickle.dumps(toy_part(cfg, seed, log)))
@@ -748,7 +791,7 @@ class _ToyProcess:
         return pickle.loads(value)
 
 
-def report_toy(rep, cfg, toy) -> tuple[dict, dict]:
+def report_toy(rep, cfg: Config, toy) -> tuple[dict, dict]:
     """Claims 1-5 from the toy runs; returns (linear sweep, injection runs) for the figures."""
     sweep, inj = toy["sweep"], toy["inj"]
     rep.metric("toy_errors", {n: e.mean(0) for n, e in sweep["errors"].items()})
@@ -759,7 +802,7 @@ def report_toy(rep, cfg, toy) -> tuple[dict, dict]:
     if "relu" in toy:
         rs = toy["relu"]
         widths = sorted(rs["errors"])
-        rep.table([[n, int((rs["errors"][n].mean(0) < cfg["learned_err"]).sum()),
+        rep.table([[n, int((rs["errors"][n].mean(0) < cfg.learned_err).sum()),
                     float(rs["alloc"][n][:, :3].sum(1).mean()),
                     " ".join(f"{e:.2f}" for e in rs["errors"][n].mean(0))] for n in widths],
                   ["width", "tasks learned", "top-3 allocation (ablation)", "errors per task"],

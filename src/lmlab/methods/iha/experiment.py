@@ -16,13 +16,14 @@ import random
 import statistics
 import time
 import traceback
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmlab.experiment import RunContext, experiment
+from lmlab.experiment import RunContext, experiment, presets
 from lmlab.generate import generate
 from lmlab.methods.iha.attention import InterleavedHeadAttention, collapse_pseudo, hybrid_config, mix_pseudo
 from lmlab.methods.iha.niah import (
@@ -44,18 +45,48 @@ from lmlab.model import GPT, IGNORE_INDEX, AttnContext, GPTConfig, MultiHeadAtte
 from lmlab.tokenizer import CharTokenizer
 from lmlab.train import fit, make_optimizer
 
-THEORY = dict(theory_seeds=1, theory_steps=1500, theory_batch=128, theory_lr=1e-2)
-PRESETS = {
-    "tiny": {**THEORY, "relations": False, "niah": False},
-    "small": {**THEORY, "theory_seeds": 3, "theory_steps": 3000, "relations": True, "rel_d_model": 64,
-              "rel_pseudo": [2], "rel_lr": 1e-3, "rel_steps": 300, "rel_batch": 32, "rel_eval": 1000,
-              "niah": False},
-    "gpu": {**THEORY, "theory_seeds": 2, "relations": True, "rel_d_model": 128, "rel_pseudo": [8],
-            "rel_lr": 1e-3, "rel_steps": 1200, "rel_batch": 256, "rel_eval": 5000, "niah": True,
-            "niah_seq_len": 1024, "niah_d_model": 256, "niah_layers": 5, "niah_heads": 4, "niah_pseudo": 2,
-            "niah_steps": 1500, "niah_batch": 32, "niah_lr": 2e-3, "niah_eval_lengths": [1024, 2048, 4096],
-            "niah_eval_n": 48},
-}
+
+@dataclass
+class Config:
+    """One run: claims 1–2 (the trained constructions, always), claim 3 (relation composition) when
+    `relations`, claim 4 (multi-key needle retrieval with char LMs) when `niah`; one seed for claims 3–4."""
+
+    # claims 1–2: MHA(H=2), IHA(H=2, P=2) and MHA(H=4) on the polynomial filters and CPM-3, Adam on CPU
+    theory_seeds: int = 1
+    theory_steps: int = 1500
+    theory_batch: int = 128
+    theory_lr: float = 1e-2
+    # claim 3: 1-layer encoders (H=8) on R∘R and R∘R∘R; MHA against IHA with each of `rel_pseudo`
+    relations: bool = False
+    rel_d_model: int = 64
+    rel_pseudo: list[int] = field(default_factory=lambda: [2])
+    rel_lr: float = 1e-3
+    rel_steps: int = 300
+    rel_batch: int = 32
+    rel_eval: int = 1000  # test examples per order
+    # claim 4: char LMs (all-MHA against the FLOP-matched IHA hybrid) trained at `niah_seq_len`, scored by
+    # string_match_all on `niah_eval_n` compact MK-2 prompts at each of `niah_eval_lengths`
+    niah: bool = False
+    niah_seq_len: int = 1024
+    niah_d_model: int = 256
+    niah_layers: int = 5
+    niah_heads: int = 4
+    niah_pseudo: int = 2
+    niah_steps: int = 1500
+    niah_batch: int = 32
+    niah_lr: float = 2e-3
+    niah_eval_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096])
+    niah_eval_n: int = 48
+
+
+PRESETS = presets(
+    Config,
+    tiny={},
+    small={"theory_seeds": 3, "theory_steps": 3000, "relations": True},
+    gpu={"theory_seeds": 2, "relations": True, "rel_d_model": 128, "rel_pseudo": [8], "rel_steps": 1200,
+         "rel_batch": 256, "rel_eval": 5000, "niah": True},
+)
+
 MARGIN_NMSE, FAIL_NMSE = 1e-2, 0.1  # spec §13.1, I5
 ACC_OK, ACC_FAIL = 0.99, 0.1  # spec §13.1, I6
 REL_GAIN = 1.0  # points of token accuracy (spec §13.2, G-IHA-1)
@@ -82,8 +113,8 @@ NIAH_MARGIN = 5.0  # string_match_all points
 def run(ctx: RunContext) -> None:
     """Claims 1–2 always; 3 and 4 in the presets that enable them."""
     sections = [("c1_polynomial", "c2_cpm3", theory_claims, True),
-                ("c3_relations", None, relation_claim, ctx.cfg["relations"]),
-                ("c4_niah", None, niah_claim, ctx.cfg["niah"])]
+                ("c3_relations", None, relation_claim, ctx.cfg.relations),
+                ("c4_niah", None, niah_claim, ctx.cfg.niah)]
     for first, second, fn, enabled in sections:
         if not enabled:
             where = "the small and gpu presets" if first == "c3_relations" else "the gpu preset"
@@ -161,12 +192,12 @@ MODELS = [("MHA H=2", 2, None), ("IHA H=2 P=2", 2, 2), ("MHA H=4 (control)", 4, 
 
 def theory_claims(ctx: RunContext) -> None:
     cfg, rep = ctx.cfg, ctx.report
-    steps, batch, lr = cfg["theory_steps"], cfg["theory_batch"], cfg["theory_lr"]
+    steps, batch, lr = cfg.theory_steps, cfg.theory_batch, cfg.theory_lr
     poly: dict[str, list[float]] = {name: [] for name, _, _ in MODELS}
     cpm: dict[str, list[float]] = {name: [] for name, _, _ in MODELS}
     rows = []
     with single_thread():
-        for s in range(cfg["theory_seeds"]):
+        for s in range(cfg.theory_seeds):
             seed = ctx.seed + s
             task = PolynomialFilterTask(n_nodes=8, n_features=2, k=4, seed=seed)
             gen = torch.Generator().manual_seed(1000 + seed)
@@ -308,22 +339,22 @@ def relation_accuracy(model, data, dev) -> tuple[float, float]:
 def relation_claim(ctx: RunContext) -> None:
     cfg, rep, dev = ctx.cfg, ctx.report, ctx.device
     rows, acc = [], {}
-    variants = [("MHA", None)] + [(f"IHA P={p}", p) for p in cfg["rel_pseudo"]]
+    variants = [("MHA", None)] + [(f"IHA P={p}", p) for p in cfg.rel_pseudo]
     for order in (2, 3):
         task = RelationCompositionTask(order)
-        test = task.dataset(cfg["rel_eval"], seed=10_000 + order)
+        test = task.dataset(cfg.rel_eval, seed=10_000 + order)
         for name, p in variants:
             torch.manual_seed(ctx.seed)
-            model = RelationEncoder(cfg["rel_d_model"], 8, p, task.max_len).to(dev)
+            model = RelationEncoder(cfg.rel_d_model, 8, p, task.max_len).to(dev)
             gen = torch.Generator().manual_seed(ctx.seed * 100 + order)
 
             def batches(task=task, gen=gen):
                 while True:
-                    bt = task.sample(cfg["rel_batch"], gen)
+                    bt = task.sample(cfg.rel_batch, gen)
                     yield bt.tokens.to(dev), bt.labels.to(dev), bt.valid.to(dev)
 
             t0 = time.time()
-            losses = fit(model, relation_loss, batches(), cfg["rel_steps"], lr=cfg["rel_lr"], warmup=50,
+            losses = fit(model, relation_loss, batches(), cfg.rel_steps, lr=cfg.rel_lr, warmup=50,
                          device=dev)
             tok_acc, exact = relation_accuracy(model, test, dev)
             acc[(order, name)] = tok_acc
@@ -331,8 +362,8 @@ def relation_claim(ctx: RunContext) -> None:
                          f"{tok_acc:.2f}", f"{exact:.2f}", f"{time.time() - t0:.0f}"])
             ctx.log(f"relations order {order} {name}: token acc {tok_acc:.2f}")
     rep.table(rows, ["task", "model", "params", "final train BCE", "test token acc %", "exact matrix %", "s"],
-              title=f"Claim 3: relation composition, 1 layer, H=8, d={cfg['rel_d_model']}, "
-                    f"{cfg['rel_steps']} steps × batch {cfg['rel_batch']}, lr {cfg['rel_lr']}, "
+              title=f"Claim 3: relation composition, 1 layer, H=8, d={cfg.rel_d_model}, "
+                    f"{cfg.rel_steps} steps × batch {cfg.rel_batch}, lr {cfg.rel_lr}, "
                     f"seed {ctx.seed}")
     best = {order: max(acc[(order, n)] for n, p in variants if p) for order in (2, 3)}
     gain = {order: best[order] - acc[(order, "MHA")] for order in (2, 3)}
@@ -343,7 +374,7 @@ def relation_claim(ctx: RunContext) -> None:
     rep.decide("c3_relations", held,
                f"best IHA − MHA test token accuracy: R∘R {gain[2]:+.2f}, R∘R∘R {gain[3]:+.2f} points "
                f"(MHA at {mha[2]:.1f} / {mha[3]:.1f} %; held if >= +{REL_GAIN} on one task and "
-               f">= −{REL_GAIN} on the other; one seed, one LR, {cfg['rel_steps']} steps)")
+               f">= −{REL_GAIN} on the other; one seed, one LR, {cfg.rel_steps} steps)")
 
 
 # ================================================================== claim 4: multi-key NIAH LM
@@ -413,34 +444,34 @@ def niah_score(model, tok, length: int, n: int, seed: int, dev, batch: int = 16)
 def niah_claim(ctx: RunContext) -> None:
     cfg, rep, dev = ctx.cfg, ctx.report, ctx.device
     tok = CharTokenizer(KeyValueLines.CHARS)
-    n = cfg["niah_seq_len"]
-    base = GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg["niah_layers"], n_heads=cfg["niah_heads"],
-                     d_model=cfg["niah_d_model"], seq_len=n)
-    configs = {"MHA (global)": base, "IHA hybrid": hybrid_config(base, n_pseudo=cfg["niah_pseudo"])}
+    n = cfg.niah_seq_len
+    base = GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg.niah_layers, n_heads=cfg.niah_heads,
+                     d_model=cfg.niah_d_model, seq_len=n)
+    configs = {"MHA (global)": base, "IHA hybrid": hybrid_config(base, n_pseudo=cfg.niah_pseudo)}
     rows, scores = [], {}
     for name, mcfg in configs.items():
         torch.manual_seed(ctx.seed)
         model = GPT(mcfg).to(dev)
         data = KeyValueLines(tok, n, seed=ctx.seed)
         t0 = time.time()
-        opt = make_optimizer(model, cfg["niah_lr"], weight_decay=0.1)
-        batches = (data.batch(cfg["niah_batch"], dev) for _ in iter(int, 1))
-        losses = fit(model, lambda m, b: m(b[0], b[1]), batches, cfg["niah_steps"], lr=cfg["niah_lr"],
+        opt = make_optimizer(model, cfg.niah_lr, weight_decay=0.1)
+        batches = (data.batch(cfg.niah_batch, dev) for _ in iter(int, 1))
+        losses = fit(model, lambda m, b: m(b[0], b[1]), batches, cfg.niah_steps, lr=cfg.niah_lr,
                      warmup=100, optimizer=opt, device=dev)
         train_s = time.time() - t0
         model.eval()
-        per_len = {length: niah_score(model, tok, length, cfg["niah_eval_n"], 7 + length, dev)
-                   for length in cfg["niah_eval_lengths"]}
+        per_len = {length: niah_score(model, tok, length, cfg.niah_eval_n, 7 + length, dev)
+                   for length in cfg.niah_eval_lengths}
         scores[name] = per_len
         rows.append([name, model.num_params(), f"{flop_ratio_vs_mha(mcfg):.2f}",
                      f"{model.estimate_flops(n) / GPT(base).estimate_flops(n):.2f}", f"{losses[-1]:.3f}",
-                     f"{train_s:.0f}"] + [f"{per_len[length]:.1f}" for length in cfg["niah_eval_lengths"]])
+                     f"{train_s:.0f}"] + [f"{per_len[length]:.1f}" for length in cfg.niah_eval_lengths])
         ctx.log(f"niah {name}: {per_len}")
-    lengths = cfg["niah_eval_lengths"]
+    lengths = cfg.niah_eval_lengths
     rep.table(rows, ["model", "params", "attn FLOP ratio", "total FLOP ratio", "final answer loss", "train s"]
               + [f"MK-2 @{length}" for length in lengths],
-              title=f"Claim 4: char LMs trained at N={n} for {cfg['niah_steps']} steps; string_match_all "
-                    f"(0–100) on {cfg['niah_eval_n']} compact MK-2 prompts per length")
+              title=f"Claim 4: char LMs trained at N={n} for {cfg.niah_steps} steps; string_match_all "
+                    f"(0–100) on {cfg.niah_eval_n} compact MK-2 prompts per length")
     names = list(configs)
     for name in names:
         for length in lengths:

@@ -14,9 +14,14 @@ on 500 points so that they can fit the shuffled labels (train accuracy is report
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
+from lmlab.classifier import MLP, PositionalMLP, accuracy, train_classifier
+from lmlab.experiment import RunContext, experiment, presets
 from lmlab.methods.info.information import (
     collect_activations,
     kendall_tau,
@@ -27,51 +32,80 @@ from lmlab.methods.info.information import (
     rank_models,
     summarize,
 )
-from lmlab.experiment import RunContext, experiment
-from lmlab.classifier import MLP, PositionalMLP, accuracy, train_classifier
 from lmlab.methods.info.tasks import circles, sentiment_text
 
-BASE = dict(n_train=2000, n_val=1000, alphas=[0.0, 0.5, 0.9, 1.0], betas=[0.0, 0.25, 0.5, 0.75],
-            heur_width=64, heur_epochs=200, ex_width=256, ex_epochs=500, ex_n_train=500, depth=2, lr=1e-2,
-            weight_decay=2e-3, ex_weight_decay=0.0,
-            mi_neurons=16, n_bins=100, text=False)
-PRESETS = {
-    "tiny": dict(BASE, seeds=[0, 1]),
-    "small": dict(BASE, seeds=[0, 1, 2], mi_neurons=32, ex_epochs=2000, text=True, text_n=4000,
-                  text_epochs=30),
-    "gpu": dict(BASE, seeds=[0, 1, 2], mi_neurons=64, ex_epochs=2000, text=True, text_n=8000, text_epochs=30),
-}
+
+@dataclass
+class Config:
+    """One run: the heuristic sweep (circles MLPs, the spurious feature matching the label for a fraction
+    α of training points) and the example sweep (wider MLPs fitting a fraction β of shuffled labels), each
+    model trained once per seed and measured on `n_val` validation points; with `text`, also the text family
+    at the two extreme α."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    n_train: int = 2000
+    n_val: int = 1000
+    depth: int = 2
+    lr: float = 1e-2
+    batch: int | None = None  # full-batch; the text family trains with 128
+    # heuristic sweep: the paper's MLP L2
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.9, 1.0])
+    heur_width: int = 64
+    heur_epochs: int = 200
+    weight_decay: float = 2e-3
+    # example sweep: wider MLPs without weight decay on fewer points, so that they can fit the shuffled labels
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75])
+    ex_width: int = 256
+    ex_epochs: int = 500
+    ex_n_train: int = 500
+    ex_weight_decay: float = 0.0
+    # measures: KSG MI over the first `mi_neurons` of each layer, binned entropy with `n_bins` global bins
+    mi_neurons: int = 16
+    n_bins: int = 100
+    # text family (`sentiment_text`, shortcut token) with a PositionalMLP
+    text: bool = False
+    text_n: int = 4000
+    text_epochs: int = 30
+
+
+PRESETS = presets(
+    Config,
+    tiny={},
+    small={"seeds": [0, 1, 2], "mi_neurons": 32, "ex_epochs": 2000, "text": True},
+    gpu={"seeds": [0, 1, 2], "mi_neurons": 64, "ex_epochs": 2000, "text": True, "text_n": 8000},
+)
+
 REL_MARGIN = 0.05  # a direction holds when the extremes differ by at least 5 % (relative)
 TAU_OK = 0.67  # spec §8.2: Kendall τ >= 0.67 over 4 models
 
 
 def _measure(model, x_val, layers, cfg, seed, device) -> tuple[dict, np.ndarray, np.ndarray]:
     acts = collect_activations(model, [x_val], layers, max_examples=len(x_val))
-    h = neuron_entropy(acts.values, cfg["n_bins"])
+    h = neuron_entropy(acts.values, cfg.n_bins)
     # the models are tiny and train on CPU; only the KSG pair batches go to an accelerator
-    mi = pairwise_mi_ksg(acts.first_neurons(cfg["mi_neurons"]), k=3, seed=seed,
+    mi = pairwise_mi_ksg(acts.first_neurons(cfg.mi_neurons), k=3, seed=seed,
                          device=device if device.type != "cpu" else None)
     return summarize(h, mi), h, mi
 
 
-def _sweep(ctx, cfg: dict, family: str, levels, make_data, make_model, epochs) -> dict:
+def _sweep(ctx, cfg: Config, family: str, levels, make_data, make_model, epochs) -> dict:
     """Train every (level, seed) model and measure it; returns per-level means and one seed's arrays."""
     out = {"acc": {}, "H": {}, "MI": {}, "MI_off": {}, "arrays": {}}
     for lvl in levels:
         accs, hs, mis, mis_off, train_accs = [], [], [], [], []
-        for seed in cfg["seeds"]:
+        for seed in cfg.seeds:
             (x_tr, y_tr), (x_va, y_va) = make_data(lvl, seed)
             torch.manual_seed(seed)
             model = make_model()
-            train_classifier(model, x_tr, y_tr, epochs, lr=cfg["lr"], batch_size=cfg.get("batch"),
-                             weight_decay=cfg["weight_decay"], seed=seed)
+            train_classifier(model, x_tr, y_tr, epochs, lr=cfg.lr, batch_size=cfg.batch,
+                             weight_decay=cfg.weight_decay, seed=seed)
             train_accs.append(accuracy(model, x_tr, y_tr))
             s, h, mi = _measure(model, x_va, model.hidden_names(), cfg, seed, ctx.device)
             accs.append(accuracy(model, x_va, y_va))
             hs.append(s["mean_entropy"])
             mis.append(s["mean_mi"])
             mis_off.append(s["mean_mi_offdiag"])
-            if seed == cfg["seeds"][0]:
+            if seed == cfg.seeds[0]:
                 out["arrays"][lvl] = (h, mi)
         out["acc"][lvl], out["H"][lvl], out["MI"][lvl], out["MI_off"][lvl] = map(
             float, (np.mean(accs), np.mean(hs), np.mean(mis), np.mean(mis_off)))
@@ -114,7 +148,7 @@ def _report_sweep(ctx, name: str, res: dict, symbol: str) -> None:
     arrays = res["arrays"]
     rep.figure(plot_entropy_boxes({f"{symbol}={k}": v[0] for k, v in arrays.items()},
                                   f"{name}: per-neuron entropy"), f"{name}_entropy",
-               f"Per-neuron entropy of the {name} sweep (seed {ctx.cfg['seeds'][0]}).")
+               f"Per-neuron entropy of the {name} sweep (seed {ctx.cfg.seeds[0]}).")
     rep.figure(plot_mi_density({f"{symbol}={k}": v[1] for k, v in arrays.items()}, f"{name}: pairwise MI"),
                f"{name}_mi", f"GMM density of pairwise KSG MI of the {name} sweep (normalised by the max).")
 
@@ -151,24 +185,25 @@ def _ranking(tau_h: dict[str, float], tau_e: dict[str, float], n_models: int) ->
 )
 def run(ctx: RunContext) -> None:
     cfg, rep = ctx.cfg, ctx.report
-    ntr, nva = cfg["n_train"], cfg["n_val"]
+    ntr, nva = cfg.n_train, cfg.n_val
 
     def heur_data(alpha, seed):
         return circles(ntr, alpha=alpha, seed=seed), circles(nva, alpha=0.0, seed=seed + 1000)
 
     def ex_data(beta, seed):
-        return circles(cfg["ex_n_train"], beta=beta, seed=seed), circles(nva, seed=seed + 1000)
+        return circles(cfg.ex_n_train, beta=beta, seed=seed), circles(nva, seed=seed + 1000)
 
-    heur = _sweep(ctx, cfg, "alpha", cfg["alphas"], heur_data, lambda: MLP(3, cfg["heur_width"], cfg["depth"]),
-                  cfg["heur_epochs"])
-    ex = _sweep(ctx, dict(cfg, weight_decay=cfg["ex_weight_decay"]), "beta", cfg["betas"], ex_data, lambda: MLP(3, cfg["ex_width"], cfg["depth"]), cfg["ex_epochs"])
+    heur = _sweep(ctx, cfg, "alpha", cfg.alphas, heur_data, lambda: MLP(3, cfg.heur_width, cfg.depth),
+                  cfg.heur_epochs)
+    ex = _sweep(ctx, dataclasses.replace(cfg, weight_decay=cfg.ex_weight_decay), "beta", cfg.betas, ex_data,
+                lambda: MLP(3, cfg.ex_width, cfg.depth), cfg.ex_epochs)
     _report_sweep(ctx, "heuristic", heur, "α")
     _report_sweep(ctx, "example", ex, "β")
 
-    a0, a1 = cfg["alphas"][0], cfg["alphas"][-1]
+    a0, a1 = cfg.alphas[0], cfg.alphas[-1]
     ok, ev = _direction(heur, a0, a1, entropy_up=False)
     rep.decide("c1_heuristic", ok, f"α: {ev}; val acc {heur['acc'][a0]:.3f} -> {heur['acc'][a1]:.3f}")
-    b0, b1 = cfg["betas"][0], cfg["betas"][-1]
+    b0, b1 = cfg.betas[0], cfg.betas[-1]
     ok, ev = _direction(ex, b0, b1, entropy_up=True)
     rep.decide("c2_example", ok, f"β: {ev}; val acc {ex['acc'][b0]:.3f} -> {ex['acc'][b1]:.3f}")
 
@@ -177,13 +212,13 @@ def run(ctx: RunContext) -> None:
     rep.metric("tau_example", tau_e)
     rep.table([["heuristic (α)", tau_h["entropy"], tau_h["mi"]], ["example (β)", tau_e["entropy"], tau_e["mi"]]],
               ["sweep", "τ mean entropy", "τ mean MI"], title="Kendall τ vs validation accuracy")
-    rep.decide("c3_ranking", *_ranking(tau_h, tau_e, len(cfg["alphas"])))
+    rep.decide("c3_ranking", *_ranking(tau_h, tau_e, len(cfg.alphas)))
 
-    if not cfg["text"]:
+    if not cfg.text:
         rep.decide("c4_text", None, f"undecided: the text family is not run in the {ctx.preset} preset "
                                     "(runs in small and gpu)")
         return
-    n = cfg["text_n"]
+    n = cfg.text_n
 
     def text_data(alpha, seed):
         x, y, _ = sentiment_text(n, alpha=alpha, seed=seed)
@@ -191,9 +226,9 @@ def run(ctx: RunContext) -> None:
         return (x, y), (xv, yv)
 
     vocab = sentiment_text(1)[2]
-    text = _sweep(ctx, dict(cfg, lr=2e-3, batch=128), "text_alpha", [cfg["alphas"][0], cfg["alphas"][-1]],
-                  text_data, lambda: PositionalMLP(vocab, 12), cfg["text_epochs"])
+    text = _sweep(ctx, dataclasses.replace(cfg, lr=2e-3, batch=128), "text_alpha", [cfg.alphas[0], cfg.alphas[-1]],
+                  text_data, lambda: PositionalMLP(vocab, 12), cfg.text_epochs)
     _report_sweep(ctx, "text", text, "α")
-    t0, t1 = cfg["alphas"][0], cfg["alphas"][-1]
+    t0, t1 = cfg.alphas[0], cfg.alphas[-1]
     ok, ev = _direction(text, t0, t1, entropy_up=False)
     rep.decide("c4_text", ok, f"text α: {ev}; val acc {text['acc'][t0]:.3f} -> {text['acc'][t1]:.3f}")

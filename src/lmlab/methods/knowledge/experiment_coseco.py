@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 
 import numpy as np
 
-from lmlab.experiment import RunContext, experiment
+from lmlab.experiment import RunContext, experiment, presets
 from lmlab.hf import MiniLMEncoder
 from lmlab.methods.knowledge.coseco import (
     EncoderChoiceScorer,
@@ -51,18 +52,51 @@ CLAIMS = {
     "real_obqa_gain": "Appending generated ConceptNet paths improves OpenBookQA multiple-choice accuracy over no "
                       "knowledge and over random KG paths.",
 }
-GEN = dict(k=2, branch_at="relation", p_mask=0.33, batch=32, lr=3e-3, n_heads=4)
-PRESETS = {
-    "tiny": dict(GEN, n_objects=80, n_novel=20, sentences_per_object=10, steps=800, d_model=64, n_layers=2,
-                 vocab_size=600, n_qa_train=10, question_variants=5, real=False, real_steps=3000,
-                 real_d_model=128, real_layers=3, real_vocab=2000, obqa_train=1000),
-    "small": dict(GEN, n_objects=300, n_novel=40, sentences_per_object=8, steps=3000, d_model=96, n_layers=3,
-                  vocab_size=1000, n_qa_train=10, question_variants=5, real=True, real_steps=3000,
-                  real_d_model=128, real_layers=3, real_vocab=2000, obqa_train=1000),
-    "gpu": dict(GEN, n_objects=400, n_novel=100, sentences_per_object=20, steps=4000, d_model=128, n_layers=4,
-                vocab_size=1500, n_qa_train=10, question_variants=5, real=True, real_steps=12000, batch=64,
-                real_d_model=256, real_layers=6, real_vocab=4000, obqa_train=4957),
-}
+
+
+@dataclass
+class CoSeCoConfig:
+    """One run: a GPT path generator trained on sentence→path pairs of a synthetic commonsense world, its
+    paths for questions of an unseen template scored against gold and random KG paths, and a MiniLM
+    multiple-choice scorer fitted with each knowledge source appended; with `real`, the same on ConceptNet
+    paths paired with OpenBookQA fact sentences, and OpenBookQA multiple choice."""
+
+    # the generator and its decoding (both parts)
+    k: int = 2  # paths generated (or sampled at random) per input
+    branch_at: str = "relation"  # diverse-path search branches at the first relation token
+    p_mask: float = 0.33  # training: chance of masking an entity mention that also occurs in the path
+    batch: int = 32
+    lr: float = 3e-3
+    n_heads: int = 4
+    # synthetic world
+    n_objects: int = 80  # objects in the KG
+    n_novel: int = 20  # objects absent from the KG (novel_entities)
+    sentences_per_object: int = 10
+    steps: int = 800
+    d_model: int = 64
+    n_layers: int = 2
+    vocab_size: int = 600  # BPE vocabulary
+    n_qa_train: int = 10  # objects whose questions fit the QA scorer
+    question_variants: int = 5  # questions per object
+    # ConceptNet + OpenBookQA part
+    real: bool = False
+    real_steps: int = 3000
+    real_d_model: int = 128
+    real_layers: int = 3
+    real_vocab: int = 2000
+    obqa_train: int = 1000  # OpenBookQA training questions that fit the QA scorer
+
+
+PRESETS = presets(
+    CoSeCoConfig,
+    tiny={},
+    small={"n_objects": 300, "n_novel": 40, "sentences_per_object": 8, "steps": 3000, "d_model": 96, "n_layers": 3,
+           "vocab_size": 1000, "real": True},
+    gpu={"n_objects": 400, "n_novel": 100, "sentences_per_object": 20, "steps": 4000, "d_model": 128, "n_layers": 4,
+         "vocab_size": 1500, "real": True, "real_steps": 12000, "batch": 64, "real_d_model": 256, "real_layers": 6,
+         "real_vocab": 4000, "obqa_train": 4957},
+)
+
 METRICS_NOTE = ("Metrics (CoSe-Co's definitions as the spec gives them; `path_metrics`): relevance = BLEU with each "
                 "triple as a unigram — an input's k paths together against its gold paths, counts clipped, brevity "
                 "penalty — averaged over inputs; diversity = 1 − mean pairwise IoU of the k paths' entity sets, 0 "
@@ -82,7 +116,7 @@ def run(ctx: RunContext) -> None:
     encoder = MiniLMEncoder(device=str(ctx.device))
     run_synthetic(ctx, encoder)
     real = ("real_relevant_knowledge", "real_obqa_gain")
-    if not ctx.cfg["real"]:
+    if not ctx.cfg.real:
         for cid in real:
             ctx.report.decide(cid, None, "undecided: ConceptNet + OpenBookQA run in the small and gpu presets")
         return
@@ -97,9 +131,9 @@ def run(ctx: RunContext) -> None:
 def train_generator(ctx, items, texts, relations, steps, d_model, n_layers, vocab) -> PathGenerator:
     c = ctx.cfg
     gen = PathGenerator.create(texts, relations, "bpe", vocab, n_layers=n_layers, d_model=d_model,
-                               n_heads=c["n_heads"], seq_len=192, device=ctx.device, max_answer=40)
-    losses = train_reader(gen, lambda r: training_pairs(r.sample(items, min(c["batch"], len(items))), r, c["p_mask"]),
-                          steps, lr=c["lr"], seed=ctx.seed)
+                               n_heads=c.n_heads, seq_len=192, device=ctx.device, max_answer=40)
+    losses = train_reader(gen, lambda r: training_pairs(r.sample(items, min(c.batch, len(items))), r, c.p_mask),
+                          steps, lr=c.lr, seed=ctx.seed)
     ctx.log(f"generator: {gen.model.num_params() / 1e6:.2f}M params, {steps} steps, "
             f"final loss {np.mean(losses[-50:]):.3f}")
     return gen
@@ -129,26 +163,26 @@ def bar_figure(ctx, values: dict[str, float], name: str, title: str, ylabel: str
 # ---------------------------------------------------------------------- synthetic world
 def run_synthetic(ctx: RunContext, encoder) -> None:
     c, rep = ctx.cfg, ctx.report
-    w = commonsense_world(c["n_objects"], c["n_novel"], seed=ctx.seed)
+    w = commonsense_world(c.n_objects, c.n_novel, seed=ctx.seed)
     rng = random.Random(ctx.seed)
-    corpus = [w.sentence(o, rng) for o in w.kg_objects for _ in range(c["sentences_per_object"])]
+    corpus = [w.sentence(o, rng) for o in w.kg_objects for _ in range(c.sentences_per_object)]
     items = build_dataset(w.kg, corpus, max_hops=2)
     rep.metric("synthetic/sentence_path_pairs", len(items))
     relations = w.full_kg.relations()
     texts = corpus + [linearise(p) for it in items for p in it.paths]
-    gen = train_generator(ctx, items, texts, relations, c["steps"], c["d_model"], c["n_layers"], c["vocab_size"])
+    gen = train_generator(ctx, items, texts, relations, c.steps, c.d_model, c.n_layers, c.vocab_size)
     train_ents = {e for it in items for p in it.paths for e in entities_of(p)}
 
     # generated knowledge for unseen question templates: KG objects outside QA training, and novel objects
-    qa_train_objs = w.kg_objects[: c["n_qa_train"]]
-    test_objs = w.kg_objects[c["n_qa_train"]:][-40:]
+    qa_train_objs = w.kg_objects[: c.n_qa_train]
+    test_objs = w.kg_objects[c.n_qa_train:][-40:]
     groups = {"train": qa_train_objs, "kg_objects": test_objs, "novel_objects": w.novel_objects}
-    questions = {g: [w.question(o, rng) for o in objs for _ in range(c["question_variants"])]
+    questions = {g: [w.question(o, rng) for o in objs for _ in range(c.question_variants)]
                  for g, objs in groups.items()}
-    generated = {g: gen.generate([q.question for q in qs], k=c["k"], branch_at=c["branch_at"])
+    generated = {g: gen.generate([q.question for q in qs], k=c.k, branch_at=c.branch_at)
                  for g, qs in questions.items()}
     random_paths = sample_paths(w.kg, 4000, hops=(2, 2), seed=ctx.seed + 1)
-    rnd = {g: [rng.sample(random_paths, c["k"]) for _ in qs] for g, qs in questions.items()}
+    rnd = {g: [rng.sample(random_paths, c.k) for _ in qs] for g, qs in questions.items()}
 
     rows, metrics = [], {}
     for g in ("kg_objects", "novel_objects"):
@@ -160,7 +194,7 @@ def run_synthetic(ctx: RunContext, encoder) -> None:
             for key in ("relevance", "gold_hit", "validity", "diversity", "novelty"):
                 rep.metric(f"synthetic/{g}/{src.split()[0]}/{key}", m[key])
     rep.table(rows, ["inputs (question template)", "paths", "relevance", "gold path hit", "validity", "diversity",
-                     "novelty"], title=f"Synthetic: {c['k']} generated paths per question vs random KG paths")
+                     "novelty"], title=f"Synthetic: {c.k} generated paths per question vs random KG paths")
     rep.text(METRICS_NOTE)
     example = questions["kg_objects"][0]
     rep.text(f"Example: *{example.question}* → " + " | ".join(linearise(p) for p in generated["kg_objects"][0]))
@@ -256,12 +290,12 @@ def run_real(ctx: RunContext, root, encoder) -> None:
     rep.metric("real/sentence_path_pairs", len(items))
     ctx.log(f"ConceptNet {len(kg)} triples, {len(sentences)} sentences -> {len(items)} sentence-path pairs")
     texts = [it.sentence for it in train] + [linearise(p) for it in train for p in it.paths]
-    gen = train_generator(ctx, train, texts, kg.relations(), c["real_steps"], c["real_d_model"], c["real_layers"],
-                          c["real_vocab"])
+    gen = train_generator(ctx, train, texts, kg.relations(), c.real_steps, c.real_d_model, c.real_layers,
+                          c.real_vocab)
     train_ents = {e for it in train for p in it.paths for e in entities_of(p)}
-    generated = gen.generate([it.sentence for it in dev], k=c["k"], branch_at=c["branch_at"])
+    generated = gen.generate([it.sentence for it in dev], k=c.k, branch_at=c.branch_at)
     random_paths = sample_paths(kg, 4000, hops=(1, 2), seed=ctx.seed + 1)
-    rnd = [rng.sample(random_paths, c["k"]) for _ in dev]
+    rnd = [rng.sample(random_paths, c.k) for _ in dev]
     gold = [it.paths for it in dev]
     m_gen = path_metrics(generated, gold, kg, train_ents)
     m_rnd = path_metrics(rnd, gold, kg, train_ents)
@@ -273,18 +307,18 @@ def run_real(ctx: RunContext, root, encoder) -> None:
         rep.metric(f"real/generated/{key}", m_gen[key])
         rep.metric(f"real/random/{key}", m_rnd[key])
 
-    qa_train = obqa(root / "openbookqa" / "train.jsonl", c["obqa_train"], rng)
+    qa_train = obqa(root / "openbookqa" / "train.jsonl", c.obqa_train, rng)
     qa_test = obqa(root / "openbookqa" / "test.jsonl", None, rng)
-    retriever = Retriever(kg, "bm25", c["k"], linker=linker)
+    retriever = Retriever(kg, "bm25", c.k, linker=linker)
 
     def knowledge(qs, source):
         if source == "none":
             return [[] for _ in qs]
         if source == "random KG paths":
-            return [rng.sample(random_paths, c["k"]) for _ in qs]
+            return [rng.sample(random_paths, c.k) for _ in qs]
         if source == "BM25 KG triples":
             return [[[s.triple] for s in got] for got in retriever.retrieve_many([q for q, _, _ in qs])]
-        return gen.generate([q for q, _, _ in qs], k=c["k"], branch_at=c["branch_at"])
+        return gen.generate([q for q, _, _ in qs], k=c.k, branch_at=c.branch_at)
 
     acc = {}
     def items(qs, source):

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
-from lmlab.experiment import RunContext, experiment
+from lmlab.experiment import RunContext, experiment, presets
 from lmlab.hf import MiniLMEncoder
 from lmlab.methods.knowledge.kg import (
     KnowledgeGraph,
@@ -47,18 +48,48 @@ CLAIMS = {
     "real_lama_updates": "On the real LAMA KG, after each probed fact is swapped for another object of its "
                          "relation (no retraining), the answers follow the swapped facts.",
 }
-MODEL = dict(k=2, batch=16, lr=3e-3, n_heads=4)
-PRESETS = {
-    "tiny": dict(MODEL, n_train_people=4000, n_test_people=150, steps=1000, d_model=64, n_layers=2, vocab_size=800,
-                 dense=True, lama=False, lama_per_relation=300, lama_test_frac=0.25, lama_max_eval=400,
-                 lama_steps=3000, lama_d_model=128, lama_layers=4, lama_vocab=3000, lama_distractors=3),
-    "small": dict(MODEL, n_train_people=4000, n_test_people=150, steps=1000, d_model=64, n_layers=2, vocab_size=800,
-                  dense=True, lama=True, lama_per_relation=300, lama_test_frac=0.25, lama_max_eval=400,
-                  lama_steps=3000, lama_d_model=128, lama_layers=4, lama_vocab=3000, lama_distractors=3),
-    "gpu": dict(MODEL, n_train_people=20000, n_test_people=500, steps=3000, d_model=128, n_layers=4, vocab_size=1500,
-                batch=64, dense=True, lama=True, lama_per_relation=1000, lama_test_frac=0.25, lama_max_eval=2000,
-                lama_steps=8000, lama_d_model=256, lama_layers=6, lama_vocab=6000, lama_distractors=3),
-}
+
+
+@dataclass
+class LMCoreConfig:
+    """One run: a GPT reader trained on verbalised facts and probes about a synthetic world of fictional
+    people, probed on a separate KG of unseen people with each retriever's top-`k` facts in its input; with
+    `lama`, a second reader trained and probed the same way on real LAMA facts (subject-disjoint split)."""
+
+    # the reader, and the retrieved facts put in its input (both parts)
+    k: int = 2  # retrieved facts per probe
+    batch: int = 16
+    lr: float = 3e-3
+    n_heads: int = 4
+    # synthetic world: the reader trains on n_train_people (too many facts to memorise), is probed on others
+    n_train_people: int = 4000
+    n_test_people: int = 150
+    steps: int = 1000
+    d_model: int = 64
+    n_layers: int = 2
+    vocab_size: int = 800  # BPE vocabulary
+    dense: bool = True  # also a MiniLM dense retriever (the one that can match paraphrased probes)
+    # real LAMA T-REx + Google-RE part
+    lama: bool = False
+    lama_per_relation: int = 300
+    lama_test_frac: float = 0.25  # share of subjects held out for probing
+    lama_max_eval: int = 400  # held-out probes evaluated
+    lama_steps: int = 3000
+    lama_d_model: int = 128
+    lama_layers: int = 4
+    lama_vocab: int = 3000
+    lama_distractors: int = 3  # facts under other relations added per subject, so retrieval has to rank
+
+
+PRESETS = presets(
+    LMCoreConfig,
+    tiny={},
+    small={"lama": True},
+    gpu={"n_train_people": 20000, "n_test_people": 500, "steps": 3000, "d_model": 128, "n_layers": 4,
+         "vocab_size": 1500, "batch": 64, "lama": True, "lama_per_relation": 1000, "lama_max_eval": 2000,
+         "lama_steps": 8000, "lama_d_model": 256, "lama_layers": 6, "lama_vocab": 6000},
+)
+
 HELP_MARGIN = 0.5  # "far better": accuracy gain with knowledge, absolute
 UPDATE_TOL = 0.05  # answers after an edit may trail pre-edit accuracy by at most this
 NOISE = 0.03  # sampling slack on top of the guessing bound (n ≈ 600 probes: standard error ≤ 0.02)
@@ -68,10 +99,10 @@ NOISE = 0.03  # sampling slack on top of the guessing bound (n ≈ 600 probes: s
 def run(ctx: RunContext) -> None:
     if ctx.device.type == "cpu":
         tiny_threads()  # tiny models on a few shared cores run far faster single-threaded
-    encoder = MiniLMEncoder(device=str(ctx.device)) if ctx.cfg["dense"] else None
+    encoder = MiniLMEncoder(device=str(ctx.device)) if ctx.cfg.dense else None
     run_synthetic(ctx, encoder)
     real = ("real_lama_knowledge", "real_lama_updates")
-    if not ctx.cfg["lama"]:
+    if not ctx.cfg.lama:
         for cid in real:
             ctx.report.decide(cid, None, "undecided: real LAMA probes run in the small and gpu presets")
         return
@@ -101,10 +132,10 @@ def make_retrievers(kg: KnowledgeGraph, k: int, encoder, seed: int) -> dict:
 def train(ctx: RunContext, kg: KnowledgeGraph, probes: list[Probe], texts: list[str], steps: int, d_model: int,
           n_layers: int, vocab: int) -> tuple[GPTReader, list[float]]:
     c = ctx.cfg
-    reader = GPTReader.create(texts, "bpe", vocab, n_layers, d_model, c["n_heads"], seq_len=256, device=ctx.device)
+    reader = GPTReader.create(texts, "bpe", vocab, n_layers, d_model, c.n_heads, seq_len=256, device=ctx.device)
     triples = kg.triples
-    losses = train_reader(reader, lambda r: [training_example(kg, p, c["k"], r, triples)
-                                             for p in r.sample(probes, c["batch"])], steps, lr=c["lr"], seed=ctx.seed)
+    losses = train_reader(reader, lambda r: [training_example(kg, p, c.k, r, triples)
+                                             for p in r.sample(probes, c.batch)], steps, lr=c.lr, seed=ctx.seed)
     ctx.log(f"trained {reader.model.num_params() / 1e6:.2f}M-param reader for {steps} steps; "
             f"final loss {np.mean(losses[-50:]):.3f}")
     return reader, losses
@@ -114,14 +145,14 @@ def retrieval_table(ctx, reader, kg, styles: dict[str, list[Probe]], retrievers:
     rows = []
     for style, probes in styles.items():
         for name, src in retrievers.items():
-            r = evaluate(reader, kg, probes, src, ctx.cfg["k"])
+            r = evaluate(reader, kg, probes, src, ctx.cfg.k)
             rows.append({"probes": style, "retriever": name, **{k: v for k, v in r.items() if k != "predictions"}})
             ctx.report.metric(f"{tag}/{style}/{name}/accuracy", r["accuracy"])
             ctx.report.metric(f"{tag}/{style}/{name}/recall_at_k", r["recall"])
     ctx.report.table([[r["probes"], r["retriever"], r["recall"], r["accuracy"], r["acc_if_retrieved"],
                        r["acc_if_missed"]] for r in rows],
-                     ["probes", "knowledge", f"recall@{ctx.cfg['k']}", "accuracy", "acc | gold retrieved",
-                      "acc | gold missed"], title=f"{tag}: probe accuracy next to retrieval recall@{ctx.cfg['k']}")
+                     ["probes", "knowledge", f"recall@{ctx.cfg.k}", "accuracy", "acc | gold retrieved",
+                      "acc | gold missed"], title=f"{tag}: probe accuracy next to retrieval recall@{ctx.cfg.k}")
     return rows
 
 
@@ -131,7 +162,7 @@ def update_eval(ctx, reader, kg, new_probes: list[Probe], old: dict, retrievers:
     for name in ("none", "bm25", "dense"):
         if name not in retrievers:
             continue
-        r = evaluate(reader, kg, new_probes, retrievers[name], ctx.cfg["k"])
+        r = evaluate(reader, kg, new_probes, retrievers[name], ctx.cfg.k)
         old_ans = [old[(p.subject, p.relation)] for p in new_probes]
         agree_old = float(np.mean([a.lower() == b.lower() for a, b in zip(r["predictions"], old_ans)]))
         out[name] = {"new": r["accuracy"], "old": agree_old, "recall": r["recall"]}
@@ -151,7 +182,7 @@ def scatter(ctx, rows: list[dict], name: str, title: str) -> None:
             ax.annotate(r["retriever"], (r["recall"], r["accuracy"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="accuracy = recall@k")
-    ax.set_xlabel(f"retrieval recall@{ctx.cfg['k']}")
+    ax.set_xlabel(f"retrieval recall@{ctx.cfg.k}")
     ax.set_ylabel("probe accuracy (exact match)")
     ax.set_title(title)
     ax.legend(fontsize=7)
@@ -161,14 +192,14 @@ def scatter(ctx, rows: list[dict], name: str, title: str) -> None:
 # ---------------------------------------------------------------------- synthetic world
 def run_synthetic(ctx: RunContext, encoder) -> None:
     c, rep = ctx.cfg, ctx.report
-    test = person_world(c["n_test_people"], seed=ctx.seed)
-    world = person_world(c["n_train_people"], seed=ctx.seed + 1, pools=test.pools, exclude=set(test.people))
+    test = person_world(c.n_test_people, seed=ctx.seed)
+    world = person_world(c.n_train_people, seed=ctx.seed + 1, pools=test.pools, exclude=set(test.people))
     train_probes = world.probes() + world.probes(paraphrase=True)
     texts = [world.kg.verbalise(t) for t in world.kg] + [p.prompt() for p in train_probes]
-    reader, losses = train(ctx, world.kg, train_probes, texts, c["steps"], c["d_model"], c["n_layers"],
-                           c["vocab_size"])
+    reader, losses = train(ctx, world.kg, train_probes, texts, c.steps, c.d_model, c.n_layers,
+                           c.vocab_size)
     rep.metric("synthetic/final_train_loss", float(np.mean(losses[-50:])))
-    retrievers = make_retrievers(test.kg, c["k"], encoder, ctx.seed)
+    retrievers = make_retrievers(test.kg, c.k, encoder, ctx.seed)
     styles = {"templates": test.probes(), "paraphrases": test.probes(paraphrase=True)}
     rows = retrieval_table(ctx, reader, test.kg, styles, retrievers, "synthetic")
     acc = {(r["probes"], r["retriever"]): r for r in rows}
@@ -179,7 +210,7 @@ def run_synthetic(ctx: RunContext, encoder) -> None:
     gain = before - none
     rep.decide("knowledge_helps", gain >= HELP_MARGIN,
                f"unseen people, template probes (n={len(styles['templates'])}): accuracy {before:.3f} with BM25 "
-               f"top-{c['k']} knowledge vs {none:.3f} for the same model with no knowledge (gain {gain:+.3f}; "
+               f"top-{c.k} knowledge vs {none:.3f} for the same model with no knowledge (gain {gain:+.3f}; "
                f"held if ≥ {HELP_MARGIN}). Paraphrase probes: dense {_get(acc, 'paraphrases', 'dense')} vs none "
                f"{acc[('paraphrases', 'none')]['accuracy']:.3f}.")
 
@@ -203,7 +234,7 @@ def run_synthetic(ctx: RunContext, encoder) -> None:
     rep.metric("synthetic/chance", chance)
     rep.decide("retrieval_bounds_accuracy", over <= NOISE and rho >= 0.7,
                f"over {len(pts)} retriever × probe-style conditions: max(accuracy − bound) = {over:+.3f} where bound = "
-               f"recall@{c['k']} + (1 − recall)·chance and chance = {chance:.3f} is uniform guessing among the "
+               f"recall@{c.k} + (1 − recall)·chance and chance = {chance:.3f} is uniform guessing among the "
                f"relation's objects (held if ≤ {NOISE}); Spearman ρ(recall, accuracy) = {rho:.2f} (held if ≥ 0.7). "
                f"Paraphrase probes: BM25 recall {acc[('paraphrases', 'bm25')]['recall']:.2f} → accuracy "
                f"{acc[('paraphrases', 'bm25')]['accuracy']:.2f}; dense recall {_get(acc, 'paraphrases', 'dense', 'recall')}"
@@ -283,35 +314,35 @@ def add_facts(kg: KnowledgeGraph, facts, templates: dict[str, str]) -> None:
 
 def run_lama(ctx: RunContext, folder, encoder) -> None:
     c, rep = ctx.cfg, ctx.report
-    probes = lama_probes(folder, c["lama_per_relation"])
+    probes = lama_probes(folder, c.lama_per_relation)
     rng = random.Random(ctx.seed)
     subjects = sorted({p.subject for p in probes})
     rng.shuffle(subjects)
-    test_subj = set(subjects[: int(len(subjects) * c["lama_test_frac"])])
+    test_subj = set(subjects[: int(len(subjects) * c.lama_test_frac)])
     train_p = [p for p in probes if p.subject not in test_subj]
     test_p = [p for p in probes if p.subject in test_subj]
-    test_p = rng.sample(test_p, min(len(test_p), c["lama_max_eval"]))
+    test_p = rng.sample(test_p, min(len(test_p), c.lama_max_eval))
     kg = kg_from_probes(probes)
     train_kg = kg_from_probes(train_p)
-    distract = distractor_facts(probes, c["lama_distractors"], random.Random(ctx.seed + 11))
+    distract = distractor_facts(probes, c.lama_distractors, random.Random(ctx.seed + 11))
     add_facts(kg, (t for ts in distract.values() for t in ts), kg.templates)
     add_facts(train_kg, (t for p in train_p for t in distract[p.subject]), kg.templates)
     n_cand = float(np.mean([len(kg.about(p.subject)) for p in test_p])) if test_p else float("nan")
-    rep.metric("lama/distractors_per_subject", c["lama_distractors"])
+    rep.metric("lama/distractors_per_subject", c.lama_distractors)
     rep.metric("lama/mean_subject_facts", n_cand)
     rep.metric("lama/facts", len(kg))
     rep.metric("lama/train_probes", len(train_p))
     rep.metric("lama/test_probes", len(test_p))
     ctx.log(f"LAMA: {len(kg)} facts, {len(train_p)} training probes, {len(test_p)} held-out-subject probes")
     texts = [train_kg.verbalise(t) for t in train_kg]
-    reader, losses = train(ctx, train_kg, train_p, texts, c["lama_steps"], c["lama_d_model"], c["lama_layers"],
-                           c["lama_vocab"])
+    reader, losses = train(ctx, train_kg, train_p, texts, c.lama_steps, c.lama_d_model, c.lama_layers,
+                           c.lama_vocab)
     rep.metric("lama/final_train_loss", float(np.mean(losses[-50:])))
-    retrievers = make_retrievers(kg, c["k"], encoder, ctx.seed)
+    retrievers = make_retrievers(kg, c.k, encoder, ctx.seed)
     rows = retrieval_table(ctx, reader, kg, {"templates": test_p}, retrievers, "lama")
     acc = {r["retriever"]: r for r in rows}
     per_rel = defaultdict(list)
-    preds = evaluate(reader, kg, test_p, retrievers["bm25"], c["k"])["predictions"]
+    preds = evaluate(reader, kg, test_p, retrievers["bm25"], c.k)["predictions"]
     for p, y in zip(test_p, preds):
         per_rel[p.relation].append(y.lower() == p.answer.lower())
     rep.table([[r, len(v), float(np.mean(v))] for r, v in sorted(per_rel.items())], ["relation", "probes", "P@1 (bm25)"],
@@ -333,10 +364,10 @@ def run_lama(ctx: RunContext, folder, encoder) -> None:
     before, gain = acc["bm25"]["accuracy"], acc["bm25"]["accuracy"] - acc["none"]["accuracy"]
     rep.decide("real_lama_knowledge", gain >= HELP_MARGIN,
                f"{len(test_p)} probes on held-out subjects ({len(kg)} facts; a probed subject has {n_cand:.1f} facts "
-               f"on average, its probed fact plus {c['lama_distractors']} distractors under other relations): P@1 "
-               f"{before:.3f} with BM25 top-{c['k']} (recall@{c['k']} {acc['bm25']['recall']:.3f}), {_fmt(acc, 'dense')} "
-               f"with dense (recall@{c['k']} {_fmt(acc, 'dense', 'recall')}), {acc['entity']['accuracy']:.3f} with the "
-               f"subject's facts in random order, i.e. retrieval without ranking (recall@{c['k']} "
+               f"on average, its probed fact plus {c.lama_distractors} distractors under other relations): P@1 "
+               f"{before:.3f} with BM25 top-{c.k} (recall@{c.k} {acc['bm25']['recall']:.3f}), {_fmt(acc, 'dense')} "
+               f"with dense (recall@{c.k} {_fmt(acc, 'dense', 'recall')}), {acc['entity']['accuracy']:.3f} with the "
+               f"subject's facts in random order, i.e. retrieval without ranking (recall@{c.k} "
                f"{acc['entity']['recall']:.3f}; the probe and the verbalised facts share the relation template's "
                f"words, which is what lets BM25 rank the probed fact first), "
                f"{acc['oracle']['accuracy']:.3f} with oracle, {acc['none']['accuracy']:.3f} without knowledge (gain "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import csv
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from scipy.stats import mannwhitneyu
 from sklearn.metrics import adjusted_rand_score
 
 from lmlab.classifier import accuracy, train_classifier
-from lmlab.experiment import RunContext, experiment
+from lmlab.experiment import RunContext, experiment, presets
 from lmlab.hf import load_model, load_tokenizer, minilm_path
 from lmlab.methods.lmc.connectivity import (
     axis_correlation,
@@ -35,15 +36,45 @@ from lmlab.methods.lmc.connectivity import (
 from lmlab.methods.lmc.tasks import HansLikeNLI, finetune_child, pretrain_parent
 from lmlab.utils import LmlabError
 
-BASE = dict(parent_steps=300, n_train=2000, epochs=6, lr=2e-3, new_head=False, n_children=8,
-            planted_p=[0.0, 0.2], emergent_p=0.01, n_eval=512, n_points=10, delta=1.0, minilm=False)
-PRESETS = {
-    "tiny": dict(BASE),
-    "small": dict(BASE, n_children=16, minilm=True, minilm_models=6, minilm_n_train=1500, minilm_epochs=1,
-                  minilm_lr=5e-5, minilm_p=0.05, minilm_eval=256),
-    "gpu": dict(BASE, n_children=16, minilm=True, minilm_models=8, minilm_n_train=4000, minilm_epochs=2,
-                minilm_lr=5e-5, minilm_p=0.05, minilm_eval=512),
-}
+
+@dataclass
+class Config:
+    """One run: a masked-token parent pretrained on the HANS-like NLI task, `n_children` fine-tunes of it in
+    the planted regime (alternating p_swap from `planted_p`) and `n_children` in the emergent regime (all at
+    `emergent_p`), each set's pairwise barrier matrix clustered; the real-data check on McCoy's feather BERTs;
+    with `minilm`, seeds of the packaged MiniLM fine-tuned on the task's text form, analysed the same way."""
+
+    # parent and children
+    parent_steps: int = 300
+    n_train: int = 2000  # training examples per child
+    epochs: int = 6
+    lr: float = 2e-3
+    new_head: bool = False  # children keep the parent's head (see the module docstring)
+    n_children: int = 8  # per regime
+    planted_p: list[float] = field(default_factory=lambda: [0.0, 0.2])  # the two families' swap rates
+    emergent_p: float = 0.01  # the one swap rate of every emergent-regime child
+    # barriers and clustering
+    n_eval: int = 512  # examples in each of the ID and diagnostic eval sets
+    n_points: int = 10  # points on each interpolation path
+    delta: float = 1.0  # spectral-clustering affinity exp(−D²/2δ²)
+    # MiniLM arm (the minilm_* keys are read only when minilm is on)
+    minilm: bool = False
+    minilm_models: int = 6  # fine-tuned seeds
+    minilm_n_train: int = 1500
+    minilm_epochs: int = 1
+    minilm_lr: float = 5e-5
+    minilm_p: float = 0.05
+    minilm_eval: int = 256
+
+
+PRESETS = presets(
+    Config,
+    tiny={},
+    small={"n_children": 16, "minilm": True},
+    gpu={"n_children": 16, "minilm": True, "minilm_models": 8, "minilm_n_train": 4000, "minilm_epochs": 2,
+         "minilm_eval": 512},
+)
+
 ARI_OK, SEPARATION = 0.8, 3.0  # spec §8.2: ARI >= 0.8, between-cluster barrier >= 3x within
 DIAG_LOW, DIAG_HIGH, ID_GAP = 0.2, 0.6, 0.02
 R_OK = 0.5
@@ -51,19 +82,19 @@ SMALL_CLUSTER = (15, 25, 26, 42, 44, 46, 56, 61, 63, 70, 73, 89)  # Juneja et al
 LO_MARGIN, AUC_OK = 0.05, 0.8
 
 
-def _children(task, parent, ps, cfg, seed0):
-    xi, yi, _ = task.sample(cfg["n_eval"], split="id", seed=seed0 + 1)
-    xd, yd, _ = task.sample(cfg["n_eval"], split="diagnostic", seed=seed0 + 2)
+def _children(task, parent, ps, cfg: Config, seed0):
+    xi, yi, _ = task.sample(cfg.n_eval, split="id", seed=seed0 + 1)
+    xd, yd, _ = task.sample(cfg.n_eval, split="diagnostic", seed=seed0 + 2)
     sds, info = {}, []
     for c, p in enumerate(ps):
-        x, y, _ = task.sample(cfg["n_train"], p_swap=p, seed=seed0 + 100 + c)
-        child = finetune_child(parent, x, y, seed=seed0 + c, epochs=cfg["epochs"], lr=cfg["lr"],
-                               new_head=cfg["new_head"])
+        x, y, _ = task.sample(cfg.n_train, p_swap=p, seed=seed0 + 100 + c)
+        child = finetune_child(parent, x, y, seed=seed0 + c, epochs=cfg.epochs, lr=cfg.lr,
+                               new_head=cfg.new_head)
         name = f"s{c}_p{p:g}"
         sds[name] = {k: v.detach().clone() for k, v in child.state_dict().items()}
         info.append({"name": name, "p": p, "id_acc": accuracy(child, xi, yi), "diag_acc": accuracy(child, xd, yd)})
     # a copy as the template: barrier_matrix loads every model into it, and the parent is reused
-    res = barrier_matrix(copy.deepcopy(parent), sds, [(xi, yi)], n_points=cfg["n_points"])
+    res = barrier_matrix(copy.deepcopy(parent), sds, [(xi, yi)], n_points=cfg.n_points)
     return res, info
 
 
@@ -184,28 +215,28 @@ def _minilm(ctx, task) -> None:
                   truncation=True, return_tensors="pt")
         return {k: v.to(dev) for k, v in enc.items()}
 
-    _, _, ti = task.sample(cfg["minilm_eval"], split="id", seed=7001)
-    _, yi, _ = task.sample(cfg["minilm_eval"], split="id", seed=7001)
-    _, yd, td = task.sample(cfg["minilm_eval"], split="diagnostic", seed=7002)
+    _, _, ti = task.sample(cfg.minilm_eval, split="id", seed=7001)
+    _, yi, _ = task.sample(cfg.minilm_eval, split="id", seed=7001)
+    _, yd, td = task.sample(cfg.minilm_eval, split="diagnostic", seed=7002)
     xi, xd = encode(ti), encode(td)
     yi, yd = yi.to(dev), yd.to(dev)
     sds, info, template = {}, [], None
-    for s in range(cfg["minilm_models"]):
-        _, y, texts = task.sample(cfg["minilm_n_train"], p_swap=cfg["minilm_p"], seed=8000 + s)
+    for s in range(cfg.minilm_models):
+        _, y, texts = task.sample(cfg.minilm_n_train, p_swap=cfg.minilm_p, seed=8000 + s)
         torch.manual_seed(s)  # head init
         model = load_model(path, kind="classifier", num_labels=2).float().to(dev)  # fp32 from a half copy too
-        train_classifier(model, encode(texts), y.to(dev), cfg["minilm_epochs"], lr=cfg["minilm_lr"],
+        train_classifier(model, encode(texts), y.to(dev), cfg.minilm_epochs, lr=cfg.minilm_lr,
                          batch_size=32, seed=s)
         name = f"minilm_s{s}"
         sds[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        info.append({"name": name, "p": cfg["minilm_p"], "id_acc": accuracy(model, xi, yi),
+        info.append({"name": name, "p": cfg.minilm_p, "id_acc": accuracy(model, xi, yi),
                      "diag_acc": accuracy(model, xd, yd)})
         ctx.log(f"{name}: ID acc {info[-1]['id_acc']:.3f}, diagnostic acc {info[-1]['diag_acc']:.3f}")
         template = model
     batches = [({k: v[i : i + 64] for k, v in xi.items()}, yi[i : i + 64]) for i in range(0, len(yi), 64)]
-    res = barrier_matrix(template, sds, batches, n_points=cfg["n_points"])
-    out, _, diag = _analyse(ctx, "minilm", res, info, cfg["delta"])
-    rep.decide("c5_minilm", *decide_minilm(out, diag, len(sds), cfg["minilm_p"]))
+    res = barrier_matrix(template, sds, batches, n_points=cfg.n_points)
+    out, _, diag = _analyse(ctx, "minilm", res, info, cfg.delta)
+    rep.decide("c5_minilm", *decide_minilm(out, diag, len(sds), cfg.minilm_p))
 
 
 @experiment(
@@ -231,22 +262,22 @@ def _minilm(ctx, task) -> None:
 def run(ctx: RunContext) -> None:
     cfg, rep = ctx.cfg, ctx.report
     task = HansLikeNLI()
-    parent = pretrain_parent(task, steps=cfg["parent_steps"], seed=ctx.seed)
-    n = cfg["n_children"]
-    planted = [cfg["planted_p"][c % 2] for c in range(n)]
+    parent = pretrain_parent(task, steps=cfg.parent_steps, seed=ctx.seed)
+    n = cfg.n_children
+    planted = [cfg.planted_p[c % 2] for c in range(n)]
     res, info = _children(task, parent, planted, cfg, ctx.seed)
-    out, labels, _ = _analyse(ctx, "planted", res, info, cfg["delta"])
+    out, labels, _ = _analyse(ctx, "planted", res, info, cfg.delta)
     family = [int(p > 0) for p in planted]
     ari = adjusted_rand_score(family, labels)
     rep.metric("planted_ari", ari)
-    rep.decide("c1_basins", *decide_basins(ari, out["within"], out["between"], cfg["delta"]))
+    rep.decide("c1_basins", *decide_basins(ari, out["within"], out["between"], cfg.delta))
     rep.decide("c2_strategy", *decide_strategy(_cluster_strategy(labels, info)))
 
-    res_e, info_e = _children(task, parent, [cfg["emergent_p"]] * n, cfg, ctx.seed + 500)
-    out_e, _, diag_e = _analyse(ctx, "emergent", res_e, info_e, cfg["delta"])
-    rep.decide("c3_emergent", *decide_emergent(diag_e, out_e["r_axis_diag"], out_e["separation"], cfg["emergent_p"]))
+    res_e, info_e = _children(task, parent, [cfg.emergent_p] * n, cfg, ctx.seed + 500)
+    out_e, _, diag_e = _analyse(ctx, "emergent", res_e, info_e, cfg.delta)
+    rep.decide("c3_emergent", *decide_emergent(diag_e, out_e["r_axis_diag"], out_e["separation"], cfg.emergent_p))
     _real_data(ctx)
-    if cfg["minilm"]:
+    if cfg.minilm:
         _minilm(ctx, task)
     else:
         rep.decide("c5_minilm", None, f"undecided: the MiniLM arm is not run in the {ctx.preset} preset "

@@ -13,13 +13,14 @@ from __future__ import annotations
 import itertools
 import random
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from lmlab.data import GeneratorSource, Mixture, in_background
 from lmlab.evaluate import pass_at_k
-from lmlab.experiment import RunContext, experiment
+from lmlab.experiment import RunContext, experiment, presets
 from lmlab.methods.posttrain.general import GeneralSuite, evaluate_general
 from lmlab.methods.posttrain.pipelines import PostTrainConfig, run_pipeline
 from lmlab.methods.posttrain.tasks import get_task, make_split, pretraining_document
@@ -52,53 +53,103 @@ M_NLL = 0.02  # c3/c4: nats of general held-out loss
 M_PASSK_TIE = 0.02  # c4: pass@k_max within this of the best counts as "best"
 M_DATA = 0.05  # c5: RL-gain (pass@1 after - before RL) advantage of the targeted mix over the 2x model
 
-_BASE = {
-    "task": "digitsum", "easy": [2, 3], "hard": [4, 5], "hard_share": 0.1, "noise": 0.1, "task_weight": 0.8,
-    "d_model": 64, "n_layers": 2, "n_heads": 4, "pretrain_docs": 64, "pretrain_lr": 3e-3, "warmup": 30,
-    "pretrain_schedule": "constant",
-    "test_difficulty": 4, "train_difficulties": [3, 4], "n_train": 400, "n_test": 40, "eval_samples": 32,
-    "rl_steps": 30, "rl_prompts": 8, "rl_group": 16, "rl_lr": 3e-4, "rl_scale": "std", "rl_kl": 0.0,
-    "rl_log_kl": True,
-    "sft_steps": 40, "sft_batch": 32, "sft_lr": 1e-3, "gold_limit": 16, "mixed_sft_lr": 1e-3,
-    "pipelines": ["rl", "sft", "sft_gold", "sft_rl", "parallel_avg"], "early_arms": None,
-    "dynamics_every": 0, "dynamics_samples": 16, "data_arm": False, "targeted_hard_share": 0.5, "big_d_model": 96,
-    "general_eval": 96, "seeds": 1, "sample_batch": 512, "max_value": 99,
-    "ready_n": 32,  # RL-readiness (spec §8): base pass@n on this many (fixed) RL training prompts per checkpoint
-    "data_process": None,  # generate pre-training batches in a worker process (None: on CUDA only)
-}
-PRESETS = {
+@dataclass
+class Config:
+    """One run, per seed: pre-train a GPT on a mixture of `task` documents and general text, keep the
+    `checkpoints` (pre-training steps), apply each of the `pipelines` to each checkpoint, and measure pass@k on
+    held-out questions of `test_difficulty` and general capability; with `data_arm`, also RL after pre-training
+    on a mix with more hard problems vs after pre-training a wider model (claim 5). The defaults are the tiny
+    preset."""
+
+    # the task and the pre-training mixture
+    task: str = "digitsum"
+    max_value: int = 99  # task "wordprob" only
+    easy: list[int] = field(default_factory=lambda: [2, 3])
+    hard: list[int] = field(default_factory=lambda: [4, 5])
+    hard_share: float = 0.1
+    noise: float = 0.1
+    task_weight: float = 0.8
+    # the model and pre-training
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    pretrain_docs: int = 64
+    pretrain_lr: float = 3e-3
+    warmup: int = 30
+    pretrain_schedule: str = "constant"
+    pretrain_steps: int = 600
+    checkpoints: list[int] = field(default_factory=lambda: [200, 600])
+    data_process: bool | None = None  # generate pre-training batches in a worker process (None: on CUDA only)
+    # the splits and the evaluation
+    test_difficulty: int = 4
+    train_difficulties: list[int] = field(default_factory=lambda: [3, 4])
+    n_train: int = 400
+    n_test: int = 32
+    eval_samples: int = 32
+    general_eval: int = 64
+    sample_batch: int = 512
+    ready_n: int = 16  # RL-readiness (spec §8): base pass@n on this many (fixed) RL training prompts per checkpoint
+    # post-training
+    rl_steps: int = 30
+    rl_prompts: int = 8
+    rl_group: int = 16
+    rl_lr: float = 3e-4
+    rl_scale: str = "std"
+    rl_kl: float = 0.0
+    rl_log_kl: bool = False
+    sft_steps: int = 40
+    sft_batch: int = 32
+    sft_lr: float = 1e-3
+    gold_limit: int = 16
+    mixed_sft_lr: float = 1e-3
+    pipelines: list[str] = field(default_factory=lambda: ["rl", "sft", "sft_rl", "parallel_avg"])
+    # the pipelines run at checkpoints where RL has no reward (RL-readiness 0); None: all of them
+    early_arms: list[str] | None = field(default_factory=lambda: ["rl", "sft"])
+    # RL dynamics at the latest checkpoint (0: off)
+    dynamics_every: int = 0
+    dynamics_samples: int = 16
+    # the data-composition arm (claim 5)
+    data_arm: bool = False
+    targeted_hard_share: float = 0.5
+    big_d_model: int = 96
+    seeds: int = 1
+
+
+PRESETS = presets(
+    Config,
     # sized for the tiny budget (timing: docs/results/run_history_from_code.md): one seed, an early and a mid
     # checkpoint, four pipelines (two at the early one)
-    "tiny": {**_BASE, "pretrain_steps": 600, "checkpoints": [200, 600],
-             "pipelines": ["rl", "sft", "sft_rl", "parallel_avg"], "early_arms": ["rl", "sft"],
-             "rl_log_kl": False, "n_test": 32, "general_eval": 64, "ready_n": 16},
+    tiny={},
     # two seeds, four checkpoints, five pipelines, RL dynamics, the data-vs-size arm (timing:
     # docs/results/run_history_from_code.md)
-    "small": {**_BASE, "pretrain_steps": 1000, "checkpoints": [200, 400, 600, 1000], "hard": [4, 5, 6],
-              "rl_steps": 50, "sft_steps": 60, "n_test": 48, "dynamics_every": 10, "data_arm": True, "seeds": 2},
+    small={"hard": [4, 5, 6], "pretrain_steps": 1000, "checkpoints": [200, 400, 600, 1000], "n_test": 48,
+           "general_eval": 96, "ready_n": 32, "rl_steps": 50, "rl_log_kl": True, "sft_steps": 60,
+           "pipelines": ["rl", "sft", "sft_gold", "sft_rl", "parallel_avg"], "early_arms": None,
+           "dynamics_every": 10, "data_arm": True, "seeds": 2},
     # the test split is difficulty 7: difficulty 6 saturated pass@64 and difficulty 8 went unsolved in earlier
     # runs. Sized to finish in ~5 min on one H100/H200, with batches made in a worker process; see
     # docs/results/run_history_from_code.md
-    "gpu": {**_BASE, "easy": [3, 4, 5], "hard": [6, 7], "test_difficulty": 7, "train_difficulties": [6, 7],
-            "d_model": 128, "n_layers": 4, "n_heads": 4, "pretrain_docs": 128, "pretrain_lr": 2e-3,
-            "pretrain_steps": 1200, "checkpoints": [150, 500, 1200], "n_train": 2000, "n_test": 96,
-            "eval_samples": 32, "rl_steps": 40, "rl_prompts": 32, "rl_group": 16, "rl_lr": 1e-4,
-            "sft_steps": 60, "sft_batch": 128, "sft_lr": 3e-4, "mixed_sft_lr": 3e-4, "dynamics_every": 20,
-            "dynamics_samples": 32, "data_arm": True, "big_d_model": 176, "seeds": 2, "sample_batch": 8192},
-}
+    gpu={"easy": [3, 4, 5], "hard": [6, 7], "d_model": 128, "n_layers": 4, "pretrain_docs": 128,
+         "pretrain_lr": 2e-3, "pretrain_steps": 1200, "checkpoints": [150, 500, 1200], "test_difficulty": 7,
+         "train_difficulties": [6, 7], "n_train": 2000, "n_test": 96, "general_eval": 96, "sample_batch": 8192,
+         "ready_n": 32, "rl_steps": 40, "rl_prompts": 32, "rl_lr": 1e-4, "rl_log_kl": True, "sft_steps": 60,
+         "sft_batch": 128, "sft_lr": 3e-4, "mixed_sft_lr": 3e-4,
+         "pipelines": ["rl", "sft", "sft_gold", "sft_rl", "parallel_avg"], "early_arms": None,
+         "dynamics_every": 20, "dynamics_samples": 32, "data_arm": True, "big_d_model": 176, "seeds": 2},
+)
 
 
 # ---------------------------------------------------------------------------------------------- pre-training
-def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int, dev, log):
-    """Pre-train on the mixture; returns (model, {step: state_dict copy}) for cfg["checkpoints"]."""
+def _pretrain(cfg: Config, task, suite, tok, hard_share: float, d_model: int, seed: int, dev, log):
+    """Pre-train on the mixture; returns (model, {step: state_dict copy}) for cfg.checkpoints."""
     def task_doc(rng: random.Random) -> str:
-        diffs = cfg["hard"] if rng.random() < hard_share else cfg["easy"]
-        return pretraining_document(task, rng, diffs, cfg["noise"]) + "<eos>"
+        diffs = cfg.hard if rng.random() < hard_share else cfg.easy
+        return pretraining_document(task, rng, diffs, cfg.noise) + "<eos>"
 
     def general_doc(rng: random.Random) -> str:
         return suite.document(rng) + "<eos>"
 
-    w = cfg["task_weight"]
+    w = cfg.task_weight
     mix = Mixture([GeneratorSource(task_doc, tok, seed, "task"), GeneratorSource(general_doc, tok, seed, "general")],
                   [w, 1 - w])
 
@@ -106,7 +157,7 @@ def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int,
         # one document per row, each starting at position 0 (packing several short documents per row lets
         # the tiny model copy digits from the wrong document, and it then fails to learn the task)
         while True:
-            ids, mask = pad_batch([mix.next_doc().tolist() for _ in range(cfg["pretrain_docs"])], tok.pad_id)
+            ids, mask = pad_batch([mix.next_doc().tolist() for _ in range(cfg.pretrain_docs)], tok.pad_id)
             y = ids[:, 1:].clone()
             y[~mask[:, 1:]] = IGNORE_INDEX
             yield ids[:, :-1], y, mix.composition()  # token shares drawn so far
@@ -117,7 +168,7 @@ def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int,
 
     # on a GPU, generating 128 documents in Python takes longer than the step itself: a worker process
     # makes them (the same batches in the same order) while the GPU trains
-    background = cfg["data_process"] if cfg["data_process"] is not None else dev.type == "cuda"
+    background = cfg.data_process if cfg.data_process is not None else dev.type == "cuda"
     drawn = {}
 
     def consumed(stream):  # the mixture lives in the worker: its composition travels with each batch
@@ -128,19 +179,19 @@ def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int,
     stream = consumed(in_background(batches, pin_memory=dev.type == "cuda") if background else batches())
 
     torch.manual_seed(seed)
-    mcfg = GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], d_model=d_model,
+    mcfg = GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_model=d_model,
                      seq_len=128)
     model = GPT(mcfg).to(dev)
     snaps = {}
-    wanted = set(cfg["checkpoints"])
+    wanted = set(cfg.checkpoints)
 
     def snap(step: int, loss: torch.Tensor) -> None:
         if step + 1 in wanted:
             snaps[step + 1] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     t0 = time.time()
-    losses = fit(model, loss, stream, cfg["pretrain_steps"], lr=cfg["pretrain_lr"],
-                 warmup=cfg["warmup"], schedule=cfg["pretrain_schedule"], callback=snap)
+    losses = fit(model, loss, stream, cfg.pretrain_steps, lr=cfg.pretrain_lr,
+                 warmup=cfg.warmup, schedule=cfg.pretrain_schedule, callback=snap)
     log(f"pre-trained d={d_model} hard_share={hard_share} seed={seed}: loss {losses[0]:.3f} -> {losses[-1]:.3f} "
         f"in {time.time() - t0:.1f}s; token composition "
         + ", ".join(f"{name} {share:.3f}" for name, share in drawn["composition"].items()))
@@ -148,25 +199,25 @@ def _pretrain(cfg, task, suite, tok, hard_share: float, d_model: int, seed: int,
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def _evaluate(model, tok, task, test, suite, cfg, seed: int) -> dict:
-    n = cfg["eval_samples"]
-    res = sample_pass_at_k(model, tok, task, test, n, ks=(1, n), seed=seed, batch_size=cfg["sample_batch"])
-    gen = evaluate_general(model, tok, suite, n=cfg["general_eval"])
+def _evaluate(model, tok, task, test, suite, cfg: Config, seed: int) -> dict:
+    n = cfg.eval_samples
+    res = sample_pass_at_k(model, tok, task, test, n, ks=(1, n), seed=seed, batch_size=cfg.sample_batch)
+    gen = evaluate_general(model, tok, suite, n=cfg.general_eval)
     return {"pass1": res["pass"][1], "passk": res["pass"][n], "curve": res["curve"], "counts": res["counts"],
             "format_rate": res["format_rate"], **gen}
 
 
-def _readiness(model, tok, task, probe, cfg, seed: int) -> dict:
+def _readiness(model, tok, task, probe, cfg: Config, seed: int) -> dict:
     """RL-readiness as spec §8 defines it: the base checkpoint's pass@1 / pass@n on (a fixed sample of) the RL
     training prompts, i.e. whether RL can ever see a reward there."""
-    n = cfg["eval_samples"]
-    r = sample_pass_at_k(model, tok, task, probe, n, ks=(1, n), seed=seed + 3, batch_size=cfg["sample_batch"])
+    n = cfg.eval_samples
+    r = sample_pass_at_k(model, tok, task, probe, n, ks=(1, n), seed=seed + 3, batch_size=cfg.sample_batch)
     return {"ready_pass1": r["pass"][1], "ready_passk": r["pass"][n], "ready_counts": r["counts"]}
 
 
-def _check_config(cfg) -> None:
+def _check_config(cfg: Config) -> None:
     """Settings that would otherwise fail only after pre-training (or silently mislabel the latest checkpoint)."""
-    cks, steps = cfg["checkpoints"], cfg["pretrain_steps"]
+    cks, steps = cfg.checkpoints, cfg.pretrain_steps
     if not cks or any(isinstance(c, bool) or not isinstance(c, int) for c in cks):
         raise LmlabError(f"checkpoints must be a non-empty list of pre-training steps (integers), got {cks}")
     if any(not 1 <= c <= steps for c in cks):
@@ -174,30 +225,30 @@ def _check_config(cfg) -> None:
     if any(a >= b for a, b in itertools.pairwise(cks)):
         raise LmlabError(f"checkpoints {cks} must be strictly increasing: the last one is the latest checkpoint "
                          "(RL dynamics and the data-composition arm run there)")
-    if cfg["ready_n"] < 1:
-        raise LmlabError(f"ready_n (RL training prompts for RL-readiness) must be >= 1, got {cfg['ready_n']}")
+    if cfg.ready_n < 1:
+        raise LmlabError(f"ready_n (RL training prompts for RL-readiness) must be >= 1, got {cfg.ready_n}")
 
 
-def _post_cfg(cfg, task):
-    rl = GRPOConfig(steps=cfg["rl_steps"], prompts_per_step=cfg["rl_prompts"], group_size=cfg["rl_group"],
-                    lr=cfg["rl_lr"], scale_advantages=cfg["rl_scale"], kl_coef=cfg["rl_kl"],
-                    log_kl=cfg["rl_log_kl"],
-                    max_new_tokens=task.max_completion_chars(max(cfg["hard"] + [cfg["test_difficulty"]])) + 1)
-    sft = SFTConfig(steps=cfg["sft_steps"], batch_size=cfg["sft_batch"], lr=cfg["sft_lr"])
-    return PostTrainConfig(rl=rl, sft=sft, gold_limit=cfg["gold_limit"], mixed_sft_lr=cfg["mixed_sft_lr"])
+def _post_cfg(cfg: Config, task):
+    rl = GRPOConfig(steps=cfg.rl_steps, prompts_per_step=cfg.rl_prompts, group_size=cfg.rl_group,
+                    lr=cfg.rl_lr, scale_advantages=cfg.rl_scale, kl_coef=cfg.rl_kl,
+                    log_kl=cfg.rl_log_kl,
+                    max_new_tokens=task.max_completion_chars(max(cfg.hard + [cfg.test_difficulty])) + 1)
+    sft = SFTConfig(steps=cfg.sft_steps, batch_size=cfg.sft_batch, lr=cfg.sft_lr)
+    return PostTrainConfig(rl=rl, sft=sft, gold_limit=cfg.gold_limit, mixed_sft_lr=cfg.mixed_sft_lr)
 
 
-def _dynamics_callback(model, tok, task, probe, cfg, seed, store: list):
+def _dynamics_callback(model, tok, task, probe, cfg: Config, seed, store: list):
     """Evaluate pass@1 / pass@k on `probe` every `dynamics_every` RL steps (and once when RL starts)."""
-    every, n = cfg["dynamics_every"], cfg["dynamics_samples"]
+    every, n = cfg.dynamics_every, cfg.dynamics_samples
 
     def record(step: int) -> None:
-        r = sample_pass_at_k(model, tok, task, probe, n, ks=(1, n), seed=seed + 7, batch_size=cfg["sample_batch"])
+        r = sample_pass_at_k(model, tok, task, probe, n, ks=(1, n), seed=seed + 7, batch_size=cfg.sample_batch)
         store.append({"rl_step": step, "pass1": r["pass"][1], "passk": r["pass"][n]})
         model.train()
 
     def cb(phase, step, log):
-        if phase == "sft" and step + 1 == cfg["sft_steps"]:
+        if phase == "sft" and step + 1 == cfg.sft_steps:
             record(0)  # SFT→RL: RL starts from here
         elif phase == "rl" and (step + 1) % every == 0:
             record(step + 1)
@@ -216,21 +267,21 @@ def run(ctx: RunContext) -> None:
     _check_config(cfg)
     if dev.type == "cpu":
         torch.set_num_threads(1)  # tiny models: intra-op threading only adds overhead (restored by the runner)
-    task = get_task(cfg["task"], **({"max_value": cfg["max_value"]} if cfg["task"] == "wordprob" else {}))
+    task = get_task(cfg.task, **({"max_value": cfg.max_value} if cfg.task == "wordprob" else {}))
     suite = GeneralSuite()
     tok = CharTokenizer(set(task.alphabet + suite.alphabet))
-    test = make_split(task, cfg["n_test"], cfg["test_difficulty"], seed=10_000)
-    train = make_split(task, cfg["n_train"], cfg["train_difficulties"], seed=1, exclude={p.prompt for p in test})
-    ready_probe = train[:cfg["ready_n"]]  # (all of them if n_train is smaller) a fixed sample of the RL training prompts (RL-readiness, spec §8)
+    test = make_split(task, cfg.n_test, cfg.test_difficulty, seed=10_000)
+    train = make_split(task, cfg.n_train, cfg.train_difficulties, seed=1, exclude={p.prompt for p in test})
+    ready_probe = train[:cfg.ready_n]  # (all of them if n_train is smaller) a fixed sample of the RL training prompts (RL-readiness, spec §8)
     post_cfg = _post_cfg(cfg, task)
-    seeds = [ctx.seed + i for i in range(cfg["seeds"])]
+    seeds = [ctx.seed + i for i in range(cfg.seeds)]
     results: dict = {}  # (seed, ckpt, arm) -> eval dict
     rl_logs: list = []
     dynamics: dict = {}
     t_start = time.time()
 
     def fresh(d_model, state):
-        m = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
+        m = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                           d_model=d_model, seq_len=128)).to(dev)
         m.load_state_dict(state)
         return m
@@ -238,18 +289,18 @@ def run(ctx: RunContext) -> None:
     finished: list[int] = []  # seeds whose checkpoints and arms all ran
     with ctx.interruptible():  # e.g. a time limit: the seeds that finished are still reported
         for seed in seeds:
-            _, snaps = _pretrain(cfg, task, suite, tok, cfg["hard_share"], cfg["d_model"], seed, dev, ctx.log)
-            for ck in cfg["checkpoints"]:
-                base = fresh(cfg["d_model"], snaps[ck])
+            _, snaps = _pretrain(cfg, task, suite, tok, cfg.hard_share, cfg.d_model, seed, dev, ctx.log)
+            for ck in cfg.checkpoints:
+                base = fresh(cfg.d_model, snaps[ck])
                 results[(seed, ck, "base")] = _evaluate(base, tok, task, test, suite, cfg, seed)
                 results[(seed, ck, "base")].update(_readiness(base, tok, task, ready_probe, cfg, seed))
                 never = results[(seed, ck, "base")]["ready_passk"] == 0  # no reward on the RL prompts
-                for arm in cfg["pipelines"]:
-                    if never and cfg["early_arms"] is not None and arm not in cfg["early_arms"]:
+                for arm in cfg.pipelines:
+                    if never and cfg.early_arms is not None and arm not in cfg.early_arms:
                         continue  # budget: RL has no signal here (readiness 0), so mixed arms add little (tiny)
-                    model = fresh(cfg["d_model"], snaps[ck])
+                    model = fresh(cfg.d_model, snaps[ck])
                     cb = None
-                    if cfg["dynamics_every"] and ck == cfg["checkpoints"][-1] and arm in ("rl", "sft_rl"):
+                    if cfg.dynamics_every and ck == cfg.checkpoints[-1] and arm in ("rl", "sft_rl"):
                         probe = test[: max(8, len(test) // 2)]
                         record, cb = _dynamics_callback(model, tok, task, probe, cfg, seed,
                                                         dynamics.setdefault((seed, arm), []))
@@ -269,7 +320,7 @@ def run(ctx: RunContext) -> None:
                 r = results
                 ctx.log(f"seed {seed} ckpt {ck}: readiness {r[(seed, ck, 'base')]['ready_passk']:.2f}; " + ", ".join(
                     f"{a} {r[(seed, ck, a)]['pass1']:.2f}/{r[(seed, ck, a)]['passk']:.2f}"
-                    for a in ["base"] + cfg["pipelines"] if (seed, ck, a) in r) + f"  ({time.time() - t_start:.0f}s)")
+                    for a in ["base"] + cfg.pipelines if (seed, ck, a) in r) + f"  ({time.time() - t_start:.0f}s)")
             finished.append(seed)
     if ctx.interrupted:
         if not finished:
@@ -280,7 +331,7 @@ def run(ctx: RunContext) -> None:
         seeds = finished
 
     data_arm = {}
-    if cfg["data_arm"] and not ctx.interrupted:
+    if cfg.data_arm and not ctx.interrupted:
         with ctx.interruptible():  # c1-c4 are reported either way, c5 over the seeds the arm finished
             _data_arm(ctx, cfg, task, suite, tok, train, test, post_cfg, seeds, results, fresh, data_arm)
         if ctx.interrupted:
@@ -294,13 +345,13 @@ def run(ctx: RunContext) -> None:
 DATA_ARMS = ("base mix", "targeted mix", "base mix, 2x model")
 
 
-def _data_arm(ctx, cfg, task, suite, tok, train, test, post_cfg, seeds, results, fresh, data_arm) -> None:
+def _data_arm(ctx, cfg: Config, task, suite, tok, train, test, post_cfg, seeds, results, fresh, data_arm) -> None:
     """Claim 5: RL after pre-training with more hard problems vs after pre-training a 2x wider model."""
     dev = ctx.device
-    last = cfg["checkpoints"][-1]
+    last = cfg.checkpoints[-1]
     for seed in seeds:
-        for name, share, d in zip(DATA_ARMS, (cfg["hard_share"], cfg["targeted_hard_share"], cfg["hard_share"]),
-                                  (cfg["d_model"], cfg["d_model"], cfg["big_d_model"])):
+        for name, share, d in zip(DATA_ARMS, (cfg.hard_share, cfg.targeted_hard_share, cfg.hard_share),
+                                  (cfg.d_model, cfg.d_model, cfg.big_d_model)):
             if name == "base mix" and (seed, last, "rl") in results:
                 before, after = results[(seed, last, "base")], results[(seed, last, "rl")]
             else:
@@ -309,7 +360,7 @@ def _data_arm(ctx, cfg, task, suite, tok, train, test, post_cfg, seeds, results,
                 before = _evaluate(model, tok, task, test, suite, cfg, seed)
                 run_pipeline("rl", model, tok, task, train, post_cfg, seed=seed)
                 after = _evaluate(model, tok, task, test, suite, cfg, seed)
-            params = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"],
+            params = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                                    d_model=d, seq_len=128)).num_params()
             data_arm[(seed, name)] = {"before": before, "after": after, "params": params}
         ctx.log(f"data arm seed {seed}: " + ", ".join(
@@ -335,13 +386,13 @@ def _se_diff(results, seeds, ck, arm_a, arm_b, k: int, n: int) -> float:
     return float(np.mean(ses) / np.sqrt(len(ses))) if ses else float("nan")
 
 
-def _decide(ctx, cfg, results, seeds, data_arm) -> None:
+def _decide(ctx, cfg: Config, results, seeds, data_arm) -> None:
     """Decide the claims. c1 splits checkpoints by RL-readiness (base pass@n on the RL training prompts,
     spec §8). The c2-c4 comparisons average over the seeds whose base sometimes samples a verified test
     solution there (pass@n > 0): pre-training is seed-brittle around the point where the task is first solved.
     A "does not rise" conclusion needs the upper bound (estimate + 2·SE) below its margin, else it is undecided."""
-    rep, cks, arms = ctx.report, cfg["checkpoints"], cfg["pipelines"]
-    n = cfg["eval_samples"]
+    rep, cks, arms = ctx.report, cfg.checkpoints, cfg.pipelines
+    n = cfg.eval_samples
     live = lambda ck: [s for s in seeds if results[(s, ck, "base")]["passk"] > 0]
     m = lambda ck, arm, key: _mean(results, live(ck), ck, arm, key)
     se = lambda ck, a, b, k: _se_diff(results, live(ck), ck, a, b, k, n)
@@ -481,7 +532,7 @@ def _decide(ctx, cfg, results, seeds, data_arm) -> None:
     # c5 ----------------------------------------------------------------------------------------------
     if not data_arm:
         rep.decide("c5_data_vs_size", None, "undecided: the run was interrupted before the data-composition arm "
-                   "finished a seed" if cfg["data_arm"] else "undecided: this preset does not run the "
+                   "finished a seed" if cfg.data_arm else "undecided: this preset does not run the "
                    "data-composition arm (run --preset small or gpu)")
     else:
         arm_seeds = sorted({s for s, _ in data_arm})  # fewer than `seeds` if the run was interrupted
@@ -501,8 +552,8 @@ def _decide(ctx, cfg, results, seeds, data_arm) -> None:
         r3 = lambda xs: [round(x, 3) for x in xs]
         rep.decide("c5_data_vs_size", held,
                    f"RL gain (test pass@1 after - before RL, hard test split): targeted mix (hard share "
-                   f"{cfg['targeted_hard_share']}) {np.mean(gain(tg)):+.3f} vs base mix with the 2x model "
-                   f"(d={cfg['big_d_model']}) {np.mean(gain(bg)):+.3f}: difference {d_gain:+.3f} (held if >= "
+                   f"{cfg.targeted_hard_share}) {np.mean(gain(tg)):+.3f} vs base mix with the 2x model "
+                   f"(d={cfg.big_d_model}) {np.mean(gain(bg)):+.3f}: difference {d_gain:+.3f} (held if >= "
                    f"{M_DATA}, spec §11.2 criterion 5) -> {held}. For context (criterion 7, not decided here): "
                    f"post-RL pass@1 targeted {np.mean(after(tg)):.3f} vs 2x {np.mean(after(bg)):.3f}, difference "
                    f"{d_after:+.3f}. Per seed ({arm_seeds}): RL gain targeted {r3(gain(tg))}, 2x {r3(gain(bg))}; "
@@ -542,20 +593,20 @@ def _c4_best(rows: list[tuple]) -> tuple[bool | None, list, list]:
     return all(pa >= bo - M_PASSK_TIE for _, pa, bo in informative), informative, tied
 
 
-def _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm) -> None:
+def _report(ctx, cfg: Config, results, seeds, rl_logs, dynamics, data_arm) -> None:
     import matplotlib  # heavy: imported only when plotting
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rep, cks = ctx.report, cfg["checkpoints"]
-    arms = ["base"] + cfg["pipelines"]
-    n = cfg["eval_samples"]
+    rep, cks = ctx.report, cfg.checkpoints
+    arms = ["base"] + cfg.pipelines
+    n = cfg.eval_samples
     m = lambda ck, arm, key: _mean(results, seeds, ck, arm, key)
-    rep.text(f"Task `{cfg['task']}` (test difficulty {cfg['test_difficulty']}, {cfg['n_test']} held-out questions, "
-             f"n = {n} samples each, unbiased pass@k), pre-training mixture {cfg['task_weight']:.0%} task documents "
-             f"(hard share {cfg['hard_share']}, noise {cfg['noise']}) / {1 - cfg['task_weight']:.0%} general text; "
-             f"GPT d={cfg['d_model']}, {cfg['n_layers']} layers; seeds {seeds}. General capability = held-out loss "
+    rep.text(f"Task `{cfg.task}` (test difficulty {cfg.test_difficulty}, {cfg.n_test} held-out questions, "
+             f"n = {n} samples each, unbiased pass@k), pre-training mixture {cfg.task_weight:.0%} task documents "
+             f"(hard share {cfg.hard_share}, noise {cfg.noise}) / {1 - cfg.task_weight:.0%} general text; "
+             f"GPT d={cfg.d_model}, {cfg.n_layers} layers; seeds {seeds}. General capability = held-out loss "
              f"on the general language (nats; floor {next(iter(results.values()))['general_nll_floor']:.3f} = the "
              "loss of the true generating process on such documents, first letter from the start distribution "
              "included), copy and recall accuracy (greedy).")
@@ -582,13 +633,13 @@ def _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm) -> None:
         rep.metric(f"ready_pass1/step{ck}", vals[0])
     rep.table(ready_rows, ["ckpt", "readiness pass@1", f"readiness pass@{n}", "RL Δpass@1 (test)",
                            f"RL Δpass@{n} (test)"],
-              f"RL-readiness: base pass@1 / pass@{n} on a fixed sample of {min(cfg['ready_n'], cfg['n_train'])} RL "
+              f"RL-readiness: base pass@1 / pass@{n} on a fixed sample of {min(cfg.ready_n, cfg.n_train)} RL "
               "training prompts "
-              f"(difficulties {cfg['train_difficulties']}) per checkpoint, and the RL gain on the test split "
+              f"(difficulties {cfg.train_difficulties}) per checkpoint, and the RL gain on the test split "
               f"({len(seeds)} seed(s), mean)")
     diag = []
     for ck in cks:
-        for arm in cfg["pipelines"]:
+        for arm in cfg.pipelines:
             vals = [m(ck, arm, f"rl_end_{k}") for k in ("reward", "reward_std", "frac_zero_std", "completion_len",
                                                          "entropy", "kl")]
             if not np.isnan(vals[0]):
@@ -668,7 +719,7 @@ def _report(ctx, cfg, results, seeds, rl_logs, dynamics, data_arm) -> None:
             steps = [p["rl_step"] for p in pts]
             axes[0].plot(steps, [p["pass1"] for p in pts], marker=".", label=f"{name} (seed {seed})")
             axes[1].plot(steps, [p["passk"] for p in pts], marker=".", label=f"{name} (seed {seed})")
-        for ax, lab in ((axes[0], "pass@1"), (axes[1], f"pass@{cfg['dynamics_samples']}")):
+        for ax, lab in ((axes[0], "pass@1"), (axes[1], f"pass@{cfg.dynamics_samples}")):
             ax.set_xlabel("RL step")
             ax.set_ylabel(f"{lab} (half of the test split)")
         axes[1].legend(fontsize=7)

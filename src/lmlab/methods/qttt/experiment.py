@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.experiment import RunContext, experiment
+from lmlab.experiment import RunContext, experiment, presets
 from lmlab.hooks import hooks
 from lmlab.methods.qttt import attention_stats as ast
 from lmlab.methods.qttt.flops import FlopModel
@@ -46,93 +47,88 @@ CLAIMS = {
     "c3_qttt": "qTTT raises needle attention mass and accuracy at long context, more than at short context.",
 }
 
-PRESETS = {
-    "tiny": {
-        "mode": "mechanism+lm",
-        # mechanism level (no language model): theory checks and one trained retrieval head (claim 1)
-        "lemma_instances": 40,
-        "head_dim": 32,
-        "head_families": 8,
-        "family_share": 0.7,
-        "head_train_lines": 16,
-        "head_steps": 300,
-        "head_lr": 0.05,
-        "head_lengths": [16, 64, 256, 1024],
-        "head_n_eval": 64,
-        # oracle retrieval-loss W_Q update of the head: a mechanism check of Prop. 3.1, not qTTT
-        "oracle_steps": 32,
-        "oracle_lr": 0.05,
-        "oracle_events": 16,
-        # a tiny toy LM for claim 3: real qTTT, sized to fit the tiny budget of ≤ 60 s on 2 cores (timing:
-        # docs/results/run_history_from_code.md)
-        "n_keys": 32,
-        "n_values": 16,
-        "n_families": 4,
-        "repeat_frac": 0.5,
-        "d_model": 64,
-        "n_layers": 2,
-        "n_heads": 2,
-        "upper_attention": "mha",
-        "train_steps": 1500,
-        "batch_size": 16,
-        "lr": 3e-3,
-        "train_lines": [4, 24],
-        "position_offsets": True,
-        "offset_after_loss": 0.1,
-        "other_weight": 0.0,
-        "pause_frac": 0.0,
-        "think_max": 0,
-        "lengths": [8, 64, 256],
-        "n_eval": 64,
-        "n_val": 24,
-        "ttt_steps": 8,
-        "ttt_span": 8,
-        "ttt_lrs": [3e-3, 1e-2, 3e-2],
-        "lora_rank": 4,
-        "eval_batch": 64,
-        "stop_if_not_learned": True,  # skip the thinking/qTTT arms when the LM is at chance after training
-        "arms": ["ic", "uniform"],  # the span control and LoRA arms run at small/gpu
-    },
-    "small": {
+
+@dataclass
+class Config:
+    """One run. `mode: lm` (small/gpu): a toy LM trained on `KVRetrieval`, evaluated at each of `lengths` (in
+    context lines) by in-context answering, thinking tokens and qTTT in the `arms`; all three claims.
+    `mode: mechanism+lm` (tiny): the theory checks and one trained retrieval head (claim 1 at head level),
+    then the same LM pipeline on a tiny toy LM for claim 3 only."""
+
+    mode: str = "mechanism+lm"  # "mechanism+lm" | "lm"
+    # mechanism level (no language model; mechanism+lm only): theory checks and one trained retrieval head
+    # (claim 1)
+    lemma_instances: int = 40
+    head_dim: int = 32
+    head_families: int = 8
+    family_share: float = 0.7
+    head_train_lines: int = 16
+    head_steps: int = 300
+    head_lr: float = 0.05
+    head_lengths: list[int] = field(default_factory=lambda: [16, 64, 256, 1024])
+    head_n_eval: int = 64
+    # oracle retrieval-loss W_Q update of the head: a mechanism check of Prop. 3.1, not qTTT
+    oracle_steps: int = 32
+    oracle_lr: float = 0.05
+    oracle_events: int = 16
+    # the task and the toy LM; tiny's toy LM (claim 3: real qTTT) is sized to fit the tiny budget of ≤ 60 s on
+    # 2 cores (timing: docs/results/run_history_from_code.md)
+    n_keys: int = 32
+    n_values: int = 16
+    n_families: int = 4
+    repeat_frac: float = 0.5
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    upper_attention: str = "mha"  # attention above layer 0; "nope" drops positions there
+    # training
+    train_steps: int = 1500
+    batch_size: int = 16
+    lr: float = 3e-3
+    train_lines: list[int] = field(default_factory=lambda: [4, 24])  # [min, max] lines per training row
+    position_offsets: bool = True
+    offset_after_loss: float = 0.1
+    other_weight: float = 0.0
+    pause_frac: float = 0.0
+    think_max: int = 0
+    # evaluation and the arms
+    lengths: list[int] = field(default_factory=lambda: [8, 64, 256])
+    n_eval: int = 64
+    n_val: int = 24
+    ttt_steps: int = 8
+    ttt_span: int = 8
+    ttt_lrs: list[float] = field(default_factory=lambda: [3e-3, 1e-2, 3e-2])
+    lora_rank: int = 4
+    eval_batch: int = 64
+    stop_if_not_learned: bool = True  # skip the thinking/qTTT arms when the LM is at chance after training
+    arms: list[str] = field(default_factory=lambda: ["ic", "uniform"])  # span control and LoRA: small/gpu
+
+
+PRESETS = presets(
+    Config,
+    tiny={},
+    small={
         "mode": "lm",
         "n_keys": 64,
         "n_values": 32,
         "n_families": 8,
-        "repeat_frac": 0.5,
-        "d_model": 64,
-        "n_layers": 2,
-        "n_heads": 2,
-        "upper_attention": "mha",
         "train_steps": 3000,
-        "batch_size": 16,
-        "lr": 3e-3,
         "train_lines": [8, 64],
-        "position_offsets": True,
-        "offset_after_loss": 0.1,
-        "other_weight": 0.0,
         "pause_frac": 0.4,
         "think_max": 128,
         "lengths": [16, 64, 192],
         "n_eval": 128,
         "n_val": 48,
-        "ttt_steps": 8,
-        "ttt_span": 8,
-        "ttt_lrs": [3e-3, 1e-2, 3e-2],
-        "lora_rank": 4,
-        "eval_batch": 64,
-        "stop_if_not_learned": True,  # skip the thinking/qTTT arms when the LM is at chance after training
         "arms": ["ic", "think", "think_trained", "uniform", "targeted", "lora"],
     },
-    "gpu": {
+    gpu={
         "mode": "lm",
         "n_keys": 256,
         "n_values": 64,
         "n_families": 8,
-        "repeat_frac": 0.5,
         "d_model": 256,
         "n_layers": 4,
         "n_heads": 4,
-        "upper_attention": "mha",
         # the retrieval circuit does not form in every run within train_steps (past runs:
         # docs/results/run_history_from_code.md). Where the loss does fall below offset_after_loss, the later
         # steps train with random line offsets; where the model ends at chance, stop_if_not_learned ends the
@@ -141,9 +137,6 @@ PRESETS = {
         "batch_size": 64,
         "lr": 1e-3,
         "train_lines": [16, 128],
-        "position_offsets": True,
-        "offset_after_loss": 0.1,
-        "other_weight": 0.0,
         "pause_frac": 0.2,
         "think_max": 512,
         "lengths": [32, 128, 512, 1024],
@@ -153,11 +146,9 @@ PRESETS = {
         "ttt_span": 16,
         "ttt_lrs": [3e-4, 1e-3, 3e-3],
         "lora_rank": 8,
-        "eval_batch": 64,
-        "stop_if_not_learned": True,  # skip the thinking/qTTT arms when the LM is at chance after training
         "arms": ["ic", "think", "think_trained", "uniform", "targeted", "lora"],
     },
-}
+)
 
 
 @experiment(
@@ -168,7 +159,7 @@ PRESETS = {
     presets=PRESETS,
 )
 def run(ctx: RunContext) -> None:
-    if ctx.cfg["mode"] == "mechanism+lm":
+    if ctx.cfg.mode == "mechanism+lm":
         run_mechanism(ctx)  # claim 1 at head level; claim 2 undecided
         run_lm(ctx, decide=("c3_qttt",))  # claim 3 by real qTTT on a tiny LM
     else:
@@ -215,7 +206,7 @@ def _head_predict(wq, wk, keys, vals, qi, n_values):
 def run_mechanism(ctx: RunContext) -> None:
     cfg, rep = ctx.cfg, ctx.report
     t0 = time.process_time()
-    checks = ast.check_lemmas(cfg["lemma_instances"], ctx.seed)
+    checks = ast.check_lemmas(cfg.lemma_instances, ctx.seed)
     rep.metric("lemma_checks", checks)
     ok22 = checks["lemma22_max_excess"] <= 1e-12
     ok23 = checks["lemma23_min_mass_minus_target"] >= -1e-12
@@ -255,17 +246,17 @@ def run_mechanism(ctx: RunContext) -> None:
     )
 
     # a trained retrieval head with near-duplicate keys (keys of one family share most of their direction)
-    d, n_values = cfg["head_dim"], 16
+    d, n_values = cfg.head_dim, 16
     gen = torch.Generator().manual_seed(ctx.seed)
     rng = np.random.default_rng(ctx.seed)
-    fam_vecs = torch.randn(cfg["head_families"], d, generator=gen)
+    fam_vecs = torch.randn(cfg.head_families, d, generator=gen)
     fam_vecs = fam_vecs / fam_vecs.norm(dim=-1, keepdim=True)
     wq = (torch.eye(d) + 0.1 * torch.randn(d, d, generator=gen)).requires_grad_(True)
     wk = (torch.eye(d) + 0.1 * torch.randn(d, d, generator=gen)).requires_grad_(True)
-    opt = torch.optim.AdamW([wq, wk], lr=cfg["head_lr"], weight_decay=0.1)
-    n_train = cfg["head_train_lines"]
-    for _ in range(cfg["head_steps"]):
-        keys, vals = _head_batch(rng, n_train, 32, d, fam_vecs, cfg["family_share"], n_values, gen)
+    opt = torch.optim.AdamW([wq, wk], lr=cfg.head_lr, weight_decay=0.1)
+    n_train = cfg.head_train_lines
+    for _ in range(cfg.head_steps):
+        keys, vals = _head_batch(rng, n_train, 32, d, fam_vecs, cfg.family_share, n_values, gen)
         qi = torch.as_tensor(rng.integers(n_train, size=(32, 4)))
         logp, _, _ = _head_predict(wq, wk, keys, vals, qi, n_values)
         opt.zero_grad()
@@ -273,10 +264,10 @@ def run_mechanism(ctx: RunContext) -> None:
         opt.step()
     wq0, wk0 = wq.detach(), wk.detach()
 
-    lengths, n_eval = cfg["head_lengths"], cfg["head_n_eval"]
+    lengths, n_eval = cfg.head_lengths, cfg.head_n_eval
     rows, results = [], {}
     for n in lengths:
-        keys, vals = _head_batch(rng, n, n_eval, d, fam_vecs, cfg["family_share"], n_values, gen)
+        keys, vals = _head_batch(rng, n, n_eval, d, fam_vecs, cfg.family_share, n_values, gen)
         needle = torch.as_tensor(rng.integers(n, size=(n_eval, 1)))
         vals = _unique_needle_values(vals, needle, n_values, rng)
         with torch.no_grad():
@@ -287,20 +278,18 @@ def run_mechanism(ctx: RunContext) -> None:
         # needle query is answered with the updated W_Q
         # (one W_Q per context, batched: AdamW is elementwise and the clipping per context, so this equals a
         # loop over contexts)
-        m_ev = min(cfg["oracle_events"], n - 1)
+        m_ev = min(cfg.oracle_events, n - 1)
         events = torch.as_tensor(
             np.stack(
                 [
-                    np.stack(
-                        [rng.choice(others, size=m_ev, replace=False) for _ in range(cfg["oracle_steps"])]
-                    )
+                    np.stack([rng.choice(others, size=m_ev, replace=False) for _ in range(cfg.oracle_steps)])
                     for others in (np.delete(np.arange(n), int(needle[b, 0])) for b in range(n_eval))
                 ]
             )
         )  # (B, steps, events): the context's lines other than the needle
         wqa = wq0.expand(n_eval, d, d).clone().requires_grad_(True)
-        o = torch.optim.AdamW([wqa], lr=cfg["oracle_lr"], weight_decay=0.01)
-        for step in range(cfg["oracle_steps"]):
+        o = torch.optim.AdamW([wqa], lr=cfg.oracle_lr, weight_decay=0.01)
+        for step in range(cfg.oracle_steps):
             lp, _, _ = _head_predict(wqa, wk0, keys, vals, events[:, step], n_values)
             o.zero_grad()
             (-lp.mean(1).sum()).backward()
@@ -385,7 +374,7 @@ def run_mechanism(ctx: RunContext) -> None:
     rep.metric("oracle_retrieval_loss_check", check)
     rep.text(
         f"**Mechanism check, not qTTT.** Updating the head's W_Q on the oracle retrieval loss −log p(value) of "
-        f"the context's own lines ({cfg['oracle_steps']} AdamW steps; Prop. 3.1's objective, no next-token "
+        f"the context's own lines ({cfg.oracle_steps} AdamW steps; Prop. 3.1's objective, no next-token "
         f"loss, no language model) changes accuracy by {g_l:+.3f} at {long_} lines (95% CI [{glo:.3f}, "
         f"{ghi:.3f}]) vs {g_s:+.3f} at {short}, and needle mass by {dm_l:+.3f} vs {dm_s:+.3f}. It shows "
         "what the margin argument predicts when the loss *is* retrieval; claim c3 is decided by real qTTT "
@@ -428,17 +417,17 @@ def _plot_lengths(rep, lengths, accs: dict, masses: dict, name: str, caption: st
 
 
 # ====================================================================== small / gpu: a toy language model
-def build_task(cfg) -> KVRetrieval:
-    return KVRetrieval(cfg["n_keys"], cfg["n_values"], cfg["n_families"], cfg["repeat_frac"])
+def build_task(cfg: Config) -> KVRetrieval:
+    return KVRetrieval(cfg.n_keys, cfg.n_values, cfg.n_families, cfg.repeat_frac)
 
 
-def build_model(cfg, task: KVRetrieval, device) -> GPT:
-    layers = ["mha"] + [cfg["upper_attention"]] * (cfg["n_layers"] - 1)
+def build_model(cfg: Config, task: KVRetrieval, device) -> GPT:
+    layers = ["mha"] + [cfg.upper_attention] * (cfg.n_layers - 1)
     mcfg = GPTConfig(
         vocab_size=task.vocab_size,
-        n_layers=cfg["n_layers"],
-        n_heads=cfg["n_heads"],
-        d_model=cfg["d_model"],
+        n_layers=cfg.n_layers,
+        n_heads=cfg.n_heads,
+        d_model=cfg.d_model,
         seq_len=1024,
         layer_attention=layers,
     )
@@ -448,7 +437,7 @@ def build_model(cfg, task: KVRetrieval, device) -> GPT:
 def train_lm(
     model: GPT,
     task: KVRetrieval,
-    cfg,
+    cfg: Config,
     device,
     seed: int,
     log=print,
@@ -456,12 +445,12 @@ def train_lm(
     info: dict | None = None,
 ) -> list[float]:
     """Train the toy LM. With `max_position`, once the mean loss of the last 20 steps is below
-    cfg["offset_after_loss"] (the retrieval circuit has formed on contiguous positions; random offsets
+    cfg.offset_after_loss (the retrieval circuit has formed on contiguous positions; random offsets
     from the start kept it from forming in our CPU trials), every later row gets random line offsets
     (`KVRetrieval.spread_positions`) up to `max_position`. `info["offset_start"]` records the step (None:
     offsets never started, so only the contiguous training lengths are position-trained)."""
     rng = np.random.default_rng(seed)
-    lo, hi = cfg["train_lines"]
+    lo, hi = cfg.train_lines
     info = {} if info is None else info
     info["offset_start"] = None
     recent: list[float] = []
@@ -470,19 +459,17 @@ def train_lm(
         step = 0
         while True:
             n = int(rng.integers(lo, hi + 1))
-            pauses = rng.random() < cfg["pause_frac"]  # whole batches with pauses keep the others short
+            pauses = rng.random() < cfg.pause_frac  # whole batches with pauses keep the others short
             rows = []
-            for _ in range(cfg["batch_size"]):
-                m = int(rng.integers(1, cfg["think_max"] + 1)) if pauses else 0
-                rows.append(
-                    task.training_row(task.sample(n, rng, n_pause=m), other_weight=cfg["other_weight"])
-                )
+            for _ in range(cfg.batch_size):
+                m = int(rng.integers(1, cfg.think_max + 1)) if pauses else 0
+                rows.append(task.training_row(task.sample(n, rng, n_pause=m), other_weight=cfg.other_weight))
             ids, tgt, w = collate(rows)
             if (
                 max_position
                 and info["offset_start"] is None
                 and len(recent) >= 20
-                and np.mean(recent[-20:]) < cfg["offset_after_loss"]
+                and np.mean(recent[-20:]) < cfg.offset_after_loss
             ):
                 info["offset_start"] = step
                 log(f"train step {step}: loss {np.mean(recent[-20:]):.3f}, random line offsets from here on")
@@ -503,7 +490,7 @@ def train_lm(
         loss = m(ids, tgt, positions=pos, loss_reduction="none")
         return (loss * w).sum() / w.sum()
 
-    every = max(1, cfg["train_steps"] // 8)
+    every = max(1, cfg.train_steps // 8)
     t0 = time.time()
 
     def callback(s, loss):
@@ -516,17 +503,17 @@ def train_lm(
         model,
         loss_fn,
         batches(),
-        cfg["train_steps"],
-        lr=cfg["lr"],
+        cfg.train_steps,
+        lr=cfg.lr,
         weight_decay=0.1,
-        warmup=min(100, cfg["train_steps"] // 10),
+        warmup=min(100, cfg.train_steps // 10),
         grad_clip=1.0,
         device=device,
         callback=callback,
     )
-    log(f"trained {cfg['train_steps']} steps in {time.time() - t0:.0f}s: loss {np.mean(losses[-20:]):.3f}")
+    log(f"trained {cfg.train_steps} steps in {time.time() - t0:.0f}s: loss {np.mean(losses[-20:]):.3f}")
     if max_position and info["offset_start"] is None:
-        log(f"the loss never fell below {cfg['offset_after_loss']}: no random line offsets were trained")
+        log(f"the loss never fell below {cfg.offset_after_loss}: no random line offsets were trained")
     return losses
 
 
@@ -608,13 +595,13 @@ def run_lm(ctx: RunContext, decide=("c1_dilution", "c2_thinking", "c3_qttt")) ->
         tiny_threads()  # tiny matrices: intra-op threads cost far more than they give (the runner restores them)
     t0 = time.time()
     torch.manual_seed(ctx.seed)
-    arms = [a for a in LM_ARMS if a in cfg["arms"]]
+    arms = [a for a in LM_ARMS if a in cfg.arms]
     if "ic" not in arms or "uniform" not in arms:
-        raise ValueError(f"arms must include 'ic' and 'uniform', got {cfg['arms']}")
+        raise ValueError(f"arms must include 'ic' and 'uniform', got {cfg.arms}")
     task = build_task(cfg)
     model = build_model(cfg, task, dev)
-    lengths = cfg["lengths"]
-    pause_room = cfg["think_max"] if cfg["pause_frac"] > 0 else 0
+    lengths = cfg.lengths
+    pause_room = cfg.think_max if cfg.pause_frac > 0 else 0
     longest_row = context_tokens(max(lengths)) + 1 + pause_room + 1  # context, key, pauses, answer
     info: dict = {}
     losses = train_lm(
@@ -624,12 +611,12 @@ def run_lm(ctx: RunContext, decide=("c1_dilution", "c2_thinking", "c3_qttt")) ->
         dev,
         ctx.seed,
         ctx.log,
-        max_position=longest_row if cfg["position_offsets"] else None,
+        max_position=longest_row if cfg.position_offsets else None,
         info=info,
     )
     model.eval()
     # positions seen in training: with offsets every position < longest_row, else the longest training row
-    trained_rows = context_tokens(cfg["train_lines"][1]) + 1 + pause_room + 1
+    trained_rows = context_tokens(cfg.train_lines[1]) + 1 + pause_room + 1
     trained_pos = max(trained_rows, longest_row) if info["offset_start"] is not None else trained_rows
     in_range = {n: context_tokens(n) + 1 <= trained_pos for n in lengths}  # context + question key
     rep.metric("train_final_loss", float(np.mean(losses[-20:])))
@@ -639,14 +626,14 @@ def run_lm(ctx: RunContext, decide=("c1_dilution", "c2_thinking", "c3_qttt")) ->
         {"offset_start_step": info["offset_start"], "trained_positions": trained_pos, "in_range": in_range},
     )
     flops = FlopModel.from_model(model)
-    ev = Evaluator(model, task, cfg["eval_batch"])
+    ev = Evaluator(model, task, cfg.eval_batch)
     decided_lengths = [n for n in lengths if in_range[n]] or lengths
-    if cfg["stop_if_not_learned"] and _report_if_not_learned(
+    if cfg.stop_if_not_learned and _report_if_not_learned(
         ctx, ev, task, lengths, decided_lengths[0], in_range, losses, decide
     ):
         return
     rng = np.random.default_rng(ctx.seed + 1)
-    N, k = cfg["ttt_steps"], cfg["ttt_span"]
+    N, k = cfg.ttt_steps, cfg.ttt_span
 
     def qttt(lr, sampler="uniform", params="q_full"):
         return QTTT(
@@ -659,8 +646,8 @@ def run_lm(ctx: RunContext, decide=("c1_dilution", "c2_thinking", "c3_qttt")) ->
                 grad_clip=1.0,
                 sampler=sampler,
                 params=params,
-                lora_rank=cfg["lora_rank"],
-                lora_alpha=2.0 * cfg["lora_rank"],
+                lora_rank=cfg.lora_rank,
+                lora_alpha=2.0 * cfg.lora_rank,
                 seed=ctx.seed,
             ),
         )
@@ -668,26 +655,26 @@ def run_lm(ctx: RunContext, decide=("c1_dilution", "c2_thinking", "c3_qttt")) ->
     # learning rate of qTTT: chosen on held-out contexts at the longest position-trained length (as the
     # paper picks it per dataset)
     long_n = decided_lengths[-1]
-    val = [task.sample(long_n, rng) for _ in range(cfg["n_val"])]
+    val = [task.sample(long_n, rng) for _ in range(cfg.n_val)]
     base_val = ev.run(val)["acc"]
     lr_rows, best = [], {}
     for sampler in [s for s in ("uniform", "targeted") if s in arms]:
         scores = {
             lr: ev.run(val, qttt(lr, sampler), span_weights=sampler == "targeted")["acc"]
-            for lr in cfg["ttt_lrs"]
+            for lr in cfg.ttt_lrs
         }
         best[sampler] = max(scores, key=lambda x: (scores[x], -x))
         lr_rows += [[sampler, lr, base_val, a] for lr, a in scores.items()]
     rep.table(
         lr_rows,
         ["span sampler", "lr", "val acc (no qTTT)", "val acc (qTTT)"],
-        f"qTTT learning-rate selection on {cfg['n_val']} held-out contexts of {long_n} lines",
+        f"qTTT learning-rate selection on {cfg.n_val} held-out contexts of {long_n} lines",
     )
     rep.metric("qttt_lr", best)
 
     results, insts_by_n = {}, {}
     for n in lengths:
-        insts = insts_by_n[n] = [task.sample(n, rng) for _ in range(cfg["n_eval"])]
+        insts = insts_by_n[n] = [task.sample(n, rng) for _ in range(cfg.n_eval)]
         T = len(insts[0].context)
         m_think = round(flops.matched_thinking_tokens(N, k, T))
         r = results[n] = {"T": T, "m_think": m_think, "in_range": in_range[n]}
@@ -697,8 +684,8 @@ def run_lm(ctx: RunContext, decide=("c1_dilution", "c2_thinking", "c3_qttt")) ->
         if "think_trained" in arms:
             r["think_trained"] = (
                 r["think"]
-                if "think" in r and m_think <= cfg["think_max"]
-                else ev.run(insts, n_pause=min(m_think, cfg["think_max"]))
+                if "think" in r and m_think <= cfg.think_max
+                else ev.run(insts, n_pause=min(m_think, cfg.think_max))
             )
         r["uniform"] = ev.run(insts, qttt(best["uniform"]))
         if "targeted" in arms:
@@ -755,7 +742,7 @@ def run_lm(ctx: RunContext, decide=("c1_dilution", "c2_thinking", "c3_qttt")) ->
         r = results[n]
         pos = "yes" if r["in_range"] else "no (extrapolation)"
         for a in arms:
-            pauses = {"think": r["m_think"], "think_trained": min(r["m_think"], cfg["think_max"])}.get(a, "")
+            pauses = {"think": r["m_think"], "think_trained": min(r["m_think"], cfg.think_max)}.get(a, "")
             rows.append(
                 [
                     n,
@@ -867,7 +854,7 @@ def _paired(a: dict, b: dict):
     return mean_ci(np.asarray(b["correct"]) - np.asarray(a["correct"]))
 
 
-def _decide_lm(ctx, results, lengths, head_mass, head, info, trained_pos, cfg, decide) -> None:
+def _decide_lm(ctx, results, lengths, head_mass, head, info, trained_pos, cfg: Config, decide) -> None:
     rep = ctx.report
 
     def verdict(cid, held, evidence):
@@ -876,11 +863,11 @@ def _decide_lm(ctx, results, lengths, head_mass, head, info, trained_pos, cfg, d
 
     inr = [n for n in lengths if results[n]["in_range"]]
     beyond = [n for n in lengths if not results[n]["in_range"]]
-    lo_l, hi_l = cfg["train_lines"]
+    lo_l, hi_l = cfg.train_lines
     if info["offset_start"] is not None:
         trained = (
             f"trained on {lo_l}-{hi_l} lines, with random line offsets up to position {trained_pos} from step "
-            f"{info['offset_start']} of {cfg['train_steps']}"
+            f"{info['offset_start']} of {cfg.train_steps}"
         )
     else:
         trained = f"trained on {lo_l}-{hi_l} lines with contiguous positions (< {trained_pos})"
@@ -966,9 +953,9 @@ def _decide_lm(ctx, results, lengths, head_mass, head, info, trained_pos, cfg, d
     g_s, _, _ = _paired(s["ic"], s["uniform"])
     dm = head_mass(l["uniform"]) - head_mass(l["ic"])
     ev3 = (
-        f"toy LM ({cfg['n_layers']} layers, d={cfg['d_model']}): qTTT (next-token loss on uniform random "
+        f"toy LM ({cfg.n_layers} layers, d={cfg.d_model}): qTTT (next-token loss on uniform random "
         f"spans over the frozen prefill cache, W_Q only; "
-        f"N={cfg['ttt_steps']}, k={cfg['ttt_span']}, lr {rep.metrics.get('qttt_lr', {}).get('uniform', '?')}) accuracy "
+        f"N={cfg.ttt_steps}, k={cfg.ttt_span}, lr {rep.metrics.get('qttt_lr', {}).get('uniform', '?')}) accuracy "
         f"gain {g_l:+.3f} at {long_} lines (95% CI [{glo:.3f}, {ghi:.3f}]) vs {g_s:+.3f} at {short}; "
         f"retrieval-head needle mass {head_mass(l['ic']):.3f} → {head_mass(l['uniform']):.3f}"
     )

@@ -10,31 +10,42 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass, field
 
 import torch
 
-from lmlab.experiment import RunContext, experiment
+from lmlab.experiment import RunContext, experiment, presets
 from lmlab.model import GPT, IGNORE_INDEX, GPTConfig
 from lmlab.train import fit
 
 MARGIN = 0.02  # nats/token: the wider model must be at least this much lower on held-out loss
 
-BASE = dict(vocab=24, branching=3, seq_len=64, layers=2, heads=2, lr=3e-3, eval_every=50, eval_seqs=128)
-PRESETS = {
-    "tiny": {**BASE, "widths": [16, 64], "seeds": 1, "steps": 200, "batch": 32, "eval_seqs": 64},
-    "small": {**BASE, "widths": [16, 32, 64, 128], "seeds": 3, "steps": 1200, "batch": 32, "eval_seqs": 512},
-    "gpu": {
-        **BASE,
-        "vocab": 48,
-        "widths": [32, 64, 128, 256],
-        "seeds": 3,
-        "steps": 2000,
-        "batch": 128,
-        "seq_len": 128,
-        "eval_every": 100,
-        "eval_seqs": 1024,
-    },
-}
+@dataclass
+class Config:
+    """One scaling ladder: GPTs of `widths` (d_model), `layers` deep, trained `steps` steps on an order-2 Markov
+    source over `vocab` symbols with `branching` successors per context; `seeds` replicates per width."""
+
+    widths: list[int] = field(default_factory=lambda: [16, 64])
+    seeds: int = 1
+    steps: int = 200
+    batch: int = 32
+    vocab: int = 24
+    branching: int = 3
+    seq_len: int = 64
+    layers: int = 2
+    heads: int = 2
+    lr: float = 3e-3
+    eval_every: int = 50
+    eval_seqs: int = 64
+
+
+PRESETS = presets(
+    Config,
+    tiny={},
+    small={"widths": [16, 32, 64, 128], "seeds": 3, "steps": 1200, "eval_seqs": 512},
+    gpu={"widths": [32, 64, 128, 256], "seeds": 3, "steps": 2000, "batch": 128, "vocab": 48, "seq_len": 128,
+         "eval_every": 100, "eval_seqs": 1024},
+)
 
 
 class MarkovSource:
@@ -90,21 +101,21 @@ def held_out_loss(model: GPT, x: torch.Tensor, batch: int = 256) -> float:
     return total / n
 
 
-def training_data(cfg: dict, source: MarkovSource, seed: int) -> torch.Tensor:
+def training_data(cfg: Config, source: MarkovSource, seed: int) -> torch.Tensor:
     """Every training batch of one seed, (steps, batch, seq_len), sampled once and shared by all widths."""
-    x = source.sample(cfg["steps"] * cfg["batch"], cfg["seq_len"], torch.Generator().manual_seed(2000 + seed))
-    return x.to(torch.uint8 if source.vocab <= 256 else torch.int32).view(cfg["steps"], cfg["batch"], -1)
+    x = source.sample(cfg.steps * cfg.batch, cfg.seq_len, torch.Generator().manual_seed(2000 + seed))
+    return x.to(torch.uint8 if source.vocab <= 256 else torch.int32).view(cfg.steps, cfg.batch, -1)
 
 
-def train_width(cfg: dict, width: int, seed: int, data: torch.Tensor, held: torch.Tensor, dev) -> dict:
+def train_width(cfg: Config, width: int, seed: int, data: torch.Tensor, held: torch.Tensor, dev) -> dict:
     torch.manual_seed(1000 + seed)  # same init stream for every width
     model = GPT(
         GPTConfig(
-            vocab_size=cfg["vocab"],
-            n_layers=cfg["layers"],
-            n_heads=cfg["heads"],
+            vocab_size=cfg.vocab,
+            n_layers=cfg.layers,
+            n_heads=cfg.heads,
             d_model=width,
-            seq_len=cfg["seq_len"],
+            seq_len=cfg.seq_len,
         )
     ).to(dev)
     batches = (b.to(dev, torch.long) for b in data)  # same data order for every width
@@ -112,7 +123,7 @@ def train_width(cfg: dict, width: int, seed: int, data: torch.Tensor, held: torc
     curve = []
 
     def on_step(step: int, loss: torch.Tensor) -> None:
-        if (step + 1) % cfg["eval_every"] == 0 or step + 1 == cfg["steps"]:
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             model.eval()
             curve.append((step + 1, held_out_loss(model, held)))
             model.train()
@@ -121,8 +132,8 @@ def train_width(cfg: dict, width: int, seed: int, data: torch.Tensor, held: torc
         model,
         lambda m, x: m(x, targets_from(x)),
         batches,
-        cfg["steps"],
-        lr=cfg["lr"],
+        cfg.steps,
+        lr=cfg.lr,
         warmup=20,
         callback=on_step,
         device=dev,
@@ -142,12 +153,12 @@ def train_width(cfg: dict, width: int, seed: int, data: torch.Tensor, held: torc
 def run(ctx: RunContext) -> None:
     """Train GPTs of each width on an order-2 Markov source; compare held-out loss to the entropy floor."""
     cfg, dev, rep = ctx.cfg, ctx.device, ctx.report
-    source = MarkovSource(cfg["vocab"], cfg["branching"], seed=ctx.seed)
-    held = source.sample(cfg["eval_seqs"], cfg["seq_len"], torch.Generator().manual_seed(10_000 + ctx.seed))
+    source = MarkovSource(cfg.vocab, cfg.branching, seed=ctx.seed)
+    held = source.sample(cfg.eval_seqs, cfg.seq_len, torch.Generator().manual_seed(10_000 + ctx.seed))
     floor = source.conditional_entropy(held)
     held = held.to(dev)
     runs = []
-    jobs = [(w, s) for s in range(cfg["seeds"]) for w in cfg["widths"]]
+    jobs = [(w, s) for s in range(cfg.seeds) for w in cfg.widths]
     data_seed = data = None
     for w, s in ctx.progress(jobs, desc="width×seed runs", every_s=5):
         seed = ctx.seed * 100 + s
@@ -156,9 +167,9 @@ def run(ctx: RunContext) -> None:
         runs.append(train_width(cfg, w, seed, data, held, dev))
         ctx.log(f"d_model={w} seed={s}: held-out loss {runs[-1]['final']:.4f} (floor {floor:.4f})")
 
-    finals = {w: [r["final"] for r in runs if r["width"] == w] for w in cfg["widths"]}
+    finals = {w: [r["final"] for r in runs if r["width"] == w] for w in cfg.widths}
     rows = []
-    for w in cfg["widths"]:
+    for w in cfg.widths:
         f = finals[w]
         sd = statistics.stdev(f) if len(f) > 1 else "n/a"
         params = next(r["params"] for r in runs if r["width"] == w)
@@ -169,7 +180,7 @@ def run(ctx: RunContext) -> None:
     rep.table(
         rows,
         ["d_model", "params", "held-out loss (nats/token)", "sd over seeds", "gap to floor"],
-        title=f"Held-out loss after {cfg['steps']} steps ({cfg['seeds']} seed(s)); "
+        title=f"Held-out loss after {cfg.steps} steps ({cfg.seeds} seed(s)); "
         f"true conditional entropy {floor:.4f} nats/token",
     )
 
@@ -179,10 +190,10 @@ def run(ctx: RunContext) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for w in cfg["widths"]:
+    for w in cfg.widths:
         for r in (r for r in runs if r["width"] == w):
             steps, losses = zip(*r["curve"])
-            shade = 0.85 * cfg["widths"].index(w) / max(1, len(cfg["widths"]) - 1)
+            shade = 0.85 * cfg.widths.index(w) / max(1, len(cfg.widths) - 1)
             ax.plot(
                 steps,
                 losses,
@@ -202,7 +213,7 @@ def run(ctx: RunContext) -> None:
         "true conditional entropy (lowest achievable loss).",
     )
 
-    narrow, wide = min(cfg["widths"]), max(cfg["widths"])
+    narrow, wide = min(cfg.widths), max(cfg.widths)
     gaps = [a - b for a, b in zip(finals[narrow], finals[wide])]  # paired by seed
     gap = statistics.mean(gaps)
     evidence = (

@@ -12,12 +12,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.experiment import RunContext, experiment
+from lmlab.experiment import RunContext, experiment, presets
 from lmlab.methods.sumerian import loaders
 from lmlab.methods.sumerian.interpret import (
     METHODS,
@@ -70,24 +71,56 @@ CLAIMS = {
 POS_MARGIN, NER_MARGIN, BLEU_MARGIN, AP_MARGIN = 0.15, 0.30, 1.0, 0.20
 LOOKUP_POS_MARGIN, LOOKUP_NER_MARGIN = 0.05, 0.05  # over WordMajorityTagger (most frequent tag per word)
 
-# decide_mt: the tiny preset's few hundred steps leave the translator far from converged (it needs ~2000
-# steps of batch 64 on Ur III lines), so there the MT claim is reported but left undecided.
+
+@dataclass
+class Config:
+    """One run: HMM/CRF/BiLSTM-CRF taggers on the CDLI POS and NER corpora against two baselines; an
+    encoder–decoder Transformer on an Ur III parallel corpus against copy and lexicon baselines (optionally
+    with one round of self-training); attributions of a trained and an untrained model on a synthetic
+    translation task with known alignments. Sizes of 0 (tag_train, tag_test, mt_train, mt_test,
+    self_training_lines) mean "all"."""
+
+    # 1. tagging
+    taggers: str = "hmm,crf,bilstm_crf"  # comma-separated
+    augment_copies: int = 1  # entity-swapped copies of each training sentence
+    tag_train: int = 1000
+    tag_test: int = 600
+    compare_augment: bool = False  # also a CRF trained without augmentation
+    crf_iters: int = 50
+    bilstm_epochs: int = 4
+    # 2. translation
+    mt_corpus: str = "ur3_line"
+    mt_train: int = 0
+    mt_test: int = 200
+    mt_steps: int = 150
+    mt_d_model: int = 64
+    mt_vocab: int = 1000
+    mt_batch: int = 64
+    mt_lr: float = 3e-3
+    beam: int = 2
+    self_training: bool = False
+    self_training_lines: int = 0  # monolingual Sumerian lines translated for self-training
+    # the tiny preset's few hundred steps leave the translator far from converged (it needs ~2000 steps of
+    # batch 64 on Ur III lines), so there the MT claim is reported but left undecided
+    decide_mt: bool = False
+    # 3. synthetic alignment
+    synth_steps: int = 250
+    synth_eval: int = 12  # held-out sentences whose attributions are scored
+    ig_steps: int = 16  # integrated-gradients steps (also for the real example sentence)
+
+
 # fmt: off
-_COMMON = {"taggers": "hmm,crf,bilstm_crf", "augment_copies": 1, "mt_corpus": "ur3_line", "mt_train": 0}
-PRESETS = {
-    "tiny": {**_COMMON, "tag_train": 1000, "tag_test": 600, "compare_augment": False, "crf_iters": 50,
-             "bilstm_epochs": 4, "mt_test": 200, "mt_steps": 150, "mt_d_model": 64, "mt_vocab": 1000,
-             "mt_batch": 64, "mt_lr": 3e-3, "beam": 2, "self_training": False, "self_training_lines": 0,
-             "decide_mt": False, "synth_steps": 250, "synth_eval": 12, "ig_steps": 16},
-    "small": {**_COMMON, "tag_train": 0, "tag_test": 0, "compare_augment": True, "crf_iters": 100,
-              "bilstm_epochs": 1, "mt_test": 0, "mt_steps": 1500, "mt_d_model": 128, "mt_vocab": 2000,
-              "mt_batch": 64, "mt_lr": 2e-3, "beam": 4, "self_training": True, "self_training_lines": 2000,
-              "decide_mt": True, "synth_steps": 400, "synth_eval": 30, "ig_steps": 32},
-    "gpu": {**_COMMON, "tag_train": 0, "tag_test": 0, "compare_augment": False, "crf_iters": 100,
-            "bilstm_epochs": 2, "mt_test": 0, "mt_steps": 4000, "mt_d_model": 256, "mt_vocab": 2000,
-            "mt_batch": 128, "mt_lr": 1e-3, "beam": 5, "self_training": True, "self_training_lines": 8000,
-            "decide_mt": True, "synth_steps": 600, "synth_eval": 60, "ig_steps": 50},
-}
+PRESETS = presets(
+    Config,
+    tiny={},
+    small={"tag_train": 0, "tag_test": 0, "compare_augment": True, "crf_iters": 100, "bilstm_epochs": 1,
+           "mt_test": 0, "mt_steps": 1500, "mt_d_model": 128, "mt_vocab": 2000, "mt_lr": 2e-3, "beam": 4,
+           "self_training": True, "self_training_lines": 2000, "decide_mt": True, "synth_steps": 400,
+           "synth_eval": 30, "ig_steps": 32},
+    gpu={"tag_train": 0, "tag_test": 0, "crf_iters": 100, "bilstm_epochs": 2, "mt_test": 0, "mt_steps": 4000,
+         "mt_d_model": 256, "mt_vocab": 2000, "mt_batch": 128, "mt_lr": 1e-3, "beam": 5, "self_training": True,
+         "self_training_lines": 8000, "decide_mt": True, "synth_steps": 600, "synth_eval": 60, "ig_steps": 50},
+)
 # fmt: on
 
 # A sentence from the InterpretLR figure, with lexical correspondences encoded by hand from its gloss
@@ -123,20 +156,20 @@ def run(ctx: RunContext) -> None:
 # ---------------------------------------------------------------- 1. tagging
 def tagging(ctx: RunContext, root) -> None:
     cfg, rep = ctx.cfg, ctx.report
-    limit = cfg["tag_train"] or None
-    pos_train, ner_train = training_sentences(root, limit, cfg["augment_copies"], ctx.seed)
+    limit = cfg.tag_train or None
+    pos_train, ner_train = training_sentences(root, limit, cfg.augment_copies, ctx.seed)
     n_orig = len(loaders.load_tagged("pos", "train", root, limit))
     _, list_counts = attested_entries(loaders.load_entity_lists(root), ner_train[:n_orig])
     for typ, (k, n) in list_counts.items():
         ctx.log(f"named-entity list {typ}: {k} of {n} entries attested in the training sentences")
-    bilstm = BiLSTMCRFConfig(epochs=cfg["bilstm_epochs"], seed=ctx.seed)
-    names = [t.strip() for t in cfg["taggers"].split(",")]
+    bilstm = BiLSTMCRFConfig(epochs=cfg.bilstm_epochs, seed=ctx.seed)
+    names = [t.strip() for t in cfg.taggers.split(",")]
     rows, results = [], {}
     for task, train in (("pos", pos_train), ("ner", ner_train)):
-        test = loaders.load_tagged(task, "test", root, cfg["tag_test"] or None)
+        test = loaders.load_tagged(task, "test", root, cfg.tag_test or None)
         gold, toks = [s.tags for s in test], [s.tokens for s in test]
         models = [MajorityTagger(), WordMajorityTagger()] + [
-            make_tagger(n, cfg["crf_iters"], bilstm, ctx.device) for n in names
+            make_tagger(n, cfg.crf_iters, bilstm, ctx.device) for n in names
         ]
         for m in models:
             t0 = time.process_time()
@@ -166,11 +199,11 @@ def tagging(ctx: RunContext, root) -> None:
                 f"{task} {m.name}: acc {res['accuracy']:.3f} macro-F1 {res['macro_f1']:.3f}"
                 + (f" entity-F1 {res['entity_f1']:.3f}" if task == "ner" else "")
             )
-    if cfg["compare_augment"] and "crf" in names:
+    if cfg.compare_augment and "crf" in names:
         plain_ner = loaders.load_tagged("ner", "train", root, limit)
-        test = loaders.load_tagged("ner", "test", root, cfg["tag_test"] or None)
+        test = loaders.load_tagged("ner", "test", root, cfg.tag_test or None)
         gold = [s.tags for s in test]
-        m = make_tagger("crf", cfg["crf_iters"]).fit(plain_ner)
+        m = make_tagger("crf", cfg.crf_iters).fit(plain_ner)
         ent = tagging_scores(gold, m.predict([s.tokens for s in test]), True)["entity"]
         rep.metric("ner.crf_no_augmentation.entity_f1", ent["f1"])
         rows.append(["ner", "crf (no augmentation)", "", "", ent["f1"], ""])
@@ -183,7 +216,7 @@ def tagging(ctx: RunContext, root) -> None:
         rep.text("CRF entity F1 per type (geographical names GN, settlements SN): " + "; ".join(per) + ".")
     used, listed = (sum(v[i] for v in list_counts.values()) for i in (0, 1))
     source = ""
-    if cfg["augment_copies"] > 0:
+    if cfg.augment_copies > 0:
         rep.metric("ner.entity_lists_used", used)
         rep.metric("ner.entity_lists_listed", listed)
         source = (
@@ -196,7 +229,7 @@ def tagging(ctx: RunContext, root) -> None:
         rows,
         ["task", "model", "token acc", "macro F1", "entity F1", "fit+predict CPU s"],
         f"Tagging on the test split ({n_orig} training sentences + {len(pos_train) - n_orig} entity-swapped "
-        f"copies; test sentences: {cfg['tag_test'] or 'all'}).{source}",
+        f"copies; test sentences: {cfg.tag_test or 'all'}).{source}",
     )
 
     base_pos = results[("pos", "majority")]["accuracy"]
@@ -250,38 +283,38 @@ def _tagging_figure(ctx, results, names):
 # ---------------------------------------------------------------- 2. translation
 def translation(ctx: RunContext, root) -> None:
     cfg, rep = ctx.cfg, ctx.report
-    corpus = cfg["mt_corpus"]
-    train = loaders.load_parallel(corpus, "train", root, cfg["mt_train"] or None)
-    test = loaders.load_parallel(corpus, "test", root, cfg["mt_test"] or None)
+    corpus = cfg.mt_corpus
+    train = loaders.load_parallel(corpus, "train", root, cfg.mt_train or None)
+    test = loaders.load_parallel(corpus, "test", root, cfg.mt_test or None)
     src, refs = [s for s, _ in test], [e for _, e in test]
     scores = {"copy": bleu_chrf(copy_baseline(src), refs)}
     lex = LexiconBaseline().fit(train)
     scores["lexicon"] = bleu_chrf(lex.translate(src), refs)
     mt_cfg = MTConfig(
-        src_vocab_size=cfg["mt_vocab"],
-        tgt_vocab_size=cfg["mt_vocab"],
-        d_model=cfg["mt_d_model"],
-        d_ff=4 * cfg["mt_d_model"],
-        steps=cfg["mt_steps"],
-        batch_size=cfg["mt_batch"],
-        lr=cfg["mt_lr"],
-        warmup=max(1, cfg["mt_steps"] // 10),
+        src_vocab_size=cfg.mt_vocab,
+        tgt_vocab_size=cfg.mt_vocab,
+        d_model=cfg.mt_d_model,
+        d_ff=4 * cfg.mt_d_model,
+        steps=cfg.mt_steps,
+        batch_size=cfg.mt_batch,
+        lr=cfg.mt_lr,
+        warmup=max(1, cfg.mt_steps // 10),
         seed=ctx.seed,
     )
     t0 = time.process_time()
     tr = train_translator(train, mt_cfg, ctx.device, log=ctx.log)
     rep.metric("mt.train_cpu_s", time.process_time() - t0)
     rep.metric("mt.epochs", epochs_covered(mt_cfg, len(train)))
-    hyps = tr.translate(src, beam=cfg["beam"])
+    hyps = tr.translate(src, beam=cfg.beam)
     scores["transformer"] = bleu_chrf(hyps, refs)
-    if cfg["beam"] > 1:
+    if cfg.beam > 1:
         scores["transformer (greedy)"] = bleu_chrf(tr.translate(src, beam=1), refs)
-    if cfg["self_training"]:
-        mono, n_dropped = self_training_lines(root, cfg["self_training_lines"] or None)
+    if cfg.self_training:
+        mono, n_dropped = self_training_lines(root, cfg.self_training_lines or None)
         rep.metric("mt.self_training.lines", len(mono))
         rep.metric("mt.self_training.lines_dropped_overlapping_held_out", n_dropped)
         st = self_training_round(tr, train, mono, device=ctx.device, log=ctx.log)
-        scores[ST_SYSTEM] = bleu_chrf(st.translate(src, beam=cfg["beam"]), refs)
+        scores[ST_SYSTEM] = bleu_chrf(st.translate(src, beam=cfg.beam), refs)
     for name, sc in scores.items():
         rep.metric(f"mt.{name}.bleu", sc["bleu"])
         rep.metric(f"mt.{name}.chrf", sc["chrf"])
@@ -290,9 +323,9 @@ def translation(ctx: RunContext, root) -> None:
         [[k, v["bleu"], v["chrf"]] for k, v in scores.items()],
         ["system", "BLEU", "chrF"],
         f"Sumerian→English on {corpus} test ({len(test)} pairs; {len(train)} training pairs, "
-        f"{cfg['mt_steps']} steps ≈ {epochs_covered(mt_cfg, len(train)):.1f} epochs, beam {cfg['beam']})",
+        f"{cfg.mt_steps} steps ≈ {epochs_covered(mt_cfg, len(train)):.1f} epochs, beam {cfg.beam})",
     )
-    if cfg["self_training"]:
+    if cfg.self_training:
         d = scores[ST_SYSTEM]["bleu"] - scores["transformer"]["bleu"]
         rep.metric("mt.self_training_bleu_change", d)
         rep.text(
@@ -316,9 +349,9 @@ def translation(ctx: RunContext, root) -> None:
         f"transformer BLEU {scores['transformer']['bleu']:.2f} (chrF {scores['transformer']['chrf']:.1f}) vs "
         f"copy {scores['copy']['bleu']:.2f} / lexicon {scores['lexicon']['bleu']:.2f} "
         f"(chrF {scores['lexicon']['chrf']:.1f}): gap {gap:+.2f} BLEU, required +{BLEU_MARGIN} "
-        f"({cfg['mt_steps']} training steps; the paper's 6-layer model reached 36–44 BLEU on larger setups)"
+        f"({cfg.mt_steps} training steps; the paper's 6-layer model reached 36–44 BLEU on larger setups)"
     )
-    if cfg["decide_mt"]:
+    if cfg.decide_mt:
         rep.decide("mt_beats_baseline", gap >= BLEU_MARGIN, numbers)
     else:
         rep.decide(
@@ -368,7 +401,7 @@ def _real_attribution(ctx, tr) -> None:
 
     src, tgt = " ".join(HIGHLIGHT["source"]), " ".join(HIGHLIGHT["target"])
     methods = ("integrated_gradients", "attention")
-    mats, sw, ow = explain_translation(tr, src, tgt, methods, n_steps=ctx.cfg["ig_steps"])
+    mats, sw, ow = explain_translation(tr, src, tgt, methods, n_steps=ctx.cfg.ig_steps)
     if (len(ow), len(sw)) == (len(HIGHLIGHT["target"]), len(HIGHLIGHT["source"])):
         gold = gold_mask(HIGHLIGHT["alignment"], len(ow), len(sw))
         for m, mat in mats.items():
@@ -437,24 +470,24 @@ def synthetic_alignment(ctx: RunContext) -> None:
         )
 
     t0 = time.process_time()
-    losses = fit(model, loss_fn, batches(), cfg["synth_steps"], lr=3e-3, warmup=30, device=dev)
+    losses = fit(model, loss_fn, batches(), cfg.synth_steps, lr=3e-3, warmup=30, device=dev)
     held_out = task.sample(200, seed=10_000_019 + ctx.seed)
     src, _ = _encode_synthetic(held_out, sv, tv, dev)
     pred = greedy_decode(model, src, 1, 2, 12)
     exact = float(np.mean([p == [tv[w] for w in e.target] for p, e in zip(pred, held_out)]))
     rep.metric("synthetic.exact_match", exact)
     rep.metric("synthetic.final_loss", losses[-1])
-    ctx.log(f"synthetic task: exact match {exact:.3f} after {cfg['synth_steps']} steps")
+    ctx.log(f"synthetic task: exact match {exact:.3f} after {cfg.synth_steps} steps")
 
     scores = {name: {} for name in ("trained", "untrained")}
     deltas = []
     keep = {}
-    for e in held_out[: cfg["synth_eval"]]:
+    for e in held_out[: cfg.synth_eval]:
         s = torch.tensor([[sv[w] for w in e.source] + [2]], device=dev)
         out = torch.tensor([[tv[w] for w in e.target]], device=dev)
         gold = gold_mask(e.alignment, len(e.target), len(e.source))
         for name, m in (("trained", model), ("untrained", untrained)):
-            atts = attribute_all(seq2seq_explainable(m, s, out, 1), METHODS, n_steps=cfg["ig_steps"])
+            atts = attribute_all(seq2seq_explainable(m, s, out, 1), METHODS, n_steps=cfg.ig_steps)
             for meth, a in atts.items():
                 mat = a.matrix[:, : len(e.source)]  # the <eos> column is not a word
                 for k, v in agreement(mat, gold).items():
@@ -490,7 +523,7 @@ def synthetic_alignment(ctx: RunContext) -> None:
             "Spearman trained",
             "Spearman untrained",
         ],
-        f"Agreement with the true alignment ({cfg['synth_eval']} held-out sentences, reversed word order; "
+        f"Agreement with the true alignment ({cfg.synth_eval} held-out sentences, reversed word order; "
         f"chance hit@1 ≈ 1/6)",
     )
     mean_diff = float(np.mean(diffs))
@@ -503,7 +536,7 @@ def synthetic_alignment(ctx: RunContext) -> None:
         + ", ".join(f"{m} {d:+.2f}" for m, d in zip(METHODS, diffs))
         + f"; the trained model solves the task (exact match {exact:.2f}, required ≥ 0.5); "
         f"IG completeness gap |δ| mean {np.mean(deltas):.2g}, max {np.max(deltas):.2g} "
-        f"({ctx.cfg['ig_steps']} steps)",
+        f"({ctx.cfg.ig_steps} steps)",
     )
     _synthetic_figure(ctx, keep, held_out[0])
 
