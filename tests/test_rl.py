@@ -287,7 +287,7 @@ def test_completions_with_special_tokens_inside_are_not_verified():
 
 
 def test_rollout_rewards_and_pass_at_k_reject_special_tokens(monkeypatch):
-    import lmlab.generate as gen_mod
+    import lmlab.evaluate as eval_mod
     import lmlab.rl as rl_mod
     from lmlab.generate import Generation
 
@@ -297,8 +297,10 @@ def test_rollout_rewards_and_pass_at_k_reject_special_tokens(monkeypatch):
     monkeypatch.setattr(rl_mod, "sample_ids", lambda *a, **k: [good, bad])
     batch = trainer.rollout()
     assert batch.correct.tolist() == [[True, False]] and batch.stats["format_rate"] == 0.5
-    monkeypatch.setattr(gen_mod, "generate", lambda model, prompts, *a, **k: Generation(
-        [good if i % 2 == 0 else bad for i in range(len(prompts))], [[0.0]] * len(prompts), [True] * len(prompts)))
+    fake = lambda model, prompts, *a, **k: Generation(  # noqa: E731
+        [good if i % 2 == 0 else bad for i in range(len(prompts))], [[0.0]] * len(prompts), [True] * len(prompts))
+    for mod in (eval_mod, rl_mod):  # each module's own reference to the engine
+        monkeypatch.setattr(mod, "generate", fake)
     res = rl_mod.sample_pass_at_k(trainer.model, tok, task, [prob], n=2, ks=(1, 2))
     assert res["counts"] == [1] and res["format_rate"] == 0.5
     outs = rl_mod.sample_completions(trainer.model, tok, [[tok.bos_id]] * 2, 20)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib
+import io
 import json
 import os
 import random
@@ -28,8 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_model, save_model
 from torch import nn
 
+import lmlab
+from lmlab.model import GPT, GPTConfig
 from lmlab.utils import LmlabError, atomic_write_bytes, fsync_path, to_jsonable
 
 FORMAT_VERSION = 1
@@ -160,10 +164,6 @@ def save(
 ) -> Path:
     """Write checkpoint `step` of `run` atomically and return its folder (an existing one is replaced).
     `optimizer_state` replaces `optimizer.state_dict()` (FSDP saves its gathered full state this way)."""
-    from safetensors.torch import save_model
-
-    import lmlab
-
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     model = unwrap(model)
@@ -281,8 +281,6 @@ def verify(d: Path, meta: dict, name: str) -> Path:
 
 def build_model(model_config: dict, attention_modules=()) -> nn.Module:
     """A fresh GPT from a saved config; attention classes registered outside lmlab.model are imported."""
-    from lmlab.model import GPT, GPTConfig
-
     for mod in attention_modules:
         try:
             importlib.import_module(mod)
@@ -300,8 +298,6 @@ def load(
     run: str | Path, step: int | None = None, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:
     """(model, meta) of checkpoint `step` of `run` (latest complete step by default), hash-checked."""
-    from safetensors.torch import load_model
-
     d = resolve(run, step)
     meta = read_meta(d)
     path = verify(d, meta, MODEL_FILE)
@@ -316,8 +312,6 @@ def load_into(
     model: nn.Module, optimizer: torch.optim.Optimizer | None, run: str | Path, step: int | None = None
 ) -> dict:
     """Load weights (and optimizer state when given) of a checkpoint into existing objects; returns meta."""
-    from safetensors.torch import load_model
-
     d = resolve(run, step)
     meta = read_meta(d)
     model = unwrap(model)
@@ -349,8 +343,6 @@ def load_optimizer_state(run: str | Path, step: int | None = None, device: str |
 # ---------------------------------------------------------------- resume snapshots of the light loops
 def save_snapshot(path: str | Path, state: dict) -> None:
     """Write a resume snapshot (`torch.save` of tensors and plain values) atomically."""
-    import io
-
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())

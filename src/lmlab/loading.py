@@ -8,21 +8,18 @@ from pathlib import Path
 
 import torch
 
+from lmlab import checkpoint, hf
+from lmlab.tokenizer import Tokenizer
 from lmlab.utils import LmlabError
 
 
 def load_policy(path: str, step: int | None, tokenizer: str | None, device):
     """(model, codec, kind) from an HF causal-LM folder or an lmlab run/step folder."""
-    from lmlab.tokenizer import Tokenizer
-
     p = Path(path)
     if (p / "config.json").is_file():
-        from lmlab import hf
-
         model = hf.load_model(p, "causal", wrap=True).to(device)  # lmlab's interface: KV-cached engine, hooks
         codec = Tokenizer.load(tokenizer) if tokenizer else hf.HFCodec(hf.load_tokenizer(p))
         return model, codec, "hf"
-    from lmlab import checkpoint
 
     model, meta = checkpoint.load(p, step, device=device)
     if tokenizer is None:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmlab.utils import atomic_write_json, atomic_write_text, to_jsonable
+import torch
+import yaml
+
+from lmlab.utils import atomic_write_json, atomic_write_png, atomic_write_text, to_jsonable
 
 NOT_EVALUATED = "not evaluated in this run"
 
@@ -33,8 +37,6 @@ def verdict(held: bool | None) -> str:
 
 def environment(cpu_threads: int | None = None) -> dict[str, Any]:
     """Versions and hardware; `cpu_threads`: the intra-op threads a run used (default: the current setting)."""
-    import torch
-
     env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -109,8 +111,6 @@ class Report:
 
     def figure(self, fig, name: str, caption: str) -> Path:
         """Save a matplotlib figure as NAME.png (atomically) and reference it in the report."""
-        from lmlab.utils import atomic_write_png
-
         unlabeled = [
             i
             for i, ax in enumerate(fig.axes)
@@ -186,8 +186,6 @@ class Report:
         for fname, cap in self.figures:
             lines += [f"![{cap}]({fname})", "", f"*{cap}*", ""]
         if self.config:
-            import yaml
-
             lines += [
                 "## Configuration",
                 "",
@@ -207,10 +205,6 @@ class Report:
 def override_args(overrides: dict) -> list[str]:
     """`key=value` command-line words (shell-quoted where needed) that `lmlab run` parses back to the same
     values: booleans as true/false, lists and dicts as YAML flow, text as is."""
-    import shlex
-
-    import yaml
-
     words = []
     for k, v in overrides.items():
         if isinstance(v, bool):

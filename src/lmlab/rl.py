@@ -33,7 +33,10 @@ import torch
 from torch import nn
 
 from lmlab.checkpoint import phase_range
+from lmlab.evaluate import pass_at_k, sample_and_verify
+from lmlab.generate import generate
 from lmlab.sft import clip_and_step, forward_logits
+from lmlab.train import make_optimizer
 from lmlab.utils import LmlabError, pad_batch
 
 
@@ -169,8 +172,6 @@ def sample_ids(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, 
     """Completion ids per prompt (the stop token kept when hit) from the KV-cached engine `lmlab.generate`
     (lmlab GPT or HF model), in chunks of batch_size. `seeds` (one per prompt) make every sample
     independent of the batch it ran in."""
-    from lmlab.generate import generate
-
     out: list[list[int]] = []
     for i in range(0, len(prompts), batch_size):
         g = generate(model, prompts[i:i + batch_size], max_new_tokens, temperature=temperature, top_k=top_k,
@@ -199,8 +200,6 @@ def sample_pass_at_k(model, codec, task, problems, n: int, ks=(1,), temperature:
                      batch_size: int = 512) -> dict:
     """Sample n completions per problem, verify them strictly and return unbiased pass@k (for `ks` and the
     curve k = 1..n), per-problem correct counts and the well-formed rate (`lmlab.evaluate.sample_and_verify`)."""
-    from lmlab.evaluate import sample_and_verify
-
     max_new = max_new_tokens or max(task.max_completion_chars(p.difficulty) for p in problems) + 1
     prompts = [[codec.bos_id] + codec.encode(p.prompt) for p in problems]
     texts: dict = {}
@@ -273,8 +272,6 @@ class GRPOTrainer:
 
     def __init__(self, model: nn.Module, codec, task, problems: list, cfg: GRPOConfig, seed: int = 0,
                  optimizer: torch.optim.Optimizer | None = None, ref_model: nn.Module | None = None):
-        from lmlab.train import make_optimizer
-
         cfg.validate()
         if not problems:
             raise LmlabError("RL needs training problems: the training split is empty")
@@ -299,8 +296,6 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def rollout(self) -> RolloutBatch:
-        from lmlab.evaluate import pass_at_k
-
         cfg, codec = self.cfg, self.codec
         probs = self._next_problems()
         g = cfg.group_size

@@ -23,6 +23,7 @@ from torch import nn
 
 from lmlab.checkpoint import phase_range
 from lmlab.model import IGNORE_INDEX
+from lmlab.train import lr_at, make_optimizer, set_lr
 from lmlab.utils import LmlabError, autocast_ctx, pad_batch
 
 
@@ -140,8 +141,6 @@ class BatchStream:
 
 # ---------------------------------------------------------------------------------------------- training
 def make_sft_optimizer(model: nn.Module, cfg: SFTConfig) -> torch.optim.Optimizer:
-    from lmlab.train import make_optimizer
-
     return make_optimizer(model, cfg.lr, cfg.weight_decay, betas=cfg.betas)
 
 
@@ -155,8 +154,6 @@ def train_sft(model: nn.Module, examples: list[SFTExample], pad_id: int, cfg: SF
               callback: Callable[[int, dict], None] | None = None, resume=None) -> list[dict]:
     """SFT with AdamW on the shared schedule (`lmlab.train.lr_at`); returns per-step logs.
     `resume`: a `lmlab.checkpoint.Resume` (snapshots between steps, exact continuation)."""
-    from lmlab.train import lr_at, set_lr
-
     cfg.validate()
     opt = make_sft_optimizer(model, cfg)
     stream = BatchStream(examples, cfg.batch_size, seed)

@@ -151,7 +151,8 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts, vocab_size: int = 1024, specials=DEFAULT_SPECIALS, min_frequency: int = 2) -> "BPETokenizer":
-        from tokenizers import Tokenizer as HFTok
+        from tokenizers import Tokenizer as HFTok  # only BPE tokenizers need the HF tokenizers library
+        # only BPE tokenizers need the HF tokenizers library
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
         tok = HFTok(models.BPE())
@@ -165,7 +166,7 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def from_file(cls, path: str | Path) -> "BPETokenizer":
-        from tokenizers import Tokenizer as HFTok
+        from tokenizers import Tokenizer as HFTok  # only BPE tokenizers need the HF tokenizers library
 
         return cls(HFTok.from_file(str(path)))
 

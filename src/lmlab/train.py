@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import yaml
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -27,7 +28,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from lmlab.utils import LmlabError
+from lmlab import checkpoint as ck
+from lmlab.checkpoint import load_snapshot, rng_state, save_snapshot, set_rng_state
+from lmlab.config import BF16_NEEDS_CUDA
+from lmlab.data import DataSpec
+from lmlab.model import GPT
+from lmlab.tokenizer import Tokenizer
+from lmlab.utils import LmlabError, atomic_write_text, autocast_ctx, get_device, seed_everything
 
 try:  # FSDP2; torch 2.5 has it under the private name
     from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -92,8 +99,6 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor], 
     not read back every step (that would stall the CPU on the GPU each step): `callback(step, loss)` gets
     it as a 0-d tensor (`float(loss)` waits for the GPU) and the floats are returned at the end.
     """
-    from lmlab.utils import autocast_ctx
-
     dev = device or next(model.parameters()).device
     opt = optimizer or make_optimizer(model, lr, weight_decay)
     model.train()
@@ -133,8 +138,6 @@ def train_step(
     micro-batch's share of the counted tokens when they differ). Under DDP only the last micro-batch
     all-reduces gradients, and the finite check is agreed across ranks. Returns (loss, grad norm, applied).
     """
-    from lmlab.utils import autocast_ctx
-
     n = len(micro_batches)
     w = [1.0 / n] * n if weights is None else [float(x) for x in weights]
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -205,8 +208,6 @@ def lm_loss(model: nn.Module, batch) -> torch.Tensor:
 
 def _setup_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
     """(rank, world size, device, whether we initialised the process group). torchrun sets WORLD_SIZE."""
-    from lmlab.utils import get_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1 and not (dist.is_available() and dist.is_initialized()):
         return 0, 1, get_device(device_name), False
@@ -278,8 +279,6 @@ class FitResume:
         self.losses: list = []  # every step's loss so far (0-d tensors: read back only when saved)
 
     def restore(self, model: nn.Module, opt: torch.optim.Optimizer) -> int:
-        from lmlab.checkpoint import load_snapshot, set_rng_state
-
         self.model, self.opt = model, opt
         if not (self.resume and self.path.exists()):
             return 0
@@ -292,8 +291,6 @@ class FitResume:
         return snap["step"]
 
     def save(self, steps_done: int) -> None:
-        from lmlab.checkpoint import rng_state, save_snapshot
-
         save_snapshot(self.path, {
             "run": self.run, "step": steps_done, "model": self.model.state_dict(), "opt": self.opt.state_dict(),
             "losses": [float(x) for x in self.losses], "rng": rng_state(),
@@ -386,7 +383,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     keep = [
         ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step
     ]
-    from lmlab.utils import atomic_write_text
 
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
@@ -395,19 +391,9 @@ class _Pretrainer:
     """The state of one pretraining run on one process (see `pretrain`)."""
 
     def __init__(self, cfg, out: Path, resume: bool, loss_fn, rank: int, world: int, device: torch.device):
-        import yaml
-
-        from lmlab import checkpoint as ck
-        from lmlab.data import DataSpec
-        from lmlab.model import GPT
-        from lmlab.tokenizer import Tokenizer
-        from lmlab.utils import atomic_write_text, seed_everything
-
         self.cfg, self.t, self.out, self.loss_fn = cfg, cfg.train, out, loss_fn
         t = self.t
         if t.dtype == "bf16" and device.type != "cuda":
-            from lmlab.config import BF16_NEEDS_CUDA
-
             raise LmlabError(BF16_NEEDS_CUDA.format(device=device.type))
         self.rank, self.world, self.device = rank, world, device
         self.main = rank == 0
@@ -502,14 +488,13 @@ class _Pretrainer:
         if self.main:
             _truncate_metrics(self.metrics_path, self.step)
             if t.tensorboard:
+                # heavy: only when TensorBoard logging is on
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(out / "tb"), purge_step=self.step if self.resumed else None)
 
     # ------------------------------------------------------------ pieces
     def save(self, extra: dict | None = None) -> None:
-        from lmlab import checkpoint as ck
-
         model, opt, opt_state = self.model, self.opt, None
         if self.fsdp:  # gather full weights and optimizer state (collectives: every rank calls)
             full = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -546,8 +531,6 @@ class _Pretrainer:
         return out
 
     def evaluate(self) -> float:
-        from lmlab.utils import autocast_ctx
-
         self.model.eval()
         losses = []
         with torch.no_grad():
@@ -576,8 +559,6 @@ class _Pretrainer:
         return bool(f.item())
 
     def diverged(self, loss, norm) -> TrainingDiverged:
-        from lmlab import checkpoint as ck
-
         last = ck.latest_step(self.out)
         self.log({"step": self.step + 1, "event": "diverged"})
         return TrainingDiverged(
@@ -615,7 +596,7 @@ class _Pretrainer:
         return rec["loss"]
 
     def run(self) -> dict:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only when a progress bar is shown
 
         t = self.t
         tokens_per_step = t.grad_accum * t.batch_size * self.world * self.seq_len

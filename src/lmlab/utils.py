@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
 import os
 import random
@@ -69,9 +72,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_png(path: str | Path, fig) -> Path:
     """Save a matplotlib figure as a PNG atomically (dpi 110, tight bounding box) and close it."""
-    import io
-
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only when a figure is written
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -90,8 +91,6 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def to_jsonable(obj: Any) -> Any:
     """Convert numpy/torch scalars, arrays, paths and dataclasses into plain JSON types."""
-    import dataclasses
-
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict):
@@ -138,8 +137,6 @@ def get_device(name: str | None = None) -> torch.device:
 
 def autocast_ctx(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA, a no-op elsewhere."""
-    import contextlib
-
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
