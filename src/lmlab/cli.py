@@ -14,6 +14,30 @@ from lmlab import plugins
 from lmlab.errors import LmlabError
 
 
+class ConfigDefault:
+    """An argparse default that is a field of a config dataclass, so the number is written once (in the
+    dataclass) while building the parser stays torch-free: the dataclass's module is imported only when the
+    default is needed — `--help` prints it, or `resolve_defaults(args)` reads it when the command runs."""
+
+    def __init__(self, ref: str, field: str):
+        self.ref, self.field = ref, field  # ref: "module:DataclassName"
+
+    def value(self):
+        module, name = self.ref.split(":")
+        spec = getattr(importlib.import_module(module), name).__dataclass_fields__[self.field]
+        return spec.default_factory() if callable(spec.default_factory) else spec.default
+
+    def __str__(self) -> str:  # what ArgumentDefaultsHelpFormatter prints
+        return repr(self.value())
+
+
+def resolve_defaults(args) -> None:
+    """Replace every `ConfigDefault` left in `args` (flags not given) by its value."""
+    for name, value in vars(args).items():
+        if isinstance(value, ConfigDefault):
+            setattr(args, name, value.value())
+
+
 def cmd_list(args) -> int:
     from lmlab import experiment  # torch: imported when the command runs, not for --help
 

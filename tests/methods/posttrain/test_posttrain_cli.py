@@ -232,3 +232,21 @@ def test_out_pointing_to_a_file_is_a_user_error(tmp_path, capsys):
     assert main(["rl", str(tmp_path / "missing-model"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "is a file" in err
+
+
+def test_cli_defaults_are_the_config_dataclasses_defaults():
+    """Each default is written once, in GRPOConfig / SFTConfig / PostTrainConfig; the parser reads it from there."""
+    from dataclasses import fields
+
+    from lmlab.cli import build_parser, resolve_defaults
+    from lmlab.methods.posttrain.cli import POST_FLAGS, RL_FLAGS, SFT_FLAGS
+    from lmlab.methods.posttrain.pipelines import PostTrainConfig
+    from lmlab.rl import GRPOConfig
+    from lmlab.sft import SFTConfig
+
+    args = build_parser().parse_args(["post-train", "m", "--out", "o", "--pipeline", "rl"])
+    resolve_defaults(args)
+    for flags, cls in ((RL_FLAGS, GRPOConfig), (SFT_FLAGS, SFTConfig), (POST_FLAGS, PostTrainConfig)):
+        defaults = {f.name: getattr(cls(), f.name) for f in fields(cls)}
+        for dest, field in flags.items():
+            assert getattr(args, dest) == defaults[field], (dest, field)

@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
+from lmlab.cli import ConfigDefault, resolve_defaults
 from lmlab.errors import LmlabError
 from lmlab.methods.posttrain import PIPELINES
 
@@ -35,51 +37,83 @@ def _common(p, pipeline_choice: bool) -> None:
         p.add_argument("--pipeline", required=True, choices=PIPELINES)
 
 
+GRPO, SFT, POST = "lmlab.rl:GRPOConfig", "lmlab.sft:SFTConfig", "lmlab.methods.posttrain.pipelines:PostTrainConfig"
+# flag dest -> config field; the defaults are the dataclasses' own (ConfigDefault), written nowhere else
+SFT_FLAGS = {"sft_steps": "steps", "sft_lr": "lr", "sft_batch_size": "batch_size",
+             "sft_micro_batch_size": "micro_batch_size"}
+RL_FLAGS = {"rl_steps": "steps", "rl_lr": "lr", "prompts_per_step": "prompts_per_step", "group_size": "group_size",
+            "temperature": "temperature", "scale_advantages": "scale_advantages", "kl_coef": "kl_coef",
+            "log_kl": "log_kl", "ppo_epochs": "ppo_epochs", "minibatches": "minibatches", "clip_eps": "clip_eps",
+            "format_reward": "format_reward"}
+POST_FLAGS = {"gold_limit": "gold_limit", "mixed_sft_lr": "mixed_sft_lr", "combined_weights": "combined_weights",
+              "interleave_block": "interleave_block"}
+
+
 def _sft_args(p, prefix: str) -> None:
     names = (lambda n: [f"--sft-{n}"] + ([f"--{n}"] if not prefix else []))
-    p.add_argument(*names("steps"), dest="sft_steps", type=int, default=100)
-    p.add_argument(*names("lr"), dest="sft_lr", type=float, default=1e-3)
-    p.add_argument(*names("batch-size"), dest="sft_batch_size", type=int, default=64)
-    p.add_argument(*names("micro-batch-size"), dest="sft_micro_batch_size", type=int, default=None)
-    p.add_argument("--gold-limit", type=int, default=16, help="solutions per question for SFT-Gold")
+    p.add_argument(*names("steps"), dest="sft_steps", type=int, default=ConfigDefault(SFT, "steps"),
+                   help="SFT optimizer steps")
+    p.add_argument(*names("lr"), dest="sft_lr", type=float, default=ConfigDefault(SFT, "lr"), help="SFT learning rate")
+    p.add_argument(*names("batch-size"), dest="sft_batch_size", type=int, default=ConfigDefault(SFT, "batch_size"),
+                   help="SFT sequences per optimizer step")
+    p.add_argument(*names("micro-batch-size"), dest="sft_micro_batch_size", type=int,
+                   default=ConfigDefault(SFT, "micro_batch_size"), help="sequences per backward (None: the batch)")
+    p.add_argument("--gold-limit", type=int, default=ConfigDefault(POST, "gold_limit"),
+                   help="solutions per question for SFT-Gold")
 
 
 def _rl_args(p, prefix: str) -> None:
     names = (lambda n: [f"--rl-{n}"] + ([f"--{n}"] if not prefix else []))
-    p.add_argument(*names("steps"), dest="rl_steps", type=int, default=50)
-    p.add_argument(*names("lr"), dest="rl_lr", type=float, default=3e-4)
-    p.add_argument("--prompts-per-step", type=int, default=8)
-    p.add_argument("--group-size", type=int, default=16)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument(*names("steps"), dest="rl_steps", type=int, default=ConfigDefault(GRPO, "steps"),
+                   help="GRPO steps")
+    p.add_argument(*names("lr"), dest="rl_lr", type=float, default=ConfigDefault(GRPO, "lr"), help="GRPO learning rate")
+    p.add_argument("--prompts-per-step", type=int, default=ConfigDefault(GRPO, "prompts_per_step"),
+                   help="questions per GRPO step")
+    p.add_argument("--group-size", type=int, default=ConfigDefault(GRPO, "group_size"),
+                   help="sampled completions per question (the GRPO group)")
+    p.add_argument("--temperature", type=float, default=ConfigDefault(GRPO, "temperature"),
+                   help="sampling temperature of the rollouts")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's longest solution")
-    p.add_argument("--scale-advantages", choices=("std", "none"), default="std")
-    p.add_argument("--kl-coef", type=float, default=0.0, help="β of the k3-KL penalty to the RL start")
-    p.add_argument("--log-kl", action="store_true", help="log the KL to the RL start without penalising it")
-    p.add_argument("--ppo-epochs", type=int, default=1)
-    p.add_argument("--minibatches", type=int, default=1)
-    p.add_argument("--clip-eps", type=float, default=0.2)
-    p.add_argument("--format-reward", type=float, default=0.0)
+    p.add_argument("--scale-advantages", choices=("std", "none"), default=ConfigDefault(GRPO, "scale_advantages"),
+                   help="std: GRPO's group-std scaling; none: mean-only (Dr.GRPO)")
+    p.add_argument("--kl-coef", type=float, default=ConfigDefault(GRPO, "kl_coef"),
+                   help="β of the k3-KL penalty to the RL start")
+    p.add_argument("--log-kl", action="store_true", default=ConfigDefault(GRPO, "log_kl"),
+                   help="log the KL to the RL start without penalising it")
+    p.add_argument("--ppo-epochs", type=int, default=ConfigDefault(GRPO, "ppo_epochs"),
+                   help="passes over each rollout batch")
+    p.add_argument("--minibatches", type=int, default=ConfigDefault(GRPO, "minibatches"),
+                   help="minibatches per pass")
+    p.add_argument("--clip-eps", type=float, default=ConfigDefault(GRPO, "clip_eps"), help="PPO ratio clip ε")
+    p.add_argument("--format-reward", type=float, default=ConfigDefault(GRPO, "format_reward"),
+                   help="reward for a well-formed but wrong trace")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sft", help="SFT (one gold solution per question; --gold: all) on a checkpoint")
+    p = sub.add_parser("sft", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="SFT (one gold solution per question; --gold: all) on a checkpoint")
     _common(p, False)
     _sft_args(p, "")
     p.add_argument("--gold", action="store_true", help="SFT-Gold: train on all gold solutions")
     p.set_defaults(func=lambda a: run(a, "sft_gold" if a.gold else "sft"))
 
-    p = sub.add_parser("rl", help="GRPO on a checkpoint with a verifiable reasoning task")
+    p = sub.add_parser("rl", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="GRPO on a checkpoint with a verifiable reasoning task")
     _common(p, False)
     _rl_args(p, "")
     p.set_defaults(func=lambda a: run(a, "rl"))
 
-    p = sub.add_parser("post-train", help="a post-training pipeline (rl|sft|sft_gold|sft_rl|parallel_avg|...)")
+    p = sub.add_parser("post-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="a post-training pipeline (rl|sft|sft_gold|sft_rl|parallel_avg|...)")
     _common(p, True)
     _sft_args(p, "sft")
     _rl_args(p, "rl")
-    p.add_argument("--mixed-sft-lr", type=float, default=None, help="SFT-side LR of mixed pipelines")
-    p.add_argument("--combined-weights", type=float, nargs=2, default=(1.0, 1.0), metavar=("W_RL", "W_SFT"))
-    p.add_argument("--interleave-block", type=int, default=5)
+    p.add_argument("--mixed-sft-lr", type=float, default=ConfigDefault(POST, "mixed_sft_lr"),
+                   help="SFT-side LR of mixed pipelines (None: --sft-lr)")
+    p.add_argument("--combined-weights", type=float, nargs=2, default=ConfigDefault(POST, "combined_weights"),
+                   metavar=("W_RL", "W_SFT"), help="loss weights of the combined pipeline")
+    p.add_argument("--interleave-block", type=int, default=ConfigDefault(POST, "interleave_block"),
+                   help="steps per block of the interleaved pipeline")
     p.set_defaults(func=lambda a: run(a, a.pipeline))
 
 
@@ -90,20 +124,20 @@ def _config(args, pipeline: str, task, difficulty: int):
     from lmlab.rl import GRPOConfig
     from lmlab.sft import SFTConfig
 
-    g = lambda name, default=None: getattr(args, name, default)
-    rl = GRPOConfig(steps=g("rl_steps", 0), lr=g("rl_lr", 3e-4), prompts_per_step=g("prompts_per_step", 8),
-                    group_size=g("group_size", 16), temperature=g("temperature", 1.0),
-                    max_new_tokens=(g("max_new_tokens") if g("max_new_tokens") is not None
-                                    else task.max_completion_chars(difficulty) + 1),
-                    scale_advantages=g("scale_advantages", "std"), kl_coef=g("kl_coef", 0.0),
-                    log_kl=g("log_kl", False),
-                    ppo_epochs=g("ppo_epochs", 1), minibatches=g("minibatches", 1), clip_eps=g("clip_eps", 0.2),
-                    format_reward=g("format_reward", 0.0))
-    sft = SFTConfig(steps=g("sft_steps", 0), lr=g("sft_lr", 1e-3), batch_size=g("sft_batch_size", 64),
-                    micro_batch_size=g("sft_micro_batch_size"))
-    cfg = PostTrainConfig(rl=rl, sft=sft, gold_limit=g("gold_limit", 16), mixed_sft_lr=g("mixed_sft_lr"),
-                          combined_weights=tuple(g("combined_weights", (1.0, 1.0))),
-                          interleave_block=g("interleave_block", 5))
+    resolve_defaults(args)
+    given = vars(args)
+
+    def fields(flags: dict, **fixed) -> dict:
+        return {**{field: given[dest] for dest, field in flags.items() if dest in given}, **fixed}
+
+    max_new = args.max_new_tokens if given.get("max_new_tokens") is not None else \
+        task.max_completion_chars(difficulty) + 1
+    rl = GRPOConfig(**fields(RL_FLAGS, max_new_tokens=max_new, **({} if "rl_steps" in given else {"steps": 0})))
+    sft = SFTConfig(**fields(SFT_FLAGS, **({} if "sft_steps" in given else {"steps": 0})))
+    post = fields(POST_FLAGS)
+    if "combined_weights" in post:
+        post["combined_weights"] = tuple(post["combined_weights"])
+    cfg = PostTrainConfig(rl=rl, sft=sft, **post)
     cfg.validate(pipeline)  # LmlabErrors name the flag
     for name, v in (("--n-train", args.n_train), ("--n-test", args.n_test), ("--eval-samples", args.eval_samples)):
         if v < 1:
@@ -135,8 +169,8 @@ def _check_out(out: Path) -> None:
 
 def _evaluate(model, codec, task, test, n: int, max_new: int, seed: int) -> dict:
     # heavy imports (torch) when the command runs, not when the parser is built
-    from lmlab.rl import sample_pass_at_k
     from lmlab.methods.posttrain.general import GeneralSuite, evaluate_general
+    from lmlab.rl import sample_pass_at_k
 
     res = sample_pass_at_k(model, codec, task, test, n, ks=sorted({1, n}), max_new_tokens=max_new, seed=seed)
     out = {f"pass@{k}": v for k, v in res["pass"].items()}
@@ -152,12 +186,11 @@ def run(args, pipeline: str) -> int:
     # heavy imports (torch) when the command runs, not when the parser is built
     from dataclasses import asdict
 
-    from lmlab.checkpoint import load_snapshot, save_snapshot, set_rng_state
+    from lmlab.checkpoint import Resume, load_snapshot, save_snapshot, set_rng_state
     from lmlab.loading import load_policy
-    from lmlab.checkpoint import Resume
     from lmlab.methods.posttrain.pipelines import run_pipeline
-    from lmlab.rl import summarize_history
     from lmlab.methods.posttrain.tasks import get_task, make_split
+    from lmlab.rl import summarize_history
     from lmlab.train import StopOnSigint, StopRequested
     from lmlab.utils import atomic_write_json, atomic_write_text, get_device, seed_everything
 
