@@ -7,6 +7,7 @@ import torch
 torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EXAMPLE_METHODS = Path(__file__).resolve().parent / "example_methods"  # a test-only method folder
 if "LMLAB_DATA" not in os.environ and SHARED_DATA.is_dir():
     os.environ["LMLAB_DATA"] = str(SHARED_DATA)
 

@@ -45,15 +45,21 @@ def test_report_files_and_schema(tmp_path):
             "statement": "A beats B | sometimes",
             "held": True,
             "evidence": "A=0.91 vs B=0.80, margin 0.05",
+            "kind": "claim",
+            "status": "held",
         },
         {
             "id": "c2",
             "statement": "C is undecidable here",
             "held": None,
             "evidence": "undecided: needs real data",
+            "kind": "claim",
+            "status": "undecided",
         },
-        {"id": "c3", "statement": "D fails", "held": False, "evidence": "D=0.1 < 0.5"},
+        {"id": "c3", "statement": "D fails", "held": False, "evidence": "D=0.1 < 0.5", "kind": "claim",
+         "status": "not held"},
     ]
+    assert data["schema_version"] == 2 and data["checks"] == [] and data["runs"] == []  # additive to schema 1
     assert data["metrics"] == {"acc": 0.91} and data["figures"] == ["curve.png"]
     md = (out / "report.md").read_text()
     assert "| c1 | A beats B \\| sometimes | **held** |" in md  # pipes escaped inside table cells
@@ -95,10 +101,11 @@ def test_report_card(tmp_path):
     path = write_report_card(tmp_path, [ok, bad], "tiny")
     md = path.read_text()
     assert "[exp_a](exp_a/report.md)" in md and "[exp_b](exp_b/report.md)" in md
-    assert "Totals: 2 held, 2 not held, 2 undecided across 2 experiments." in md
+    assert ("Totals: 2 held, 2 not held, 2 undecided, 0 not tested (4 paper claims decided) across 2 experiments; "
+            "checks: 0 passed, 0 failed.") in md
     assert "**Experiments that failed:** exp_b" in md and "**failed**: RuntimeError: boom" in md
     card = json.loads((tmp_path / "report_card.json").read_text())
-    assert card["counts"] == {"held": 2, "not held": 2, "undecided": 2} and card["failed"] == ["exp_b"]
+    assert card["counts"] == {"held": 2, "not held": 2, "undecided": 2, "not tested": 0} and card["failed"] == ["exp_b"]
     assert [verdict(v) for v in (True, False, None)] == ["held", "not held", "undecided"]
     empty = write_report_card(tmp_path / "none", [], "tiny").read_text()
     assert "No experiments are registered yet." in empty

@@ -22,9 +22,7 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ from torch import nn
 
 import lmlab
 from lmlab.model import GPT, GPTConfig
-from lmlab.utils import LmlabError, atomic_write_bytes, fsync_path, to_jsonable
+from lmlab.utils import LmlabError, atomic_write_bytes, fsync_path, git_state, to_jsonable
 
 FORMAT_VERSION = 1
 MODEL_FILE, OPTIM_FILE, META_FILE = "model.safetensors", "optim.pt", "meta.json"
@@ -131,15 +129,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=1)
 def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    return git_state()[0]
 
 
 def model_config_dict(model: nn.Module) -> dict:

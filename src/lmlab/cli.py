@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lmlab import plugins
@@ -55,15 +58,14 @@ def cmd_list(args) -> int:
 def cmd_run(args) -> int:
     from lmlab import experiment  # torch: imported when the command runs, not for --help
     from lmlab.config import split_overrides
-    from lmlab.report import verdict
 
     overrides = split_overrides(args.overrides)
     out = Path(args.out) if args.out else Path("reports") / args.preset / args.name
     rep = experiment.run_experiment(args.name, args.preset, out, seed=args.seed, device=args.device,
-                                     data=args.data, overrides=overrides)
+                                     data=args.data, overrides=overrides, seeds=args.seeds, resume=args.resume)
     print(f"report: {out / 'report.md'}")
-    for c in rep.claims.values():
-        print(f"  {c.id}: {verdict(c.held)} — {c.evidence[:160]}")
+    for c in list(rep.claims.values()) + list(rep.checks.values()):
+        print(f"  {c.id}: {c.status} — {c.evidence[:160]}")
     if rep.error:
         print(f"error: the experiment failed: {rep.error.splitlines()[0]}", file=sys.stderr)
         return 1
@@ -72,7 +74,7 @@ def cmd_run(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from lmlab import experiment  # torch: imported when the command runs, not for --help
-    from lmlab.report import verdict, write_report_card
+    from lmlab.report import Report, write_report_card
     from lmlab.utils import get_device
 
     out = Path(args.out)
@@ -93,16 +95,45 @@ def cmd_reproduce(args) -> int:
     for name in names:
         experiment.resolve_config(reg[name], args.preset)
     get_device(args.device)
+    if args.jobs < 1:
+        raise LmlabError(f"--jobs must be >= 1, got {args.jobs}")
+    seeds = {n: args.seeds if reg[n].decide is not None else None for n in names}  # engine experiments only
     reports = []
+
+    def done(i: int, rep) -> None:
+        summary = ", ".join(f"{c.id}={c.status}" for c in rep.claims.values())
+        status = "FAILED" if rep.error else f"{rep.runtime_s:.0f}s"
+        print(f"[{i}/{len(names)}] {rep.experiment} {status}: {summary}", flush=True)
+
     try:
-        for i, name in enumerate(names, 1):
-            print(f"[{i}/{len(names)}] {name} (preset {args.preset}) ...", flush=True)
-            rep = experiment.run_experiment(name, args.preset, out / name, seed=args.seed,
-                                             device=args.device, data=args.data)
-            summary = ", ".join(f"{c.id}={verdict(c.held)}" for c in rep.claims.values())
-            status = "FAILED" if rep.error else f"{rep.runtime_s:.0f}s"
-            print(f"      {status}: {summary}", flush=True)
-            reports.append(rep)
+        if args.jobs == 1:
+            for i, name in enumerate(names, 1):
+                print(f"[{i}/{len(names)}] {name} (preset {args.preset}) ...", flush=True)
+                rep = experiment.run_experiment(name, args.preset, out / name, seed=args.seed,
+                                                 device=args.device, data=args.data, seeds=seeds[name])
+                done(i, rep)
+                reports.append(rep)
+        else:  # independent experiments in parallel processes, each with its own log
+            def run_one(name: str):
+                cmd = [sys.executable, "-m", "lmlab.cli", "run", name, "--preset", args.preset, "--seed",
+                       str(args.seed), "--out", str(out / name)]
+                cmd += [f"--device={args.device}"] * bool(args.device) + [f"--data={args.data}"] * bool(args.data)
+                cmd += [f"--seeds={seeds[name]}"] * bool(seeds[name])
+                (out / name).mkdir(parents=True, exist_ok=True)
+                with open(out / f"{name}.log", "w") as log:
+                    subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+                results = out / name / "results.json"
+                if not results.is_file():
+                    raise LmlabError(f"{name} wrote no report: see {out / f'{name}.log'}")
+                return Report.from_json(json.loads(results.read_text()), out / name)
+
+            print(f"running {len(names)} experiments, {args.jobs} at a time (logs: {out}/NAME.log) ...", flush=True)
+            with ThreadPoolExecutor(args.jobs) as pool:
+                finished = {}
+                for i, rep in enumerate(pool.map(run_one, names), 1):
+                    done(i, rep)
+                    finished[rep.experiment] = rep
+            reports = [finished[n] for n in names]
     finally:  # also when a run is interrupted or fails outside the experiment: keep what finished
         card = write_report_card(out, reports, args.preset)
         print(f"report card: {card}" + ("" if len(reports) == len(names) else
@@ -113,6 +144,16 @@ def cmd_reproduce(args) -> int:
     if failed:
         print(f"error: {len(failed)} experiment(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_decide(args) -> int:
+    from lmlab import experiment  # torch: imported when the command runs, not for --help
+
+    rep = experiment.redecide(args.dir)
+    print(f"report: {Path(args.dir) / 'report.md'}")
+    for c in list(rep.claims.values()) + list(rep.checks.values()):
+        print(f"  {c.id}: {c.status} — {c.evidence[:160]}")
     return 0
 
 
@@ -149,18 +190,29 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default=None, help="cpu | cuda | auto (default: auto)")
         s.add_argument("--data", default=None, help="real-data root (default: $LMLAB_DATA)")
 
+    seeds_help = ("seeds per run for experiments on the decision engine (default: the preset's); --seed S runs "
+                  "the S-th block of that many seeds")
     s = sub.add_parser("run", help="run one experiment and write its report")
     s.add_argument("name")
-    s.add_argument("--out", default=None)
+    s.add_argument("--out", default=None, help="report folder (default: reports/PRESET/NAME)")
     s.add_argument("overrides", nargs="*", help="preset overrides key=value")
     common(s)
+    s.add_argument("--seeds", type=int, default=None, help=seeds_help)
+    s.add_argument("--resume", action="store_true",
+                   help="continue a stopped run in --out at its next unfinished seed (same settings)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("reproduce", help="run every experiment and write a REPORT.md report card")
-    s.add_argument("--out", default="reports/reproduce")
+    s.add_argument("--out", default="reports/reproduce", help="report folder (default: reports/reproduce)")
     s.add_argument("--only", default=None, help="comma-separated subset of experiments")
+    s.add_argument("--jobs", type=int, default=1, help="experiments run at once, each in its own process")
     common(s)
+    s.add_argument("--seeds", type=int, default=None, help=seeds_help)
     s.set_defaults(func=cmd_reproduce)
+
+    s = sub.add_parser("decide", help="recompute the verdicts of a finished run from its per-seed numbers")
+    s.add_argument("dir", help="a report folder written by `lmlab run` (holding results.json)")
+    s.set_defaults(func=cmd_decide)
 
     s = sub.add_parser(
         "pretrain",

@@ -2,6 +2,12 @@
 registers its experiments with `@experiment(...)`; modules are discovered by `lmlab.plugins` (no central
 list to edit).
 
+On the decision engine, an experiment registers `measure(ctx, seed) -> numbers` (one seed, nothing decided)
+with `decide=` (the per-seed numbers -> {claim or check id: Verdict}, a pure function) and optionally
+`summarize=` (tables and figures from all seeds). The runner owns the seed loop: `--seed S` with N seeds runs
+the S-th block of N seeds, records every seed's numbers in results.json as it goes (a stopped run resumes at the
+next unfinished seed), then decides. Experiments not yet on the engine register `run(ctx)` and decide inside.
+
     @experiment(name="scaling_smoke", paper="...", claims={"wider_lower_loss": "..."},
                 presets={"tiny": {...}, "small": {...}, "gpu": {...}})
     def run(ctx: RunContext) -> None:
@@ -15,6 +21,7 @@ import contextlib
 import copy
 import dataclasses
 import importlib
+import json
 import os
 import sys
 import time
@@ -27,8 +34,9 @@ from typing import Any
 import torch
 
 from lmlab import config, plugins
-from lmlab.report import NOT_EVALUATED, Report
-from lmlab.utils import DATA_HINT, LmlabError, find_data, get_device, seed_everything
+from lmlab.report import NOT_EVALUATED, Claim, Report, provenance
+from lmlab.utils import DATA_HINT, LmlabError, find_data, get_device, seed_everything, to_jsonable
+from lmlab.verdict import Verdict
 
 PRESETS = ("tiny", "small", "gpu")
 
@@ -39,9 +47,12 @@ class Experiment:
     paper: str
     claims: dict[str, str]
     presets: dict[str, Any]  # preset name -> the experiment's config dataclass
-    fn: Callable[[RunContext], None]
+    fn: Callable  # run(ctx), or measure(ctx, seed) -> numbers when `decide` is set
     needs_data: tuple[str, ...] = ()
     description: str = ""
+    checks: dict[str, str] = field(default_factory=dict)  # sanity checks: reported apart, never counted
+    decide: Callable[[list[dict], Any], dict[str, Verdict]] | None = None
+    summarize: Callable[[RunContext, list[dict], dict[str, Verdict]], None] | None = None
 
 
 @dataclass
@@ -71,6 +82,8 @@ class RunContext:
         )
         for cid, statement in self.experiment.claims.items():
             self.report.add_claim(cid, statement)
+        for cid, statement in self.experiment.checks.items():
+            self.report.add_check(cid, statement)
 
     def data(self, sub: str) -> Path | None:
         """Real-data subfolder (e.g. "sumerian") or None; experiments then mark data claims undecided
@@ -135,6 +148,9 @@ def experiment(
     presets: dict[str, Any],
     needs_data: tuple[str, ...] = (),
     description: str = "",
+    checks: dict[str, str] | None = None,
+    decide: Callable[[list[dict], Any], dict[str, Verdict]] | None = None,
+    summarize: Callable | None = None,
 ):
     missing = [p for p in PRESETS if p not in presets]
     if missing:
@@ -143,6 +159,10 @@ def experiment(
     if untyped:
         raise ValueError(f"experiment {name!r}: presets {untyped} are not dataclasses; build them with "
                          "lmlab.experiment.presets(Config, tiny={...}, small={...}, gpu={...})")
+    if decide is not None:
+        bad = [p for p, cfg in presets.items() if not (isinstance(getattr(cfg, "seeds", None), int) and cfg.seeds >= 1)]
+        if bad:
+            raise ValueError(f"experiment {name!r} decides over seeds, but presets {bad} lack `seeds: int` >= 1")
 
     def deco(fn):
         _REGISTRY[name] = Experiment(
@@ -153,6 +173,9 @@ def experiment(
             fn,
             tuple(needs_data),
             description or (fn.__doc__ or "").strip(),
+            dict(checks or {}),
+            decide,
+            summarize,
         )
         return fn
 
@@ -237,6 +260,76 @@ def cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def seed_block(base: int, n: int) -> list[int]:
+    """The seeds of `--seed base` with `n` seeds: the base-th block of n, so blocks never share a seed."""
+    return list(range(base * n, base * n + n))
+
+
+def _finished_runs(out: Path, rep: Report) -> dict[int, dict]:
+    """The seeds an earlier, stopped run of the same experiment, preset, config and seed block finished in
+    `out` (to resume from); an empty dict when there is none. A report of another run there is refused."""
+    path = out / "results.json"
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LmlabError(f"--resume: {path} cannot be read ({e}): pass another --out, or run without --resume") \
+            from None
+    mine = {"experiment": rep.experiment, "preset": rep.preset, "seeds": rep.seeds, "config": to_jsonable(rep.config)}
+    differ = [k for k, v in mine.items() if old.get(k) != v]
+    if differ:
+        raise LmlabError(f"--resume: {path} is from another run ({', '.join(differ)} differ): pass the same "
+                         "experiment, preset, --seed, --seeds and overrides, or another --out")
+    return {r["seed"]: r for r in old.get("runs") or []}
+
+
+def _run_seeds(ctx: RunContext, done: dict[int, dict]) -> None:
+    """The engine: measure each seed of the block (skipping those a stopped run finished), then decide."""
+    exp, rep = ctx.experiment, ctx.report
+    for s in rep.seeds:
+        if s in done:
+            rep.runs.append(done[s])
+            ctx.log(f"seed {s}: finished by the earlier run")
+            continue
+        seed_everything(s)
+        rep.runs.append({"seed": s, "numbers": to_jsonable(exp.fn(ctx, s))})
+        rep.write()  # after every seed: a stopped run keeps what it measured and resumes at the next seed
+    numbers = [r["numbers"] for r in rep.runs]
+    verdicts = exp.decide(numbers, ctx.cfg)
+    for cid, v in verdicts.items():
+        rep.verdict(cid, v)
+    if exp.summarize is not None:
+        exp.summarize(ctx, numbers, verdicts)
+
+
+def redecide(out_dir: str | Path) -> Report:
+    """Recompute the verdicts of a finished engine run from the per-seed numbers in its results.json, with the
+    current `decide_*` functions, and rewrite its report (nothing is trained again)."""
+    out = Path(out_dir)
+    path = out / "results.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LmlabError(f"{path} not found: pass a folder written by `lmlab run`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LmlabError(f"{path} cannot be read ({e})") from None
+    exp = get(data.get("experiment", "?"))
+    if exp.decide is None or not data.get("runs"):
+        raise LmlabError(f"{path} holds no per-seed measurements to decide from: {exp.name} is not on the "
+                         "decision engine, or the report predates it (schema 1); run it again")
+    if data.get("preset") not in exp.presets:
+        raise LmlabError(f"{path}: preset {data.get('preset')!r} is not one of {exp.name}'s")
+    cfg = config.build(type(exp.presets[data["preset"]]), data.get("config") or {})
+    rep = Report.from_json(data, out)
+    rep.claims = {cid: Claim(cid, st) for cid, st in exp.claims.items()}
+    rep.checks = {cid: Claim(cid, st, kind="check") for cid, st in exp.checks.items()}
+    for cid, v in exp.decide([r["numbers"] for r in rep.runs], cfg).items():
+        rep.verdict(cid, v)
+    rep.write()
+    return rep
+
+
 def run_experiment(
     name: str,
     preset: str = "tiny",
@@ -247,15 +340,30 @@ def run_experiment(
     overrides: dict[str, Any] | None = None,
     quiet: bool = False,
     raise_errors: bool = False,
+    seeds: int | None = None,
+    resume: bool = False,
 ) -> Report:
     """Run one experiment and write its report. Errors inside the experiment are recorded in the
-    report (and re-raised when `raise_errors`)."""
+    report (and re-raised when `raise_errors`). On the decision engine, `seeds` (default: the preset's) seeds
+    are run from block `seed`; `resume` continues a stopped run in `out_dir` at its next unfinished seed."""
     exp = get(name)
+    if seeds is not None:
+        if exp.decide is None:
+            raise LmlabError(f"{name} is not on the decision engine yet: it runs one seed (drop --seeds)")
+        if seeds < 1:
+            raise LmlabError(f"--seeds must be >= 1, got {seeds}")
+        overrides = {**(overrides or {}), "seeds": seeds}
+    if resume and exp.decide is None:
+        raise LmlabError(f"{name} is not on the decision engine yet: it cannot resume a stopped run (drop --resume)")
     cfg = resolve_config(exp, preset, overrides)
     out = Path(out_dir) if out_dir is not None else Path("reports") / preset / name
     dev = get_device(device)
     ctx = RunContext(exp, preset, cfg, seed, dev, out, data_arg=data, quiet=quiet,
                      overrides={k: getattr(cfg, k) for k in (overrides or {})})
+    ctx.report.provenance = provenance([d for d in (find_data(sub, data) for sub in exp.needs_data) if d])
+    if exp.decide is not None:
+        ctx.report.seeds = seed_block(seed, cfg.seeds)
+        done = _finished_runs(out, ctx.report) if resume else {}  # checked before anything is written
     if preset == "gpu" and dev.type == "cpu" and not quiet:
         print(f"note: {name}'s gpu preset is sized for about 5 minutes on one H100/H200 and runs on the CPU here, "
               "where it takes far longer (hours for some); --preset small is the CPU-sized run", file=sys.stderr,
@@ -276,7 +384,10 @@ def run_experiment(
         ctx.report.write()
 
     try:
-        exp.fn(ctx)
+        if exp.decide is not None:
+            _run_seeds(ctx, done)
+        else:
+            exp.fn(ctx)
         if ctx.interrupted:  # the experiment reported what it finished; the run still stops
             raise KeyboardInterrupt
         close("undecided: the experiment finished without deciding this claim")

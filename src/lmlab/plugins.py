@@ -6,12 +6,14 @@ A method is a package `lmlab/methods/<name>/`. The core finds its parts by modul
 - `experiment.py` / `experiment_*.py`: experiments, registered with `lmlab.experiment.experiment`;
 - `cli.py`: `register(subparsers)` adds the method's commands (it must not import torch at import time).
 
-Folders added to `lmlab.methods.__path__` (a test, or a user's own method) are discovered the same way.
+Folders added to `lmlab.methods.__path__` are discovered the same way: a user's own methods live in folders
+named by `$LMLAB_METHODS` (paths separated by the OS's path separator), each holding method packages.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from types import ModuleType
 
@@ -21,6 +23,9 @@ METHODS_PACKAGE = "lmlab.methods"
 def method_packages() -> list[str]:
     """Dotted names of every method package, sorted."""
     methods = importlib.import_module(METHODS_PACKAGE)
+    for folder in filter(None, os.environ.get("LMLAB_METHODS", "").split(os.pathsep)):
+        if folder not in methods.__path__:
+            methods.__path__.append(folder)
     return sorted(f"{METHODS_PACKAGE}.{m.name}" for m in pkgutil.iter_modules(methods.__path__) if m.ispkg
                   and not m.name.startswith("_"))
 

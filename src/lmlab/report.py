@@ -1,8 +1,10 @@
 """Experiment reports: report.md + results.json + PNG figures, and the reproduce report card.
 
-A report is filled in by an experiment while it runs: claims are declared up front (statement only)
-and decided from the run's numbers with `decide(id, held, evidence)`; `held=None` means undecided,
-and the evidence must then say why.
+Claims (and checks) are declared up front (statement only). An experiment on the decision engine gets each
+one's `Verdict` from the per-seed numbers (`verdict(id, v)`, see `lmlab.verdict`); an experiment not yet on it
+decides from its own run with `decide(id, held, evidence)`. `held=None` means undecided, and the evidence must
+then say why. results.json (schema 2) stores every seed's measurements, so `lmlab decide DIR` can recompute the
+verdicts without training again.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 import yaml
 
-from lmlab.utils import atomic_write_json, atomic_write_png, atomic_write_text, to_jsonable
+from lmlab.utils import atomic_write_json, atomic_write_png, atomic_write_text, git_state, hash_tree, to_jsonable
+from lmlab.verdict import RULE, Verdict
 
 NOT_EVALUATED = "not evaluated in this run"
+SCHEMA_VERSION = 2  # 2: seeds, per-seed runs, verdict numbers, checks, provenance (all additive to 1)
 
 
 @dataclass
@@ -29,10 +34,40 @@ class Claim:
     statement: str
     held: bool | None = None
     evidence: str = NOT_EVALUATED
+    verdict: Verdict | None = None  # the engine's verdict, with its numbers
+    kind: str = "claim"  # "claim" or "check" (as declared)
+
+    @property
+    def status(self) -> str:
+        if self.verdict is not None:
+            return self.verdict.status
+        if self.kind == "check":
+            return {True: "passed", False: "failed", None: "not run"}[self.held]
+        return verdict(self.held)
+
+    def to_json(self) -> dict:
+        d = {"id": self.id, "statement": self.statement, "held": self.held, "evidence": self.evidence,
+             "kind": self.kind, "status": self.status}
+        if self.verdict is not None:
+            d.update({k: v for k, v in self.verdict.to_json().items() if k not in ("held", "reason", "status")})
+            d["kind"] = self.verdict.kind
+        return d
 
 
 def verdict(held: bool | None) -> str:
     return {True: "held", False: "not held", None: "undecided"}[held]
+
+
+def provenance(data_dirs: list[Path] = ()) -> dict[str, Any]:
+    """What a run's numbers came from: the lmlab commit (and whether the checkout had uncommitted changes), the
+    versions of the numeric libraries, and a hash of each real-data folder it read."""
+    import transformers  # heavy: for its version only
+
+    commit, dirty = git_state()
+    return {"git_commit": commit, "git_dirty": dirty,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "numpy": numpy.__version__},
+            "data": {str(d): hash_tree(d) for d in data_dirs}}
 
 
 def environment(cpu_threads: int | None = None) -> dict[str, Any]:
@@ -67,6 +102,10 @@ class Report:
     device: str = ""
     cpu_threads: int | None = None  # intra-op threads the run used (set by the runner; tiny presets use 1)
     overrides: dict = field(default_factory=dict)  # preset keys set on the command line (`key=value`)
+    checks: dict[str, Claim] = field(default_factory=dict)  # sanity checks: reported, never counted as claims
+    seeds: list[int] = field(default_factory=list)  # the seed block the engine ran (empty: a one-run experiment)
+    runs: list[dict] = field(default_factory=list)  # [{"seed": s, "numbers": {...}}] per finished seed
+    provenance: dict = field(default_factory=dict)
     date: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     # ^ when the run started (the report is made then); results.json and the report card give this one
 
@@ -78,6 +117,9 @@ class Report:
     def add_claim(self, cid: str, statement: str) -> None:
         self.claims[cid] = Claim(cid, statement)
 
+    def add_check(self, cid: str, statement: str) -> None:
+        self.checks[cid] = Claim(cid, statement, kind="check")
+
     def decide(self, cid: str, held: bool | None, evidence: str) -> None:
         """Record a claim's verdict from this run's numbers; `held=None` needs the reason in `evidence`."""
         if cid not in self.claims:
@@ -87,6 +129,15 @@ class Report:
         c = self.claims[cid]
         c.held = None if held is None else bool(held)
         c.evidence = evidence
+
+    def verdict(self, cid: str, v: Verdict) -> None:
+        """Record the engine's verdict of a declared claim or check."""
+        c = self.claims.get(cid) or self.checks.get(cid)
+        if c is None:
+            raise KeyError(f"unknown claim or check {cid!r}; declared: {sorted(self.claims) + sorted(self.checks)}")
+        if (v.kind == "check") != (c.kind == "check"):
+            raise ValueError(f"{cid!r} is declared as a {c.kind} but decided as a {v.kind}")
+        c.held, c.evidence, c.verdict = v.held, v.reason, v
 
     def metric(self, key: str, value: Any) -> None:
         self.metrics[key] = to_jsonable(value)
@@ -147,17 +198,43 @@ class Report:
                 "overrides": self.overrides,
                 "metrics": self.metrics,
                 "error": self.error,
-                "claims": [
-                    {"id": c.id, "statement": c.statement, "held": c.held, "evidence": c.evidence}
-                    for c in self.claims.values()
-                ],
+                "claims": [c.to_json() for c in self.claims.values()],
                 "figures": [f for f, _ in self.figures],
+                "schema_version": SCHEMA_VERSION,
+                "seeds": self.seeds,
+                "rule": RULE if self.seeds else None,
+                "checks": [c.to_json() for c in self.checks.values()],
+                "runs": self.runs,
+                "sections": self.sections,
+                "figure_captions": [c for _, c in self.figures],
+                "provenance": self.provenance,
             }
         )
+
+    @classmethod
+    def from_json(cls, data: dict, out_dir: Path) -> Report:
+        """A report read back from its results.json (verdicts as stored; `lmlab decide` recomputes them)."""
+        rep = cls(data["experiment"], data["preset"], data["seed"], out_dir, paper=data.get("paper", ""),
+                  config=data.get("config") or {}, metrics=data.get("metrics") or {},
+                  sections=list(data.get("sections") or []), runtime_s=data.get("runtime_s"),
+                  cpu_time_s=data.get("cpu_time_s"), error=data.get("error"), device=data.get("device", ""),
+                  cpu_threads=(data.get("environment") or {}).get("cpu_threads"),
+                  overrides=data.get("overrides") or {}, seeds=list(data.get("seeds") or []),
+                  runs=list(data.get("runs") or []), provenance=data.get("provenance") or {},
+                  date=data.get("date") or "")
+        for c in data.get("claims", []):
+            rep.claims[c["id"]] = Claim(c["id"], c["statement"], c.get("held"), c.get("evidence", NOT_EVALUATED))
+        for c in data.get("checks") or []:
+            rep.checks[c["id"]] = Claim(c["id"], c["statement"], c.get("held"), c.get("evidence", NOT_EVALUATED),
+                                        kind="check")
+        rep.figures = list(zip(data.get("figures") or [], data.get("figure_captions") or []))
+        return rep
 
     def reproduce_command(self) -> str:
         """The `lmlab run` command line that repeats this run, overrides included."""
         cmd = f"lmlab run {self.experiment} --preset {self.preset} --seed {self.seed}"
+        if self.seeds:
+            cmd += f" --seeds {len(self.seeds)}"
         return " ".join([cmd] + override_args(self.overrides))
 
     def to_markdown(self) -> str:
@@ -170,17 +247,31 @@ class Report:
         rt = f"{self.runtime_s:.1f} s" if self.runtime_s is not None else "n/a"
         if self.cpu_time_s is not None:
             rt += f" (CPU time {self.cpu_time_s:.1f} s)"
+        seeds = (f"seeds {', '.join(map(str, self.seeds))} (--seed {self.seed} --seeds {len(self.seeds)})"
+                 if self.seeds else f"seed {self.seed}")
+        commit = self.provenance.get("git_commit")
+        code = f", lmlab {commit[:10]}{' (uncommitted changes)' if self.provenance.get('git_dirty') else ''}" \
+            if commit else ""
         lines += [
-            f"Run: seed {self.seed}, {hw}, torch {env['torch']}, runtime {rt}. "
+            f"Run: {seeds}, {hw}, torch {env['torch']}{code}, runtime {rt}. "
             f"Reproduce with `{self.reproduce_command()}`.",
             "",
         ]
         if self.error:
             lines += ["**The run failed:**", "", "```", self.error.strip(), "```", ""]
-        lines += ["## Claims", "", "| id | claim | verdict at this scale | evidence |", "|---|---|---|---|"]
+        lines += ["## Claims", ""]
+        if self.seeds:
+            lines += [f"How a claim is decided: {RULE}", ""]
+        lines += ["| id | claim | verdict at this scale | evidence |", "|---|---|---|---|"]
         for c in self.claims.values():
-            lines.append(f"| {c.id} | {_cell(c.statement)} | **{verdict(c.held)}** | {_cell(c.evidence)} |")
+            lines.append(f"| {c.id} | {_cell(c.statement)} | **{c.status}** | {_cell(c.evidence)} |")
         lines.append("")
+        if self.checks:
+            lines += ["## Checks", "", "Sanity checks and re-reads of published data: reported here, never counted "
+                      "as claims.", "", "| id | check | outcome | evidence |", "|---|---|---|---|"]
+            for c in self.checks.values():
+                lines.append(f"| {c.id} | {_cell(c.statement)} | **{c.status}** | {_cell(c.evidence)} |")
+            lines.append("")
         if self.sections:
             lines += ["## Results", ""] + self.sections
         for fname, cap in self.figures:
@@ -226,10 +317,12 @@ def _cell(text: str, limit: int | None = None) -> str:
 
 
 def write_report_card(out_dir: Path, reports: list[Report], preset: str) -> Path:
-    """REPORT.md: one row per experiment (status, runtime, verdict counts) and one row per claim of every
-    experiment, with links to each report; report_card.json holds the same machine-readably."""
+    """REPORT.md: one row per experiment (status, seeds, runtime, verdict counts) and one row per paper claim and
+    per check of every experiment, with links to each report; report_card.json holds the same machine-readably.
+    Paper claims and checks are counted apart: a check never counts as a claim."""
     out_dir = Path(out_dir)
-    counts = {"held": 0, "not held": 0, "undecided": 0}
+    counts = {"held": 0, "not held": 0, "undecided": 0, "not tested": 0}
+    check_counts = {"passed": 0, "failed": 0, "not run": 0}
     env = environment()
     lines = [
         f"# lmlab report card — preset `{preset}`",
@@ -238,39 +331,53 @@ def write_report_card(out_dir: Path, reports: list[Report], preset: str) -> Path
         f"hardware: {env.get('gpu') or 'CPU'}; torch {env['torch']}. "
         f"Reproduce with `lmlab reproduce --preset {preset}`.",
         "",
+        f"How a claim is decided (experiments run over several seeds): {RULE}",
+        "",
         "## Experiments",
         "",
-        "| experiment | paper | status | runtime | held / not held / undecided |",
-        "|---|---|---|---|---|",
+        "| experiment | paper | status | seeds | runtime | claims held / not held / undecided / not tested | "
+        "checks passed / failed |",
+        "|---|---|---|---|---|---|---|",
     ]
-    failed, claim_rows = [], []
+    failed, claim_rows, check_rows = [], [], []
     for r in reports:
         rel = r.out_dir.relative_to(out_dir) if r.out_dir.is_relative_to(out_dir) else r.out_dir
         link = f"[{r.experiment}]({rel}/report.md)"
-        per = {"held": 0, "not held": 0, "undecided": 0}
+        per = dict.fromkeys(counts, 0)
+        per_check = dict.fromkeys(check_counts, 0)
         if r.error:
             failed.append(r.experiment)
         for c in r.claims.values():
-            v = verdict(c.held)
+            v = c.status
             counts[v] += 1
             per[v] += 1
-            claim_rows.append(
-                f"| {link} | {c.id}: {_cell(c.statement)} | **{v}** | {_cell(c.evidence, 300)} |"
-            )
+            claim_rows.append(f"| {link} | {c.id}: {_cell(c.statement)} | **{v}** | {_cell(c.evidence, 300)} |")
+        for c in r.checks.values():
+            v = c.status
+            check_counts[v] += 1
+            per_check[v] += 1
+            check_rows.append(f"| {link} | {c.id}: {_cell(c.statement)} | **{v}** | {_cell(c.evidence, 300)} |")
         status = f"**failed**: {_cell((r.error or '').splitlines()[0], 120)}" if r.error else "ok"
         rt = f"{r.runtime_s:.1f} s" if r.runtime_s is not None else "n/a"
         if r.cpu_time_s is not None:
             rt += f" (CPU {r.cpu_time_s:.1f} s)"
+        seeds = len(r.seeds) if r.seeds else 1
         lines.append(
-            f"| {link} | {_cell(r.paper)} | {status} | {rt} | "
-            f"{per['held']} / {per['not held']} / {per['undecided']} |"
+            f"| {link} | {_cell(r.paper)} | {status} | {seeds} | {rt} | "
+            f"{per['held']} / {per['not held']} / {per['undecided']} / {per['not tested']} | "
+            f"{per_check['passed']} / {per_check['failed']} |"
         )
-    lines += ["", "## Claims", "", "| experiment | claim | verdict | evidence |", "|---|---|---|---|"]
+    lines += ["", "## Paper claims", "", "| experiment | claim | verdict | evidence |", "|---|---|---|---|"]
     lines += claim_rows
+    if check_rows:
+        lines += ["", "## Checks (not counted as claims)", "", "| experiment | check | outcome | evidence |",
+                  "|---|---|---|---|"] + check_rows
+    decided = counts["held"] + counts["not held"]
     lines += [
         "",
-        f"Totals: {counts['held']} held, {counts['not held']} not held, {counts['undecided']} undecided "
-        f"across {len(reports)} experiments.",
+        f"Totals: {counts['held']} held, {counts['not held']} not held, {counts['undecided']} undecided, "
+        f"{counts['not tested']} not tested ({decided} paper claims decided) across {len(reports)} experiments; "
+        f"checks: {check_counts['passed']} passed, {check_counts['failed']} failed.",
     ]
     if failed:
         lines += [
@@ -283,6 +390,7 @@ def write_report_card(out_dir: Path, reports: list[Report], preset: str) -> Path
     atomic_write_text(path, "\n".join(lines) + "\n")
     atomic_write_json(
         out_dir / "report_card.json",
-        {"preset": preset, "counts": counts, "failed": failed, "experiments": [r.to_json() for r in reports]},
+        {"preset": preset, "counts": counts, "check_counts": check_counts, "failed": failed,
+         "experiments": [r.to_json() for r in reports]},
     )
     return path

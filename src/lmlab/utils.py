@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import functools
+import hashlib
 import json
 import os
 import random
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -194,3 +197,30 @@ def check_fraction(**values: float) -> None:
     for k, v in values.items():
         if not 0.0 <= v <= 1.0:
             raise LmlabError(f"{k}={v} must be a fraction in [0, 1]")
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the lmlab checkout this code runs from; (None, None) outside a git checkout."""
+    here = Path(__file__).parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None, None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() or None, bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def hash_tree(root: Path) -> str:
+    """sha256 over every file below `root` (relative path and content, in sorted order)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()

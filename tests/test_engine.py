@@ -1,0 +1,132 @@
+"""The decision engine's runner: seed blocks, per-seed numbers in results.json, checks apart from claims, a stopped
+run resumed at its next seed equal to an uninterrupted one, `lmlab decide` from stored numbers, and reproduce
+with several processes."""
+
+import dataclasses
+import json
+import random
+
+import pytest
+
+import lmlab.experiment as ex
+from lmlab import cli
+from lmlab.report import write_report_card
+from lmlab.utils import LmlabError
+from lmlab.verdict import by_threshold, check, not_tested
+
+from conftest import EXAMPLE_METHODS
+
+
+@dataclasses.dataclass
+class Cfg:
+    seeds: int = 3
+    margin: float = 0.1
+
+
+STOP_AT: list[int] = []  # seeds at which measure() is stopped as by Ctrl-C
+
+
+def measure(ctx, seed):
+    measured.append(seed)
+    if seed in STOP_AT:
+        raise KeyboardInterrupt
+    return {"effect": 0.2 + random.random() / 100, "sums_to_one": 1.0}  # the runner seeded `random` with `seed`
+
+
+def decide(per_seed, cfg):
+    return {"c_effect": by_threshold([n["effect"] for n in per_seed], cfg.margin),
+            "c_untested": not_tested("only the check below stands for it"),
+            "k_sanity": check(all(n["sums_to_one"] == 1.0 for n in per_seed), "probabilities sum to 1")}
+
+
+measured: list[int] = []
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    measured.clear()
+    monkeypatch.setattr(ex, "_REGISTRY", dict(ex.registry()))
+    ex.experiment("toy_engine", "A toy paper", {"c_effect": "the effect exceeds 0.1", "c_untested": "B beats C"},
+                  {p: Cfg() for p in ex.PRESETS}, checks={"k_sanity": "probabilities sum to 1"},
+                  decide=decide)(measure)
+    return ex.get("toy_engine")
+
+
+def test_seed_blocks_are_disjoint_and_every_seed_is_stored(engine, tmp_path):
+    rep = ex.run_experiment("toy_engine", out_dir=tmp_path / "a", seed=0, quiet=True)
+    assert rep.seeds == [0, 1, 2] and measured == [0, 1, 2]
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "b", seed=1, seeds=2, quiet=True)
+    assert measured[3:] == [2, 3]  # block 1 of 2 seeds
+    data = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert data["schema_version"] == 2 and data["seeds"] == [0, 1, 2] and data["rule"]
+    assert [r["seed"] for r in data["runs"]] == [0, 1, 2] and "effect" in data["runs"][0]["numbers"]
+    claims = {c["id"]: c for c in data["claims"]}
+    assert claims["c_effect"]["status"] == "held" and claims["c_effect"]["n"] == 3
+    assert claims["c_effect"]["per_seed"] == [r["numbers"]["effect"] for r in data["runs"]]
+    assert claims["c_untested"]["status"] == "not tested"
+    assert [c["id"] for c in data["checks"]] == ["k_sanity"] and data["checks"][0]["status"] == "passed"
+    assert data["provenance"]["versions"]["torch"] and "git_commit" in data["provenance"]
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "seeds 0, 1, 2 (--seed 0 --seeds 3)" in md and "How a claim is decided" in md and "## Checks" in md
+
+
+def test_report_card_counts_claims_and_checks_apart(engine, tmp_path):
+    rep = ex.run_experiment("toy_engine", out_dir=tmp_path / "toy_engine", quiet=True)
+    md = write_report_card(tmp_path, [rep], "tiny").read_text()
+    assert "| 3 |" in md  # the seeds column
+    assert "1 held, 0 not held, 0 undecided, 1 not tested (1 paper claims decided)" in md
+    assert "checks: 1 passed, 0 failed" in md and "## Checks (not counted as claims)" in md
+
+
+def test_a_stopped_run_resumes_at_its_next_seed_and_equals_an_uninterrupted_one(engine, tmp_path, monkeypatch):
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "whole", quiet=True)
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    measured.clear()
+    STOP_AT.append(2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ex.run_experiment("toy_engine", out_dir=tmp_path / "cut", quiet=True)
+    finally:
+        STOP_AT.clear()
+    part = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert [r["seed"] for r in part["runs"]] == [0, 1]  # what was measured is on disk
+    with pytest.raises(LmlabError, match="config differ"):  # another run's folder is refused
+        ex.run_experiment("toy_engine", out_dir=tmp_path / "cut", quiet=True, resume=True, overrides={"margin": 0.2})
+    measured.clear()
+    rep = ex.run_experiment("toy_engine", out_dir=tmp_path / "cut", quiet=True, resume=True)
+    assert measured == [2] and rep.error is None  # only the unfinished seed is measured
+    done = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert done["runs"] == whole["runs"]
+    assert [c["status"] for c in done["claims"]] == [c["status"] for c in whole["claims"]]
+
+
+def test_decide_recomputes_verdicts_from_stored_numbers_without_measuring(engine, tmp_path, monkeypatch, capsys):
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "r", quiet=True)
+    measured.clear()
+    monkeypatch.setattr(engine, "decide", lambda per_seed, cfg: {**decide(per_seed, cfg), "c_effect": by_threshold(
+        [n["effect"] for n in per_seed], margin=0.5)})  # a stricter margin: the same numbers no longer clear it
+    assert cli.main(["decide", str(tmp_path / "r")]) == 0
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert measured == [] and {c["id"]: c["status"] for c in data["claims"]}["c_effect"] == "not held"
+    assert "c_effect: not held" in capsys.readouterr().out
+
+
+def test_engine_flags_on_experiments_not_on_it_and_bad_folders_are_user_errors(engine, tmp_path, capsys):
+    with pytest.raises(LmlabError, match="not on the decision engine"):
+        ex.run_experiment("calm_kv", out_dir=tmp_path / "x", seeds=2, quiet=True)
+    assert cli.main(["decide", str(tmp_path / "nowhere")]) == 2
+    assert "results.json not found" in capsys.readouterr().err
+    with pytest.raises(LmlabError, match="--seeds must be >= 1"):
+        ex.run_experiment("toy_engine", out_dir=tmp_path / "y", seeds=0, quiet=True)
+    with pytest.raises(ValueError, match="lack `seeds: int`"):
+        ex.experiment("no_seeds", "p", {}, {p: Cfg(seeds=0) for p in ex.PRESETS}, decide=decide)(measure)
+
+
+def test_reproduce_runs_experiments_in_parallel_processes(extra_methods, tmp_path, monkeypatch):
+    extra_methods(EXAMPLE_METHODS)
+    monkeypatch.setenv("LMLAB_METHODS", str(EXAMPLE_METHODS))  # the worker processes find the example method too
+    out = tmp_path / "card"
+    assert cli.main(["reproduce", "--only", "nope_periodic", "--jobs", "2", "--out", str(out)]) == 0
+    card = json.loads((out / "report_card.json").read_text())
+    assert [e["experiment"] for e in card["experiments"]] == ["nope_periodic"]
+    assert (out / "nope_periodic.log").is_file() and card["failed"] == []
