@@ -5,8 +5,7 @@ import torch
 from torch import nn
 
 from lmlab import checkpoint as ck
-from lmlab.model import MultiHeadAttention, register_attention
-from lmlab.model import GPT, GPTConfig
+from lmlab.model import GPT, GPTConfig, MultiHeadAttention, register_attention
 from lmlab.train import make_optimizer
 from lmlab.utils import LmlabError
 
@@ -147,3 +146,20 @@ def test_resume_into_a_different_model_is_refused(tmp_path):
     ck.save(tmp_path, 0, model)
     with pytest.raises(LmlabError, match="different model config"):
         ck.load_into(GPT(tiny(n_layers=3)), None, tmp_path)
+
+
+def test_equal_weights_give_equal_checkpoint_bytes(tmp_path):
+    """The model file, and so its content hash, depends on the weights alone: saved again, in this process and in
+    fresh interpreters (whose hash seeds differ), the bytes are the same."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from lmlab import checkpoint; from lmlab.model import GPT, GPTConfig; "
+            "torch.manual_seed(0); m = GPT(GPTConfig(vocab_size=16, n_layers=1, n_heads=2, d_model=16)); "
+            "checkpoint.save(sys.argv[1], 3, m, save_rng=False)")
+    for i in range(3):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"run{i}")], check=True)
+    files = [(tmp_path / f"run{i}" / "step_000003" / ck.MODEL_FILE).read_bytes() for i in range(3)]
+    assert files[0] == files[1] == files[2]
+    metas = [ck.read_meta(tmp_path / f"run{i}" / "step_000003") for i in range(3)]
+    assert len({m["content_hash"] for m in metas}) == 1

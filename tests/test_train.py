@@ -149,7 +149,7 @@ def test_resume_refuses_changed_optimisation_settings(reference, key, value):
     assert sorted(p.name for p in reference.iterdir()) == before
 
 
-def test_resume_of_a_finished_run_is_a_clear_error(reference, tmp_path, capsys):
+def test_resume_of_a_finished_run_says_so_and_exits_0(reference, tmp_path, capsys):
     import yaml
 
     from lmlab.cli import main
@@ -159,9 +159,11 @@ def test_resume_of_a_finished_run_is_a_clear_error(reference, tmp_path, capsys):
         pretrain(micro_cfg(), reference, resume=True)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(micro_cfg().to_dict()))
+    before = {p: p.stat().st_mtime_ns for p in reference.rglob("*") if p.is_file()}
     rc = main(["pretrain", "--config", str(cfg), "--out", str(reference), "--resume"])
-    err = capsys.readouterr().err
-    assert rc != 0 and err.count("\n") == 1 and "already at step 8" in err
+    out = capsys.readouterr().out
+    assert rc == 0 and out.startswith("nothing to do:") and "already at step 8" in out
+    assert {p: p.stat().st_mtime_ns for p in reference.rglob("*") if p.is_file()} == before  # nothing rewritten
 
 
 def test_constant_schedule_run_can_be_extended_exactly(tmp_path):

@@ -164,6 +164,7 @@ def save(
     tmp.mkdir()
     try:
         save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
+        canonical_header(tmp / MODEL_FILE)
         if optimizer_state is None and optimizer is not None:
             optimizer_state = optimizer.state_dict()
         if optimizer_state is not None:
@@ -205,6 +206,20 @@ def save(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, in place. safetensors writes its header maps in
+    a per-process random order, so equal weights gave different bytes and content hashes; the data section and
+    every offset are unchanged (the header keeps its length)."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(text) > n:  # never expected: the same content, compactly written
+            raise RuntimeError(f"{path}: the sorted safetensors header does not fit ({len(text)} > {n} bytes)")
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))
 
 
 # ---------------------------------------------------------------- loading

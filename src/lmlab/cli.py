@@ -159,11 +159,15 @@ def cmd_decide(args) -> int:
 
 def cmd_pretrain(args) -> int:
     from lmlab.config import load_config  # torch: imported when the command runs, not for --help
-    from lmlab.train import pretrain
+    from lmlab.train import RunFinished, pretrain
 
     cfg = load_config(args.config, args.overrides)  # validated before any heavy work
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = pretrain(cfg, out, resume=args.resume)
+    try:
+        result = pretrain(cfg, out, resume=args.resume)
+    except RunFinished as e:  # nothing to resume: not an error
+        print(f"nothing to do: {e}")
+        return 0
     if result["interrupted"]:
         return 130
     summary = f"done: step {result['step']}, {result['tokens_seen']:,} tokens"

@@ -415,7 +415,7 @@ class _Pretrainer:
                     f" (with train.schedule={t.schedule} the learning rate depends on max_steps, so only a "
                     "train.schedule=constant run, or a wsd run before its decay, can be extended: start a new run "
                     "to train further)")
-                raise LmlabError(
+                raise RunFinished(
                     f"run {out} is already at step {start} >= train.max_steps={t.max_steps}: raise "
                     f"train.max_steps to continue{how}"
                 )
@@ -684,6 +684,11 @@ class _Throughput:
             yield
         finally:
             self.t0 += time.perf_counter() - start
+
+
+
+class RunFinished(LmlabError):
+    """`--resume` of a run that already reached train.max_steps: nothing to do (the CLI exits 0 saying so)."""
 
 
 def pretrain(
