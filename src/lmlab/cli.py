@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lmlab import plugins
 from lmlab.errors import LmlabError
+from lmlab.runlock import RunLock
 
 
 class ConfigDefault:
@@ -61,8 +62,10 @@ def cmd_run(args) -> int:
 
     overrides = split_overrides(args.overrides)
     out = Path(args.out) if args.out else Path("reports") / args.preset / args.name
-    rep = experiment.run_experiment(args.name, args.preset, out, seed=args.seed, device=args.device,
-                                     data=args.data, overrides=overrides, seeds=args.seeds, resume=args.resume)
+    experiment.get(args.name)  # an unknown name is refused before a folder is made
+    with RunLock(out, f"lmlab run {args.name}"):
+        rep = experiment.run_experiment(args.name, args.preset, out, seed=args.seed, device=args.device,
+                                         data=args.data, overrides=overrides, seeds=args.seeds, resume=args.resume)
     print(f"report: {out / 'report.md'}")
     for c in list(rep.claims.values()) + list(rep.checks.values()):
         print(f"  {c.id}: {c.status} — {c.evidence[:160]}")
@@ -99,6 +102,8 @@ def cmd_reproduce(args) -> int:
         raise LmlabError(f"--jobs must be >= 1, got {args.jobs}")
     seeds = {n: args.seeds if reg[n].decide is not None else None for n in names}  # engine experiments only
     reports = []
+    lock = RunLock(out, "lmlab reproduce")
+    lock.__enter__()  # released in the finally below, after the card is written
 
     def done(i: int, rep) -> None:
         summary = ", ".join(f"{c.id}={c.status}" for c in rep.claims.values())
@@ -136,6 +141,7 @@ def cmd_reproduce(args) -> int:
             reports = [finished[n] for n in names]
     finally:  # also when a run is interrupted or fails outside the experiment: keep what finished
         card = write_report_card(out, reports, args.preset)
+        lock.__exit__(None, None, None)
         print(f"report card: {card}" + ("" if len(reports) == len(names) else
                                         f" ({len(reports)} of {len(names)} experiments finished)"))
     if not reg:
@@ -164,7 +170,7 @@ def cmd_pretrain(args) -> int:
     cfg = load_config(args.config, args.overrides)  # validated before any heavy work
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
-        result = pretrain(cfg, out, resume=args.resume)
+        result = pretrain(cfg, out, resume=args.resume, force_unlock=args.force_unlock)
     except RunFinished as e:  # nothing to resume: not an error
         print(f"nothing to do: {e}")
         return 0
@@ -227,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True, help="YAML run config (e.g. configs/tiny.yaml)")
     s.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
     s.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    s.add_argument("--force-unlock", action="store_true",
+                   help="take over a run folder locked from another host (only when that run is gone)")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.n_layers=2 train.max_steps=50")
     s.set_defaults(func=cmd_pretrain)
 

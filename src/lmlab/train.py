@@ -33,6 +33,7 @@ from lmlab.checkpoint import load_snapshot, rng_state, save_snapshot, set_rng_st
 from lmlab.config import BF16_NEEDS_CUDA
 from lmlab.data import DataSpec
 from lmlab.model import GPT
+from lmlab.runlock import RunLock
 from lmlab.tokenizer import Tokenizer
 from lmlab.utils import LmlabError, atomic_write_text, autocast_ctx, get_device, seed_everything
 
@@ -696,6 +697,7 @@ def pretrain(
     out_dir: str | Path,
     resume: bool = False,
     loss_fn: Callable[[nn.Module, object], torch.Tensor] = lm_loss,
+    force_unlock: bool = False,
 ) -> dict:
     """Train an lmlab GPT from a `lmlab.config.RunConfig`; writes to out_dir: step_N/ checkpoints (step 0 =
     the seed), metrics.jsonl, tb/ (TensorBoard), tokenizer.json and config.yaml.
@@ -705,13 +707,17 @@ def pretrain(
     would change the run (model, data, `EXACT_RESUME_KEYS`, the number of processes, and train.max_steps
     unless train.schedule=constant) and a run already at train.max_steps. Ctrl-C saves and
     returns with "interrupted": True. Returns {"step", "tokens_seen", "loss", "val_loss", "interrupted",
-    "run_dir"}; raises TrainingDiverged on NaN/Inf.
+    "run_dir"}; raises TrainingDiverged on NaN/Inf. The run folder is locked for this process (`RunLock`): a second
+    writer is refused before it touches anything; `force_unlock` takes over a lock from another host.
     """
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     rank, world, device, owns_group = _setup_distributed(cfg.train.device)
     try:
-        return _Pretrainer(cfg, Path(out_dir), resume, loss_fn, rank, world, device).run()
+        # rank 0 owns the folder (it alone writes checkpoints and cleans temporary files)
+        lock = RunLock(out_dir, "lmlab pretrain", force=force_unlock) if rank == 0 else contextlib.nullcontext()
+        with lock:
+            return _Pretrainer(cfg, Path(out_dir), resume, loss_fn, rank, world, device).run()
     finally:
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()

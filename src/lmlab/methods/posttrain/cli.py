@@ -15,6 +15,7 @@ from pathlib import Path
 from lmlab.cli import ConfigDefault, resolve_defaults
 from lmlab.errors import LmlabError
 from lmlab.methods.posttrain import PIPELINES
+from lmlab.runlock import LOCK_FILE, RunLock
 
 
 def _common(p, pipeline_choice: bool) -> None:
@@ -163,7 +164,7 @@ def _check_out(out: Path) -> None:
         raise LmlabError(f"--out {out} is a file, not a folder: pass a new folder")
     if (out / SNAPSHOT).exists():
         raise LmlabError(f"--out {out} holds an interrupted run: continue it with --resume, or pass a new folder")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise LmlabError(f"--out {out} is not empty: pass a new folder (results are never overwritten)")
 
 
@@ -183,6 +184,13 @@ def _evaluate(model, codec, task, test, n: int, max_new: int, seed: int) -> dict
 
 
 def run(args, pipeline: str) -> int:
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise LmlabError(f"--out {args.out} is a file, not a folder: pass a new folder")
+    with RunLock(args.out, f"lmlab {pipeline}"):  # one writer per output folder, taken before any check or write
+        return _run(args, pipeline)
+
+
+def _run(args, pipeline: str) -> int:
     # heavy imports (torch) when the command runs, not when the parser is built
     from dataclasses import asdict
 
