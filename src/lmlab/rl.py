@@ -25,6 +25,7 @@ sampled mid-trace must not vanish in decoding and turn a malformed trace into a 
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -79,8 +80,11 @@ class GRPOConfig:
                              "give identical samples, every group has zero reward std and RL never updates")
         if self.max_new_tokens < 1:
             raise LmlabError(f"rl.max_new_tokens (--max-new-tokens) must be >= 1, got {self.max_new_tokens}")
-        if not self.lr > 0:
-            raise LmlabError(f"rl.lr (--rl-lr) must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise LmlabError(f"rl.lr (--rl-lr) must be a finite number > 0, got {self.lr}")
+        for name in ("kl_coef", "clip_eps", "format_reward"):
+            if not math.isfinite(getattr(self, name)):
+                raise LmlabError(f"rl.{name} (--{name.replace('_', '-')}) must be finite, got {getattr(self, name)}")
         if self.ppo_epochs < 1:
             raise LmlabError(f"rl.ppo_epochs (--ppo-epochs) must be >= 1, got {self.ppo_epochs}")
         if self.minibatches < 1:

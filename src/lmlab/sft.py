@@ -12,6 +12,7 @@ Works on lmlab GPT and Hugging Face causal LMs (`forward_logits`).
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from torch import nn
 
 from lmlab.checkpoint import phase_range
 from lmlab.model import IGNORE_INDEX
-from lmlab.train import lr_at, make_optimizer, set_lr
+from lmlab.train import TrainingDiverged, lr_at, make_optimizer, set_lr
 from lmlab.utils import LmlabError, autocast_ctx, pad_batch
 
 
@@ -54,8 +55,8 @@ class SFTConfig:
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise LmlabError(f"sft.micro_batch_size (--sft-micro-batch-size) must be >= 1 or unset, "
                              f"got {self.micro_batch_size}")
-        if not self.lr > 0:
-            raise LmlabError(f"sft.lr (--sft-lr) must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise LmlabError(f"sft.lr (--sft-lr) must be a finite number > 0, got {self.lr}")
 
 
 # ---------------------------------------------------------------------------------------------- tensors
@@ -145,8 +146,14 @@ def make_sft_optimizer(model: nn.Module, cfg: SFTConfig) -> torch.optim.Optimize
 
 
 def clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, grad_clip: float | None) -> None:
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    """Clip (when `grad_clip`) and apply the update — unless the gradient is NaN/Inf: then the gradients are
+    dropped, the weights stay as they were, and `TrainingDiverged` says so."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        raise TrainingDiverged(f"the gradient norm is {float(norm)}: the update was not applied and the weights "
+                               "are those of the last good step; lower the learning rate or check the loss")
     opt.step()
 
 

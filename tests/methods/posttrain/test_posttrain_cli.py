@@ -251,3 +251,42 @@ def test_cli_defaults_are_the_config_dataclasses_defaults():
         defaults = {f.name: getattr(cls(), f.name) for f in fields(cls)}
         for dest, field in flags.items():
             assert getattr(args, dest) == defaults[field], (dest, field)
+
+
+def test_a_nan_gradient_stops_sft_with_the_last_good_weights_saved_and_a_nonzero_exit(tmp_path, monkeypatch, capsys):
+    import lmlab.sft as sft_mod
+    from lmlab import checkpoint
+
+    run = _tiny_run(tmp_path)
+    sft = [*SMALL, "--batch-size", "4", "--device", "cpu"]
+    assert main(["sft", str(run), "--out", str(tmp_path / "two"), *sft, "--steps", "2"]) == 0
+    real, calls = sft_mod.sft_backward, []
+
+    def poisoned(model, *a, **k):  # the third step's gradient is NaN
+        loss = real(model, *a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            next(p for p in model.parameters() if p.grad is not None).grad.fill_(float("nan"))
+        return loss
+
+    monkeypatch.setattr(sft_mod, "sft_backward", poisoned)
+    assert main(["sft", str(run), "--out", str(tmp_path / "nan"), *sft, "--steps", "50"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: post-training diverged after 2 good step(s)") and err.count("\n") == 1
+    m = json.loads((tmp_path / "nan" / "metrics.json").read_text())
+    assert "gradient norm is nan" in m["diverged"] and m["steps_done"] == 2 and m["after"] is None
+    nan_model, _ = checkpoint.load(tmp_path / "nan")
+    two, _ = checkpoint.load(tmp_path / "two")
+    assert all(torch.equal(a, b) for a, b in zip(nan_model.state_dict().values(), two.state_dict().values()))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["sft", "--lr", "nan"], "sft.lr (--sft-lr) must be a finite number > 0"),
+    (["rl", "--lr", "inf"], "rl.lr (--rl-lr) must be a finite number > 0"),
+    (["post-train", "--pipeline", "combined", "--combined-weights", "nan", "nan"], "combined_weights"),
+])
+def test_non_finite_hyperparameters_are_refused_before_training(tmp_path, capsys, flags, message):
+    run = _tiny_run(tmp_path)
+    cmd, *rest = flags
+    assert main([cmd, str(run), "--out", str(tmp_path / "o"), *SMALL, "--device", "cpu", *rest]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "o").exists()

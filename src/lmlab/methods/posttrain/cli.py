@@ -199,7 +199,7 @@ def _run(args, pipeline: str) -> int:
     from lmlab.methods.posttrain.pipelines import run_pipeline
     from lmlab.methods.posttrain.tasks import get_task, make_split
     from lmlab.rl import summarize_history
-    from lmlab.train import StopOnSigint, StopRequested
+    from lmlab.train import StopOnSigint, StopRequested, TrainingDiverged
     from lmlab.utils import atomic_write_json, atomic_write_text, get_device, seed_everything
 
     task = get_task(args.task)
@@ -257,6 +257,10 @@ def _run(args, pipeline: str) -> int:
     try:
         with StopOnSigint() as stop:
             run_pipeline(pipeline, model, codec, task, train, cfg, seed=args.seed, callback=log, resume=resume)
+    except TrainingDiverged as e:  # the failing update was not applied: the model holds the last good step
+        write_run(None, diverged=str(e), steps_done=len(entries))
+        raise TrainingDiverged(f"post-training diverged after {len(entries)} good step(s) ({e}); the model of the "
+                               f"last good step is saved in {out} (metrics.json: diverged)") from None
     except StopRequested:
         write_run(None, interrupted=True, steps_done=len(entries))
         print(f"interrupted after {len(entries)} post-training step(s): the model as it stood then is saved in {out} "

@@ -17,6 +17,7 @@ update per rollout batch, so `rl.ppo_epochs` / `rl.minibatches` > 1 are refused 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,13 +53,13 @@ class PostTrainConfig:
         self.sft.validate()
         if self.gold_limit < 1:
             raise LmlabError(f"gold_limit (--gold-limit) must be >= 1, got {self.gold_limit}")
-        if self.mixed_sft_lr is not None and not self.mixed_sft_lr > 0:
+        if self.mixed_sft_lr is not None and not (self.mixed_sft_lr > 0 and math.isfinite(self.mixed_sft_lr)):
             raise LmlabError(f"mixed_sft_lr (--mixed-sft-lr) must be > 0, got {self.mixed_sft_lr}")
         if self.mixed_sft_batch is not None and self.mixed_sft_batch < 1:
             raise LmlabError(f"mixed_sft_batch must be >= 1, got {self.mixed_sft_batch}")
         if self.mixed_sft_data not in ("one", "gold"):
             raise LmlabError(f"mixed_sft_data must be 'one' or 'gold', got {self.mixed_sft_data!r}")
-        if len(self.combined_weights) != 2 or any(w < 0 for w in self.combined_weights):
+        if len(self.combined_weights) != 2 or not all(w >= 0 and math.isfinite(w) for w in self.combined_weights):
             raise LmlabError(f"combined_weights (--combined-weights) must be two weights >= 0, "
                              f"got {self.combined_weights}")
         if self.interleave_block < 1:
