@@ -14,6 +14,7 @@ from lmlab.methods.sumerian.taggers import (
     HMMTagger,
     MajorityTagger,
     WordMajorityTagger,
+    WordShapeMajorityTagger,
     attested_entries,
     crf_features,
     entity_lexicon,
@@ -158,6 +159,15 @@ def test_word_majority_and_shapes():
     assert word_shape("3(ban2)") == "num" and word_shape("{d}utu") == "div" and word_shape("...") == "damaged"
     f = crf_features(["dumu", "ur-{d}nansze", "ki"], 1)
     assert f["ctx-1"] == "dumu" and f["ctx+1"] == "ki" and f["det_d"] and f["name_prefix"]
+
+
+def test_word_shape_fallback_tags_unknown_words_by_the_hapaxes_of_their_shape():
+    train = [TaggedSentence(["udu", "udu", "3(disz)", "ur-{d}utu", "udu"], ["N", "N", "NU", "NE", "N"]),
+             TaggedSentence(["5(ban2)", "lugal-e2-mah", "ba-zi"], ["NU", "NE", "V"])]
+    ws = WordShapeMajorityTagger().fit(train)
+    # known words: their own tag; unknown: the tag of hapaxes of their shape, else the overall majority (N)
+    assert ws.predict([["udu", "2(asz)", "ur-{d}nanna", "e2-gal-la-ka", "zz"]]) == [["N", "NU", "NE", "NE", "N"]]
+    assert WordMajorityTagger().fit(train).predict([["2(asz)", "ur-{d}nanna"]]) == [["N", "N"]]
 
 
 def test_entity_spans_and_f1_hand_made():

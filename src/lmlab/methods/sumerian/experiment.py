@@ -1,16 +1,23 @@
-"""Sumerian POS/NER/MT pipeline and InterpretLR attributions (Bansal et al., 2021) at small scale.
+"""Sumerian POS/NER/MT pipeline and InterpretLR attributions (Bansal et al., 2021) at small scale, on the decision
+engine: `measure(ctx, seed)` returns one seed's numbers, a pure `decide_*` per claim or check turns the per-seed
+numbers into a `Verdict`, and `summarize` writes the tables and figures.
 
-1. Taggers (HMM, CRF, BiLSTM-CRF) on the CDLI POS and NER corpora, trained with entity-swap augmentation,
-   against the majority-class and the most-frequent-tag-per-word (lookup) baselines.
-2. A small encoder–decoder Transformer on the Ur III line-by-line parallel corpus against copy and
-   lexicon baselines (BLEU/chrF), optionally with one round of self-training (forward translation of
-   monolingual Sumerian, the procedure the paper calls monolingual back-translation, M-BT).
-3. On a synthetic translation task with known alignments, attributions of a trained model against those of
-   its untrained twin (same architecture and initialisation).
+One seed measures:
+1. Taggers (HMM, CRF, BiLSTM-CRF) on the CDLI POS and NER corpora, trained with entity-swap augmentation on a
+   training sample drawn by the seed (all sentences at small/gpu), and three simple baselines: the majority class,
+   the most frequent tag per word (unknown words: the majority tag) and the same with a word-shape fallback.
+2. At small/gpu, a small encoder–decoder Transformer on the Ur III line-by-line parallel corpus against copy and
+   lexicon baselines (BLEU/chrF), one round of self-training (forward translation of pseudo-monolingual Sumerian,
+   the procedure the paper calls monolingual back-translation, M-BT), and the trained translator's attributions on
+   the one sentence the shared data give an expert alignment for (a case study: a check).
+3. On a synthetic translation task with known alignments, attributions of a trained model against those of its
+   untrained twin (same architecture and initialisation): a check that the attribution code tracks learning.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -29,12 +36,13 @@ from lmlab.methods.sumerian.interpret import (
     seq2seq_explainable,
 )
 from lmlab.methods.sumerian.metrics import tagging_scores
-from lmlab.methods.sumerian.pipeline import explain_translation, make_tagger, training_sentences
+from lmlab.methods.sumerian.pipeline import augmented, explain_translation, make_tagger
 from lmlab.methods.sumerian.seq2seq import Seq2SeqConfig, Seq2SeqTransformer, greedy_decode
 from lmlab.methods.sumerian.taggers import (
     BiLSTMCRFConfig,
     MajorityTagger,
     WordMajorityTagger,
+    WordShapeMajorityTagger,
     attested_entries,
 )
 from lmlab.methods.sumerian.tasks import AlignedTranslationTask
@@ -49,37 +57,84 @@ from lmlab.methods.sumerian.translate import (
     train_translator,
 )
 from lmlab.train import fit
+from lmlab.utils import DATA_HINT
+from lmlab.verdict import Verdict, by_threshold, check, not_tested, undecided
 
 CLAIMS = {
-    "taggers_beat_majority": (
-        "every POS and NER tagger (HMM, CRF, BiLSTM-CRF) beats both baselines on the test split: the "
-        "majority-class tagger (POS token accuracy +0.15; it tags every token O, so its NER entity F1 is 0 "
-        "and the NER requirement against it is an absolute entity F1 >= 0.30) and the most-frequent-tag-"
-        "per-word lookup tagger (POS token accuracy +0.05, NER entity F1 +0.05)"
+    "pos_taggers_beat_baselines": (
+        "every POS tagger (HMM, CRF, BiLSTM-CRF) beats the strongest simple baseline — the best of the majority "
+        "class, the most frequent tag per word, and the most frequent tag per word with a word-shape fallback for "
+        "unknown words — in token accuracy on the POS test split"
+    ),
+    "ner_taggers_beat_baselines": (
+        "every NER tagger (HMM, CRF, BiLSTM-CRF) beats the strongest simple baseline — the best of the majority "
+        "class, the most frequent tag per word, and the most frequent tag per word with a word-shape fallback for "
+        "unknown words — in entity F1 on the NER test split"
     ),
     "mt_beats_baseline": (
         "the encoder-decoder Transformer beats the better of a copy and a word-lexicon baseline in BLEU "
         "(by at least 1 point) on Ur III line-by-line test data"
     ),
-    "trained_attributions_align": (
-        "on a synthetic translation task with known word alignments, attributions of a trained model agree "
-        "with the true alignment far more than those of an untrained model (mean average precision over "
-        "methods +0.20, and higher for every method)"
+    "back_translation_raises_bleu": (
+        "monolingual back-translation (M-BT) raises the Transformer's BLEU over the Transformer trained on the "
+        "parallel data alone (paper: 44.14 with 5 rounds vs 42.23 without, all complete sentences)"
+    ),
+    "attributions_agree_with_experts": (
+        "InterpretLR's attributions of the translation model agree with expert human attributions (for each "
+        "English word, the Sumerian words an expert marks as its source)"
     ),
 }
 
-POS_MARGIN, NER_MARGIN, BLEU_MARGIN, AP_MARGIN = 0.15, 0.30, 1.0, 0.20
-LOOKUP_POS_MARGIN, LOOKUP_NER_MARGIN = 0.05, 0.05  # over WordMajorityTagger (most frequent tag per word)
+CHECKS = {
+    "synthetic_attributions_align": (
+        "on a synthetic translation task with known word alignments, attributions of a trained model agree "
+        "with the true alignment far more than those of its untrained twin (mean average precision over "
+        "methods +0.20, and higher for every method), on every seed"
+    ),
+    "expert_example_case_study": (
+        "case study of one sentence (the InterpretLR highlights.png example, hand-encoded expert alignment): "
+        "the trained translator's integrated-gradients and attention attributions rank the expert-aligned "
+        "Sumerian word above chance (mean average precision over the aligned English words above that of a "
+        "random ranking), on every seed"
+    ),
+}
+
+# --- margins, each with its source; committed before any engine run of this experiment ---
+# Tagger score minus the strongest baseline's score: 0.05 POS token accuracy and 0.05 NER entity F1 are the
+# margins over the lookup baseline committed in 2f2f9a2 ("taggers must beat a word-lookup baseline"), before the
+# engine; the spec (10, §5.2) gives no figure ("well above the majority-class baseline"), and the paper's tagger
+# scores are not verified there, so no paper number enters.
+TAGGER_MARGIN = {"pos": 0.05, "ner": 0.05}
+# A tagger has learned the task when it beats the majority-class tagger by this much (POS token accuracy; NER
+# entity F1, where the majority tagger, tagging every token O, scores 0): lmlab's choice, written with the engine
+# move before any run of it. Below it the claim is undecided (not learned), never not held.
+TAGGER_LEARNED = {"pos": 0.05, "ner": 0.05}
+# BLEU points over the better of copy and lexicon: committed with the first sumerian_pipeline (0b4decf).
+BLEU_MARGIN = 1.0
+# The translator has learned when its BLEU exceeds the copy baseline's (≈ 0.1–0.2: only numerals survive) by this
+# much: lmlab's choice, written with the engine move before any run of it. The earlier card's 150-step translator,
+# which emits "the the the ...", scored 0.10 BLEU.
+MT_LEARNED_BLEU = 5.0
+# Mean AP over attribution methods, trained minus untrained twin: committed with the first sumerian_pipeline
+# (0b4decf); spec 10 §5.2 asks only that the trained model agree more.
+AP_MARGIN = 0.20
+SYNTH_LEARNED = 0.5  # exact-match share the synthetic model must reach to count as trained (0b4decf)
+
+TASK_METRIC = {"pos": "accuracy", "ner": "entity_f1"}
+BASELINES = ("majority", "word_majority", "word_shape_majority")
+ST_SYSTEM = "transformer + 1 round self-training"
+EXPERT_METHODS = ("integrated_gradients", "attention")
 
 
 @dataclass
 class Config:
-    """One run: HMM/CRF/BiLSTM-CRF taggers on the CDLI POS and NER corpora against two baselines; an
-    encoder–decoder Transformer on an Ur III parallel corpus against copy and lexicon baselines (optionally
-    with one round of self-training); attributions of a trained and an untrained model on a synthetic
-    translation task with known alignments. Sizes of 0 (tag_train, tag_test, mt_train, mt_test,
-    self_training_lines) mean "all"."""
+    """One seed: HMM/CRF/BiLSTM-CRF taggers on the CDLI POS and NER corpora against three baselines; at small/gpu an
+    encoder–decoder Transformer on an Ur III parallel corpus against copy and lexicon baselines (with one round of
+    self-training); attributions of a trained and an untrained model on a synthetic translation task with known
+    alignments. Sizes of 0 (tag_train, tag_test, mt_train, mt_test, self_training_lines) mean "all"; tag_train
+    sentences are drawn at random by the seed."""
 
+    seeds: int = 2  # seeds of the decision engine
     # 1. tagging
     taggers: str = "hmm,crf,bilstm_crf"  # comma-separated
     augment_copies: int = 1  # entity-swapped copies of each training sentence
@@ -88,7 +143,9 @@ class Config:
     compare_augment: bool = False  # also a CRF trained without augmentation
     crf_iters: int = 50
     bilstm_epochs: int = 4
-    # 2. translation
+    # 2. translation: trained (and its claim decided) only when decide_mt; the tiny preset's budget leaves the
+    # translator far from converged (it needs ~2000 steps of batch 64 on Ur III lines), so tiny skips it
+    decide_mt: bool = False
     mt_corpus: str = "ur3_line"
     mt_train: int = 0
     mt_test: int = 200
@@ -99,32 +156,31 @@ class Config:
     mt_lr: float = 3e-3
     beam: int = 2
     self_training: bool = False
-    self_training_lines: int = 0  # monolingual Sumerian lines translated for self-training
-    # the tiny preset's few hundred steps leave the translator far from converged (it needs ~2000 steps of
-    # batch 64 on Ur III lines), so there the MT claim is reported but left undecided
-    decide_mt: bool = False
+    self_training_lines: int = 0  # pseudo-monolingual Sumerian lines translated for self-training
     # 3. synthetic alignment
     synth_steps: int = 250
     synth_eval: int = 12  # held-out sentences whose attributions are scored
-    ig_steps: int = 16  # integrated-gradients steps (also for the real example sentence)
+    ig_steps: int = 16  # integrated-gradients steps (also for the expert example sentence)
 
 
 # fmt: off
 PRESETS = presets(
     Config,
     tiny={},
-    small={"tag_train": 0, "tag_test": 0, "compare_augment": True, "crf_iters": 100, "bilstm_epochs": 1,
-           "mt_test": 0, "mt_steps": 1500, "mt_d_model": 128, "mt_vocab": 2000, "mt_lr": 2e-3, "beam": 4,
-           "self_training": True, "self_training_lines": 2000, "decide_mt": True, "synth_steps": 400,
-           "synth_eval": 30, "ig_steps": 32},
-    gpu={"tag_train": 0, "tag_test": 0, "crf_iters": 100, "bilstm_epochs": 2, "mt_test": 0, "mt_steps": 4000,
-         "mt_d_model": 256, "mt_vocab": 2000, "mt_batch": 128, "mt_lr": 1e-3, "beam": 5, "self_training": True,
-         "self_training_lines": 8000, "decide_mt": True, "synth_steps": 600, "synth_eval": 60, "ig_steps": 50},
+    small={"seeds": 3, "tag_train": 0, "tag_test": 0, "compare_augment": True, "crf_iters": 100,
+           "bilstm_epochs": 1, "decide_mt": True, "mt_test": 0, "mt_steps": 1500, "mt_d_model": 128,
+           "mt_vocab": 2000, "mt_lr": 2e-3, "beam": 4, "self_training": True, "self_training_lines": 2000,
+           "synth_steps": 400, "synth_eval": 30, "ig_steps": 32},
+    gpu={"seeds": 3, "tag_train": 0, "tag_test": 0, "crf_iters": 100, "bilstm_epochs": 2, "decide_mt": True,
+         "mt_test": 0, "mt_steps": 4000, "mt_d_model": 256, "mt_vocab": 2000, "mt_batch": 128, "mt_lr": 1e-3,
+         "beam": 5, "self_training": True, "self_training_lines": 8000, "synth_steps": 600, "synth_eval": 60,
+         "ig_steps": 50},
 )
 # fmt: on
 
 # A sentence from the InterpretLR figure, with lexical correspondences encoded by hand from its gloss
 # ("barley rations of the female weavers under seal of UrAnan the foreman"); function words are unaligned.
+# The only expert alignment the shared data give (misc/human_eval holds sentence pairs, no alignments).
 HIGHLIGHT = {
     "source": "sze-ba geme2 usz-bar kiszib3 ur-{d}asznan ugula".split(),
     "target": "barley rations of the female weavers under seal of UrAnan the foreman".split(),
@@ -132,45 +188,51 @@ HIGHLIGHT = {
 }
 
 
-@experiment(
-    name="sumerian_pipeline",
-    paper="Bansal et al., How Low is Too Low? A Computational Perspective on Extremely Low-Resource "
-    "Languages (ACL-IJCNLP SRW 2021)",
-    claims=CLAIMS,
-    presets=PRESETS,
-    needs_data=("sumerian",),
-)
-def run(ctx: RunContext) -> None:
+def tagger_names(cfg: Config) -> list[str]:
+    return [t.strip() for t in cfg.taggers.split(",") if t.strip()]
+
+
+# ---------------------------------------------------------------- measure: one seed
+def measure(ctx: RunContext, seed: int) -> dict:
+    """One seed's numbers: the synthetic attribution check; with the real data, every tagger and baseline on the
+    POS and NER test splits and (when `decide_mt`) every MT system's BLEU/chrF and the expert example."""
     if ctx.device.type == "cpu":  # every model here is tiny: intra-op threads only add overhead
         torch.set_num_threads(1)  # run_experiment restores the thread count afterwards
     root = ctx.data("sumerian")
-    synthetic_alignment(ctx)
-    if root is None:
-        for cid in ("taggers_beat_majority", "mt_beats_baseline"):
-            ctx.report.decide(cid, None, ctx.no_data_reason("sumerian"))
-        return
-    tagging(ctx, root)
-    translation(ctx, root)
+    numbers = {"synthetic": measure_synthetic(ctx, seed), "tagging": None, "mt": None}
+    if root is not None:
+        numbers["tagging"] = measure_tagging(ctx, root, seed)
+        if ctx.cfg.decide_mt:
+            numbers["mt"] = measure_translation(ctx, root, seed)
+    return numbers
 
 
-# ---------------------------------------------------------------- 1. tagging
-def tagging(ctx: RunContext, root) -> None:
-    cfg, rep = ctx.cfg, ctx.report
-    limit = cfg.tag_train or None
-    pos_train, ner_train = training_sentences(root, limit, cfg.augment_copies, ctx.seed)
-    n_orig = len(loaders.load_tagged("pos", "train", root, limit))
-    _, list_counts = attested_entries(loaders.load_entity_lists(root), ner_train[:n_orig])
-    for typ, (k, n) in list_counts.items():
-        ctx.log(f"named-entity list {typ}: {k} of {n} entries attested in the training sentences")
-    bilstm = BiLSTMCRFConfig(epochs=cfg.bilstm_epochs, seed=ctx.seed)
-    names = [t.strip() for t in cfg.taggers.split(",")]
-    rows, results = [], {}
+def tagging_sample(root, n: int, seed: int):
+    """`n` (0: all) POS/NER training sentences drawn at random by `seed` (the same sentences for both tasks), in
+    corpus order."""
+    pos, ner = loaders.load_tagged("pos", "train", root), loaders.load_tagged("ner", "train", root)
+    if n and n < len(pos):
+        idx = sorted(np.random.default_rng(seed).choice(len(pos), n, replace=False).tolist())
+        pos, ner = [pos[i] for i in idx], [ner[i] for i in idx]
+    return pos, ner
+
+
+def measure_tagging(ctx: RunContext, root, seed: int) -> dict:
+    cfg = ctx.cfg
+    pos_orig, ner_orig = tagging_sample(root, cfg.tag_train, seed)
+    pos_train, ner_train = augmented(root, pos_orig, ner_orig, cfg.augment_copies, seed)
+    _, list_counts = attested_entries(loaders.load_entity_lists(root), ner_orig)
+    bilstm = BiLSTMCRFConfig(epochs=cfg.bilstm_epochs, seed=seed)
+    out = {"n_train": len(pos_orig), "n_augmented": len(pos_train) - len(pos_orig),
+           "entity_lists": {"used": sum(k for k, _ in list_counts.values()),
+                            "listed": sum(n for _, n in list_counts.values())}}
     for task, train in (("pos", pos_train), ("ner", ner_train)):
         test = loaders.load_tagged(task, "test", root, cfg.tag_test or None)
         gold, toks = [s.tags for s in test], [s.tokens for s in test]
-        models = [MajorityTagger(), WordMajorityTagger()] + [
-            make_tagger(n, cfg.crf_iters, bilstm, ctx.device) for n in names
-        ]
+        out["n_test"] = len(test)
+        models = [MajorityTagger(), WordMajorityTagger(), WordShapeMajorityTagger()] + [
+            make_tagger(n, cfg.crf_iters, bilstm, ctx.device) for n in tagger_names(cfg)]
+        out[task] = {}
         for m in models:
             t0 = time.process_time()
             m.fit(train)
@@ -179,192 +241,53 @@ def tagging(ctx: RunContext, root) -> None:
             if task == "ner":
                 res["entity_f1"] = sc["entity"]["f1"]
                 res["per_type_f1"] = {t: v["f1"] for t, v in sc["entity"]["per_type"].items()}
-            results[(task, m.name)] = res
-            for k, v in res.items():
-                if k != "per_type_f1":
-                    rep.metric(f"{task}.{m.name}.{k}", v)
-            for t, v in res.get("per_type_f1", {}).items():
-                rep.metric(f"{task}.{m.name}.f1_{t}", v)
-            rows.append(
-                [
-                    task,
-                    m.name,
-                    res["accuracy"],
-                    res["macro_f1"],
-                    res.get("entity_f1", "–"),
-                    f"{res['cpu_s']:.1f}",
-                ]
-            )
-            ctx.log(
-                f"{task} {m.name}: acc {res['accuracy']:.3f} macro-F1 {res['macro_f1']:.3f}"
-                + (f" entity-F1 {res['entity_f1']:.3f}" if task == "ner" else "")
-            )
-    if cfg.compare_augment and "crf" in names:
-        plain_ner = loaders.load_tagged("ner", "train", root, limit)
+            out[task][m.name] = res
+            ctx.log(f"seed {seed} {task} {m.name}: acc {res['accuracy']:.3f} macro-F1 {res['macro_f1']:.3f}"
+                    + (f" entity-F1 {res['entity_f1']:.3f}" if task == "ner" else ""))
+    out["crf_no_augmentation"] = None
+    if cfg.compare_augment and "crf" in tagger_names(cfg):
         test = loaders.load_tagged("ner", "test", root, cfg.tag_test or None)
-        gold = [s.tags for s in test]
-        m = make_tagger("crf", cfg.crf_iters).fit(plain_ner)
-        ent = tagging_scores(gold, m.predict([s.tokens for s in test]), True)["entity"]
-        rep.metric("ner.crf_no_augmentation.entity_f1", ent["f1"])
-        rows.append(["ner", "crf (no augmentation)", "", "", ent["f1"], ""])
-        aug = results[("ner", "crf")]["per_type_f1"]
-        per = []
-        for typ in ("GN", "SN"):
-            plain_f1 = ent["per_type"].get(typ, {}).get("f1", 0.0)
-            rep.metric(f"ner.crf_no_augmentation.f1_{typ}", plain_f1)
-            per.append(f"{typ} {aug.get(typ, 0.0):.3f} with / {plain_f1:.3f} without augmentation")
-        rep.text("CRF entity F1 per type (geographical names GN, settlements SN): " + "; ".join(per) + ".")
-    used, listed = (sum(v[i] for v in list_counts.values()) for i in (0, 1))
-    source = ""
-    if cfg.augment_copies > 0:
-        rep.metric("ner.entity_lists_used", used)
-        rep.metric("ner.entity_lists_listed", listed)
-        source = (
-            " Swapped-in entities come from the training sentences and from the named-entity lists; of the "
-            f"lists' {listed} entries (cities tagged SN, as the corpus tags them), only the {used} that the "
-            "training sentences attest with the same tag are used — the others are spelled unlike the corpus "
-            "(`akhetaten`, `urnammak`) or labelled differently there."
-        )
-    rep.table(
-        rows,
-        ["task", "model", "token acc", "macro F1", "entity F1", "fit+predict CPU s"],
-        f"Tagging on the test split ({n_orig} training sentences + {len(pos_train) - n_orig} entity-swapped "
-        f"copies; test sentences: {cfg.tag_test or 'all'}).{source}",
-    )
-
-    base_pos = results[("pos", "majority")]["accuracy"]
-    base_ner = results[("ner", "majority")]["entity_f1"]
-    look_pos = results[("pos", "word_majority")]["accuracy"]
-    look_ner = results[("ner", "word_majority")]["entity_f1"]
-    parts, ok = [], True
-    for n in names:
-        acc, f1 = results[("pos", n)]["accuracy"], results[("ner", n)]["entity_f1"]
-        ok &= (
-            acc - base_pos >= POS_MARGIN
-            and acc - look_pos >= LOOKUP_POS_MARGIN
-            and f1 - base_ner >= NER_MARGIN
-            and f1 - look_ner >= LOOKUP_NER_MARGIN
-        )
-        parts.append(
-            f"{n}: POS acc {acc:.3f} ({acc - base_pos:+.3f} vs majority, {acc - look_pos:+.3f} vs lookup), "
-            f"NER entity F1 {f1:.3f} ({f1 - base_ner:+.3f} vs majority, {f1 - look_ner:+.3f} vs lookup)"
-        )
-    rep.decide(
-        "taggers_beat_majority",
-        ok,
-        f"baselines: majority-class POS acc {base_pos:.3f}, NER entity F1 {base_ner:.3f} (it tags every "
-        f"token O); most-frequent-tag-per-word lookup POS acc {look_pos:.3f}, NER entity F1 {look_ner:.3f}. "
-        + "; ".join(parts)
-        + f". Required of every tagger: vs majority POS +{POS_MARGIN}, NER +{NER_MARGIN}; vs lookup POS "
-        f"+{LOOKUP_POS_MARGIN}, NER +{LOOKUP_NER_MARGIN}.",
-    )
-    _tagging_figure(ctx, results, names)
+        m = make_tagger("crf", cfg.crf_iters).fit(ner_orig)
+        ent = tagging_scores([s.tags for s in test], m.predict([s.tokens for s in test]), True)["entity"]
+        out["crf_no_augmentation"] = {"entity_f1": ent["f1"],
+                                      "per_type_f1": {t: v["f1"] for t, v in ent["per_type"].items()}}
+    return out
 
 
-def _tagging_figure(ctx, results, names):
-    import matplotlib.pyplot as plt  # heavy: imported only when plotting
-
-    models = ["majority", "word_majority"] + names
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    x = np.arange(len(models))
-    ax.bar(x - 0.2, [results[("pos", m)]["accuracy"] for m in models], 0.4, label="POS token accuracy")
-    ax.bar(x + 0.2, [results[("ner", m)]["entity_f1"] for m in models], 0.4, label="NER entity F1")
-    ax.set_xticks(x, models)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("score on test split")
-    ax.set_xlabel("tagger")
-    ax.legend(fontsize=8)
-    ax.set_title("Sumerian taggers vs majority baselines")
-    ctx.report.figure(
-        fig, "tagging", "POS token accuracy and NER entity F1 of each tagger and of the baselines."
-    )
-
-
-# ---------------------------------------------------------------- 2. translation
-def translation(ctx: RunContext, root) -> None:
-    cfg, rep = ctx.cfg, ctx.report
-    corpus = cfg.mt_corpus
-    train = loaders.load_parallel(corpus, "train", root, cfg.mt_train or None)
-    test = loaders.load_parallel(corpus, "test", root, cfg.mt_test or None)
+def measure_translation(ctx: RunContext, root, seed: int) -> dict:
+    cfg = ctx.cfg
+    train = loaders.load_parallel(cfg.mt_corpus, "train", root, cfg.mt_train or None)
+    test = loaders.load_parallel(cfg.mt_corpus, "test", root, cfg.mt_test or None)
     src, refs = [s for s, _ in test], [e for _, e in test]
-    scores = {"copy": bleu_chrf(copy_baseline(src), refs)}
     lex = LexiconBaseline().fit(train)
-    scores["lexicon"] = bleu_chrf(lex.translate(src), refs)
-    mt_cfg = MTConfig(
-        src_vocab_size=cfg.mt_vocab,
-        tgt_vocab_size=cfg.mt_vocab,
-        d_model=cfg.mt_d_model,
-        d_ff=4 * cfg.mt_d_model,
-        steps=cfg.mt_steps,
-        batch_size=cfg.mt_batch,
-        lr=cfg.mt_lr,
-        warmup=max(1, cfg.mt_steps // 10),
-        seed=ctx.seed,
-    )
+    lex_out = lex.translate(src)
+    scores = {"copy": bleu_chrf(copy_baseline(src), refs), "lexicon": bleu_chrf(lex_out, refs)}
+    mt_cfg = MTConfig(src_vocab_size=cfg.mt_vocab, tgt_vocab_size=cfg.mt_vocab, d_model=cfg.mt_d_model,
+                      d_ff=4 * cfg.mt_d_model, steps=cfg.mt_steps, batch_size=cfg.mt_batch, lr=cfg.mt_lr,
+                      warmup=max(1, cfg.mt_steps // 10), seed=seed)
     t0 = time.process_time()
     tr = train_translator(train, mt_cfg, ctx.device, log=ctx.log)
-    rep.metric("mt.train_cpu_s", time.process_time() - t0)
-    rep.metric("mt.epochs", epochs_covered(mt_cfg, len(train)))
+    out = {"n_train": len(train), "n_test": len(test), "train_cpu_s": time.process_time() - t0,
+           "epochs": epochs_covered(mt_cfg, len(train))}
     hyps = tr.translate(src, beam=cfg.beam)
     scores["transformer"] = bleu_chrf(hyps, refs)
     if cfg.beam > 1:
         scores["transformer (greedy)"] = bleu_chrf(tr.translate(src, beam=1), refs)
+    out["self_training"] = None
     if cfg.self_training:
         mono, n_dropped = self_training_lines(root, cfg.self_training_lines or None)
-        rep.metric("mt.self_training.lines", len(mono))
-        rep.metric("mt.self_training.lines_dropped_overlapping_held_out", n_dropped)
         st = self_training_round(tr, train, mono, device=ctx.device, log=ctx.log)
         scores[ST_SYSTEM] = bleu_chrf(st.translate(src, beam=cfg.beam), refs)
+        out["self_training"] = {"lines": len(mono), "dropped_overlapping_held_out": n_dropped}
     for name, sc in scores.items():
-        rep.metric(f"mt.{name}.bleu", sc["bleu"])
-        rep.metric(f"mt.{name}.chrf", sc["chrf"])
-        ctx.log(f"mt {name}: BLEU {sc['bleu']:.2f} chrF {sc['chrf']:.2f}")
-    rep.table(
-        [[k, v["bleu"], v["chrf"]] for k, v in scores.items()],
-        ["system", "BLEU", "chrF"],
-        f"Sumerian→English on {corpus} test ({len(test)} pairs; {len(train)} training pairs, "
-        f"{cfg.mt_steps} steps ≈ {epochs_covered(mt_cfg, len(train)):.1f} epochs, beam {cfg.beam})",
-    )
-    if cfg.self_training:
-        d = scores[ST_SYSTEM]["bleu"] - scores["transformer"]["bleu"]
-        rep.metric("mt.self_training_bleu_change", d)
-        rep.text(
-            "One round of self-training (forward translation): the trained model translates "
-            f"{len(mono)} monolingual Sumerian lines, and a model is retrained for the same number of steps on "
-            "the parallel data plus these (real Sumerian, machine English) pairs. This is the procedure the "
-            "paper calls monolingual back-translation (M-BT); no reverse English→Sumerian model is involved. "
-            "The real monolingual corpus is not available, so the lines are the Sumerian side of "
-            f"`all_sent/train`, skipping the {n_dropped} lines that contain or are contained in a dev or test "
-            f"source of any parallel corpus. It changed test BLEU by {d:+.2f}. The paper's gains came from "
-            "3–7 rounds over ~85k-line shards of Ur III monolingual text."
-        )
-    rep.table(
-        [list(row) for row in list(zip(src, refs, hyps, lex.translate(src)))[:6]],
-        ["Sumerian", "reference", "transformer", "lexicon baseline"],
-        "Example test translations",
-    )
-    best_base = max(scores["copy"]["bleu"], scores["lexicon"]["bleu"])
-    gap = scores["transformer"]["bleu"] - best_base
-    numbers = (
-        f"transformer BLEU {scores['transformer']['bleu']:.2f} (chrF {scores['transformer']['chrf']:.1f}) vs "
-        f"copy {scores['copy']['bleu']:.2f} / lexicon {scores['lexicon']['bleu']:.2f} "
-        f"(chrF {scores['lexicon']['chrf']:.1f}): gap {gap:+.2f} BLEU, required +{BLEU_MARGIN} "
-        f"({cfg.mt_steps} training steps; the paper's 6-layer model reached 36–44 BLEU on larger setups)"
-    )
-    if cfg.decide_mt:
-        rep.decide("mt_beats_baseline", gap >= BLEU_MARGIN, numbers)
-    else:
-        rep.decide(
-            "mt_beats_baseline",
-            None,
-            "undecided at this preset: its training budget is far below "
-            f"convergence (run --preset small); numbers for the record: {numbers}",
-        )
-    _loss_figure(ctx, tr.losses)
-    _real_attribution(ctx, tr)
-
-
-ST_SYSTEM = "transformer + 1 round self-training"
+        ctx.log(f"seed {seed} mt {name}: BLEU {sc['bleu']:.2f} chrF {sc['chrf']:.2f}")
+    out["scores"] = scores
+    k = max(1, len(tr.losses) // 100)  # the loss curve, thinned to about 100 points
+    out["losses"] = [float(np.mean(tr.losses[i:i + k])) for i in range(0, len(tr.losses), k)]
+    out["loss_every"] = k
+    out["examples"] = [list(row) for row in list(zip(src, refs, hyps, lex_out))[:6]]
+    out["expert_example"] = expert_example(tr, ctx.cfg.ig_steps)
+    return out
 
 
 def self_training_lines(root, n: int | None) -> tuple[list[str], int]:
@@ -382,45 +305,37 @@ def self_training_lines(root, n: int | None) -> tuple[list[str], int]:
     return kept, dropped
 
 
-def _loss_figure(ctx, losses):
-    import matplotlib.pyplot as plt  # heavy: imported only when plotting
+def chance_ap(gold: np.ndarray, draws: int = 2000) -> float:
+    """Expected average precision of a random ranking of each aligned row's source words (mean over rows),
+    estimated from `draws` fixed-seed permutations."""
+    rng = np.random.default_rng(0)
+    vals = []
+    for row in gold:
+        if not row.any() or row.all():
+            continue
+        aps = []
+        for _ in range(draws):
+            rel = row[rng.permutation(len(row))]
+            hits = np.flatnonzero(rel)
+            aps.append(float(np.mean(np.arange(1, len(hits) + 1) / (hits + 1))))
+        vals.append(np.mean(aps))
+    return float(np.mean(vals))
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    k = max(1, len(losses) // 50)
-    sm = np.convolve(losses, np.ones(k) / k, mode="valid")
-    ax.plot(np.arange(len(sm)) + k, sm)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("label-smoothed cross-entropy")
-    ax.set_title("Translator training loss")
-    ctx.report.figure(fig, "mt_loss", "Training loss of the Sumerian→English Transformer (moving average).")
 
-
-def _real_attribution(ctx, tr) -> None:
-    """Qualitative: attributions of the trained translator on the InterpretLR example sentence."""
-    import matplotlib.pyplot as plt  # heavy: imported only when plotting
-
+def expert_example(tr, ig_steps: int) -> dict:
+    """The trained translator's word-level attributions on the InterpretLR example sentence (reference forced),
+    and their agreement with the hand-encoded expert alignment (None where BPE pieces cross word boundaries)."""
     src, tgt = " ".join(HIGHLIGHT["source"]), " ".join(HIGHLIGHT["target"])
-    methods = ("integrated_gradients", "attention")
-    mats, sw, ow = explain_translation(tr, src, tgt, methods, n_steps=ctx.cfg.ig_steps)
+    mats, sw, ow = explain_translation(tr, src, tgt, EXPERT_METHODS, n_steps=ig_steps)
+    out = {"source": sw, "target": ow, "matrices": {m: mats[m].tolist() for m in EXPERT_METHODS},
+           "agreement": None, "chance_ap": None}
     if (len(ow), len(sw)) == (len(HIGHLIGHT["target"]), len(HIGHLIGHT["source"])):
         gold = gold_mask(HIGHLIGHT["alignment"], len(ow), len(sw))
-        for m, mat in mats.items():
-            for k, v in agreement(mat, gold).items():
-                ctx.report.metric(f"real_example.{m}.{k}", v)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
-    for ax, m in zip(axes, methods):
-        heatmap_axes(ax, mats[m], sw, ow, m.replace("_", " "))
-    fig.suptitle("Trained translator on the InterpretLR example (reference forced)", fontsize=10)
-    fig.tight_layout()
-    ctx.report.figure(
-        fig,
-        "real_example_attributions",
-        "Word-level attributions (rows: English reference words, columns: Sumerian words) of the "
-        "trained translator; qualitative only — the hand alignment is in the experiment module.",
-    )
+        out["agreement"] = {m: agreement(np.asarray(mats[m]), gold) for m in EXPERT_METHODS}
+        out["chance_ap"] = chance_ap(gold)
+    return out
 
 
-# ---------------------------------------------------------------- 3. synthetic alignment
 def _encode_synthetic(examples, sv, tv, device):
     pad, bos, eos = 0, 1, 2
     s_len = max(len(e.source) for e in examples) + 1
@@ -435,23 +350,16 @@ def _encode_synthetic(examples, sv, tv, device):
     return src.to(device), tgt.to(device)
 
 
-def synthetic_alignment(ctx: RunContext) -> None:
-    cfg, rep, dev = ctx.cfg, ctx.report, ctx.device
-    task = AlignedTranslationTask(n_words=24, min_len=4, max_len=8, reorder="reverse", seed=ctx.seed)
+def measure_synthetic(ctx: RunContext, seed: int) -> dict:
+    """A model trained on a synthetic reversed-order translation task and its untrained twin (same init): the
+    agreement of each attribution method with the true alignment on held-out sentences."""
+    cfg, dev = ctx.cfg, ctx.device
+    task = AlignedTranslationTask(n_words=24, min_len=4, max_len=8, reorder="reverse", seed=seed)
     sv = {w: i + 3 for i, w in enumerate(task.src_vocab)}
     tv = {w: i + 3 for i, w in enumerate(task.tgt_vocab)}
-    torch.manual_seed(ctx.seed)
-    mcfg = Seq2SeqConfig(
-        len(sv) + 3,
-        len(tv) + 3,
-        d_model=64,
-        n_heads=4,
-        enc_layers=2,
-        dec_layers=2,
-        d_ff=128,
-        dropout=0.0,
-        max_len=16,
-    )
+    torch.manual_seed(seed)
+    mcfg = Seq2SeqConfig(len(sv) + 3, len(tv) + 3, d_model=64, n_heads=4, enc_layers=2, dec_layers=2, d_ff=128,
+                         dropout=0.0, max_len=16)
     model = Seq2SeqTransformer(mcfg).to(dev)
     untrained = Seq2SeqTransformer(mcfg).to(dev)
     untrained.load_state_dict(model.state_dict())
@@ -460,28 +368,22 @@ def synthetic_alignment(ctx: RunContext) -> None:
         step = 0
         while True:
             step += 1
-            yield _encode_synthetic(task.sample(64, seed=ctx.seed * 100_003 + step), sv, tv, dev)
+            yield _encode_synthetic(task.sample(64, seed=seed * 100_003 + step), sv, tv, dev)
 
     def loss_fn(m, batch):
         src, tgt = batch
         logits = m(src, tgt[:, :-1])
-        return F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), tgt[:, 1:].reshape(-1), ignore_index=0
-        )
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tgt[:, 1:].reshape(-1), ignore_index=0)
 
     t0 = time.process_time()
     losses = fit(model, loss_fn, batches(), cfg.synth_steps, lr=3e-3, warmup=30, device=dev)
-    held_out = task.sample(200, seed=10_000_019 + ctx.seed)
+    held_out = task.sample(200, seed=10_000_019 + seed)
     src, _ = _encode_synthetic(held_out, sv, tv, dev)
     pred = greedy_decode(model, src, 1, 2, 12)
     exact = float(np.mean([p == [tv[w] for w in e.target] for p, e in zip(pred, held_out)]))
-    rep.metric("synthetic.exact_match", exact)
-    rep.metric("synthetic.final_loss", losses[-1])
-    ctx.log(f"synthetic task: exact match {exact:.3f} after {cfg.synth_steps} steps")
-
+    ctx.log(f"seed {seed} synthetic task: exact match {exact:.3f} after {cfg.synth_steps} steps")
     scores = {name: {} for name in ("trained", "untrained")}
-    deltas = []
-    keep = {}
+    deltas, example = [], {}
     for e in held_out[: cfg.synth_eval]:
         s = torch.tensor([[sv[w] for w in e.source] + [2]], device=dev)
         out = torch.tensor([[tv[w] for w in e.target]], device=dev)
@@ -494,71 +396,320 @@ def synthetic_alignment(ctx: RunContext) -> None:
                     scores[name].setdefault(meth, {}).setdefault(k, []).append(v)
                 if name == "trained" and a.delta is not None:
                     deltas += np.abs(a.delta).tolist()
-                if e is held_out[0]:
-                    keep[(name, meth)] = mat
-    rep.metric("synthetic.attribution_cpu_s", time.process_time() - t0)
-    rep.metric("synthetic.ig_mean_abs_convergence_delta", float(np.mean(deltas)))
-    rep.metric("synthetic.ig_max_abs_convergence_delta", float(np.max(deltas)))
-    rows, diffs, all_higher = [], [], True
-    for meth in METHODS:
-        tr_, un_ = (
-            {k: float(np.nanmean(v)) for k, v in scores[n][meth].items()} for n in ("trained", "untrained")
-        )
-        for k in tr_:
-            rep.metric(f"synthetic.{meth}.trained.{k}", tr_[k])
-            rep.metric(f"synthetic.{meth}.untrained.{k}", un_[k])
-        diffs.append(tr_["ap"] - un_["ap"])
-        all_higher &= tr_["ap"] > un_["ap"]
-        rows.append(
-            [meth, tr_["hit@1"], un_["hit@1"], tr_["ap"], un_["ap"], tr_["spearman"], un_["spearman"]]
-        )
-    rep.table(
-        rows,
-        [
-            "method",
-            "hit@1 trained",
-            "hit@1 untrained",
-            "AP trained",
-            "AP untrained",
-            "Spearman trained",
-            "Spearman untrained",
-        ],
-        f"Agreement with the true alignment ({cfg.synth_eval} held-out sentences, reversed word order; "
-        f"chance hit@1 ≈ 1/6)",
-    )
-    mean_diff = float(np.mean(diffs))
-    rep.metric("synthetic.mean_ap_gain", mean_diff)
-    rep.decide(
-        "trained_attributions_align",
-        mean_diff >= AP_MARGIN and all_higher and exact >= 0.5,
-        f"mean AP over {len(METHODS)} methods: trained − untrained = {mean_diff:+.3f} (required "
-        f"+{AP_MARGIN}); trained higher for every method: {all_higher}; per method AP gain: "
-        + ", ".join(f"{m} {d:+.2f}" for m, d in zip(METHODS, diffs))
-        + f"; the trained model solves the task (exact match {exact:.2f}, required ≥ 0.5); "
-        f"IG completeness gap |δ| mean {np.mean(deltas):.2g}, max {np.max(deltas):.2g} "
-        f"({ctx.cfg.ig_steps} steps)",
-    )
-    _synthetic_figure(ctx, keep, held_out[0])
+                if e is held_out[0] and meth in EXPERT_METHODS:
+                    example[f"{name}/{meth}"] = np.asarray(mat).tolist()
+    agree = {meth: {n: {k: float(np.nanmean(v)) for k, v in scores[n][meth].items()} for n in scores}
+             for meth in METHODS}
+    return {"exact_match": exact, "final_loss": float(losses[-1]), "cpu_s": time.process_time() - t0,
+            "ig_delta_mean": float(np.mean(deltas)), "ig_delta_max": float(np.max(deltas)), "agreement": agree,
+            "example": {"source": held_out[0].source, "target": held_out[0].target, "matrices": example}}
 
 
-def _synthetic_figure(ctx, keep, example):
+# ---------------------------------------------------------------- decide: pure functions of the per-seed numbers
+def _r(values, nd: int = 3) -> list:
+    return [round(float(v), nd) for v in values]
+
+
+def decide_taggers(per_seed: list[dict], cfg: Config, task: str) -> Verdict:
+    """Every tagger's score minus the strongest baseline's (best of `BASELINES` on that seed), its minimum over
+    taggers per seed, against `TAGGER_MARGIN[task]` — once every tagger beats the majority class by
+    `TAGGER_LEARNED[task]` on every seed."""
+    if any(n.get("tagging") is None for n in per_seed):
+        return undecided(f"needs the real data: sumerian/ was not found; {DATA_HINT}")
+    metric, names = TASK_METRIC[task], tagger_names(cfg)
+    scores = [{m: n["tagging"][task][m][metric] for m in (*BASELINES, *names)} for n in per_seed]
+    unlearned = [(i, m) for i, s in enumerate(scores) for m in names if s[m] - s["majority"] <= TAGGER_LEARNED[task]]
+    if unlearned:
+        return undecided(
+            f"not learned: {', '.join(sorted({m for _, m in unlearned}))} within {TAGGER_LEARNED[task]} {metric} "
+            f"of the majority class on {len({i for i, _ in unlearned})} of {len(scores)} seeds; per seed "
+            + "; ".join(", ".join(f"{m} {s[m]:.3f}" for m in ("majority", *names)) for s in scores),
+            **{m: [s[m] for s in scores] for m in (*BASELINES, *names)})
+    best = [max(BASELINES, key=lambda b: s[b]) for s in scores]
+    gaps = {m: [s[m] - s[b] for s, b in zip(scores, best)] for m in names}
+    worst = [min(gaps[m][i] for m in names) for i in range(len(scores))]
+    v = by_threshold(worst, TAGGER_MARGIN[task], what=f"{task.upper()} {metric} of the weakest tagger minus the "
+                     "strongest baseline", fmt=".3f")
+    detail = ("; strongest baseline per seed: " + ", ".join(f"{b} {s[b]:.3f}" for s, b in zip(scores, best))
+              + "; tagger − strongest baseline per seed: " + "; ".join(f"{m} {_r(gaps[m])}" for m in names))
+    return dataclasses.replace(v, reason=v.reason + detail,
+                               extra={m: [s[m] for s in scores] for m in (*BASELINES, *names)})
+
+
+def decide_pos_taggers(per_seed: list[dict], cfg: Config) -> Verdict:
+    return decide_taggers(per_seed, cfg, "pos")
+
+
+def decide_ner_taggers(per_seed: list[dict], cfg: Config) -> Verdict:
+    return decide_taggers(per_seed, cfg, "ner")
+
+
+def decide_mt_beats_baseline(per_seed: list[dict], cfg: Config) -> Verdict:
+    """Transformer BLEU minus the better of copy and lexicon, per seed, against `BLEU_MARGIN` — once the
+    transformer beats copying the source by `MT_LEARNED_BLEU` on every seed."""
+    if not cfg.decide_mt:
+        return undecided("moved to small for the time budget: this preset trains no translator (at tiny's "
+                         "budget of a few hundred steps it emits 'the the the ...', 0.10 BLEU on the earlier card); "
+                         "run --preset small")
+    if any(n.get("mt") is None for n in per_seed):
+        return undecided(f"needs the real data: sumerian/ was not found; {DATA_HINT}")
+    sc = [n["mt"]["scores"] for n in per_seed]
+    t, cp, lx = ([s[k]["bleu"] for s in sc] for k in ("transformer", "copy", "lexicon"))
+    numbers = {"transformer": t, "copy": cp, "lexicon": lx}
+    if any(a - c <= MT_LEARNED_BLEU for a, c in zip(t, cp)):
+        return undecided(f"not learned: transformer BLEU per seed {_r(t, 2)} is within {MT_LEARNED_BLEU} of the "
+                         f"copy baseline {_r(cp, 2)} on some seed (lexicon {_r(lx, 2)})", **numbers)
+    v = by_threshold([a - max(c, x) for a, c, x in zip(t, cp, lx)], BLEU_MARGIN,
+                     what="BLEU of the transformer minus the better of copy and lexicon", fmt=".2f")
+    return dataclasses.replace(v, reason=v.reason + f"; transformer {_r(t, 2)}, copy {_r(cp, 2)}, lexicon "
+                               f"{_r(lx, 2)} BLEU per seed", extra=numbers)
+
+
+def decide_back_translation(per_seed: list[dict], cfg: Config) -> Verdict:
+    """Not tested: the monolingual corpus the paper back-translates is absent."""
+    st = [n["mt"]["scores"].get(ST_SYSTEM, {}).get("bleu") - n["mt"]["scores"]["transformer"]["bleu"]
+          for n in per_seed if n.get("mt") and ST_SYSTEM in n["mt"]["scores"]]
+    seen = f"; one round of self-training on pseudo-monolingual all_sent/train lines changed BLEU by {_r(st, 2)} " \
+           "per seed (reported, not decided: that change is not yet explained)" if st else ""
+    return not_tested("needs the real monolingual Ur III corpus (9 shards of ~85k lines), absent from the shared "
+                      "data; the paper's gain is over 3–7 rounds of it" + seen)
+
+
+def decide_expert_agreement(per_seed: list[dict], cfg: Config) -> Verdict:
+    """Not tested: the shared data hold one expert alignment, not a sample to measure agreement over."""
+    return not_tested("the shared data (/work/shared/data/sumerian) hold one expert alignment — the highlights.png "
+                      "sentence, hand-encoded in this module — and no other word-level expert attribution "
+                      "(misc/human_eval holds 76 sentence pairs for MT human evaluation, without alignments); one "
+                      "sentence is a case study, reported as the check expert_example_case_study, not a test; the "
+                      "paper's agreement protocol, if any, is not verified (spec 10 §7)")
+
+
+def decide_synthetic(per_seed: list[dict], cfg: Config) -> Verdict:
+    """Check: on every seed the trained model solves the task, its mean AP over methods exceeds its untrained
+    twin's by `AP_MARGIN`, and its AP is higher for every method."""
+    syn = [n["synthetic"] for n in per_seed]
+    exact = [s["exact_match"] for s in syn]
+    gains = [float(np.mean([s["agreement"][m]["trained"]["ap"] - s["agreement"][m]["untrained"]["ap"]
+                            for m in METHODS])) for s in syn]
+    lower = [[m for m in METHODS if s["agreement"][m]["trained"]["ap"] <= s["agreement"][m]["untrained"]["ap"]]
+             for s in syn]
+    numbers = {"exact_match": exact, "mean_ap_gain": gains, "methods_not_higher": lower,
+               "ig_delta_mean": [s["ig_delta_mean"] for s in syn]}
+    if any(e < SYNTH_LEARNED for e in exact):
+        return check(None, f"not learned: exact match per seed {_r(exact)} below {SYNTH_LEARNED} on some seed",
+                     **numbers)
+    ok = [g > AP_MARGIN and not lo for g, lo in zip(gains, lower)]
+    gain = {m: [s["agreement"][m]["trained"]["ap"] - s["agreement"][m]["untrained"]["ap"] for s in syn]
+            for m in METHODS}
+    per_method = "; ".join(f"{m} {_r(gain[m], 2)}" for m in METHODS)
+    return check(all(ok), f"mean AP gain (trained − untrained) per seed {_r(gains)} vs margin {AP_MARGIN}; methods "
+                 f"not higher per seed {lower}; {sum(ok)} of {len(ok)} seeds pass; AP gain per method per seed: "
+                 f"{per_method}; exact match per seed {_r(exact)}; IG completeness |δ| mean per seed "
+                 f"{_r(numbers['ig_delta_mean'], 3)} ({cfg.ig_steps} steps)", **numbers)
+
+
+def decide_expert_example(per_seed: list[dict], cfg: Config) -> Verdict:
+    """Case study: on every seed, the trained translator's AP against the expert alignment exceeds the chance AP
+    for each of `EXPERT_METHODS`."""
+    if not cfg.decide_mt:
+        return check(None, "not run at this preset: the translator is trained at small/gpu only (time budget)")
+    if any(n.get("mt") is None for n in per_seed):
+        return check(None, f"not run: needs the real data sumerian/; {DATA_HINT}")
+    ex = [n["mt"]["expert_example"] for n in per_seed]
+    if any(e["agreement"] is None for e in ex):
+        return check(None, "not run: the translator's BPE pieces of the example cross word boundaries on some seed, "
+                     "so no word-level matrix matches the expert alignment")
+    aps = {m: [e["agreement"][m]["ap"] for e in ex] for m in EXPERT_METHODS}
+    chance = ex[0]["chance_ap"]
+    ok = all(a > chance for m in EXPERT_METHODS for a in aps[m])
+    return check(ok, f"one sentence, {len(HIGHLIGHT['alignment'])} expert-aligned word pairs: AP per seed "
+                 + ", ".join(f"{m} {_r(aps[m])}" for m in EXPERT_METHODS) + f" vs chance {chance:.3f}; hit@1 per "
+                 "seed " + ", ".join(f"{m} {_r([e['agreement'][m]['hit@1'] for e in ex])}" for m in EXPERT_METHODS),
+                 chance_ap=chance, **aps)
+
+
+def decide(per_seed: list[dict], cfg: Config) -> dict[str, Verdict]:
+    return {
+        "pos_taggers_beat_baselines": decide_pos_taggers(per_seed, cfg),
+        "ner_taggers_beat_baselines": decide_ner_taggers(per_seed, cfg),
+        "mt_beats_baseline": decide_mt_beats_baseline(per_seed, cfg),
+        "back_translation_raises_bleu": decide_back_translation(per_seed, cfg),
+        "attributions_agree_with_experts": decide_expert_agreement(per_seed, cfg),
+        "synthetic_attributions_align": decide_synthetic(per_seed, cfg),
+        "expert_example_case_study": decide_expert_example(per_seed, cfg),
+    }
+
+
+# ---------------------------------------------------------------- summarize: tables and figures over the seeds
+def _mean_sd(values) -> tuple[float, float | str]:
+    values = [float(v) for v in values]
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else "n/a")
+
+
+def summarize(ctx: RunContext, per_seed: list[dict], verdicts: dict) -> None:
+    n = len(per_seed)
+    _summarize_synthetic(ctx, per_seed)
+    if per_seed[0].get("tagging") is not None:
+        _summarize_tagging(ctx, per_seed)
+    if per_seed[0].get("mt") is not None:
+        _summarize_mt(ctx, per_seed)
+    ctx.report.metric("seeds_measured", n)
+
+
+def _summarize_tagging(ctx, per_seed):
+    cfg, rep = ctx.cfg, ctx.report
+    tags = [p["tagging"] for p in per_seed]
+    models = [*BASELINES, *tagger_names(cfg)]
+    rows = []
+    for task in ("pos", "ner"):
+        for m in models:
+            acc, sd = _mean_sd(t[task][m]["accuracy"] for t in tags)
+            rep.metric(f"{task}.{m}.accuracy", acc)
+            ent, ent_sd = ("–", "–")
+            if task == "ner":
+                ent, ent_sd = _mean_sd(t[task][m]["entity_f1"] for t in tags)
+                rep.metric(f"{task}.{m}.entity_f1", ent)
+            mf1 = statistics.fmean(t[task][m]["macro_f1"] for t in tags)
+            rep.metric(f"{task}.{m}.macro_f1", mf1)
+            cpu = statistics.fmean(t[task][m]["cpu_s"] for t in tags)
+            rows.append([task, m, acc, sd, mf1, ent, ent_sd, f"{cpu:.1f}"])
+    plain = [t["crf_no_augmentation"] for t in tags if t.get("crf_no_augmentation")]
+    if plain:
+        f1 = statistics.fmean(p["entity_f1"] for p in plain)
+        rep.metric("ner.crf_no_augmentation.entity_f1", f1)
+        rows.append(["ner", "crf (no augmentation)", "", "", "", f1, "", ""])
+        per = []
+        for typ in ("GN", "SN"):
+            with_ = statistics.fmean(t["ner"]["crf"]["per_type_f1"].get(typ, 0.0) for t in tags)
+            without = statistics.fmean(p["per_type_f1"].get(typ, 0.0) for p in plain)
+            per.append(f"{typ} {with_:.3f} with / {without:.3f} without augmentation")
+        rep.text("CRF entity F1 per type (geographical names GN, settlements SN), mean over seeds: "
+                 + "; ".join(per) + ".")
+    t0 = tags[0]
+    rep.table(rows, ["task", "model", "token acc", "sd", "macro F1", "entity F1", "sd", "fit+predict CPU s"],
+              f"Tagging on the test split ({t0['n_test']} sentences), mean over {len(tags)} seed(s); each seed "
+              f"trains on {t0['n_train']} sentences{' drawn at random by the seed' if cfg.tag_train else ''} + "
+              f"{t0['n_augmented']} entity-swapped copies (seed 0 of the block). Entity-swap draws from the training "
+              f"sentences and from the named-entity lists, of whose {t0['entity_lists']['listed']} entries only the "
+              f"{t0['entity_lists']['used']} that the training sentences attest with the same tag are used.")
     import matplotlib.pyplot as plt  # heavy: imported only when plotting
 
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    x = np.arange(len(models))
+    for off, task, label in ((-0.2, "pos", "POS token accuracy"), (0.2, "ner", "NER entity F1")):
+        key = TASK_METRIC[task]
+        vals = np.array([[t[task][m][key] for m in models] for t in tags])
+        ax.bar(x + off, vals.mean(0), 0.4, yerr=vals.std(0) if len(tags) > 1 else None, label=label)
+    ax.set_xticks(x, models, fontsize=7)
+    ax.set_xlabel("tagger or baseline")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score on test split")
+    ax.legend(fontsize=8)
+    ax.set_title("Sumerian taggers vs simple baselines (mean over seeds)")
+    rep.figure(fig, "tagging", "POS token accuracy and NER entity F1 of each tagger and baseline, mean over seeds "
+               "(bars: sd).")
+
+
+def _summarize_mt(ctx, per_seed):
+    cfg, rep = ctx.cfg, ctx.report
+    mts = [p["mt"] for p in per_seed]
+    rows = []
+    for name in mts[0]["scores"]:
+        b, bsd = _mean_sd(m["scores"][name]["bleu"] for m in mts)
+        c, _ = _mean_sd(m["scores"][name]["chrf"] for m in mts)
+        rep.metric(f"mt.{name}.bleu", b)
+        rep.metric(f"mt.{name}.chrf", c)
+        rows.append([name, b, bsd, c, " ".join(f"{m['scores'][name]['bleu']:.2f}" for m in mts)])
+    m0 = mts[0]
+    rep.metric("mt.epochs", m0["epochs"])
+    rep.table(rows, ["system", "BLEU", "sd", "chrF", "BLEU per seed"],
+              f"Sumerian→English on {cfg.mt_corpus} test ({m0['n_test']} pairs; {m0['n_train']} training pairs, "
+              f"{cfg.mt_steps} steps ≈ {m0['epochs']:.1f} epochs, beam {cfg.beam}), mean over {len(mts)} seed(s)")
+    if m0.get("self_training"):
+        d = [m["scores"][ST_SYSTEM]["bleu"] - m["scores"]["transformer"]["bleu"] for m in mts]
+        rep.metric("mt.self_training_bleu_change", statistics.fmean(d))
+        rep.text(
+            "One round of self-training (forward translation): the trained model translates "
+            f"{m0['self_training']['lines']} Sumerian lines, and a model is retrained for the same number of steps "
+            "on the parallel data plus these (real Sumerian, machine English) pairs — the procedure the paper calls "
+            "monolingual back-translation (M-BT). The real monolingual corpus is not available, so the lines are "
+            "the Sumerian side of `all_sent/train`, skipping the "
+            f"{m0['self_training']['dropped_overlapping_held_out']} lines that contain or are contained in a dev or "
+            f"test source of any parallel corpus. It changed test BLEU by {', '.join(f'{x:+.2f}' for x in d)} "
+            "(per seed). Not decided: see the claim back_translation_raises_bleu.")
+    rep.table(m0["examples"], ["Sumerian", "reference", "transformer", "lexicon baseline"],
+              "Example test translations (first seed)")
+    import matplotlib.pyplot as plt  # heavy: imported only when plotting
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for i, m in enumerate(mts):
+        ax.plot(np.arange(len(m["losses"])) * m["loss_every"], m["losses"], label=f"seed {ctx.report.seeds[i]}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("label-smoothed cross-entropy")
+    ax.set_title("Translator training loss")
+    ax.legend(fontsize=7)
+    rep.figure(fig, "mt_loss", "Training loss of the Sumerian→English Transformer, one line per seed (block means).")
+    ex = m0["expert_example"]
+    grouped = all(m["expert_example"]["agreement"] for m in mts)
+    for meth, ag in (ex["agreement"] if grouped else {}).items():
+        for k in ag:
+            rep.metric(f"expert_example.{meth}.{k}", statistics.fmean(m["expert_example"]["agreement"][meth][k]
+                                                                     for m in mts))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, meth in zip(axes, EXPERT_METHODS):
+        heatmap_axes(ax, np.asarray(ex["matrices"][meth]), ex["source"], ex["target"], meth.replace("_", " "))
+    fig.suptitle("Trained translator on the InterpretLR example (reference forced; first seed)", fontsize=10)
+    fig.tight_layout()
+    rep.figure(fig, "real_example_attributions", "Word-level attributions (rows: English reference words, columns: "
+               "Sumerian words) of the trained translator on the one expert-aligned sentence (a case study; the "
+               "hand alignment is in the experiment module).")
+
+
+def _summarize_synthetic(ctx, per_seed):
+    cfg, rep = ctx.cfg, ctx.report
+    syn = [p["synthetic"] for p in per_seed]
+    rows = []
+    for meth in METHODS:
+        row = [meth]
+        for k in ("hit@1", "ap", "spearman"):
+            for name in ("trained", "untrained"):
+                v = statistics.fmean(s["agreement"][meth][name][k] for s in syn)
+                rep.metric(f"synthetic.{meth}.{name}.{k}", v)
+                row.append(v)
+        rows.append(row)
+    rep.metric("synthetic.exact_match", statistics.fmean(s["exact_match"] for s in syn))
+    rep.metric("synthetic.ig_mean_abs_convergence_delta", statistics.fmean(s["ig_delta_mean"] for s in syn))
+    rep.metric("synthetic.ig_max_abs_convergence_delta", max(s["ig_delta_max"] for s in syn))
+    rep.metric("synthetic.mean_ap_gain", statistics.fmean(
+        float(np.mean([s["agreement"][m]["trained"]["ap"] - s["agreement"][m]["untrained"]["ap"] for m in METHODS]))
+        for s in syn))
+    rep.table(rows, ["method", "hit@1 trained", "hit@1 untrained", "AP trained", "AP untrained", "Spearman trained",
+                     "Spearman untrained"],
+              f"Agreement with the true alignment ({cfg.synth_eval} held-out sentences per seed, reversed word "
+              f"order; chance hit@1 ≈ 1/6), mean over {len(syn)} seed(s)")
+    import matplotlib.pyplot as plt  # heavy: imported only when plotting
+
+    ex = syn[0]["example"]
     fig, axes = plt.subplots(2, 2, figsize=(8, 7))
     for i, name in enumerate(("trained", "untrained")):
-        for j, meth in enumerate(("integrated_gradients", "attention")):
-            heatmap_axes(
-                axes[i, j],
-                keep[(name, meth)],
-                example.source,
-                example.target,
-                f"{name}: {meth.replace('_', ' ')}",
-            )
+        for j, meth in enumerate(EXPERT_METHODS):
+            heatmap_axes(axes[i, j], np.asarray(ex["matrices"][f"{name}/{meth}"]), ex["source"], ex["target"],
+                         f"{name}: {meth.replace('_', ' ')}")
     fig.suptitle("Synthetic reversed-order translation: the true alignment is the anti-diagonal", fontsize=10)
     fig.tight_layout()
-    ctx.report.figure(
-        fig,
-        "synthetic_attributions",
-        "Attribution heatmaps (output word × source word) of a trained and an untrained model on one "
-        "held-out sentence; the correct source of each output word is on the anti-diagonal.",
-    )
+    rep.figure(fig, "synthetic_attributions", "Attribution heatmaps (output word × source word) of a trained and an "
+               "untrained model on one held-out sentence (first seed); the correct source of each output word is on "
+               "the anti-diagonal.")
+
+
+experiment(
+    name="sumerian_pipeline",
+    paper="Bansal et al., How Low is Too Low? A Computational Perspective on Extremely Low-Resource "
+    "Languages (ACL-IJCNLP SRW 2021)",
+    claims=CLAIMS,
+    checks=CHECKS,
+    presets=PRESETS,
+    needs_data=("sumerian",),
+    decide=decide,
+    summarize=summarize,
+)(measure)

@@ -51,6 +51,12 @@ def training_sentences(root: Path, limit: int | None, augment_copies: int, seed:
         loaders.load_tagged("pos", "train", root, limit),
         loaders.load_tagged("ner", "train", root, limit),
     )
+    return augmented(root, pos, ner, augment_copies, seed)
+
+
+def augmented(root: Path, pos, ner, augment_copies: int, seed: int = 0):
+    """`pos` and `ner` (the same sentences, POS and NER tags) with `augment_copies` entity-swapped copies of each
+    sentence that holds an entity appended (see `training_sentences`)."""
     if augment_copies > 0:
         lists, _ = attested_entries(loaders.load_entity_lists(root), ner)
         lex = entity_lexicon(ner, lists)

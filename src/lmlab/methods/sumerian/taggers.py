@@ -77,6 +77,30 @@ class WordMajorityTagger(MajorityTagger):
         return [[self.lexicon.get(w, self.tag) for w in ws] for ws in tokens]
 
 
+class WordShapeMajorityTagger(WordMajorityTagger):
+    """Each known word gets its most frequent training tag; an unknown word the most frequent tag of the training
+    words of its shape (`word_shape`: numeral, divine or place determinative, name-like, ...) seen only once —
+    hapax legomena, the usual stand-in for unseen words, as in `HMMTagger` — and the overall majority tag when
+    no such word has that shape. The strongest of the simple lookup baselines here."""
+
+    name = "word_shape_majority"
+
+    def fit(self, sents):
+        super().fit(sents)
+        freq = Counter(w for s in sents for w in s.tokens)
+        by_shape: dict[str, Counter] = defaultdict(Counter)
+        for s in sents:
+            for w, t in zip(s.tokens, s.tags):
+                if freq[w] == 1:
+                    by_shape[word_shape(w)][t] += 1
+        self.shape_tag = {sh: c.most_common(1)[0][0] for sh, c in by_shape.items()}
+        return self
+
+    def predict(self, tokens):
+        return [[self.lexicon[w] if w in self.lexicon else self.shape_tag.get(word_shape(w), self.tag) for w in ws]
+                for ws in tokens]
+
+
 # ---------------------------------------------------------------- HMM
 def viterbi(
     log_start: np.ndarray, log_trans: np.ndarray, log_emit: np.ndarray, log_end: np.ndarray | None = None
