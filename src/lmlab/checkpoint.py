@@ -250,8 +250,8 @@ def resolve(run: str | Path, step: int | None = None) -> Path:
 def read_meta(d: Path) -> dict:
     path = d / META_FILE
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise LmlabError(
             f"checkpoint metadata {path} is unreadable ({e}): the checkpoint is damaged; "
             "delete the folder and load another step"

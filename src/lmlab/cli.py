@@ -188,6 +188,7 @@ def cmd_pretrain(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmlab", description="A laboratory for small-scale language-model science.")
+    p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks of internal errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -262,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `lmlab list | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as e:  # a bug, not the user's input: one line (the traceback with -v), and exit 1
+        if args.verbose:
+            raise
+        first = (str(e).splitlines() or [""])[0]
+        print(f"internal error: {type(e).__name__}: {first} (rerun with -v for the traceback; please report it)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

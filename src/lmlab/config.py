@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from lmlab.data import resolve_data_file, resolve_generator
+from lmlab.inputs import read_text
 from lmlab.model import GPTConfig
 from lmlab.utils import LmlabError
 
@@ -320,7 +321,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
                 f"config file {p} not found: pass --config PATH to a YAML file (e.g. configs/tiny.yaml)"
             )
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(read_text(p, "config file", allow_empty=True)) or {}
         except yaml.YAMLError as e:
             raise LmlabError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(raw, dict):

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmlab.inputs import read_text
 from lmlab.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
 from lmlab.utils import LmlabError
 
@@ -327,7 +328,7 @@ class PackedLoader:
 
 # ---------------------------------------------------------------- building from a DataConfig
 def _read_text_docs(path: Path, sep: str) -> list[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_text(path, "data file")  # invalid UTF-8 or binary is refused, never trained on
     docs = [d for d in (text.split(sep) if sep else [text]) if d.strip()]
     if not docs:
         raise LmlabError(f"data file {path} holds no text")

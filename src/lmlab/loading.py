@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from lmlab import checkpoint, hf
+from lmlab.inputs import read_lines
 from lmlab.tokenizer import Tokenizer
 from lmlab.utils import LmlabError
 
@@ -43,9 +44,7 @@ def model_names(paths: list[str]) -> list[str]:
 def read_texts(path: str | Path, limit: int) -> list[str]:
     """Up to `limit` texts from a .txt file (one a line) or a .jsonl file (objects with "text"); at least 10."""
     p = Path(path)
-    if not p.is_file():
-        raise LmlabError(f"data file {p} not found")
-    lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+    lines = read_lines(p, "data file")
     if p.suffix == ".jsonl":
         texts = []
         for n, line in enumerate(lines, 1):

@@ -32,6 +32,7 @@ from lmlab import checkpoint as ck
 from lmlab.checkpoint import load_snapshot, rng_state, save_snapshot, set_rng_state
 from lmlab.config import BF16_NEEDS_CUDA
 from lmlab.data import DataSpec
+from lmlab.inputs import read_jsonl
 from lmlab.model import GPT
 from lmlab.runlock import RunLock
 from lmlab.tokenizer import Tokenizer
@@ -381,10 +382,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint we resume from (they will be recomputed)."""
     if not path.exists():
         return
-    keep = [
-        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step
-    ]
-
+    rows = read_jsonl(path, "metrics log", drop_torn_last=True)  # a crash mid-append leaves a torn last line
+    keep = [json.dumps(r) for r in rows if r.get("step", 0) <= step]
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 

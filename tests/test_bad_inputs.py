@@ -1,0 +1,116 @@
+"""Bad input gets a one-line error, never a traceback: property-based (hypothesis) — random bytes, random text,
+empty and huge single-line files, and random key=value overrides, fed to the commands and readers that take them.
+Every outcome is success or exit 2 with one `error:` line; an exit 1 ("internal error") is a bug and fails."""
+
+import json
+import string
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lmlab import cli, experiment, inputs
+from lmlab.utils import LmlabError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONTENTS = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=300).map(lambda t: t.encode("utf-8")),
+    st.just(b""),
+    st.just(b"x" * 200_000),  # one huge line
+    st.just("naïve text\nline two\n".encode("latin-1")),  # valid Latin-1, invalid UTF-8
+)
+QUICK = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def outcome(argv, capsys) -> tuple[int, str]:
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def assert_clean(rc: int, err: str) -> None:
+    assert rc in (0, 2), f"exit {rc}: {err}"
+    if rc == 2:
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+
+
+@QUICK
+@given(content=CONTENTS)
+def test_pretrain_on_any_data_file(tmp_path_factory, capsys, content):
+    d = tmp_path_factory.mktemp("data")
+    (d / "data.txt").write_bytes(content)
+    argv = ["pretrain", "--config", str(CONFIGS / "tiny.yaml"), "--out", str(d / "run"),
+            f"data.sources=[{{kind: text, path: {d / 'data.txt'}}}]", "train.max_steps=1", "train.save_every=0",
+            "train.save_steps=[]", "train.eval_every=0", "model.n_layers=1", "model.d_model=32", "model.n_heads=2",
+            "train.batch_size=2", "model.seq_len=16", "train.progress=false", "train.tensorboard=false"]
+    assert_clean(*outcome(argv, capsys))
+
+
+@QUICK
+@given(content=CONTENTS)
+def test_any_file_as_a_config(tmp_path_factory, capsys, content):
+    d = tmp_path_factory.mktemp("cfg")
+    (d / "c.yaml").write_bytes(content)
+    rc, err = outcome(["pretrain", "--config", str(d / "c.yaml"), "--out", str(d / "run"), "train.max_steps=0"],
+                      capsys)
+    assert_clean(rc, err)
+
+
+@QUICK
+@given(content=CONTENTS)
+def test_any_results_json_for_decide_and_resume(tmp_path_factory, capsys, content):
+    d = tmp_path_factory.mktemp("rep")
+    (d / "results.json").write_bytes(content)
+    assert_clean(*outcome(["decide", str(d)], capsys))
+
+
+@QUICK
+@given(content=CONTENTS)
+def test_the_readers_name_the_file_or_return_text(tmp_path_factory, content):
+    d = tmp_path_factory.mktemp("read")
+    path = d / "f.txt"
+    path.write_bytes(content)
+    for read in (inputs.read_text, inputs.read_lines, inputs.read_json, inputs.read_jsonl):
+        try:
+            read(path, "test file")
+        except LmlabError as e:
+            assert str(path) in str(e) and "\n" not in str(e)
+
+
+KEYS = st.sampled_from(["steps", "widths", "lr", "seeds", "vocab", "nonexistent", "batch", ""])
+VALUES = st.one_of(st.text(alphabet=string.printable, max_size=20), st.sampled_from(["nan", "inf", "-1", "1e99",
+                                                                                      "[1, 2]", "null", "yes"]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(items=st.lists(st.tuples(KEYS, VALUES), max_size=3))
+def test_random_overrides_resolve_or_are_user_errors(items):
+    exp = experiment.get("scaling_smoke")
+    try:
+        experiment.resolve_config(exp, "tiny", dict(items))
+    except LmlabError as e:
+        assert "\n" not in str(e)
+
+
+def test_an_internal_error_is_one_line_with_exit_1_and_a_traceback_with_v(monkeypatch, capsys):
+    def boom(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_list", boom)
+    assert cli.main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("internal error: ZeroDivisionError: a bug") and err.count("\n") == 1
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["-v", "list"])
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 1}) + "\n" + json.dumps({"step": 2}) + "\n" + '{"step": 3, "lo')
+    assert inputs.read_jsonl(path, "metrics log", drop_torn_last=True) == [{"step": 1}, {"step": 2}]
+    assert "torn last line 3" in caplog.text
+    with pytest.raises(LmlabError, match="line 3 is not valid JSON"):
+        inputs.read_jsonl(path, "metrics log")
