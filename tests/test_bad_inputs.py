@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from lmlab import cli, experiment, inputs
 from lmlab.utils import LmlabError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "lmlab" / "configs"
 CONTENTS = st.one_of(
     st.binary(max_size=300),
     st.text(max_size=300).map(lambda t: t.encode("utf-8")),

@@ -6,7 +6,7 @@ from lmlab.cli import main
 from lmlab.config import RunConfig, load_config
 from lmlab.utils import LmlabError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "lmlab" / "configs"
 
 
 def test_shipped_configs_validate(shared_data):
@@ -144,3 +144,15 @@ def test_eval_on_text_needs_held_out_documents(tmp_path):
     with pytest.raises(LmlabError, match="data.val_frac"):
         load_config(CONFIGS / "tiny.yaml", [src, "data.val_frac=0"])  # tiny.yaml: eval_every=100
     load_config(CONFIGS / "tiny.yaml", [src, "data.val_frac=0", "train.eval_every=0"])
+
+
+def test_packaged_configs_are_addressed_by_name_and_paths_still_work(tmp_path):
+    from lmlab.config import packaged_configs
+
+    assert {"tiny", "tiny-shakespeare", "gpt2-small"} <= set(packaged_configs())
+    assert load_config("tiny").to_dict() == load_config(CONFIGS / "tiny.yaml").to_dict() == load_config(
+        "tiny.yaml").to_dict()
+    (tmp_path / "tiny.yaml").write_text("train: {max_steps: 7}\n")  # a file of that name is read, not the packaged one
+    assert load_config(tmp_path / "tiny.yaml").train.max_steps == 7
+    with pytest.raises(LmlabError, match="name of a packaged config \\(gpt2-small, tiny, tiny-shakespeare"):
+        load_config("nosuch")

@@ -5,7 +5,7 @@ The `own-model` block of a README is either a one-line `lmlab ...` shell command
 in-process through `lmlab.cli.main`, or a short Python snippet (```python own-model), exec'd. Commands name
 their paths with placeholders, replaced here by real ones:
 
-    RUN    an lmlab run folder made by `lmlab pretrain` (configs/tiny.yaml, 2 steps)
+    RUN    an lmlab run folder made by `lmlab pretrain` (the packaged `tiny` config, 2 steps)
     HF     a local Hugging Face causal-LM folder (a tiny random Llama) saved with its tokenizer
     OUT    a new output folder
     DATA   the real-data root ($LMLAB_DATA: sumerian/, knowledge/, lmc/, text/); skipped when absent
@@ -34,7 +34,7 @@ OWN_MODEL = re.compile(r"^```(\w+) own-model[ \t]*\n(.*?)^```[ \t]*$", re.MULTIL
 OWN_MODEL_FENCES = re.compile(r"^```.*\bown-model\b", re.MULTILINE)
 PLACEHOLDER = re.compile(r"\b(RUN|HF|OUT|DATA|FILE|PAIRS)\b")
 
-# examples in the toy English and arithmetic of configs/tiny.yaml: the RUN fixture's character vocabulary
+# examples in the toy English and arithmetic of the `tiny` config: the RUN fixture's character vocabulary
 # encodes them (it has no 'j' or 'z'), and so does HF's
 LINES = [
     "the cat on the mat is big", "the dogs near the rug are small", "a red cat sat on a mat",
@@ -112,7 +112,7 @@ def test_own_model_command_parses(method):
 @pytest.fixture(scope="session")
 def lmlab_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("readme") / "run"
-    rc = main(["pretrain", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(out),
+    rc = main(["pretrain", "--config", "tiny", "--out", str(out),
                "model.d_model=32", "model.n_heads=2", "model.seq_len=64", "train.max_steps=2",
                "train.batch_size=4", "train.save_every=2", "train.save_steps=[]", "train.eval_every=2",
                "train.eval_batches=1", "train.progress=false", "train.tensorboard=false"])

@@ -163,6 +163,19 @@ def cmd_decide(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from lmlab.hf import export_llama  # torch: imported when the command runs, not for --help
+    from lmlab.loading import load_policy
+
+    if Path(args.run, "config.json").is_file():
+        raise LmlabError(f"{args.run} is already a Hugging Face model folder: nothing to export")
+    model, tokenizer, _ = load_policy(args.run, args.step, args.tokenizer, "cpu")
+    out = export_llama(model, args.to, tokenizer)
+    print(f"exported {args.run} to {out} (LlamaForCausalLM and its tokenizer; transformers' "
+          "AutoModelForCausalLM.from_pretrained loads it)")
+    return 0
+
+
 def cmd_pretrain(args) -> int:
     from lmlab.config import load_config  # torch: imported when the command runs, not for --help
     from lmlab.train import RunFinished, pretrain
@@ -221,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=None, help=seeds_help)
     s.set_defaults(func=cmd_reproduce)
 
+    s = sub.add_parser("export", help="write an lmlab run as a Hugging Face Llama folder with its tokenizer",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("run", help="an lmlab run folder (or one of its step folders)")
+    s.add_argument("--to", required=True, help="the Hugging Face folder to write")
+    s.add_argument("--step", type=int, default=None, help="checkpoint step (None: the latest)")
+    s.add_argument("--tokenizer", default=None, help="lmlab tokenizer.json (None: the run's)")
+    s.set_defaults(func=cmd_export)
+
     s = sub.add_parser("decide", help="recompute the verdicts of a finished run from its per-seed numbers")
     s.add_argument("dir", help="a report folder written by `lmlab run` (holding results.json)")
     s.set_defaults(func=cmd_decide)
@@ -231,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain an lmlab GPT. Launch with `torchrun --nproc_per_node N lmlab ...` "
         "for data-parallel training.",
     )
-    s.add_argument("--config", required=True, help="YAML run config (e.g. configs/tiny.yaml)")
+    s.add_argument("--config", required=True, help="YAML run config (e.g. `tiny`, a packaged config, or configs/my.yaml)")
     s.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
     s.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
     s.add_argument("--force-unlock", action="store_true",

@@ -4,7 +4,7 @@ Everything a run needs is checked here before any heavy work (no model is built,
 beyond checking that files exist), and every problem is an `LmlabError` with one line that names the
 key and the fix.
 
-    cfg = load_config("configs/tiny.yaml", ["model.n_layers=2", "train.max_steps=50"])
+    cfg = load_config("tiny", ["model.n_layers=2", "train.max_steps=50"])
 """
 
 from __future__ import annotations
@@ -311,14 +311,26 @@ def apply_overrides(raw: dict, overrides: list[str] | dict) -> dict:
 
 
 # ---------------------------------------------------------------- loading and validation
+PACKAGED = Path(__file__).parent / "configs"  # configs shipped in the package, addressable by name
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with lmlab (`--config tiny`)."""
+    return sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
-    """Read a YAML run config (or start from defaults), apply overrides, build and validate it."""
+    """Read a YAML run config — a path, or the name of a packaged config such as `tiny` — (or start from defaults),
+    apply overrides, build and validate it."""
     raw: dict = {}
     if path is not None:
         p = Path(path)
+        if not p.is_file() and (PACKAGED / f"{p.name.removesuffix('.yaml')}.yaml").is_file() and p.parent == Path("."):
+            p = PACKAGED / f"{p.name.removesuffix('.yaml')}.yaml"  # a config shipped with lmlab, by name
         if not p.is_file():
             raise LmlabError(
-                f"config file {p} not found: pass --config PATH to a YAML file (e.g. configs/tiny.yaml)"
+                f"config file {p} not found: pass --config with the name of a packaged config "
+                f"({', '.join(packaged_configs())}) or the path of a YAML file"
             )
         try:
             raw = yaml.safe_load(read_text(p, "config file", allow_empty=True)) or {}

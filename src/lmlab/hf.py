@@ -587,9 +587,10 @@ class HFCodec:
 
 
 # ============================================================================ export to Llama
-def hf_tokenizer(tok):
-    """Wrap an lmlab tokenizer as a `transformers.PreTrainedTokenizerFast` with the same ids."""
-    from tokenizers import AddedToken, decoders, models  # only to export a tokenizer
+def hf_tokenizer(tok, max_length: int | None = None):
+    """Wrap an lmlab tokenizer as a `transformers.PreTrainedTokenizerFast` with the same ids. Like lmlab's training
+    documents, an encoding with special tokens starts with <bos>; `max_length` sets `model_max_length`."""
+    from tokenizers import AddedToken, decoders, models, processors  # only to export a tokenizer
     from tokenizers import Tokenizer as HFTok  # only to export a tokenizer
     from transformers import PreTrainedTokenizerFast  # heavy (~2 s): imported when a HF model is used
 
@@ -605,6 +606,8 @@ def hf_tokenizer(tok):
             f"cannot convert a {type(tok).__name__} to a Hugging Face tokenizer: "
             "use lmlab's CharTokenizer or BPETokenizer"
         )
+    backend.post_processor = processors.TemplateProcessing(  # lmlab trains every document from <bos>
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", tok.bos_id)])
     extra = [s for s in tok.specials if s not in ("<pad>", "<bos>", "<eos>")]
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -612,6 +615,7 @@ def hf_tokenizer(tok):
         bos_token="<bos>",
         eos_token="<eos>",
         additional_special_tokens=extra,
+        **({"model_max_length": max_length} if max_length else {}),
     )
 
 
@@ -714,7 +718,7 @@ def export_llama(model, out_dir: str | Path, tokenizer=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out))
     if tokenizer is not None:
-        hf_tokenizer(tokenizer).save_pretrained(str(out))
+        hf_tokenizer(tokenizer, max_length=hf.config.max_position_embeddings).save_pretrained(str(out))
     return out
 
 
