@@ -326,3 +326,15 @@ def test_generate_on_a_raw_hf_model_does_not_stack_hooks():
     for _ in range(3):
         generate(m, [[1, 2, 3]], 4, seed=0)
     assert n_hooks() == first
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "phi", "gemma"])
+def test_decoder_layers_are_found_by_structure(family):
+    """Pythia's GPT-NeoX (gpt_neox.layers) and other families are found without a list of names."""
+    cfgs = {"gpt_neox": tf.GPTNeoXConfig, "phi": tf.PhiConfig, "gemma": tf.GemmaConfig}
+    cfg = cfgs[family](vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                       intermediate_size=64, **({"head_dim": 8, "num_key_value_heads": 4} if family == "gemma" else {}))
+    model = tf.AutoModelForCausalLM.from_config(cfg)
+    layers = H.decoder_layers(model)
+    assert len(layers) == 3 and all(type(x) is type(layers[0]) for x in layers)
+    assert "Layer" in type(layers[0]).__name__

@@ -103,10 +103,14 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     for attr in ("layers", "h", "blocks"):
         if hasattr(base, attr):
             return list(getattr(base, attr))
-    raise LmlabError(
-        f"cannot find the decoder layers of {type(model).__name__}: supported are lmlab GPT, "
-        "Llama/Qwen/Mistral/OLMo (model.layers) and GPT-2 (transformer.h)"
-    )
+    # by structure (GPT-NeoX's gpt_neox.layers, and families not named above): the outermost list of
+    # num_hidden_layers blocks of one class
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n and len({type(b) for b in module}) == 1:
+            return list(module)
+    raise LmlabError(f"cannot find the decoder layers of {type(model).__name__}: no list of "
+                     f"config.num_hidden_layers={n} blocks of one class in it")
 
 
 def encoder_layers(model: nn.Module) -> list[nn.Module]:
