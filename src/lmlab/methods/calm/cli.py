@@ -56,14 +56,17 @@ def run(args) -> int:
     from lmlab.checkpoint import load_snapshot, random_state, save_snapshot
     from lmlab.methods.calm.compose import compose, parse_connections
     from lmlab.methods.calm.experiment import encode_pairs
+    from lmlab.hf import unwrap_hf
     from lmlab.loading import load_policy
     from lmlab.train import StopOnSigint, StopRequested, fit
     from lmlab.utils import get_device, seed_everything
 
     seed_everything(args.seed)
     dev = get_device(args.device)
+    # composition hooks HF decoder layers itself: it takes raw transformers models, not the lmlab adapter
     anchor, codec, _ = load_policy(args.anchor, None, args.tokenizer, dev)
     augment, aug_codec, _ = load_policy(args.augment, None, args.tokenizer, dev)
+    anchor, augment = unwrap_hf(anchor), unwrap_hf(augment)
     if args.augment_sees == "prefix":
         raise LmlabError("--augment-sees prefix is an ablation for the calm_kv experiment; use 'sequence' here")
     conns = parse_connections(args.connections) if args.connections else None
