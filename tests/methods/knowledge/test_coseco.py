@@ -12,6 +12,7 @@ from lmlab.methods.knowledge.coseco import (
     Seq2SeqPathGenerator,
     build_dataset,
     connecting_paths,
+    items_from_pairs,
     knowledge_words,
     linearise,
     mask_entity,
@@ -26,7 +27,7 @@ from lmlab.methods.knowledge.coseco import (
 from lmlab.methods.knowledge.kg import KnowledgeGraph, Triple
 from lmlab.methods.knowledge.lmcore import ReadExample, train_reader
 from lmlab.hf import MiniLMEncoder
-from lmlab.methods.knowledge.retrieval import EntityLinker
+from lmlab.methods.knowledge.retrieval import EntityLinker, bm25_top_k
 from lmlab.methods.knowledge.tasks import commonsense_world
 from lmlab.utils import LmlabError
 
@@ -229,3 +230,24 @@ def test_path_metrics_follow_the_paper_definitions():
     assert m["novelty"] == pytest.approx(1 / 3) and m["entities"] == 3
     # one path per input (k = 1): diversity is undefined, not 0
     assert math.isnan(path_metrics([[[ab]]], gold, kg, set())["diversity"])
+
+
+def test_pair_paths_min_entities_and_items_from_pairs(kg):
+    sentences = ["my dog sleeps all day", "a dog sleeps in its kennel at night", "the weather is fine"]
+    path = [T("dog", "AtLocation", "kennel")]
+    assert pair_paths([path], sentences, top_k=3) == [("a dog sleeps in its kennel at night", path)]
+    one = pair_paths([path], sentences, top_k=3, min_entities=1)
+    assert {s for s, _ in one} == {"my dog sleeps all day", "a dog sleeps in its kennel at night"}
+    other = [T("dog", "CapableOf", "bark")]
+    items = items_from_pairs(one + [("my dog sleeps all day", other), ("my dog sleeps all day", other)],
+                             EntityLinker(kg))
+    assert [it.sentence for it in items] == [s for s, _ in one]
+    mine = next(it for it in items if it.sentence == "my dog sleeps all day")
+    assert mine.paths == [path, other] and [m.entity for m in mine.mentions] == ["dog"]
+
+
+def test_bm25_top_k_ranks_paths_for_a_sentence():
+    docs = ["dog at location kennel", "bank used for store money", "dog capable of bark"]
+    assert bm25_top_k(docs, ["where does the dog sleep ? a kennel", "money"], 2) == [[0, 2], [1, 0]]
+    with pytest.raises(LmlabError):
+        bm25_top_k(docs, ["dog"], 0)

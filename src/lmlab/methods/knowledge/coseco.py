@@ -136,10 +136,10 @@ def path_queries(path: Path) -> tuple[list[str], list[str]]:
 
 
 def pair_paths(paths: Sequence[Path], sentences: Sequence[str], top_k: int = 1, candidates: int = 10,
-               rerank=None) -> list[tuple[str, Path]]:
+               rerank=None, min_entities: int = 2) -> list[tuple[str, Path]]:
     """Paper direction: for each path, BM25-search the sentences with its Q1+Q2 queries, keep those that
-    mention at least two of the path's entities, optionally rerank by `rerank(sentences, path_text)` scores
-    (e.g. MiniLM cosine), and return the top_k (sentence, path) pairs per path."""
+    mention at least `min_entities` of the path's entities, optionally rerank by `rerank(sentences, path_text)`
+    scores (e.g. MiniLM cosine), and return the top_k (sentence, path) pairs per path."""
     bm25 = BM25(sentences)
     padded = [f" {' '.join(tokens(s))} " for s in sentences]
     out = []
@@ -148,12 +148,23 @@ def pair_paths(paths: Sequence[Path], sentences: Sequence[str], top_k: int = 1, 
         scores = bm25.scores(" ".join(q1 + q2))
         top = [int(i) for i in scores.argsort()[::-1][:candidates] if scores[i] > 0]
         ents = [f" {' '.join(tokens(e))} " for e in entities_of(path)]
-        keep = [i for i in top if sum(e in padded[i] for e in ents) >= 2]
+        keep = [i for i in top if sum(e in padded[i] for e in ents) >= min_entities]
         if rerank is not None and keep:
             sims = rerank([sentences[i] for i in keep], linearise(path))
             keep = [keep[j] for j in sorted(range(len(keep)), key=lambda j: -float(sims[j]))]
         out += [(sentences[i], path) for i in keep[:top_k]]
     return out
+
+
+def items_from_pairs(pairs: Sequence[tuple[str, Path]], linker: EntityLinker) -> list[SentencePaths]:
+    """`pair_paths`' (sentence, path) pairs grouped by sentence (first-seen order) into training items, with the
+    sentence's entity mentions (for masking)."""
+    by_sentence: dict[str, list[Path]] = {}
+    for sentence, path in pairs:
+        paths = by_sentence.setdefault(sentence, [])
+        if path not in paths:
+            paths.append(path)
+    return [SentencePaths(s, ps, linker.link(s)) for s, ps in by_sentence.items()]
 
 
 def mask_entity(sentence: str, mentions: Sequence[Mention], path: Path, rng: random.Random,

@@ -185,3 +185,12 @@ def recall_at_k(retrieved: Sequence[Sequence[Triple | Scored]], gold: Sequence[T
         top = {x.triple if isinstance(x, Scored) else x for x in list(got)[:k]}
         total += len(gs & top) / max(1, len(gs))
     return total / len(gold)
+
+
+def bm25_top_k(docs: Sequence[str], queries: Sequence[str], k: int) -> list[list[int]]:
+    """For each query, the indices of the `k` documents with the highest BM25 score (ties: the earlier
+    document), e.g. verbalised KG paths ranked against a sentence (CoSe-Co's retrieval baseline)."""
+    if k < 1:
+        raise LmlabError(f"k must be at least 1, got {k}")
+    bm25 = BM25(docs)
+    return [np.argsort(-bm25.scores(q), kind="stable")[:k].tolist() for q in queries]
