@@ -2,6 +2,8 @@
 
 - `circles`: concentric circles plus one spurious feature whose sign equals the label for a fraction
   α of training points (heuristic memorization) and/or a fraction β of labels redrawn (example-level).
+- `gaussian_classes`: 64-d points around 10 class means with a fraction β of training labels redrawn (example-level
+  memorization where a wide MLP can fit every redrawn label).
 - `sentiment_text`: token sequences labelled by the majority of positive vs negative lexicon words, with a
   shortcut token at position 1 that agrees with the label for a fraction α (and β shuffled labels).
 """
@@ -35,6 +37,27 @@ def circles(n: int, alpha: float = 0.0, beta: float = 0.0, seed: int = 0, noise:
     spur = sign + 0.1 * rng.standard_normal(n)
     y = shuffle_labels(y, beta, 2, rng)
     return torch.tensor(np.c_[xy, spur], dtype=torch.float32), torch.tensor(y, dtype=torch.long)
+
+
+# ============================================================================ Gaussian classes
+def gaussian_classes(n: int, beta: float = 0.0, seed: int = 0, task_seed: int = 0, dim: int = 64,
+                     n_classes: int = 10, noise: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(X (n, dim) float, y (n,) long with a fraction β redrawn, the clean labels (n,) long).
+
+    The class means (standard normal, one per class) are fixed by `task_seed`, so a training and a validation set
+    of one task share them; each point is its class mean plus N(0, noise²) per coordinate. The clean task is easy
+    (the means lie far apart in `dim` dimensions), and in 64-d the points lie far apart too, so a wide MLP can
+    fit the redrawn labels of any fraction β (the example-level memorization of shuffled MNIST, spec 06 §4).
+    Inputs and clean labels do not depend on β: the same seed gives the same points for every β.
+    """
+    check_fraction(beta=beta)
+    means = np.random.default_rng(task_seed).standard_normal((n_classes, dim))
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(0, n_classes, n)
+    x = means[clean] + noise * rng.standard_normal((n, dim))
+    y = shuffle_labels(clean, beta, n_classes, rng)
+    return (torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long),
+            torch.tensor(clean, dtype=torch.long))
 
 
 # ============================================================================ text with a shortcut
