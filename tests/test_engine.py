@@ -130,3 +130,15 @@ def test_reproduce_runs_experiments_in_parallel_processes(extra_methods, tmp_pat
     card = json.loads((out / "report_card.json").read_text())
     assert [e["experiment"] for e in card["experiments"]] == ["nope_periodic"]
     assert (out / "nope_periodic.log").is_file() and card["failed"] == []
+
+
+def test_a_report_read_back_keeps_every_status_and_number(engine, tmp_path):
+    """reproduce --jobs builds the card from each run's results.json: "not tested" and the verdict numbers must
+    survive the round trip."""
+    from lmlab.report import Report
+
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "r", quiet=True)
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    back = Report.from_json(data, tmp_path / "r")
+    assert {c.id: c.status for c in back.claims.values()} == {"c_effect": "held", "c_untested": "not tested"}
+    assert back.to_json()["claims"] == data["claims"] and back.to_json()["checks"] == data["checks"]

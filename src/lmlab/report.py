@@ -36,18 +36,21 @@ class Claim:
     evidence: str = NOT_EVALUATED
     verdict: Verdict | None = None  # the engine's verdict, with its numbers
     kind: str = "claim"  # "claim" or "check" (as declared)
+    stored: dict | None = None  # the claim as read back from a results.json (verdict numbers included)
 
     @property
     def status(self) -> str:
         if self.verdict is not None:
             return self.verdict.status
+        if self.stored and self.stored.get("status"):
+            return self.stored["status"]
         if self.kind == "check":
             return {True: "passed", False: "failed", None: "not run"}[self.held]
         return verdict(self.held)
 
     def to_json(self) -> dict:
-        d = {"id": self.id, "statement": self.statement, "held": self.held, "evidence": self.evidence,
-             "kind": self.kind, "status": self.status}
+        d = {**(self.stored or {}), "id": self.id, "statement": self.statement, "held": self.held,
+             "evidence": self.evidence, "kind": (self.stored or {}).get("kind", self.kind), "status": self.status}
         if self.verdict is not None:
             d.update({k: v for k, v in self.verdict.to_json().items() if k not in ("held", "reason", "status")})
             d["kind"] = self.verdict.kind
@@ -223,10 +226,11 @@ class Report:
                   runs=list(data.get("runs") or []), provenance=data.get("provenance") or {},
                   date=data.get("date") or "")
         for c in data.get("claims", []):
-            rep.claims[c["id"]] = Claim(c["id"], c["statement"], c.get("held"), c.get("evidence", NOT_EVALUATED))
+            rep.claims[c["id"]] = Claim(c["id"], c["statement"], c.get("held"), c.get("evidence", NOT_EVALUATED),
+                                        stored=c)
         for c in data.get("checks") or []:
             rep.checks[c["id"]] = Claim(c["id"], c["statement"], c.get("held"), c.get("evidence", NOT_EVALUATED),
-                                        kind="check")
+                                        kind="check", stored=c)
         rep.figures = list(zip(data.get("figures") or [], data.get("figure_captions") or []))
         return rep
 
