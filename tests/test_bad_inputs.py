@@ -7,7 +7,7 @@ import string
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lmlab import cli, experiment, inputs
@@ -21,7 +21,10 @@ CONTENTS = st.one_of(
     st.just(b"x" * 200_000),  # one huge line
     st.just("naïve text\nline two\n".encode("latin-1")),  # valid Latin-1, invalid UTF-8
 )
-QUICK = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomized: the default suite (and CI) sees the same examples every run; explore more with
+# `pytest --hypothesis-seed=random` or a larger max_examples while working on a reader
+QUICK = settings(max_examples=12, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def outcome(argv, capsys) -> tuple[int, str]:
@@ -61,6 +64,10 @@ def test_any_file_as_a_config(tmp_path_factory, capsys, content):
 
 @QUICK
 @given(content=CONTENTS)
+@example(content=b"0")  # JSON that is not an object (found by this test)
+@example(content=b'{"experiment": "scaling_smoke", "preset": ["tiny"], "runs": [{"numbers": {}}]}')
+@example(content=b'{"experiment": "scaling_smoke", "preset": "tiny", "runs": [{"numbers": {}}]}')
+@example(content=b'{"experiment": "nosuch"}')
 def test_any_results_json_for_decide_and_resume(tmp_path_factory, capsys, content):
     d = tmp_path_factory.mktemp("rep")
     (d / "results.json").write_bytes(content)
@@ -85,7 +92,7 @@ VALUES = st.one_of(st.text(alphabet=string.printable, max_size=20), st.sampled_f
                                                                                       "[1, 2]", "null", "yes"]))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(items=st.lists(st.tuples(KEYS, VALUES), max_size=3))
 def test_random_overrides_resolve_or_are_user_errors(items):
     exp = experiment.get("scaling_smoke")

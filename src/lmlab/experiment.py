@@ -276,6 +276,8 @@ def _finished_runs(out: Path, rep: Report) -> dict[int, dict]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise LmlabError(f"--resume: {path} cannot be read ({e}): pass another --out, or run without --resume") \
             from None
+    if not isinstance(old, dict) or not isinstance(old.get("runs") or [], list):
+        raise LmlabError(f"--resume: {path} is not a report written by lmlab run: pass another --out")
     mine = {"experiment": rep.experiment, "preset": rep.preset, "seeds": rep.seeds, "config": to_jsonable(rep.config)}
     differ = [k for k, v in mine.items() if old.get(k) != v]
     if differ:
@@ -314,17 +316,32 @@ def redecide(out_dir: str | Path) -> Report:
         raise LmlabError(f"{path} not found: pass a folder written by `lmlab run`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise LmlabError(f"{path} cannot be read ({e})") from None
-    exp = get(data.get("experiment", "?"))
-    if exp.decide is None or not data.get("runs"):
+    if not isinstance(data, dict):
+        raise LmlabError(f"{path} is not a report written by lmlab run (a JSON object is expected)")
+    exp = get(str(data.get("experiment", "?")))
+    runs = data.get("runs")
+    if exp.decide is None or not runs:
         raise LmlabError(f"{path} holds no per-seed measurements to decide from: {exp.name} is not on the "
                          "decision engine, or the report predates it (schema 1); run it again")
-    if data.get("preset") not in exp.presets:
-        raise LmlabError(f"{path}: preset {data.get('preset')!r} is not one of {exp.name}'s")
-    cfg = config.build(type(exp.presets[data["preset"]]), data.get("config") or {})
-    rep = Report.from_json(data, out)
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and isinstance(r.get("numbers"), dict)
+                                             for r in runs):
+        raise LmlabError(f"{path}: its per-seed 'runs' are malformed; run the experiment again")
+    preset = data.get("preset")
+    if not isinstance(preset, str) or preset not in exp.presets:
+        raise LmlabError(f"{path}: preset {preset!r} is not one of {exp.name}'s ({', '.join(exp.presets)})")
+    if not isinstance(data.get("config") or {}, dict):
+        raise LmlabError(f"{path}: its 'config' is not a mapping; run the experiment again")
+    cfg = config.build(type(exp.presets[preset]), data.get("config") or {})
+    rep = Report.from_json({**data, "seed": data.get("seed", 0)}, out)
     rep.claims = {cid: Claim(cid, st) for cid, st in exp.claims.items()}
     rep.checks = {cid: Claim(cid, st, kind="check") for cid, st in exp.checks.items()}
-    for cid, v in exp.decide([r["numbers"] for r in rep.runs], cfg).items():
+    try:
+        verdicts = exp.decide([r["numbers"] for r in rep.runs], cfg)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, StopIteration, ZeroDivisionError) as e:
+        # numbers edited by hand, or written by another version
+        raise LmlabError(f"{path}: the per-seed numbers do not fit {exp.name}'s decisions "
+                         f"({type(e).__name__}: {e}); run the experiment again") from None
+    for cid, v in verdicts.items():
         rep.verdict(cid, v)
     rep.write()
     return rep
