@@ -102,48 +102,46 @@ def cmd_reproduce(args) -> int:
         raise LmlabError(f"--jobs must be >= 1, got {args.jobs}")
     seeds = {n: args.seeds if reg[n].decide is not None else None for n in names}  # engine experiments only
     reports = []
-    lock = RunLock(out, "lmlab reproduce")
-    lock.__enter__()  # released in the finally below, after the card is written
+    with RunLock(out, "lmlab reproduce"):  # one writer of the card folder; released after the card is written
 
-    def done(i: int, rep) -> None:
-        summary = ", ".join(f"{c.id}={c.status}" for c in rep.claims.values())
-        status = "FAILED" if rep.error else f"{rep.runtime_s:.0f}s"
-        print(f"[{i}/{len(names)}] {rep.experiment} {status}: {summary}", flush=True)
+        def done(i: int, rep) -> None:
+            summary = ", ".join(f"{c.id}={c.status}" for c in rep.claims.values())
+            status = "FAILED" if rep.error else f"{rep.runtime_s:.0f}s"
+            print(f"[{i}/{len(names)}] {rep.experiment} {status}: {summary}", flush=True)
 
-    try:
-        if args.jobs == 1:
-            for i, name in enumerate(names, 1):
-                print(f"[{i}/{len(names)}] {name} (preset {args.preset}) ...", flush=True)
-                rep = experiment.run_experiment(name, args.preset, out / name, seed=args.seed,
-                                                 device=args.device, data=args.data, seeds=seeds[name])
-                done(i, rep)
-                reports.append(rep)
-        else:  # independent experiments in parallel processes, each with its own log
-            def run_one(name: str):
-                cmd = [sys.executable, "-m", "lmlab.cli", "run", name, "--preset", args.preset, "--seed",
-                       str(args.seed), "--out", str(out / name)]
-                cmd += [f"--device={args.device}"] * bool(args.device) + [f"--data={args.data}"] * bool(args.data)
-                cmd += [f"--seeds={seeds[name]}"] * bool(seeds[name])
-                (out / name).mkdir(parents=True, exist_ok=True)
-                with open(out / f"{name}.log", "w") as log:
-                    subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
-                results = out / name / "results.json"
-                if not results.is_file():
-                    raise LmlabError(f"{name} wrote no report: see {out / f'{name}.log'}")
-                return Report.from_json(json.loads(results.read_text()), out / name)
-
-            print(f"running {len(names)} experiments, {args.jobs} at a time (logs: {out}/NAME.log) ...", flush=True)
-            with ThreadPoolExecutor(args.jobs) as pool:
-                finished = {}
-                for i, rep in enumerate(pool.map(run_one, names), 1):
+        try:
+            if args.jobs == 1:
+                for i, name in enumerate(names, 1):
+                    print(f"[{i}/{len(names)}] {name} (preset {args.preset}) ...", flush=True)
+                    rep = experiment.run_experiment(name, args.preset, out / name, seed=args.seed,
+                                                     device=args.device, data=args.data, seeds=seeds[name])
                     done(i, rep)
-                    finished[rep.experiment] = rep
-            reports = [finished[n] for n in names]
-    finally:  # also when a run is interrupted or fails outside the experiment: keep what finished
-        card = write_report_card(out, reports, args.preset)
-        lock.__exit__(None, None, None)
-        print(f"report card: {card}" + ("" if len(reports) == len(names) else
-                                        f" ({len(reports)} of {len(names)} experiments finished)"))
+                    reports.append(rep)
+            else:  # independent experiments in parallel processes, each with its own log
+                def run_one(name: str):
+                    cmd = [sys.executable, "-m", "lmlab.cli", "run", name, "--preset", args.preset, "--seed",
+                           str(args.seed), "--out", str(out / name)]
+                    cmd += [f"--device={args.device}"] * bool(args.device) + [f"--data={args.data}"] * bool(args.data)
+                    cmd += [f"--seeds={seeds[name]}"] * bool(seeds[name])
+                    (out / name).mkdir(parents=True, exist_ok=True)
+                    with open(out / f"{name}.log", "w") as log:
+                        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+                    results = out / name / "results.json"
+                    if not results.is_file():
+                        raise LmlabError(f"{name} wrote no report: see {out / f'{name}.log'}")
+                    return Report.from_json(json.loads(results.read_text()), out / name)
+
+                print(f"running {len(names)} experiments, {args.jobs} at a time (logs: {out}/NAME.log) ...", flush=True)
+                with ThreadPoolExecutor(args.jobs) as pool:
+                    finished = {}
+                    for i, rep in enumerate(pool.map(run_one, names), 1):
+                        done(i, rep)
+                        finished[rep.experiment] = rep
+                reports = [finished[n] for n in names]
+        finally:  # also when a run is interrupted or fails outside the experiment: keep what finished
+            card = write_report_card(out, reports, args.preset)
+            print(f"report card: {card}" + ("" if len(reports) == len(names) else
+                                            f" ({len(reports)} of {len(names)} experiments finished)"))
     if not reg:
         print("No experiments are registered yet.")
     failed = [r.experiment for r in reports if r.error]
