@@ -220,9 +220,9 @@ def test_reproduce_only_strips_names_and_keeps_the_card_when_a_run_dies(registry
 
 def test_overrides_are_parsed_by_type_with_clear_errors(registry):
     exp = registry["sumerian_pipeline"]
-    cfg = resolve_config(exp, "tiny", {"mt_steps": "20", "mt_lr": "1e-3", "self_training": "yes",
+    cfg = resolve_config(exp, "tiny", {"mt_steps": "20", "mt_lr": "1e-3", "back_translation": "yes",
                                        "decide_mt": "0", "taggers": "hmm", "beam": 3, "mt_batch": " 8 "})
-    assert cfg.mt_steps == 20 and cfg.mt_lr == 1e-3 and cfg.self_training is True
+    assert cfg.mt_steps == 20 and cfg.mt_lr == 1e-3 and cfg.back_translation is True
     assert cfg.decide_mt is False and cfg.taggers == "hmm" and cfg.beam == 3 and cfg.mt_batch == 8
     bad = [
         ("mt_steps", "abc", "must be int"),
@@ -231,7 +231,7 @@ def test_overrides_are_parsed_by_type_with_clear_errors(registry):
         ("mt_steps", 1.9, "must be int"),
         ("mt_steps", True, "must be int"),
         ("mt_lr", "fast", "must be float"),
-        ("self_training", "nope", "must be bool"),
+        ("back_translation", "nope", "must be bool"),
         ("decide_mt", "maybe", "must be bool"),
         ("decide_mt", 2, "must be bool"),
     ]

@@ -290,33 +290,45 @@ def test_taggers_claim_compares_against_the_strongest_lookup_baseline(shared_dat
         assert "strongest simple baseline" in sp.CLAIMS[f"{task}_taggers_beat_baselines"]
 
 
-def test_self_training_step_is_named_and_fed_honestly(shared_data, tmp_path, monkeypatch):
+def test_mbt_arms_are_like_for_like_and_never_see_a_held_out_source(shared_data, tmp_path, monkeypatch):
     import json
+    from collections import Counter
 
     from lmlab.experiment import run_experiment
-    from lmlab.methods.sumerian import experiment, loaders, translate
+    from lmlab.methods.sumerian import experiment, loaders
+    from lmlab.methods.sumerian.backtranslation import line_key
 
-    fed = []
-    real = experiment.self_training_round
+    trained, fed = [], []
+    real_train, real_round = experiment.train_translator, experiment.self_training_round
 
-    def spy(tr, pairs, mono, *a, **k):
-        fed.extend(mono)
-        return real(tr, pairs, mono, *a, **k)
+    def spy_train(pairs, cfg, *a, **k):
+        trained.append((list(pairs), cfg))
+        return real_train(pairs, cfg, *a, **k)
 
-    monkeypatch.setattr(experiment, "self_training_round", spy)
+    def spy_round(tr, pairs, mono, *a, **k):
+        fed.append((list(pairs), list(mono)))
+        return real_round(tr, pairs, mono, *a, **k)
+
+    monkeypatch.setattr(experiment, "train_translator", spy_train)
+    monkeypatch.setattr(experiment, "self_training_round", spy_round)
     small = {
         "seeds": 1, "taggers": "hmm", "tag_train": 100, "tag_test": 50, "decide_mt": True, "mt_train": 300,
-        "mt_test": 20, "mt_steps": 4, "mt_d_model": 32, "mt_vocab": 300, "beam": 1, "self_training": True,
-        "self_training_lines": 60, "synth_steps": 20, "synth_eval": 1, "ig_steps": 2,
+        "mt_test": 20, "mt_steps": 4, "mt_d_model": 32, "mt_vocab": 300, "beam": 1, "back_translation": True,
+        "bootstrap": 20, "synth_steps": 20, "synth_eval": 1, "ig_steps": 2,
     }
     run_experiment("sumerian_pipeline", "tiny", tmp_path / "out", quiet=True, raise_errors=True, overrides=small)
     mt = json.loads((tmp_path / "out" / "results.json").read_text())["runs"][0]["numbers"]["mt"]
-    assert len(fed) == 60 and mt["self_training"]["lines"] == 60
-    assert not any(translate.overlaps_held_out(fed, loaders.held_out_sources(shared_data / "sumerian")))
-    assert mt["self_training"]["dropped_overlapping_held_out"] > 0
+    (full, full_cfg), (half, half_cfg) = trained
+    [(bt_pairs, mono)] = fed
+    assert bt_pairs == half and full_cfg == half_cfg  # same parallel data, steps and seed in both arms
+    assert len(mono) == mt["back_translation"]["mono"] > 0 and len(half) == mt["back_translation"]["parallel"]
+    # a partition of the training pairs (the corpus repeats some formulaic lines, so compare multisets)
+    assert Counter(s for s, _ in half) + Counter(mono) <= Counter(s for s, _ in full)
+    assert len(half) + len(mono) + mt["back_translation"]["mono_dropped_equal_to_held_out"] == len(full)
+    held = {line_key(s) for s in loaders.held_out_sources(shared_data / "sumerian")}
+    assert not any(line_key(s) in held for s in mono)
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "self-training" in md and "back-translation" not in md.replace("monolingual back-translation", "")
-    assert "transformer + 1 round self-training" in md
+    assert "M-BT, one round, like for like" in md and "paired bootstrap" in md
 
 
 def test_train_interrupted_twice_then_resumed_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
