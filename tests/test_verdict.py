@@ -66,3 +66,17 @@ def test_kinds_and_statuses():
         Verdict(True, "x", kind="opinion")
     d = by_threshold([0.5, 0.4], margin=0.1).to_json()
     assert d["status"] == "held" and d["per_seed"] == [0.5, 0.4] and d["interval"] is None
+
+
+def test_part_not_measured_names_the_budget_or_the_missing_data():
+    from lmlab.verdict import part_not_measured
+
+    measured = [{"mt": {"bleu": 30.0}}, {"mt": {"bleu": 31.0}}]
+    assert part_not_measured(measured, "mt", data="sumerian/") is None
+    off = part_not_measured(measured, "mt", data="sumerian/", enabled=False, budget="three translators per seed")
+    assert off.held is None and off.kind == "claim"
+    assert off.reason == "moved to small for the time budget: three translators per seed; run --preset small"
+    absent = part_not_measured([{"mt": {"bleu": 30.0}}, {"mt": None}], "mt", data="sumerian/")
+    assert absent.held is None and absent.reason.startswith("needs the real data: sumerian/ was not found")
+    assert part_not_measured([{}], "mt", data="x", enabled=False, budget="b", preset="gpu").reason.endswith(
+        "run --preset gpu")

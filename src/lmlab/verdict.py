@@ -75,6 +75,21 @@ def undecided(reason: str, **numbers) -> Verdict:
     return Verdict(None, reason, extra=numbers)
 
 
+def part_not_measured(per_seed: Sequence[dict], key: str, *, data: str, enabled: bool = True, budget: str = "",
+                      preset: str = "small") -> Verdict | None:
+    """The undecided verdict for a claim whose part of the measurement this run lacks, or None when every seed
+    measured it: the preset switched the part off (`enabled` false; `budget` says what it costs, with its
+    numbers), or a seed recorded no numbers under `key` because the real data (`data`, the folder or files
+    looked for) are absent."""
+    from lmlab.utils import DATA_HINT  # the one hint every data error gives
+
+    if not enabled:
+        return undecided(f"moved to {preset} for the time budget: {budget}; run --preset {preset}")
+    if any(n.get(key) is None for n in per_seed):
+        return undecided(f"needs the real data: {data} was not found; {DATA_HINT}")
+    return None
+
+
 def not_tested(reason: str) -> Verdict:
     """A paper claim that this experiment does not put on trial (e.g. only a check stands for it)."""
     return Verdict(None, reason, kind="not tested")

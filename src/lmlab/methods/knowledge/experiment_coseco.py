@@ -45,8 +45,8 @@ from lmlab.methods.knowledge.kg import KnowledgeGraph, load_conceptnet, norm, re
 from lmlab.methods.knowledge.lmcore import train_reader
 from lmlab.methods.knowledge.retrieval import EntityLinker, bm25_top_k, tokens
 from lmlab.methods.knowledge.tasks import commonsense_world
-from lmlab.utils import DATA_HINT, tiny_threads
-from lmlab.verdict import Verdict, by_threshold, check, undecided
+from lmlab.utils import tiny_threads
+from lmlab.verdict import Verdict, by_threshold, check, part_not_measured, undecided
 
 PAPER = ("Bansal, Aggarwal, Bhatia, Kaur, Krishnamurthy: CoSe-Co — Text Conditioned Generative CommonSense "
          "Contextualizer (NAACL 2022)")
@@ -440,12 +440,11 @@ def decide_qa_gain(per_seed: list[dict], cfg: CoSeCoConfig) -> Verdict:
 
 
 def decide_real_relevant_knowledge(per_seed: list[dict], cfg: CoSeCoConfig) -> Verdict:
-    if not cfg.real:
-        return undecided("moved to small for the time budget: ConceptNet + OpenBookQA run in the small and gpu "
-                         "presets (a 3000-step generator alone exceeds tiny's ≈ 60 s)")
-    if any(n.get("real") is None for n in per_seed):
-        return undecided(f"needs the real data: knowledge/conceptnet and knowledge/openbookqa were not found; "
-                         f"{DATA_HINT}")
+    missing = part_not_measured(per_seed, "real", enabled=cfg.real, data="knowledge/conceptnet and "
+                                "knowledge/openbookqa", budget="ConceptNet + OpenBookQA run in the small and gpu "
+                                "presets (a 3000-step generator alone exceeds tiny's ≈ 60 s)")
+    if missing is not None:
+        return missing
     if any(n["real"]["paths"] is None for n in per_seed):
         return undecided(f"needs the real data: too few path-first pairs — sentences with a path per seed "
                          f"{[n['real']['items'] for n in per_seed]}, fewer than {MIN_REAL_ITEMS} on some seed "

@@ -43,8 +43,8 @@ from lmlab.methods.knowledge.lmcore import GPTReader, evaluate, probe_example, t
 from lmlab.methods.knowledge.retrieval import Retriever
 from lmlab.methods.knowledge.tasks import person_world
 from lmlab.model import GPT
-from lmlab.utils import DATA_HINT, tiny_threads
-from lmlab.verdict import Verdict, by_threshold, check, undecided
+from lmlab.utils import tiny_threads
+from lmlab.verdict import Verdict, by_threshold, check, part_not_measured, undecided
 
 PAPER = ("Kaur, Bhatia, Aggarwal, Bansal, Krishnamurthy: LM-CORE — Language Models with Contextually Relevant "
          "External Knowledge (Findings of NAACL 2022)")
@@ -422,12 +422,11 @@ def _synthetic_steps(cfg: LMCoreConfig) -> str:
 
 
 def _lama_parts(per_seed: list[dict], cfg: LMCoreConfig) -> list[dict] | Verdict:
-    if not cfg.lama:
-        return undecided("moved to small for the time budget: lama is off in this run (as at tiny); the real LAMA part "
-                         "(a 4-layer reader and a closed-book LM, thousands of steps each per seed) runs in the small "
-                         "and gpu presets")
-    if any(n.get("lama") is None for n in per_seed):
-        return undecided(f"needs the real data: knowledge/lama/ was not found; {DATA_HINT}")
+    missing = part_not_measured(per_seed, "lama", enabled=cfg.lama, data="knowledge/lama/", budget=(
+        "lama is off in this run (as at tiny); the real LAMA part (a 4-layer reader and a closed-book LM, thousands "
+        "of steps each per seed) runs in the small and gpu presets"))
+    if missing is not None:
+        return missing
     return [n["lama"] for n in per_seed]
 
 

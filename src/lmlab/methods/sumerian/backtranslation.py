@@ -34,7 +34,7 @@ def pseudo_monolingual_split(
     if not 0.0 < mono_frac < 1.0:
         raise ValueError(f"mono_frac must lie in (0, 1), got {mono_frac}")
     order = np.random.default_rng(seed).permutation(len(pairs))
-    mono_idx = set(order[: int(round(mono_frac * len(pairs)))].tolist())
+    mono_idx = set(order[: round(mono_frac * len(pairs))].tolist())
     parallel = [p for i, p in enumerate(pairs) if i not in mono_idx]
     candidates = [pairs[i][0] for i in sorted(mono_idx)]
     held_keys = {line_key(s) for s in held_out}

@@ -60,7 +60,7 @@ from lmlab.methods.sumerian.translate import (
 )
 from lmlab.train import fit
 from lmlab.utils import DATA_HINT
-from lmlab.verdict import Verdict, by_threshold, check, not_tested, undecided
+from lmlab.verdict import Verdict, by_threshold, check, not_tested, part_not_measured, undecided
 
 CLAIMS = {
     "pos_taggers_beat_baselines": (
@@ -430,8 +430,9 @@ def decide_taggers(per_seed: list[dict], cfg: Config, task: str) -> Verdict:
     """Every tagger's score minus the strongest baseline's (best of `BASELINES` on that seed), its minimum over
     taggers per seed, against `TAGGER_MARGIN[task]` — once every tagger beats the majority class by
     `TAGGER_LEARNED[task]` on every seed."""
-    if any(n.get("tagging") is None for n in per_seed):
-        return undecided(f"needs the real data: sumerian/ was not found; {DATA_HINT}")
+    missing = part_not_measured(per_seed, "tagging", data="sumerian/")
+    if missing is not None:
+        return missing
     metric, names = TASK_METRIC[task], tagger_names(cfg)
     scores = [{m: n["tagging"][task][m][metric] for m in (*BASELINES, *names)} for n in per_seed]
     unlearned = [(i, m) for i, s in enumerate(scores) for m in names if s[m] - s["majority"] <= TAGGER_LEARNED[task]]
@@ -463,12 +464,11 @@ def decide_ner_taggers(per_seed: list[dict], cfg: Config) -> Verdict:
 def decide_mt_beats_baseline(per_seed: list[dict], cfg: Config) -> Verdict:
     """Transformer BLEU minus the better of copy and lexicon, per seed, against `BLEU_MARGIN` — once the
     transformer beats copying the source by `MT_LEARNED_BLEU` on every seed."""
-    if not cfg.decide_mt:
-        return undecided("moved to small for the time budget: this preset trains no translator (at tiny's "
-                         "budget of a few hundred steps it emits 'the the the ...', 0.10 BLEU on the earlier card); "
-                         "run --preset small")
-    if any(n.get("mt") is None for n in per_seed):
-        return undecided(f"needs the real data: sumerian/ was not found; {DATA_HINT}")
+    missing = part_not_measured(per_seed, "mt", enabled=cfg.decide_mt, data="sumerian/", budget=(
+        "this preset trains no translator (at tiny's budget of a few hundred steps it emits 'the the the ...', 0.10 "
+        "BLEU on the earlier card)"))
+    if missing is not None:
+        return missing
     sc = [n["mt"]["scores"] for n in per_seed]
     t, cp, lx = ([s[k]["bleu"] for s in sc] for k in ("transformer", "copy", "lexicon"))
     numbers = {"transformer": t, "copy": cp, "lexicon": lx}
@@ -485,11 +485,10 @@ def decide_back_translation(per_seed: list[dict], cfg: Config) -> Verdict:
     """BLEU of the M-BT translator minus its parallel-only twin, per seed, against the larger of `BT_MARGIN`
     and the noise floor (`BOOTSTRAP_Z` × the largest per-seed paired-bootstrap sd) — once both translators
     beat copying the source by `MT_LEARNED_BLEU` on every seed."""
-    if not cfg.decide_mt or not cfg.back_translation:
-        return undecided("moved to small for the time budget: this preset trains no M-BT translators (three "
-                         "translators per seed); run --preset small")
-    if any(n.get("mt") is None for n in per_seed):
-        return undecided(f"needs the real data: sumerian/ was not found; {DATA_HINT}")
+    missing = part_not_measured(per_seed, "mt", enabled=cfg.decide_mt and cfg.back_translation, data="sumerian/",
+                                budget="this preset trains no M-BT translators (three translators per seed)")
+    if missing is not None:
+        return missing
     sc = [n["mt"]["scores"] for n in per_seed]
     base, bt, cp = ([s[k]["bleu"] for s in sc] for k in (BT_BASE, BT_SYSTEM, "copy"))
     boot = [n["mt"]["back_translation"]["bootstrap"] for n in per_seed]
