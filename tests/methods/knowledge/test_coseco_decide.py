@@ -6,8 +6,11 @@ import pytest
 from lmlab.methods.knowledge.experiment_coseco import (
     CHECKS,
     CLAIMS,
+    BOOTSTRAP_Z,
     GEN_LEARNED_VALIDITY,
     NOVELTY_MARGIN,
+    OBQA_CHANCE,
+    OBQA_LEARNED,
     QA_MARGIN,
     RELEVANCE_MARGIN,
     CoSeCoConfig,
@@ -23,6 +26,7 @@ from lmlab.methods.knowledge.experiment_coseco import (
 
 CFG = CoSeCoConfig()
 REAL = CoSeCoConfig(real=True)
+OBQA = CoSeCoConfig(real=True, obqa=True, bootstrap=200)
 
 
 def paths(gen: float, rnd: float = 0.05, bm25: float = 0.3, validity: float = 0.9) -> dict:
@@ -116,9 +120,47 @@ def test_real_relevance_moved_to_small_needs_data_and_decides_with_the_data():
     assert decide_real_relevant_knowledge(mixed, REAL).reason.startswith("seeds disagree")
 
 
-def test_real_obqa_stays_undecided_with_its_reason():
-    v = decide_real_obqa_gain([seed()], REAL)
-    assert v.held is None and v.kind == "claim" and v.reason.startswith("time budget") and "CPU h per seed" in v.reason
+def obqa(none: float, rnd: float, bm25: float, gen: float, n: int = 500) -> dict:
+    """A seed whose cross-encoder gets the first round(acc·n) of n test questions right with each source (so the
+    paired differences are as consistent as they can be)."""
+    def right(acc):
+        k = round(acc * n)
+        return [1] * k + [0] * (n - k)
+    acc = {"none": none, "random": rnd, "bm25": bm25, "generated": gen}
+    return seed(real={"paths": paths(0.6), "items": 500, "walks": 100, "obqa": {
+        "n_train": 1500, "n_test": n, "accuracy": acc, "correct": {s: right(a) for s, a in acc.items()}}})
+
+
+def test_real_obqa_held_over_the_strongest_baseline_on_every_seed():
+    v = decide_real_obqa_gain([obqa(0.40, 0.38, 0.42, 0.52), obqa(0.41, 0.40, 0.39, 0.50)], OBQA)
+    assert v.held is True and v.per_seed == pytest.approx((0.10, 0.09)) and v.kind == "claim"
+    assert "bm25 0.420" in v.reason and "none 0.410" in v.reason  # the strongest baseline of each seed
+    assert v.noise is not None and v.threshold == pytest.approx(max(QA_MARGIN, v.noise))
+
+
+def test_real_obqa_not_held_when_bm25_reads_as_well_and_seeds_disagree_otherwise():
+    v = decide_real_obqa_gain([obqa(0.40, 0.38, 0.45, 0.46), obqa(0.41, 0.40, 0.44, 0.43)], OBQA)
+    assert v.held is False and v.per_seed == pytest.approx((0.01, -0.01))
+    split = decide_real_obqa_gain([obqa(0.40, 0.38, 0.42, 0.52), obqa(0.41, 0.40, 0.44, 0.43)], OBQA)
+    assert split.held is None and split.reason.startswith("seeds disagree")
+
+
+def test_real_obqa_gain_inside_the_bootstrap_noise_is_not_held():
+    # +0.06 over 50 questions clears the 0.05 margin, not 1.96 × the bootstrap sd of a 50-question difference
+    v = decide_real_obqa_gain([obqa(0.40, 0.30, 0.30, 0.46, n=50), obqa(0.40, 0.30, 0.30, 0.46, n=50)], OBQA)
+    assert v.held is False and v.threshold > QA_MARGIN and v.noise == pytest.approx(v.threshold)
+    assert v.noise / BOOTSTRAP_Z > 0.02
+
+
+def test_real_obqa_undecided_not_learned_time_budget_and_no_data():
+    near_chance = OBQA_CHANCE + OBQA_LEARNED / 2
+    v = decide_real_obqa_gain([obqa(0.40, 0.38, 0.42, 0.52), obqa(near_chance, 0.3, 0.3, 0.5)], OBQA)
+    assert v.held is None and v.reason.startswith("not learned")
+    assert decide_real_obqa_gain([seed()], CFG).reason.startswith("moved to small for the time budget")
+    assert decide_real_obqa_gain([seed()], REAL).reason.startswith("moved to small for the time budget")
+    assert decide_real_obqa_gain([seed(), seed()], OBQA).reason.startswith("needs the real data")
+    few = seed(real={"paths": None, "items": 3, "walks": 100, "obqa": None})
+    assert decide_real_obqa_gain([few, obqa(0.4, 0.4, 0.4, 0.5)], OBQA).reason.startswith("needs the real data")
 
 
 # ---------------------------------------------------------------- checks and the whole decision

@@ -27,7 +27,8 @@ def test_gpu_preset_runs_on_cpu_shrunk(shared_data, tmp_path, monkeypatch):
         pytest.skip("real data knowledge/conceptnet and knowledge/openbookqa are absent")
     _trimmed_knowledge(src, tmp_path / "data" / "knowledge")
     shrunk = {"seeds": 2, "n_objects": 16, "n_novel": 4, "sentences_per_object": 2, "steps": 2, "batch": 8,
-              "n_qa_test": 4, "question_variants": 1, "real_paths": 20000, "real_steps": 2}
+              "n_qa_test": 4, "question_variants": 1, "real_paths": 20000, "real_steps": 2,
+              "obqa_train": 6, "obqa_test": 8, "obqa_max_len": 48, "bootstrap": 50}
     # the trimmed OpenBookQA facts give about 15 path-first pairs (the full files: about 100 sentences)
     monkeypatch.setattr(experiment_coseco, "MIN_REAL_ITEMS", 5)
     out = tmp_path / "out"
@@ -48,11 +49,13 @@ def test_gpu_preset_runs_on_cpu_shrunk(shared_data, tmp_path, monkeypatch):
     evidence = {c["id"]: c["evidence"] for c in res["claims"]}
     assert "the run failed" not in " ".join(evidence.values()) and "needs the real data" not in evidence[
         "real_relevant_knowledge"], evidence
-    assert evidence["real_obqa_gain"].startswith("time budget")
+    assert not evidence["real_obqa_gain"].startswith(("moved to", "needs the real data")), evidence["real_obqa_gain"]
+    obqa = [r["obqa"] for r in real]
+    assert all(o["n_train"] == 6 and o["n_test"] == 8 and len(o["correct"]["generated"]) == 8 for o in obqa)
     checks = {c["id"]: c for c in res.get("checks", [])}
     assert checks["pairs_mention_path"]["status"] == "passed"
     m = res["metrics"]
     assert {"synthetic/kg_objects/generated/relevance", "synthetic/kg_objects/bm25/relevance",
             "synthetic/qa/generated", "synthetic/qa/bm25", "synthetic/novelty", "real/generated/relevance",
-            "real/bm25/relevance", "real/random/relevance"} <= set(m)
+            "real/bm25/relevance", "real/random/relevance", "real/obqa/generated", "real/obqa/none"} <= set(m)
     assert (out / "synthetic_qa.png").exists()
