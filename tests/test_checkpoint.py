@@ -163,3 +163,66 @@ def test_equal_weights_give_equal_checkpoint_bytes(tmp_path):
     assert files[0] == files[1] == files[2]
     metas = [ck.read_meta(tmp_path / f"run{i}" / "step_000003") for i in range(3)]
     assert len({m["content_hash"] for m in metas}) == 1
+
+
+def _foreign(d, name, source):
+    """Put `source` in place of checkpoint file `name` of folder `d` and record its hash in meta.json, as a
+    hand-copied file with a matching hash would be."""
+    (d / name).write_bytes(source.read_bytes())
+    meta = json.loads((d / ck.META_FILE).read_text())
+    meta["files"][name] = ck.sha256_file(d / name)
+    (d / ck.META_FILE).write_text(json.dumps(meta))
+
+
+def test_tensors_of_another_model_with_a_matching_hash_are_refused_naming_parameter_and_shapes(tmp_path):
+    model, opt, _ = trained(tiny())
+    d = ck.save(tmp_path / "run", 2, model, opt)
+    other = ck.save(tmp_path / "other", 2, trained(tiny(d_model=16))[0])  # same names, other shapes
+    _foreign(d, ck.MODEL_FILE, other / ck.MODEL_FILE)
+    for load in (lambda: ck.load(tmp_path / "run"), lambda: ck.load_into(GPT(tiny()), None, tmp_path / "run")):
+        with pytest.raises(LmlabError, match=r"holds \S+ with shape \(\d+(, \d+)*\), but the model its meta.json "
+                                             r"describes has \(\d+(, \d+)*\)") as e:
+            load()
+        assert str(d / ck.MODEL_FILE) in str(e.value) and "\n" not in str(e.value)
+    deeper = ck.save(tmp_path / "deeper", 2, trained(tiny(n_layers=3))[0])  # extra tensors
+    _foreign(d, ck.MODEL_FILE, deeper / ck.MODEL_FILE)
+    with pytest.raises(LmlabError, match=r"holds blocks\.2\.\S+ .*which the model its meta.json describes does not"):
+        ck.load(tmp_path / "run")
+    (d / ck.MODEL_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")  # not safetensors, hash matching
+    _foreign(d, ck.MODEL_FILE, d / ck.MODEL_FILE)
+    with pytest.raises(LmlabError, match="is not a readable safetensors file"):
+        ck.load(tmp_path / "run")
+
+
+def test_a_foreign_optimizer_state_with_a_matching_hash_is_refused_naming_parameter_and_shapes(tmp_path):
+    model, opt, _ = trained(tiny())
+    d = ck.save(tmp_path / "run", 2, model, opt)
+    small, small_opt, _ = trained(tiny(d_model=16))  # as many parameters, other shapes
+    other = ck.save(tmp_path / "other", 2, small, small_opt)
+    _foreign(d, ck.OPTIM_FILE, other / ck.OPTIM_FILE)
+    fresh = GPT(tiny())
+    with pytest.raises(LmlabError, match=r"optim.pt holds exp_avg of \S+ with shape \(\d+(, \d+)*\), but the "
+                                         r"parameter has \(\d+(, \d+)*\)"):
+        ck.load_into(fresh, make_optimizer(fresh, 1e-2, 0.1), tmp_path / "run")
+    deeper, deeper_opt, _ = trained(tiny(n_layers=3))  # more parameters: torch's own check, in one line
+    _foreign(d, ck.OPTIM_FILE, ck.save(tmp_path / "deeper", 2, deeper, deeper_opt) / ck.OPTIM_FILE)
+    with pytest.raises(LmlabError, match=r"optim.pt does not fit this model's optimizer \(ValueError: "):
+        ck.load_into(fresh, make_optimizer(fresh, 1e-2, 0.1), tmp_path / "run")
+    for junk in (b"not a zip", json.dumps([1, 2]).encode()):
+        (d / ck.OPTIM_FILE).write_bytes(junk)
+        _foreign(d, ck.OPTIM_FILE, d / ck.OPTIM_FILE)
+        with pytest.raises(LmlabError, match="optim.pt is unreadable"):
+            ck.load_optimizer_state(tmp_path / "run")
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"PK\x03\x04truncated zip", "torch-list"])
+def test_a_damaged_resume_snapshot_is_a_named_error(tmp_path, content):
+    path = tmp_path / "resume.pt"
+    if content == "torch-list":  # a readable file that is no snapshot
+        torch.save([1, 2], path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(LmlabError, match=r"--resume: \S*resume.pt is (damaged|not an lmlab resume snapshot)"):
+        ck.load_snapshot(path, {"a": 1}, "")
+    ck.save_snapshot(path, {"run": {"a": 1}, "step": 3})
+    assert ck.load_snapshot(path, {"a": 1}, "")["step"] == 3

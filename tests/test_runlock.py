@@ -78,3 +78,23 @@ def test_a_second_pretrain_on_a_live_run_is_refused_and_the_live_run_finishes_un
     b, meta = ck.load(tmp_path / "live")
     assert meta["step"] == 200 and not (tmp_path / "live" / LOCK_FILE).exists()
     assert all(x.equal(y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_a_file_lock_holds_one_output_file_and_leaves_its_folder_to_others(tmp_path):
+    out = tmp_path / "bridge.pt"
+    with RunLock.for_file(out, "test") as lock:
+        assert lock.path == tmp_path / f".bridge.pt{LOCK_FILE}" and lock.path.exists()
+        with RunLock(tmp_path, "test"), RunLock.for_file(tmp_path / "other.pt", "test"):
+            pass  # the folder and its other files are not held
+    assert not any(tmp_path.iterdir())
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f".bridge.pt{LOCK_FILE}").write_text(json.dumps(
+            {"pid": sleeper.pid, "host": socket.gethostname(), "started": time.time(), "command": "lmlab compose"}))
+        with pytest.raises(LmlabError, match=rf"{out} is in use by lmlab compose \(pid {sleeper.pid}"):
+            RunLock.for_file(out, "test").__enter__()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with pytest.raises(LmlabError, match="is a folder"):
+        RunLock.for_file(tmp_path, "test")

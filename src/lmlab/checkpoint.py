@@ -27,12 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 import lmlab
 from lmlab.model import GPT, GPTConfig
-from lmlab.utils import LmlabError, atomic_write_bytes, fsync_path, git_state, to_jsonable
+from lmlab.utils import LmlabError, atomic_write_bytes, fsync_path, git_state, to_jsonable, writing
 
 FORMAT_VERSION = 1
 MODEL_FILE, OPTIM_FILE, META_FILE = "model.safetensors", "optim.pt", "meta.json"
@@ -156,6 +157,12 @@ def save(
     """Write checkpoint `step` of `run` atomically and return its folder (an existing one is replaced).
     `optimizer_state` replaces `optimizer.state_dict()` (FSDP saves its gathered full state this way)."""
     run = Path(run)
+    with writing(step_dir(run, step)):  # a full disk or a permission error: one line naming the checkpoint
+        return _save(run, step, model, optimizer, config, tokens_seen, data_state, extra, save_rng, optimizer_state)
+
+
+def _save(run: Path, step: int, model: nn.Module, optimizer, config, tokens_seen, data_state, extra, save_rng,
+          optimizer_state) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     model = unwrap(model)
     tmp = run / f".tmp-step_{step:06d}-{os.getpid()}"
@@ -168,7 +175,10 @@ def save(
         if optimizer_state is None and optimizer is not None:
             optimizer_state = optimizer.state_dict()
         if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / OPTIM_FILE)
+            buf = io.BytesIO()  # torch.save straight to a full disk fails with no errno; a plain write keeps it
+            torch.save(optimizer_state, buf)
+            with open(tmp / OPTIM_FILE, "wb") as f:
+                f.write(buf.getbuffer())
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         meta = {
             "format_version": FORMAT_VERSION,
@@ -308,7 +318,7 @@ def load(
     meta = read_meta(d)
     path = verify(d, meta, MODEL_FILE)
     model = build_model(meta["model_config"], meta.get("attention_modules", ()))
-    load_model(model, str(path), strict=True, device=str(device))
+    load_weights(model, path, device)
     model.to(device)
     meta["path"] = str(d)
     return model, meta
@@ -333,17 +343,78 @@ def load_into(
             "resume with the same model settings"
         )
     device = next(model.parameters()).device
-    load_model(model, str(verify(d, meta, MODEL_FILE)), strict=True, device=str(device))
+    load_weights(model, verify(d, meta, MODEL_FILE), device)
     if optimizer is not None:
-        optimizer.load_state_dict(load_optimizer_state(run, meta["step"], device))
+        load_optimizer_into(optimizer, model, load_optimizer_state(run, meta["step"], device), d / OPTIM_FILE)
     meta["path"] = str(d)
     return meta
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
+def load_weights(model: nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
+    """Load a model.safetensors into `model`; a file of another model (a tensor of another shape, missing or extra
+    names — possible where its hash matches, e.g. a copied meta.json) is refused naming the parameter and shapes."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = f.keys()  # a safetensors file handle, not a dict
+            saved = {k: tuple(f.get_slice(k).get_shape()) for k in names}
+    except (SafetensorError, OSError) as e:
+        raise LmlabError(f"checkpoint file {path} is not a readable safetensors file ({_first_line(e)}): the "
+                         "checkpoint is damaged; delete the folder and load another step") from None
+    current = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for name, shape in saved.items():
+        if name in current and current[name] != shape:
+            raise LmlabError(f"checkpoint file {path} holds {name} with shape {shape}, but the model its meta.json "
+                             f"describes has {current[name]}: the file belongs to another model; delete the folder "
+                             "and load another step")
+    unknown = sorted(set(saved) - set(current))
+    if unknown:
+        raise LmlabError(f"checkpoint file {path} holds {unknown[0]} (shape {saved[unknown[0]]}), which the model its "
+                         f"meta.json describes does not have ({len(unknown)} such tensors): the file belongs to "
+                         "another model")
+    try:
+        load_model(model, str(path), strict=True, device=str(device))
+    except (RuntimeError, SafetensorError) as e:  # names missing (tied weights are the only ones left out)
+        raise LmlabError(f"checkpoint file {path} does not fit the model its meta.json describes "
+                         f"({_first_line(e)}): delete the folder and load another step") from None
+
+
+def load_optimizer_into(optimizer: torch.optim.Optimizer, model: nn.Module, state: dict, path: Path) -> None:
+    """`optimizer.load_state_dict(state)`, refusing a state saved for another model with the parameter and shapes
+    (torch copies per-parameter state without comparing shapes, so a foreign file would fail at the first step)."""
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise LmlabError(f"optimizer state {path} does not fit this model's optimizer ({_first_line(e)}): it was "
+                         "saved for another model; delete the checkpoint folder and resume from another step") \
+            from None
+    names = {id(p): n for n, p in unwrap(model).named_parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                    raise LmlabError(
+                        f"optimizer state {path} holds {key} of {names.get(id(p), 'a parameter')} with shape "
+                        f"{tuple(value.shape)}, but the parameter has {tuple(p.shape)}: it was saved for another "
+                        "model; delete the checkpoint folder and resume from another step")
 
 
 def load_optimizer_state(run: str | Path, step: int | None = None, device: str | torch.device = "cpu") -> dict:
     """The saved optimizer state of a checkpoint, hash-checked."""
     d = resolve(run, step)
-    return torch.load(verify(d, read_meta(d), OPTIM_FILE), map_location=device, weights_only=True)
+    path = verify(d, read_meta(d), OPTIM_FILE)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a file that is not a state dict
+        raise LmlabError(f"optimizer state {path} is unreadable ({_first_line(e)}): the checkpoint is damaged; "
+                         "delete the folder and resume from another step") from None
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) or "param_groups" not in state:
+        raise LmlabError(f"optimizer state {path} is not an optimizer state dict: delete the folder and resume "
+                         "from another step")
+    return state
 
 
 # ---------------------------------------------------------------- resume snapshots of the light loops
@@ -360,7 +431,14 @@ def load_snapshot(path: str | Path, run: dict, missing: str) -> dict:
     path = Path(path)
     if not path.exists():
         raise LmlabError(f"--resume: {path} not found ({missing})")
-    snap = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        snap = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a truncated or foreign file
+        raise LmlabError(f"--resume: {path} is damaged ({_first_line(e)}): delete it and start the run again "
+                         "without --resume") from None
+    if not isinstance(snap, dict) or not isinstance(snap.get("run"), dict):
+        raise LmlabError(f"--resume: {path} is not an lmlab resume snapshot: delete it and start the run again "
+                         "without --resume")
     check_same_run(snap["run"], run, path)
     return snap
 

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lmlab import plugins
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, write_failure
 from lmlab.runlock import RunLock
 
 
@@ -283,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:  # a bug, not the user's input: one line (the traceback with -v), and exit 1
+        filename = getattr(e, "filename", None)
+        failed_write = write_failure(e, filename) if filename else None  # a full disk where lmlab named no path
+        if failed_write is not None:
+            print(f"error: {failed_write}", file=sys.stderr)
+            return 2
         if args.verbose:
             raise
         first = (str(e).splitlines() or [""])[0]

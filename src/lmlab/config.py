@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import yaml
 from lmlab.data import resolve_data_file, resolve_generator
 from lmlab.inputs import read_text
 from lmlab.model import GPTConfig
-from lmlab.utils import LmlabError
+from lmlab.utils import LmlabError, check_lr
 
 BF16_NEEDS_CUDA = (
     "train.dtype=bf16 needs a CUDA device (bf16 autocast is CUDA-only in lmlab; on {device} the run "
@@ -362,10 +363,12 @@ def validate(cfg: RunConfig) -> None:
         raise LmlabError(f"train.seq_len must be >= 1, got {t.seq_len}")
     if t.seq_len and t.seq_len > mc.seq_len:
         raise LmlabError(f"train.seq_len={t.seq_len} exceeds model.seq_len={mc.seq_len}: raise model.seq_len")
-    if t.lr <= 0 or t.warmup < 0 or not 0 <= t.min_lr_frac <= 1:
+    check_lr(t.lr, "train.lr")
+    if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):  # NaN would reach the optimizer
+        raise LmlabError(f"train.weight_decay must be a finite number >= 0, got {t.weight_decay}")
+    if t.warmup < 0 or not 0 <= t.min_lr_frac <= 1:
         raise LmlabError(
-            f"need train.lr > 0, train.warmup >= 0 and 0 <= train.min_lr_frac <= 1 "
-            f"(got {t.lr}, {t.warmup}, {t.min_lr_frac})"
+            f"need train.warmup >= 0 and 0 <= train.min_lr_frac <= 1 (got {t.warmup}, {t.min_lr_frac})"
         )
     if t.schedule not in ("cosine", "constant", "wsd"):
         raise LmlabError(f"train.schedule must be 'cosine', 'constant' or 'wsd', got {t.schedule!r}")
@@ -373,7 +376,7 @@ def validate(cfg: RunConfig) -> None:
         raise LmlabError(f"train.decay_frac must be in [0, 1] (the wsd schedule's decay share), got {t.decay_frac}")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise LmlabError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
-    if t.grad_clip < 0:
+    if not t.grad_clip >= 0:  # also refuses NaN
         raise LmlabError(f"train.grad_clip must be >= 0 (0 disables clipping), got {t.grad_clip}")
     if t.parallel not in ("ddp", "fsdp"):
         raise LmlabError(f"train.parallel must be ddp or fsdp (used under torchrun), got {t.parallel!r}")

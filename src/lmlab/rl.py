@@ -36,9 +36,9 @@ from torch import nn
 from lmlab.checkpoint import phase_range
 from lmlab.evaluate import pass_at_k, sample_and_verify
 from lmlab.generate import generate
-from lmlab.sft import clip_and_step, forward_logits
-from lmlab.train import make_optimizer
-from lmlab.utils import LmlabError, pad_batch
+from lmlab.sft import forward_logits
+from lmlab.train import clip_and_step, make_optimizer
+from lmlab.utils import LmlabError, check_lr, pad_batch
 
 
 @dataclass
@@ -80,8 +80,7 @@ class GRPOConfig:
                              "give identical samples, every group has zero reward std and RL never updates")
         if self.max_new_tokens < 1:
             raise LmlabError(f"rl.max_new_tokens (--max-new-tokens) must be >= 1, got {self.max_new_tokens}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise LmlabError(f"rl.lr (--rl-lr) must be a finite number > 0, got {self.lr}")
+        check_lr(self.lr, "rl.lr (--rl-lr)")
         for name in ("kl_coef", "clip_eps", "format_reward"):
             if not math.isfinite(getattr(self, name)):
                 raise LmlabError(f"rl.{name} (--{name.replace('_', '-')}) must be finite, got {getattr(self, name)}")

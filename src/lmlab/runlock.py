@@ -36,12 +36,24 @@ class RunLock:
     """`with RunLock(out, "lmlab pretrain"):` — hold `out` for this process; released on exit (also on errors and
     Ctrl-C). Re-entrant within one process (a command that calls another keeps the first lock)."""
 
-    _held: dict[Path, int] = {}  # folder -> nesting depth, in this process
+    _held: dict[Path, int] = {}  # lock file -> nesting depth, in this process
 
     def __init__(self, folder: str | Path, command: str = "lmlab", force: bool = False):
         self.folder, self.command, self.force = Path(folder), command, force
         self.path = self.folder / LOCK_FILE
+        self.subject = self.folder  # what the messages say is locked
         self._made = False
+
+    @classmethod
+    def for_file(cls, path: str | Path, command: str = "lmlab", force: bool = False) -> RunLock:
+        """Hold an output *file* (e.g. `lmlab compose --out bridge.pt`): the lock `.NAME.lmlab.lock` lies next to
+        it, so writers of other files in the same folder are not in the way."""
+        path = Path(path)
+        if path.is_dir():
+            raise LmlabError(f"{path} is a folder: pass a file name for the output")
+        lock = cls(path.parent, command, force)
+        lock.path, lock.subject = path.parent / f".{path.name}{LOCK_FILE}", path
+        return lock
 
     def owner(self) -> dict | None:
         try:
@@ -52,7 +64,7 @@ class RunLock:
             return {}  # a torn or foreign lock file: treated as stale below
 
     def __enter__(self) -> RunLock:
-        key = self.folder.resolve()
+        key = self.path.resolve()
         if key in RunLock._held:
             RunLock._held[key] += 1
             return self
@@ -88,17 +100,17 @@ class RunLock:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
         what = f"{owner.get('command', 'a command')} (pid {pid} on {host}, since {since})"
         if owner and host != socket.gethostname() and not self.force:
-            raise LmlabError(f"{self.folder} is locked by {what}, another host, which this one cannot check: "
+            raise LmlabError(f"{self.subject} is locked by {what}, another host, which this one cannot check: "
                              "wait for it, pass another --out, or pass --force-unlock if that run is gone")
         if owner and host == socket.gethostname() and isinstance(pid, int) and _alive(pid) and not self.force:
-            raise LmlabError(f"{self.folder} is in use by {what}: wait for it to finish or pass another --out "
+            raise LmlabError(f"{self.subject} is in use by {what}: wait for it to finish or pass another --out "
                              "(one process writes a run folder at a time)")
-        log.warning("taking over the lock of %s from %s, which is gone", self.folder, what if owner else
+        log.warning("taking over the lock of %s from %s, which is gone", self.subject, what if owner else
                     "an unreadable lock file")
         self.path.unlink(missing_ok=True)
 
     def __exit__(self, *exc) -> None:
-        key = self.folder.resolve()
+        key = self.path.resolve()
         RunLock._held[key] -= 1
         if RunLock._held[key]:
             return

@@ -24,8 +24,8 @@ from torch import nn
 
 from lmlab.checkpoint import phase_range
 from lmlab.model import IGNORE_INDEX
-from lmlab.train import TrainingDiverged, lr_at, make_optimizer, set_lr
-from lmlab.utils import LmlabError, autocast_ctx, pad_batch
+from lmlab.train import clip_and_step, lr_at, make_optimizer, set_lr
+from lmlab.utils import LmlabError, autocast_ctx, check_lr, pad_batch
 
 
 @dataclass
@@ -55,8 +55,10 @@ class SFTConfig:
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise LmlabError(f"sft.micro_batch_size (--sft-micro-batch-size) must be >= 1 or unset, "
                              f"got {self.micro_batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise LmlabError(f"sft.lr (--sft-lr) must be a finite number > 0, got {self.lr}")
+        check_lr(self.lr, "sft.lr (--sft-lr)")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
+                raise LmlabError(f"sft.{name} must be finite, got {getattr(self, name)}")
 
 
 # ---------------------------------------------------------------------------------------------- tensors
@@ -143,18 +145,6 @@ class BatchStream:
 # ---------------------------------------------------------------------------------------------- training
 def make_sft_optimizer(model: nn.Module, cfg: SFTConfig) -> torch.optim.Optimizer:
     return make_optimizer(model, cfg.lr, cfg.weight_decay, betas=cfg.betas)
-
-
-def clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, grad_clip: float | None) -> None:
-    """Clip (when `grad_clip`) and apply the update — unless the gradient is NaN/Inf: then the gradients are
-    dropped, the weights stay as they were, and `TrainingDiverged` says so."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
-    if not torch.isfinite(norm):
-        opt.zero_grad(set_to_none=True)
-        raise TrainingDiverged(f"the gradient norm is {float(norm)}: the update was not applied and the weights "
-                               "are those of the last good step; lower the learning rate or check the loss")
-    opt.step()
 
 
 def train_sft(model: nn.Module, examples: list[SFTExample], pad_id: int, cfg: SFTConfig, seed: int = 0,

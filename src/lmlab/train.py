@@ -36,7 +36,7 @@ from lmlab.inputs import read_jsonl
 from lmlab.model import GPT
 from lmlab.runlock import RunLock
 from lmlab.tokenizer import Tokenizer
-from lmlab.utils import LmlabError, atomic_write_text, autocast_ctx, get_device, seed_everything
+from lmlab.utils import LmlabError, atomic_write_text, autocast_ctx, get_device, seed_everything, writing
 
 try:  # FSDP2; torch 2.5 has it under the private name
     from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -94,12 +94,14 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor], 
         lr: float = 3e-3, weight_decay: float = 0.0, warmup: int = 0, grad_clip: float | None = 1.0,
         schedule: str = "cosine", optimizer: torch.optim.Optimizer | None = None,
         callback: Callable[[int, torch.Tensor], None] | None = None, device: torch.device | None = None,
-        start: int = 0) -> list[float]:
+        start: int = 0, guard: bool = False) -> list[float]:
     """Train steps `start`..`steps`-1 on `loss_fn(model, batch)`; returns the loss per step.
 
     The light loop for experiments on small models (no checkpoints). bf16 autocast on CUDA. The loss is
     not read back every step (that would stall the CPU on the GPU each step): `callback(step, loss)` gets
     it as a 0-d tensor (`float(loss)` waits for the GPU) and the floats are returned at the end.
+    `guard` (the commands that save what they train): a NaN/Inf loss or gradient stops training with
+    `TrainingDiverged` before the update is applied (`clip_and_step`), at the price of one read-back a step.
     """
     dev = device or next(model.parameters()).device
     opt = optimizer or make_optimizer(model, lr, weight_decay)
@@ -113,9 +115,12 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor], 
             loss = loss_fn(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
+        if guard:
+            clip_and_step(model, opt, grad_clip, loss)
+        else:
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
         losses.append(loss.detach())
         if callback is not None:
             callback(step, losses[-1])
@@ -124,6 +129,29 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor], 
 
 
 # ---------------------------------------------------------------- one optimisation step
+def check_finite(opt: torch.optim.Optimizer, norm: torch.Tensor, loss: torch.Tensor | None = None) -> None:
+    """Raise `TrainingDiverged` when the gradient norm(s) or the loss are NaN/Inf, dropping the gradients first,
+    so the update is never applied and the weights stay those of the last good step."""
+    bad_loss = loss is not None and not bool(torch.isfinite(loss.detach()).all())
+    if bad_loss or not bool(torch.isfinite(norm).all()):
+        opt.zero_grad(set_to_none=True)
+        what, value = ("loss", loss.detach()) if bad_loss else ("gradient norm", norm)  # the loss: the cause
+        shown = float(value) if value.numel() == 1 else value.flatten().tolist()
+        raise TrainingDiverged(f"the {what} is {shown}: the update was not applied and the weights are those of "
+                               "the last good step; lower the learning rate or check the loss")
+
+
+def clip_and_step(model: nn.Module, opt: torch.optim.Optimizer, grad_clip: float | None,
+                  loss: torch.Tensor | None = None) -> torch.Tensor:
+    """Clip (when `grad_clip`) and apply the update — unless the gradient (or `loss`) is NaN/Inf: then the
+    gradients are dropped, the weights stay as they were, and `TrainingDiverged` says so. Returns the norm."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    check_finite(opt, norm, loss)
+    opt.step()
+    return norm
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -461,7 +489,7 @@ class _Pretrainer:
                     full = StateDictOptions(full_state_dict=True)
                     set_optimizer_state_dict(self.model, self.opt, state, options=full)
                 else:
-                    self.opt.load_state_dict(state)
+                    ck.load_optimizer_into(self.opt, self.model, state, ck.step_dir(out, start) / ck.OPTIM_FILE)
             self.loader.load_state_dict(meta["data_state"])
             if meta.get("rng"):
                 ck.set_rng_state(meta["rng"])
@@ -543,7 +571,7 @@ class _Pretrainer:
     def log(self, rec: dict) -> None:
         if not self.main:
             return
-        with open(self.metrics_path, "a") as f:
+        with writing(self.metrics_path), open(self.metrics_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.writer is not None:
             for k, v in rec.items():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import functools
+import io
 import hashlib
 import json
 import os
@@ -18,10 +18,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmlab.errors import LmlabError  # noqa: F401  (defined torch-free; most modules import it from here)
+from lmlab.errors import LmlabError, write_failure  # noqa: F401  (torch-free; most modules import them here)
 
 
 # ---------------------------------------------------------------- atomic files
+@contextlib.contextmanager
+def writing(path: str | Path):
+    """Turn a full disk or a permission error inside the block into a LmlabError naming `path`."""
+    try:
+        yield
+    except Exception as e:
+        err = write_failure(e, path)
+        if err is None:
+            raise
+        raise err from None
+
+
 def _umask() -> int:
     """The process umask, read without changing it where Linux allows (os.umask(0) is process-wide)."""
     try:
@@ -57,19 +69,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     The file gets the mode a plain `open(path, "w")` would give (0o666 minus the umask), not mkstemp's 0o600.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     fsync_path(path.parent)
 
 
@@ -190,6 +203,17 @@ def find_data(sub: str, explicit: str | Path | None = None) -> Path | None:
 
 DATA_HINT = ("real data not found: pass --data DIR or set LMLAB_DATA to a folder with sumerian/, knowledge/, "
              "lmc/, text/ (the lmlab repository's CI uses ../shared/data)")
+
+
+# Far above any rate that trains a model; from about 1e37 the optimizers' float32 arithmetic (lr / (1 - beta1))
+# overflows and torch raises instead of training.
+MAX_LR = 1e6
+
+
+def check_lr(lr: float, name: str) -> None:
+    """Raise LmlabError naming `name` (e.g. "sft.lr (--sft-lr)") unless `lr` is a number in (0, MAX_LR]."""
+    if not 0 < lr <= MAX_LR:  # also refuses NaN
+        raise LmlabError(f"{name} must be a finite number > 0 and at most {MAX_LR:g}, got {lr}")
 
 
 def check_fraction(**values: float) -> None:

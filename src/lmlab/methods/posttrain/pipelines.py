@@ -28,9 +28,9 @@ from torch import nn
 from lmlab.checkpoint import Resume, phase_range
 from lmlab.methods.posttrain import MIXED, PIPELINES  # noqa: F401  (re-exported)
 from lmlab.rl import GRPOConfig, GRPOTrainer, train_grpo
-from lmlab.sft import BatchStream, SFTConfig, clip_and_step, sft_backward, sft_examples, train_sft
-from lmlab.train import make_optimizer
-from lmlab.utils import LmlabError
+from lmlab.sft import BatchStream, SFTConfig, sft_backward, sft_examples, train_sft
+from lmlab.train import clip_and_step, make_optimizer
+from lmlab.utils import LmlabError, check_lr
 
 
 @dataclass
@@ -53,8 +53,8 @@ class PostTrainConfig:
         self.sft.validate()
         if self.gold_limit < 1:
             raise LmlabError(f"gold_limit (--gold-limit) must be >= 1, got {self.gold_limit}")
-        if self.mixed_sft_lr is not None and not (self.mixed_sft_lr > 0 and math.isfinite(self.mixed_sft_lr)):
-            raise LmlabError(f"mixed_sft_lr (--mixed-sft-lr) must be > 0, got {self.mixed_sft_lr}")
+        if self.mixed_sft_lr is not None:
+            check_lr(self.mixed_sft_lr, "mixed_sft_lr (--mixed-sft-lr)")
         if self.mixed_sft_batch is not None and self.mixed_sft_batch < 1:
             raise LmlabError(f"mixed_sft_batch must be >= 1, got {self.mixed_sft_batch}")
         if self.mixed_sft_data not in ("one", "gold"):
