@@ -75,3 +75,38 @@ def extra_methods(monkeypatch):
             del sys.modules[name]
     model.ATTENTIONS.clear()
     model.ATTENTIONS.update(before_attn)
+
+
+SUMERIAN_SENTENCES = [  # (token, POS, NER)
+    [("lugal", "N", "O"), ("e2", "N", "O"), ("mu-un-du3", "V", "O")],
+    [("ur-{d}nansze", "NE", "PN"), ("dumu", "N", "O"), ("ab-ba", "NE", "PN")],
+    [("nibru{ki}", "NE", "SN"), ("e2", "N", "O"), ("mu-un-du3", "V", "O")],
+    [("3(disz)", "NU", "O"), ("udu", "N", "O"), ("lu2-gi-na", "NE", "PN")],
+]
+
+
+@pytest.fixture
+def sumerian_data():
+    """`make(root)`: a tiny Sumerian data folder in `root/sumerian/` (the shared data's layout: POS/NER CoNLL
+    splits, a city list, the ur3_line parallel corpus) for `lmlab sumerian train --data root`; returns root."""
+
+    def make(root: Path) -> Path:
+        base = root / "sumerian"
+        for task, col in (("pos", 1), ("ner", 2)):
+            (base / task).mkdir(parents=True, exist_ok=True)
+            text = "".join("".join(f"{w[0]} {w[col]}\n" for w in s) + "\n" for s in SUMERIAN_SENTENCES)
+            for split in ("train", "dev", "test"):
+                (base / task / f"{split}.txt").write_text(text)
+        (base / "named_entities").mkdir(exist_ok=True)
+        (base / "named_entities" / "city_ner.csv").write_text("Text,NER\nNibru,QN\nUmma,QN\n")
+        par = base / "parallel" / "ur3_line"
+        par.mkdir(parents=True, exist_ok=True)
+        src = ["lugal e2 mu-un-du3", "dumu ab-ba", "3(disz) udu", "e2 lugal", "udu dumu", "nibru{ki} e2"]
+        eng = ["the king built the house", "son of abba", "3 sheep", "house of the king", "sheep of the son",
+               "the house of nippur"]
+        for split in ("train", "dev", "test"):
+            (par / f"{split}.sum").write_text("\n".join(src) + "\n")
+            (par / f"{split}.eng").write_text("\n".join(eng) + "\n")
+        return root
+
+    return make

@@ -121,3 +121,128 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):
     assert "torn last line 3" in caplog.text
     with pytest.raises(LmlabError, match="line 3 is not valid JSON"):
         inputs.read_jsonl(path, "metrics log")
+
+
+# ------------------------------------------------------------------ the commands that read user files
+VALID_TEXT = b"the cat sat on the mat\nabc def 123\n" * 6  # encodes with LM_CHARS: exercises the success path
+
+
+@pytest.fixture(scope="module")
+def lm_runs(tmp_path_factory):
+    """Two tiny lmlab runs whose character vocabulary is printable ASCII without 'x' (so that the huge one-line file,
+    b'x' * 200_000, is refused by the tokenizer instead of prefilled as a 200k-token context)."""
+    import torch
+
+    from lmlab import checkpoint
+    from lmlab.model import GPT, GPTConfig
+    from lmlab.tokenizer import CharTokenizer
+
+    tok = CharTokenizer(sorted(set(string.printable) - {"x"}))
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        run = tmp_path_factory.mktemp("lm") / "run"
+        checkpoint.save(run, 1, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=2, n_heads=2, d_model=16,
+                                              seq_len=64)))
+        tok.save(run / "tokenizer.json")
+        runs.append(run)
+    return runs
+
+
+def bad_file(tmp_path_factory, name: str, content: bytes) -> Path:
+    d = tmp_path_factory.mktemp("in")
+    (d / name).write_bytes(content)
+    return d / name
+
+
+@QUICK
+@given(content=CONTENTS)
+@example(content=VALID_TEXT)
+def test_ttt_on_any_context_file(lm_runs, tmp_path_factory, capsys, content):
+    path = bad_file(tmp_path_factory, "ctx.txt", content)
+    assert_clean(*outcome(["ttt", "--model", str(lm_runs[0]), "--context", str(path), "--question", "a?",
+                           "--steps", "1", "--span", "4", "--max-new-tokens", "1", "--device", "cpu"], capsys))
+
+
+@QUICK
+@given(content=CONTENTS)
+@example(content=VALID_TEXT)
+def test_interference_on_any_task_file(lm_runs, tmp_path_factory, capsys, content):
+    path = bad_file(tmp_path_factory, "task.txt", content)
+    good = bad_file(tmp_path_factory, "good.txt", VALID_TEXT)
+    assert_clean(*outcome(["interference", str(lm_runs[0]), "--task", f"a={path}", "--task", f"b={good}",
+                           "--rare", "a", "--max-lines", "4", "--seq-len", "16", "--device", "cpu",
+                           "--out", str(path.parent / "out")], capsys))
+
+
+@QUICK
+@given(content=CONTENTS)
+@example(content=b'{"prompt": "1+1=", "completion": "2"}\n{"prompt": "2+2=", "completion": "4"}\n')
+@example(content=b'{"prompt": 1, "completion": "2"}\n')
+def test_compose_on_any_data_file(lm_runs, tmp_path_factory, capsys, content):
+    path = bad_file(tmp_path_factory, "pairs.jsonl", content)
+    assert_clean(*outcome(["compose", "--anchor", str(lm_runs[0]), "--augment", str(lm_runs[1]), "--data", str(path),
+                           "--steps", "1", "--batch", "2", "--device", "cpu", "--out", str(path.parent / "b.pt")],
+                          capsys))
+
+
+@QUICK
+@given(content=CONTENTS)
+@example(content=VALID_TEXT)
+def test_lmc_and_info_on_any_data_file(lm_runs, tmp_path_factory, capsys, content):
+    path = bad_file(tmp_path_factory, "texts.txt", content)
+    assert_clean(*outcome(["lmc", *map(str, lm_runs), "--kind", "causal", "--data", str(path), "--points", "2",
+                           "--max-length", "16", "--device", "cpu", "--out", str(path.parent / "lmc")], capsys))
+    # info reads its data before its (here missing) models: a readable file ends at the model error
+    assert_clean(*outcome(["info", str(path.parent / "no-model-a"), str(path.parent / "no-model-b"), "--data",
+                           str(path), "--memorization", "heuristic", "--out", str(path.parent / "info")], capsys))
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".jsonl"])
+@pytest.mark.parametrize("op", ["stats", "retrieve", "add"])
+@QUICK
+@given(content=CONTENTS)
+@example(content=b"")  # an empty KG (retrieve once raised 'empty vocabulary')
+@example(content=b"!!\t??\t..\n")  # triples without a word
+@example(content=b'{"head": "a", "relation": "r", "tail": "b"}\n7\n{"head": 1, "relation": "r", "tail": "b"}\n')
+@example(content=b'{"sub_label": "a", "obj_label": "b", "predicate_id": 5}\n')
+def test_kg_commands_on_any_kg_file(tmp_path_factory, capsys, suffix, op, content):
+    path = bad_file(tmp_path_factory, f"kg{suffix}", content)
+    extra = {"stats": [], "retrieve": ["--query", "trobex was born in"],
+             "add": ["--head", "trobex", "--relation", "born_in", "--tail", "vantor"]}[op]
+    assert_clean(*outcome(["kg", op, "--kg", str(path), *extra], capsys))
+
+
+@pytest.mark.parametrize("name", ["pos/train.txt", "ner/train.txt", "named_entities/city_ner.csv"])
+@QUICK
+@given(content=CONTENTS)
+@example(content=b"lugal N\n")  # POS and NER layers no longer hold the same sentences
+@example(content=b"Text,NER\nNibru,\n")
+def test_sumerian_train_on_any_damaged_data_file(tmp_path_factory, sumerian_data, capsys, name, content):
+    root = sumerian_data(tmp_path_factory.mktemp("sumerian"))
+    (root / "sumerian" / name).write_bytes(content)
+    assert_clean(*outcome(["sumerian", "train", "--data", str(root), "--out", str(root / "models"), "--taggers", "hmm",
+                           "--no-mt"], capsys))
+
+
+@QUICK
+@given(content=CONTENTS)
+def test_the_method_readers_name_the_file_or_return_data(tmp_path_factory, content):
+    from lmlab.loading import read_texts
+    from lmlab.methods.calm.cli import read_pairs
+    from lmlab.methods.knowledge.kg import KnowledgeGraph
+    from lmlab.methods.lmc.cli import read_examples
+    from lmlab.methods.sumerian.loaders import load_entity_lists, read_conll
+
+    d = tmp_path_factory.mktemp("read")
+    for name, read in (("a.txt", lambda p: read_texts(p, 10)), ("a.jsonl", lambda p: read_texts(p, 10)),
+                       ("b.jsonl", read_pairs), ("c.jsonl", lambda p: read_examples(p, 10)),
+                       ("d.tsv", KnowledgeGraph.load), ("d.jsonl", KnowledgeGraph.load), ("e.txt", read_conll),
+                       ("named_entities/f.csv", lambda p: load_entity_lists(p.parent.parent))):
+        path = d / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+        try:
+            read(path)
+        except LmlabError as e:
+            assert str(path) in str(e) and "\n" not in str(e), (name, str(e))

@@ -1,8 +1,10 @@
 """`lmlab compose` on Hugging Face folders: a pair of one family, and an HF anchor with an lmlab augment (the same
-character vocabulary); differing tokenizers are refused in one line."""
+character vocabulary); differing tokenizers are refused in one line. Nothing lost, nothing overwritten: a second
+writer of one --out is refused, a NaN step keeps the last good bridges, unusable learning rates are refused."""
 
 import json
 
+import pytest
 import torch
 
 from lmlab import checkpoint
@@ -60,3 +62,60 @@ def test_compose_refuses_tokenizers_that_differ(tmp_path, capsys):
                  "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "o.pt")]) == 2
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "tokenizers differ" in errors[0]
+
+
+def _compose(tmp_path, out, *extra):
+    run = tmp_path / "lm" if (tmp_path / "lm").exists() else save_lmlab(tmp_path / "lm")
+    return main(["compose", "--anchor", str(run), "--augment", str(run), "--data", str(data(tmp_path)),
+                 "--batch", "4", "--device", "cpu", "--out", str(out), *extra])
+
+
+def test_a_second_writer_of_the_same_out_is_refused_before_touching_it(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    from lmlab.runlock import LOCK_FILE
+
+    out = tmp_path / "bridge.pt"
+    lock = tmp_path / f".bridge.pt{LOCK_FILE}"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "started": 0,
+                                    "command": "lmlab compose"}))
+        assert _compose(tmp_path, out, "--steps", "1") == 2
+        err = capsys.readouterr().err
+        assert f"{out} is in use by lmlab compose (pid {live.pid}" in err and err.count("\n") == 1
+        assert not out.exists() and lock.exists()
+        assert _compose(tmp_path, tmp_path / "other.pt", "--steps", "1") == 0  # another file in that folder: free
+    finally:
+        live.kill()
+        live.wait()
+    assert _compose(tmp_path, out, "--steps", "1") == 0  # the owner is gone: its stale lock is taken over
+    assert out.is_file() and not lock.exists()
+
+
+def test_a_nan_step_stops_composition_with_the_last_good_bridges_saved(tmp_path, monkeypatch, capsys):
+    from lmlab.methods.calm.compose import ComposedModel
+
+    real, calls = ComposedModel.forward, []
+
+    def poisoned(self, *a, **k):  # the third step's loss is NaN
+        loss = real(self, *a, **k)
+        calls.append(1)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(ComposedModel, "forward", poisoned)
+    out = tmp_path / "bridge.pt"
+    assert _compose(tmp_path, out, "--steps", "20") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: composition training diverged after 2 good step(s)") and err.count("\n") == 1
+    blob = torch.load(out, weights_only=True)
+    assert blob["extra"]["steps"] == 2 and "loss is nan" in blob["extra"]["diverged"]
+    assert all(torch.isfinite(v).all() for v in blob["bridges"].values())
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf", "1e38", "0"])
+def test_non_finite_or_overflowing_learning_rates_are_refused_up_front(tmp_path, capsys, lr):
+    assert _compose(tmp_path, tmp_path / "b.pt", "--steps", "1", "--lr", lr) == 2
+    assert "--lr must be a finite number > 0" in capsys.readouterr().err and not (tmp_path / "b.pt").exists()

@@ -209,3 +209,43 @@ def test_bad_inputs_raise_lmlab_error():
     with pytest.raises(LmlabError), QTTT(m, QTTTConfig(steps=1)).adapt([[3]]):
         pass
     assert all(not blk.attn.q_proj._forward_hooks for blk in m.blocks)
+
+
+def test_a_nan_step_is_not_applied_and_stops_adaptation_with_a_named_error(monkeypatch):
+    """Issue 23: the test-time update of W_Q is guarded like every training loop — the failing step's update is
+    not applied, TrainingDiverged names the step, the base weights are untouched and the hooks removed."""
+    from lmlab.methods.qttt import ttt as ttt_mod
+    from lmlab.train import TrainingDiverged
+
+    m = tiny_gpt()
+    before = copy.deepcopy(m.state_dict())
+    real, calls = _GPTBackend.span_loss, []
+
+    def poisoned(self, *a, **k):  # the third step's loss is NaN
+        loss = real(self, *a, **k)
+        calls.append(1)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(_GPTBackend, "span_loss", poisoned)
+    q = QTTT(m, QTTTConfig(steps=8, span_len=8, lr=1e-3))
+    seen = {}
+    real_check = ttt_mod.check_finite
+
+    def spy(opt, norms, loss):  # the deltas as they stand when the failing step is checked
+        seen["deltas"] = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+        return real_check(opt, norms, loss)
+
+    monkeypatch.setattr(ttt_mod, "check_finite", spy)
+    with pytest.raises(TrainingDiverged, match="qTTT step 3 of 8: the loss is nan: the update was not applied"), \
+            q.adapt([ctx(40, 1)]):
+        pass
+    assert all(torch.isfinite(d).all() and d.abs().sum() > 0 for d in seen["deltas"])  # two good steps applied
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert not any(mod._forward_hooks for mod in m.modules())
+
+
+@pytest.mark.parametrize("field, value", [("lr", float("nan")), ("lr", 1e38), ("lr", float("inf")),
+                                          ("weight_decay", float("nan")), ("grad_clip", float("nan"))])
+def test_non_finite_or_overflowing_settings_are_refused(field, value):
+    with pytest.raises(LmlabError, match=f"qTTT {'learning rate' if field == 'lr' else field}"):
+        QTTTConfig(**{field: value})

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.inputs import read_text
+from lmlab.runlock import RunLock
 
 
 def register(sub) -> None:
@@ -28,28 +30,43 @@ def register(sub) -> None:
     p.add_argument("--out", default="bridge.pt", help="where to save the composition parameters")
     p.add_argument("--resume", action="store_true",
                    help="continue exactly from OUT.resume (written on Ctrl-C), with the same command")
+    p.add_argument("--force-unlock", action="store_true",
+                   help="take over an --out locked from another host (only when that run is gone)")
     p.set_defaults(func=run)
 
 
-def read_pairs(path: str) -> list[tuple[str, str]]:
+def read_pairs(path: str, what: str = "--data") -> list[tuple[str, str]]:
     p = Path(path)
-    if not p.is_file():
-        raise LmlabError(f"data file {p} not found")
     pairs = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(p, f"{what} file").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            pairs.append((row["prompt"], row["completion"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise LmlabError(f"{p}:{n}: expected a JSON object with 'prompt' and 'completion' ({e})") from e
-    if not pairs:
-        raise LmlabError(f"{p} holds no examples")
+        except json.JSONDecodeError as e:
+            raise LmlabError(f"{p}:{n}: not valid JSON ({e.msg}): expected one JSON object with 'prompt' and "
+                             "'completion' a line") from None
+        if not (isinstance(row, dict) and isinstance(row.get("prompt"), str)
+                and isinstance(row.get("completion"), str)):
+            raise LmlabError(f"{p}:{n}: expected a JSON object with string 'prompt' and 'completion', got "
+                             f"{line[:80]!r}")
+        pairs.append((row["prompt"], row["completion"]))
     return pairs
 
 
 def run(args) -> int:
+    from lmlab.utils import check_lr  # torch: imported when the command runs, not for --help
+
+    check_lr(args.lr, "--lr")
+    if args.steps < 0 or args.batch < 1:
+        raise LmlabError(f"need --steps >= 0 and --batch >= 1, got {args.steps} and {args.batch}")
+    pairs = read_pairs(args.data)  # before the models load: a bad file fails fast
+    ev = read_pairs(args.eval, "--eval") if args.eval else None
+    with RunLock.for_file(args.out, "lmlab compose", force=args.force_unlock):  # one writer of --out
+        return _run(args, pairs, ev)
+
+
+def _run(args, pairs, ev) -> int:
     # heavy imports (torch) when the command runs, not when the parser is built
     import torch
 
@@ -58,7 +75,7 @@ def run(args) -> int:
     from lmlab.methods.calm.experiment import encode_pairs
     from lmlab.hf import unwrap_hf
     from lmlab.loading import load_policy
-    from lmlab.train import StopOnSigint, StopRequested, fit
+    from lmlab.train import StopOnSigint, StopRequested, TrainingDiverged, fit
     from lmlab.utils import get_device, seed_everything
 
     seed_everything(args.seed)
@@ -72,7 +89,6 @@ def run(args) -> int:
     conns = parse_connections(args.connections) if args.connections else None
     cm = compose(anchor, augment, n_connections=args.n_connections, connections=conns,
                  augment_sees=args.augment_sees, tokenizers=(codec, aug_codec))
-    pairs = read_pairs(args.data)
     rng = random.Random(args.seed)
 
     def batches():
@@ -81,7 +97,8 @@ def run(args) -> int:
 
     opt = torch.optim.AdamW(cm.bridge_parameters(), lr=args.lr)
     snap_path = Path(f"{args.out}.resume")
-    run_id = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("resume", "func", "eval", "device")}
+    run_id = {k: str(v) for k, v in sorted(vars(args).items())
+              if k not in ("resume", "func", "eval", "device", "force_unlock")}
     done = [0]  # steps completed
     if args.resume:
         snap = load_snapshot(snap_path, run_id, "it is written on Ctrl-C: run without --resume")
@@ -99,7 +116,13 @@ def run(args) -> int:
     try:
         with StopOnSigint() as stop:
             losses = fit(cm, lambda m, b: m(b[0], b[1]), batches(), args.steps, lr=args.lr,
-                         warmup=min(50, args.steps // 10), optimizer=opt, callback=after_step, start=done[0])
+                         warmup=min(50, args.steps // 10), optimizer=opt, callback=after_step, start=done[0],
+                         guard=True)
+    except TrainingDiverged as e:  # the failing update was not applied: the bridges hold the last good step
+        cm.save_bridges(args.out, str(args.anchor), str(args.augment),
+                        extra={"data": str(args.data), "steps": done[0], "diverged": str(e)})
+        raise TrainingDiverged(f"composition training diverged after {done[0]} good step(s) ({e}); the bridges of "
+                               f"the last good step are saved in {args.out} (extra.diverged)") from None
     except StopRequested:
         cm.save_bridges(args.out, str(args.anchor), str(args.augment),
                         extra={"data": str(args.data), "steps": done[0], "interrupted": True})
@@ -114,8 +137,7 @@ def run(args) -> int:
         losses = [float("nan")]
     print(f"trained {cm.num_bridge_params():,} bridge parameters on connections {cm.connections}: "
           f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved {args.out}")
-    if args.eval:
-        ev = read_pairs(args.eval)
+    if ev:
         prompts = [codec.encode(p, bos=True) for p, _ in ev]
         outs = cm.generate(prompts, max(len(codec.encode(c)) for _, c in ev) + 2, stop_token=codec.eos_id,
                            pad_id=codec.pad_id)

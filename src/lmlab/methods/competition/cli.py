@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.inputs import read_lines
 
 
 def register(sub) -> None:
@@ -61,10 +62,7 @@ def task_batch(codec, path: str, max_lines: int, seq_len: int, device):
     """(ids, targets) of a task file's first lines (see `lmlab.loading.lm_batch`)."""
     from lmlab.loading import lm_batch  # torch: imported when the command runs, not for --help
 
-    p = Path(path)
-    if not p.is_file():
-        raise LmlabError(f"task file {p} not found")
-    return lm_batch(codec, [ln for ln in p.read_text().splitlines() if ln.strip()], max_lines, seq_len, device, p)
+    return lm_batch(codec, read_lines(path, "task file"), max_lines, seq_len, device, path)
 
 
 def run(args) -> int:

@@ -5,10 +5,10 @@ when one is given. Writes report.md, results.json, entropy.png and mi_density.pn
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.inputs import read_json
 from lmlab.methods.info import MEMORIZATION
 
 
@@ -56,9 +56,9 @@ def run(args) -> int:
     metric = None
     if args.metric:
         mp = Path(args.metric)
-        if not mp.is_file():
-            raise LmlabError(f"metric file {mp} not found")
-        metric = json.loads(mp.read_text())
+        metric = read_json(mp, "metric file")
+        if not isinstance(metric, dict) or not all(isinstance(v, (int, float)) for v in metric.values()):
+            raise LmlabError(f"{mp} must hold one JSON object {{model folder name: number}}")
         missing = [n for n in names if n not in metric]
         if missing:
             raise LmlabError(

@@ -48,6 +48,9 @@ def cmd_retrieve(args) -> int:
     from lmlab.methods.knowledge.retrieval import EntityLinker, Retriever
 
     kg = load_kg(args.kg)
+    if not len(kg):
+        raise LmlabError(f"knowledge graph {args.kg} holds no triples: add facts first (`lmlab kg add --kg "
+                         f"{args.kg} --head ... --relation ... --tail ...`)")
     linker = EntityLinker(kg)
     print("linked: " + (", ".join(m.entity for m in linker.link(args.query)) or "(none; ranking all triples)"))
     for s in Retriever(kg, args.method, args.k, linker=linker).retrieve(args.query):

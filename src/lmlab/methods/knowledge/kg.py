@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmlab.inputs import read_text
 from lmlab.utils import LmlabError, atomic_write_text
 
 
@@ -188,7 +189,7 @@ class KnowledgeGraph:
         if sorted(order) != ["h", "r", "t"]:
             raise LmlabError(f"order must be a permutation of 'hrt', got {order!r}")
         kg = cls()
-        for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(_lines(path), 1):
             if not line.strip():
                 continue
             cols = line.split("\t")
@@ -197,28 +198,39 @@ class KnowledgeGraph:
             if len(cols) > 3 and keep_label is not None and cols[3].strip() != keep_label:
                 continue
             f = dict(zip(order, cols[:3]))
-            kg.add(f["h"], f["r"], f["t"])
+            try:
+                kg.add(f["h"], f["r"], f["t"])
+            except LmlabError as e:
+                raise LmlabError(f"{path}:{n}: {e}") from None
         return kg
 
     @classmethod
     def from_jsonl(cls, path: str | Path, templates: dict[str, str] | None = None) -> KnowledgeGraph:
         kg = cls(templates=templates)
-        for rec in read_jsonl(path):
-            if "template" in rec and "relation" in rec and "head" not in rec:
-                kg.set_template(rec["relation"], rec["template"])
-            elif "aliases" in rec and "entity" in rec:
-                for a in rec["aliases"]:
-                    kg.add_alias(rec["entity"], a)
-            elif "head" in rec:
-                kg.add(rec["head"], rec["relation"], rec["tail"])
-            elif "sub_label" in rec:
-                probe = probe_from_lama(rec, templates or {})
-                kg.add(probe.subject, probe.relation, probe.answer)
-                for a in probe.subject_aliases:
-                    kg.add_alias(probe.subject, a)
-            else:
-                raise LmlabError(f"{path}: unrecognised record {sorted(rec)[:6]}: expected head/relation/tail "
-                                 "or LAMA sub_label/obj_label")
+        for n, rec in _records(path):
+            try:
+                if "template" in rec and "relation" in rec and "head" not in rec:
+                    _strings(rec, "relation", "template")
+                    kg.set_template(rec["relation"], rec["template"])
+                elif "aliases" in rec and "entity" in rec:
+                    _strings(rec, "entity")
+                    if not (isinstance(rec["aliases"], list) and all(isinstance(a, str) for a in rec["aliases"])):
+                        raise LmlabError("'aliases' must be a list of strings")
+                    for a in rec["aliases"]:
+                        kg.add_alias(rec["entity"], a)
+                elif "head" in rec:
+                    _strings(rec, "head", "relation", "tail")
+                    kg.add(rec["head"], rec["relation"], rec["tail"])
+                elif "sub_label" in rec:
+                    probe = probe_from_lama(rec, templates or {})
+                    kg.add(probe.subject, probe.relation, probe.answer)
+                    for a in probe.subject_aliases:
+                        kg.add_alias(probe.subject, a)
+                else:
+                    raise LmlabError(f"unrecognised record {sorted(rec)[:6]}: expected head/relation/tail "
+                                     "or LAMA sub_label/obj_label")
+            except LmlabError as e:
+                raise LmlabError(f"{path}:{n}: {e}") from None
         return kg
 
 
@@ -231,7 +243,7 @@ def file_format(path: str | Path) -> str:
     head/relation/tail, template and alias records) or "lama" (LAMA probe records)."""
     p = Path(path)
     if p.suffix in TSV_SUFFIXES:
-        rows = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        rows = [ln for ln in _lines(p) if ln.strip()]
         return "tsv_labelled" if any(len(ln.split("\t")) > 3 for ln in rows) else "tsv"
     return "lama" if any("sub_label" in rec and "head" not in rec for rec in read_jsonl(p)) else "jsonl"
 
@@ -261,15 +273,33 @@ def check_rewritable(path: str | Path) -> None:
                          f"`lmlab kg convert --kg {p} --out facts.jsonl`")
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def _lines(path: str | Path) -> list[str]:
+    return read_text(path, "knowledge graph file", allow_empty=True).splitlines()
+
+
+def _records(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, JSON object) of each non-blank line."""
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_lines(path), 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise LmlabError(f"{path}:{n}: not valid JSON ({e})") from e
+                raise LmlabError(f"{path}:{n}: not valid JSON ({e.msg}): one JSON object a line") from None
+            if not isinstance(rec, dict):
+                raise LmlabError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+            out.append((n, rec))
     return out
+
+
+def _strings(rec: dict, *keys: str) -> None:
+    bad = [k for k in keys if not isinstance(rec.get(k), str)]
+    if bad:
+        raise LmlabError(f"{', '.join(map(repr, bad))} must be a string in a record with {sorted(rec)[:6]}")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [rec for _, rec in _records(path)]
 
 
 # ---------------------------------------------------------------------- ConceptNet
@@ -322,14 +352,21 @@ def load_lama_templates(path: str | Path) -> dict[str, str]:
 
 
 def probe_from_lama(rec: dict, templates: dict[str, str]) -> Probe:
-    rel = rec.get("predicate_id") or rec.get("pred", "").rsplit("/", 1)[-1]
+    pid, pred = rec.get("predicate_id") or "", rec.get("pred") or ""
+    if not isinstance(pid, str) or not isinstance(pred, str):
+        raise LmlabError(f"LAMA record's predicate_id/pred must be strings: {sorted(rec)[:8]}")
+    rel = pid or pred.rsplit("/", 1)[-1]
     if not rel or "sub_label" not in rec or "obj_label" not in rec:
         raise LmlabError(f"LAMA record lacks predicate_id/pred, sub_label or obj_label: {sorted(rec)[:8]}")
-    evidence = [e["masked_sentence"] for e in rec.get("evidences", []) if "masked_sentence" in e]
-    evidence += rec.get("masked_sentences", [])
+    def listed(key: str) -> list:
+        return rec[key] if isinstance(rec.get(key), list) else []
+
+    evidence = [e["masked_sentence"] for e in listed("evidences")
+                if isinstance(e, dict) and isinstance(e.get("masked_sentence"), str)]
+    evidence += [e for e in listed("masked_sentences") if isinstance(e, str)]
     tpl = templates.get(rel) or GOOGLE_RE_TEMPLATES.get(rel) or f"[X] {relation_words(rel)} [Y] ."
     return Probe(str(rec["sub_label"]), rel, str(rec["obj_label"]), tpl, list(dict.fromkeys(evidence)),
-                 [a for a in rec.get("sub_aliases", []) or [] if isinstance(a, str)])
+                 [a for a in listed("sub_aliases") if isinstance(a, str)])
 
 
 def load_lama_probes(path: str | Path, templates: dict[str, str] | None = None, relations: Iterable[str] | None = None,

@@ -85,7 +85,11 @@ class BM25:
         from sklearn.feature_extraction.text import CountVectorizer  # heavy: sklearn imported only for BM25
 
         self.vec = CountVectorizer(token_pattern=r"(?u)\b\w+\b", lowercase=True)
-        tf = self.vec.fit_transform(list(docs) or [""]).tocsr().astype(np.float64)
+        self.n_docs = len(docs)
+        if not any(re.search(r"\w", d) for d in docs):  # no word at all (an empty KG, punctuation only)
+            self.weights = None
+            return
+        tf = self.vec.fit_transform(list(docs)).tocsr().astype(np.float64)
         n = tf.shape[0]
         df = np.bincount(tf.indices, minlength=tf.shape[1])
         self.idf = np.log((n - df + 0.5) / (df + 0.5) + 1.0)
@@ -96,6 +100,8 @@ class BM25:
         self.weights = tf  # (docs, vocab): per-term BM25 contribution
 
     def scores(self, query: str) -> np.ndarray:
+        if self.weights is None:
+            return np.zeros(self.n_docs)
         q = self.vec.transform([query])
         q.data[:] = 1.0  # each distinct query term counts once
         return np.asarray((self.weights @ q.T).todense()).ravel()

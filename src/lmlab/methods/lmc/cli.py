@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.inputs import read_text
 from lmlab.methods.lmc import BARRIER_KINDS
 
 
@@ -54,21 +55,19 @@ def register(sub) -> None:
 
 def read_examples(path: str | Path, limit: int) -> tuple[list[str], list[str] | None, list[int]]:
     p = Path(path)
-    if not p.is_file():
-        raise LmlabError(f"data file {p} not found")
     texts, pairs, labels = [], [], []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(p, "data file").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            texts.append(str(row["text"]))
-            pairs.append(row.get("text_pair"))
-            labels.append(int(row["label"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise LmlabError(
-                f"{p}:{n}: expected a JSON object with 'text' and an integer 'label' ({e!r})"
-            ) from e
+        except json.JSONDecodeError as e:
+            raise LmlabError(f"{p}:{n}: not valid JSON ({e.msg}): one JSON object a line") from None
+        if not (isinstance(row, dict) and "text" in row and isinstance(row.get("label"), int)):
+            raise LmlabError(f"{p}:{n}: expected a JSON object with 'text' and an integer 'label', got {line[:80]!r}")
+        texts.append(str(row["text"]))
+        pairs.append(row.get("text_pair"))
+        labels.append(row["label"])
         if len(texts) == limit:
             break
     if not texts:

@@ -7,9 +7,9 @@ DIR is a local Hugging Face causal-LM folder (Llama/Qwen/Mistral/OLMo) or an lml
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.inputs import read_text
 
 
 def register(sub) -> None:
@@ -50,12 +50,7 @@ def run(args) -> int:
     from lmlab.methods.qttt.ttt import QTTT, QTTTConfig
     from lmlab.utils import get_device
 
-    ctx_path = Path(args.context)
-    if not ctx_path.is_file():
-        raise LmlabError(f"context file {ctx_path} does not exist: pass --context FILE with the long text")
-    text = ctx_path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise LmlabError(f"context file {ctx_path} is empty")
+    text = read_text(args.context, "context file")
     cfg = QTTTConfig(
         steps=args.steps,
         span_len=args.span,

@@ -34,7 +34,8 @@ from lmlab.generate import Generation as SampledGeneration
 from lmlab.generate import sample_next
 from lmlab.hf import attention_projections, unwrap_hf
 from lmlab.model import GPT, IGNORE_INDEX, KVCache
-from lmlab.utils import LmlabError, autocast_ctx, pad_batch
+from lmlab.train import TrainingDiverged, check_finite
+from lmlab.utils import MAX_LR, LmlabError, autocast_ctx, pad_batch
 
 PARAMS = ("q_full", "q_lora")
 
@@ -61,10 +62,14 @@ class QTTTConfig:
             raise LmlabError(f"qTTT steps must be an integer >= 0, got {self.steps!r}")
         if not isinstance(self.span_len, int) or self.span_len < 1:
             raise LmlabError(f"qTTT span length must be a positive integer, got {self.span_len!r}")
-        if not self.lr > 0:
+        if not 0 < self.lr <= MAX_LR:  # also refuses NaN
             raise LmlabError(
-                f"qTTT learning rate must be > 0, got {self.lr!r} (the paper's grid: 1e-6 .. 3e-4)"
+                f"qTTT learning rate must be a finite number > 0 and at most {MAX_LR:g}, got {self.lr!r} "
+                "(the paper's grid: 1e-6 .. 3e-4)"
             )
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
+                raise LmlabError(f"qTTT {name} must be finite, got {getattr(self, name)!r}")
         if self.params not in PARAMS:
             raise LmlabError(f"qTTT params must be one of {', '.join(PARAMS)}, got {self.params!r}")
         if self.params == "q_lora" and self.lora_rank < 1:
@@ -589,6 +594,10 @@ class QTTT:
             for p, g in zip(params, grads):
                 p.grad = g.contiguous()  # einsum's grads are permuted views; fused CUDA AdamW rejects those
             norms = deltas.clip_(cfg.grad_clip)
+            try:
+                check_finite(opt, norms, loss)  # before decay and step: a NaN update is never applied
+            except TrainingDiverged as e:
+                raise TrainingDiverged(f"qTTT step {step + 1} of {n_steps}: {e}") from None
             deltas.decay_(cfg.lr)
             opt.step()
             opt.zero_grad(set_to_none=True)

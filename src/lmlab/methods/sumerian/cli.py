@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from lmlab.errors import LmlabError
+from lmlab.runlock import RunLock
 
 DEFAULT_MODELS = "runs/sumerian"
 
@@ -67,7 +68,7 @@ def cmd_translate(args) -> int:
 
 def cmd_train(args) -> int:
     # heavy imports (torch) when the command runs, not when the parser is built
-    from lmlab.methods.sumerian.loaders import data_dir
+    from lmlab.methods.sumerian.loaders import PARALLEL_CORPORA, data_dir
     from lmlab.methods.sumerian.pipeline import train_models
     from lmlab.methods.sumerian.taggers import TAGGERS, BiLSTMCRFConfig
     from lmlab.methods.sumerian.translate import MTConfig
@@ -93,10 +94,14 @@ def cmd_train(args) -> int:
     )
     if args.save_every < 0:
         raise LmlabError("--save-every must be >= 0 (0: save only on Ctrl-C)")
+    if (mt is not None or args.hf_model) and args.mt_corpus not in PARALLEL_CORPORA:
+        raise LmlabError(f"unknown --mt-corpus {args.mt_corpus!r}: use one of {', '.join(PARALLEL_CORPORA)}")
+    root = data_dir(args.data)
     try:
-        with StopOnSigint() as stop:
+        # one writer per models folder, taken before anything in it is read or written
+        with RunLock(args.out, "lmlab sumerian train", force=args.force_unlock), StopOnSigint() as stop:
             scores = train_models(
-                data_dir(args.data),
+                root,
                 args.out,
                 taggers,
                 args.limit or None,
@@ -241,6 +246,8 @@ def register(sub) -> None:
                         "continues from its last saved step (same command otherwise)")
     q.add_argument("--save-every", type=int, default=0,
                    help="also save the translator's state every N steps (default: only on Ctrl-C)")
+    q.add_argument("--force-unlock", action="store_true",
+                   help="take over a models folder locked from another host (only when that training is gone)")
     q.set_defaults(func=cmd_train)
 
     q = s.add_parser("explain", help="attribution heatmaps (PNG + HTML) of the translation of each line")

@@ -9,12 +9,14 @@ Layout of the data folder (as in the project's shared data, see its README):
 from __future__ import annotations
 
 import csv
+import io
 import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmlab.inputs import read_text
 from lmlab.utils import DATA_HINT, LmlabError, atomic_write_bytes, find_data
 
 SPLITS = ("train", "dev", "test")
@@ -55,24 +57,23 @@ def read_conll(path: str | Path, limit: int | None = None) -> list[TaggedSentenc
     """`token TAG` per line (space or tab separated), a blank line between sentences."""
     path = _existing(Path(path))
     sents, toks, tags = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                if toks:
-                    sents.append(TaggedSentence(toks, tags))
-                    toks, tags = [], []
-                    if limit is not None and len(sents) >= limit:
-                        return sents
-                continue
-            cols = line.split()
-            if len(cols) != 2:
-                raise LmlabError(
-                    f"{path}:{lineno}: expected 'TOKEN TAG' (2 columns), got {len(cols)}: "
-                    f"{line[:80]!r}; fix the line or remove it"
-                )
-            toks.append(cols[0])
-            tags.append(cols[1])
+    for lineno, line in enumerate(read_text(path, "CoNLL file").split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            if toks:
+                sents.append(TaggedSentence(toks, tags))
+                toks, tags = [], []
+                if limit is not None and len(sents) >= limit:
+                    return sents
+            continue
+        cols = line.split()
+        if len(cols) != 2:
+            raise LmlabError(
+                f"{path}:{lineno}: expected 'TOKEN TAG' (2 columns), got {len(cols)}: "
+                f"{line[:80]!r}; fix the line or remove it"
+            )
+        toks.append(cols[0])
+        tags.append(cols[1])
     if toks:
         sents.append(TaggedSentence(toks, tags))
     return sents
@@ -202,21 +203,23 @@ def load_entity_lists(root: str | Path | None = None) -> dict[str, list[list[str
         )
     out: dict[str, list[list[str]]] = {}
     for path in sorted(base.glob("*.csv")):
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
+        reader = csv.DictReader(io.StringIO(read_text(path, "named-entity list", allow_empty=True), newline=""))
+        try:
             if not reader.fieldnames or "Text" not in reader.fieldnames or "NER" not in reader.fieldnames:
                 raise LmlabError(
                     f"{path}: expected a header with columns Text and NER, got {reader.fieldnames}"
                 )
-            for lineno, row in enumerate(reader, 2):
+            for row in reader:
                 text, tag = (row.get("Text") or "").strip(), (row.get("NER") or "").strip()
                 if not text or not tag:
-                    raise LmlabError(f"{path}:{lineno}: empty Text or NER field; fill or delete the row")
+                    raise LmlabError(f"{path}:{reader.line_num}: empty Text or NER field; fill or delete the row")
                 words = to_ascii_atf(text).lower().rstrip(".").split()
                 variants = [words]
                 if tag == "QN" and words and "{ki}" not in words[-1]:
                     variants.append(words[:-1] + [words[-1] + "{ki}"])
                 out.setdefault(LIST_TAG_MAP.get(tag, tag), []).extend(variants)
+        except csv.Error as e:  # e.g. a field over csv's size limit, a stray quote
+            raise LmlabError(f"{path}:{reader.line_num}: not a valid CSV row ({e}); fix or delete the row") from None
     return out
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from lmlab.checkpoint import check_same_run
+from lmlab.inputs import read_json
 from lmlab.methods.sumerian import loaders
 from lmlab.methods.sumerian.interpret import attribute, group_matrix, seq2seq_explainable
 from lmlab.methods.sumerian.metrics import tagging_scores
@@ -29,7 +30,7 @@ from lmlab.methods.sumerian.taggers import (
     load_tagger,
 )
 from lmlab.methods.sumerian.translate import HFTranslator, MTConfig, Translator, bleu_chrf, train_translator
-from lmlab.train import FitResume
+from lmlab.train import FitResume, TrainingDiverged
 from lmlab.utils import LmlabError, atomic_write_json
 
 
@@ -58,6 +59,12 @@ def augmented(root: Path, pos, ner, augment_copies: int, seed: int = 0):
     """`pos` and `ner` (the same sentences, POS and NER tags) with `augment_copies` entity-swapped copies of each
     sentence that holds an entity appended (see `training_sentences`)."""
     if augment_copies > 0:
+        bad = next((i for i, (p, n) in enumerate(zip(pos, ner)) if p.tokens != n.tokens), None)
+        if bad is not None or len(pos) != len(ner):
+            where = f"sentence {bad + 1} differs" if bad is not None else f"{len(pos)} vs {len(ner)} sentences"
+            raise LmlabError(f"{root / 'pos' / 'train.txt'} and {root / 'ner' / 'train.txt'} must hold the same "
+                             f"sentences (POS and NER layers of one corpus), but {where}: restore the files, or pass "
+                             "--augment 0")
         lists, _ = attested_entries(loaders.load_entity_lists(root), ner)
         lex = entity_lexicon(ner, lists)
         ner_aug, pos_aug = entity_swap(ner, lex, augment_copies, seed, pos_sents=pos)
@@ -98,6 +105,16 @@ def train_models(
         "mt_corpus": mt_corpus, "hf_model": str(hf_model) if hf_model else None, "hf_steps": hf_steps,
     }
     run = json.loads(json.dumps(run))  # as progress.json gives it back (lists, not tuples)
+    # every file is read (and refused if damaged) before anything is written or trained
+    pos_train, ner_train = training_sentences(root, limit, augment_copies)
+    devs = {task: loaders.load_tagged(task, "dev", root) for task in ("pos", "ner")}
+    if mt is not None or hf_model is not None:
+        mt_pairs, mt_dev = (loaders.load_parallel(mt_corpus, split, root, lim) for split, lim in
+                            (("train", limit), ("dev", None)))
+        for split, got in (("train", mt_pairs), ("dev", mt_dev)):
+            if not got:
+                raise LmlabError(f"the {mt_corpus} {split} split in {root / 'parallel' / mt_corpus} holds no sentence "
+                                 "pairs: check the .sum/.eng files")
     progress_path = out / "progress.json"
     progress = _start_progress(progress_path, run, resume)
     scores: dict = progress["done"]
@@ -112,15 +129,20 @@ def train_models(
     def fit_resume(stage: str) -> FitResume:
         return FitResume(out / f"{stage}.resume", run, resume, stop, save_every)
 
-    pos_train, ner_train = training_sentences(root, limit, augment_copies)
     for task, train in (("pos", pos_train), ("ner", ner_train)):
-        dev = loaders.load_tagged(task, "dev", root)
+        dev = devs[task]
         for name in taggers:
             if f"{task}/{name}" in scores:
                 log(f"{task}/{name}: finished before the interruption, kept")
                 continue
             log(f"training {name} for {task} on {len(train)} sentences")
-            tagger = make_tagger(name, crf_iters, bilstm, device).fit(train)
+            tagger = make_tagger(name, crf_iters, bilstm, device)
+            try:
+                tagger.fit(train)
+            except TrainingDiverged as e:  # the failing update was not applied: keep the last good weights
+                tagger.save(out / task / name)
+                raise TrainingDiverged(f"{task}/{name} diverged ({e}); its last good weights are saved in "
+                                       f"{out / task / name} and the models finished before it in {out}") from None
             tagger.save(out / task / name)
             sc = tagging_scores([s.tags for s in dev], tagger.predict([s.tokens for s in dev]), task == "ner")
             finished(f"{task}/{name}", {
@@ -129,20 +151,24 @@ def train_models(
                 **({"entity_f1": sc["entity"]["f1"]} if task == "ner" else {}),
             })
     if mt is not None and "mt" not in scores:
-        pairs = loaders.load_parallel(mt_corpus, "train", root, limit)
-        log(f"training the translator on {len(pairs)} {mt_corpus} pairs for {mt.steps} steps")
-        tr = train_translator(pairs, mt, device, log=log, resume=fit_resume("mt"))
+        log(f"training the translator on {len(mt_pairs)} {mt_corpus} pairs for {mt.steps} steps")
+        res = fit_resume("mt")
+        try:
+            tr = train_translator(mt_pairs, mt, device, log=log, resume=res)
+        except TrainingDiverged as e:
+            raise _diverged("the translator", res, e, out) from None
         tr.save(out / "mt")
-        dev = loaders.load_parallel(mt_corpus, "dev", root)
-        finished("mt", bleu_chrf(tr.translate([s for s, _ in dev]), [e for _, e in dev]))
+        finished("mt", bleu_chrf(tr.translate([s for s, _ in mt_dev]), [e for _, e in mt_dev]))
     if hf_model is not None and "hf_mt" not in scores:
-        pairs = loaders.load_parallel(mt_corpus, "train", root, limit)
-        log(f"fine-tuning {hf_model} on {len(pairs)} {mt_corpus} pairs for {hf_steps} steps")
+        log(f"fine-tuning {hf_model} on {len(mt_pairs)} {mt_corpus} pairs for {hf_steps} steps")
         hf = HFTranslator.from_pretrained(hf_model, device)
-        hf.finetune(pairs, hf_steps, log=log, resume=fit_resume("hf_mt"))
+        res = fit_resume("hf_mt")
+        try:
+            hf.finetune(mt_pairs, hf_steps, log=log, resume=res)
+        except TrainingDiverged as e:
+            raise _diverged(f"fine-tuning {hf_model}", res, e, out) from None
         hf.save(out / "hf_mt")
-        dev = loaders.load_parallel(mt_corpus, "dev", root)
-        finished("hf_mt", bleu_chrf(hf.translate([s for s, _ in dev]), [e for _, e in dev]))
+        finished("hf_mt", bleu_chrf(hf.translate([s for s, _ in mt_dev]), [e for _, e in mt_dev]))
     atomic_write_json(
         out / "manifest.json",
         {
@@ -158,6 +184,14 @@ def train_models(
     return scores
 
 
+def _diverged(what: str, res: FitResume, e: TrainingDiverged, out: Path) -> TrainingDiverged:
+    """Save the last good step of a diverged translator (its failing update was not applied) as its resume
+    snapshot, and the error that says where it is."""
+    res.save(len(res.losses))
+    return TrainingDiverged(f"{what} diverged after {len(res.losses)} good step(s) ({e}); its last good step is "
+                            f"saved in {res.path} and the models finished before it in {out}")
+
+
 def _start_progress(path: Path, run: dict, resume: bool) -> dict:
     """The progress record of a training into `path.parent`: a new one, or with `resume` the interrupted one
     (refused when its settings differ from `run`, naming them)."""
@@ -165,7 +199,11 @@ def _start_progress(path: Path, run: dict, resume: bool) -> dict:
         if not path.exists():
             raise LmlabError(f"--resume: {path} not found: {path.parent} holds no interrupted training "
                              "(run without --resume)")
-        progress = json.loads(path.read_text())
+        progress = read_json(path, "training progress file")
+        if not isinstance(progress, dict) or not isinstance(progress.get("run"), dict) \
+                or not isinstance(progress.get("done"), dict):
+            raise LmlabError(f"{path} is not an lmlab training progress file: start the training without --resume "
+                             "in a new --out")
         check_same_run(progress["run"], run, path)
         return progress
     if path.exists():

@@ -22,6 +22,7 @@ from safetensors.torch import save as st_save
 
 from lmlab.methods.sumerian.loaders import TaggedSentence
 from lmlab.methods.sumerian.metrics import entity_spans
+from lmlab.train import clip_and_step
 from lmlab.utils import LmlabError, atomic_write_bytes, atomic_write_json
 
 NUMERAL = re.compile(r"^\d+(/\d+)?\([^)]*\)")
@@ -455,8 +456,7 @@ class BiLSTMCRFTagger:
                 loss = self.model.crf.nll(self.model(words, chars, mask), tags, mask)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
-                opt.step()
+                clip_and_step(self.model, opt, 5.0, loss)  # a NaN/Inf step is not applied: TrainingDiverged
                 sched.step()
                 self.losses.append(float(loss.detach()))
             if log:

@@ -295,6 +295,7 @@ def train_translator(
         callback=resume.callback(cb) if resume else cb,
         device=torch.device(device),
         start=start,
+        guard=True,
     )
     if resume:
         tr.losses = resume.finish(tr.losses)
@@ -475,6 +476,7 @@ class HFTranslator:
             callback=resume.callback(cb) if resume else cb,
             device=self.device,
             start=start,
+            guard=True,
         )
         self.model.eval()
         return resume.finish(losses) if resume else losses
