@@ -128,7 +128,7 @@ def test_minilm_held_not_held_and_undecided():
     assert lb.decide_minilm([seed(r=0.1), seed(r=0.2)], MINI_CFG).held is False
     assert lb.decide_minilm([seed(r=0.9), seed(r=0.2)], MINI_CFG).reason.startswith("seeds disagree")
     off = lb.decide_minilm([seed()], CFG)
-    assert off.held is None and off.reason.startswith("not run: the MiniLM arm is off")
+    assert off.held is None and off.reason.startswith("moved to small for the time budget: the MiniLM arm")
     missing = lb.decide_minilm([{**seed(), "minilm": {"missing": "no MiniLM here"}}], MINI_CFG)
     assert missing.held is None and "no MiniLM here" in missing.reason
 

@@ -50,7 +50,7 @@ from lmlab.methods.lmc.connectivity import (
 )
 from lmlab.methods.lmc.tasks import HansLikeNLI, finetune_child, pretrain_parent
 from lmlab.utils import LmlabError
-from lmlab.verdict import Verdict, by_threshold, check, not_tested, undecided
+from lmlab.verdict import Verdict, by_threshold, check, not_tested, part_not_measured, undecided
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Config:
 PRESETS = presets(
     Config,
     tiny={},
-    small={"seeds": 3, "n_children": 16, "minilm": True},
+    small={"seeds": 3, "n_children": 16, "minilm": True, "minilm_models": 8},
     gpu={"seeds": 3, "n_children": 16, "minilm": True, "minilm_models": 8, "minilm_n_train": 4000,
          "minilm_epochs": 2, "minilm_eval": 512},
 )
@@ -401,9 +401,11 @@ def decide_emergent(per_seed: list[dict], cfg: Config) -> Verdict:
 
 def decide_minilm(per_seed: list[dict], cfg: Config) -> Verdict:
     """c5: MiniLM fine-tunes (small/gpu)."""
-    if not cfg.minilm or any(n.get("minilm") is None for n in per_seed):
-        return undecided("not run: the MiniLM arm is off in this run (minilm=false: off in tiny for its time budget, "
-                         "on in the small and gpu presets)")
+    off = part_not_measured(per_seed, "minilm", enabled=cfg.minilm, data="the MiniLM arm's numbers",
+                            budget="the MiniLM arm (minilm_models fine-tunes of MiniLM, a replicate and their barrier "
+                            "matrix per seed) is off in this run, as at tiny")
+    if off is not None:
+        return off
     missing = [n["minilm"]["missing"] for n in per_seed if "missing" in n["minilm"]]
     if missing:
         return undecided(f"needs the packaged MiniLM: {missing[0]}")
