@@ -1,8 +1,8 @@
 """Issue 23 ("Nothing lost, nothing overwritten") through the command line: unusable output folders, a full disk or a
-permission error while checkpoints and snapshots are written, non-finite settings, damaged files lmlab wrote, and a
-second writer of a post-training folder all end in one `error:` line with exit 2, and nothing is lost. (The lock
-itself: test_runlock.py; NaN guards: the post-training, compose, sumerian and qTTT tests; bad input files:
-test_bad_inputs.py.)"""
+permission error while checkpoints and snapshots are written, non-finite or overflowing settings, damaged or foreign
+files lmlab wrote, a NaN update in every post-training loop, and a second writer of a post-training folder all end
+in one `error:` line with exit 2, and nothing is lost. (The lock itself: test_runlock.py; the SFT, compose,
+sumerian and qTTT guards: their method tests; bad input files: test_bad_inputs.py.)"""
 
 import errno
 import json
@@ -240,3 +240,56 @@ def test_a_second_post_training_into_a_live_runs_folder_is_refused_before_touchi
     finally:
         live.kill()
         live.wait()
+
+
+@pytest.mark.parametrize("cmd, lr", [("sft", "1e38"), ("rl", "1e39"), ("sft", "inf")])
+def test_overflowing_post_training_learning_rates_are_refused_before_anything_is_written(tmp_path, capsys, cmd, lr):
+    base = _tiny_run(tmp_path)
+    assert post(cmd, base, tmp_path / "o", "--lr", lr) == 2
+    assert "must be a finite number > 0 and at most" in error_line(capsys) and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("pipeline", ["rl", "sft_rl", "combined", "interleaved", "parallel_avg"])
+def test_a_nan_update_stops_every_post_training_loop_with_the_last_good_weights_saved(tmp_path, capsys, monkeypatch,
+                                                                                      pipeline):
+    """The GRPO, SFT→RL and mixed loops (the SFT one: tests/methods/posttrain): the third update's gradient is NaN."""
+    base = _tiny_run(tmp_path)
+    real, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def poisoned(params, *a, **k):
+        params = list(params)
+        calls.append(1)
+        if len(calls) == 3:
+            next(p for p in params if p.grad is not None).grad.fill_(float("nan"))
+        return real(params, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", poisoned)
+    assert main(["post-train", str(base), "--out", str(tmp_path / "o"), *SMALL, "--pipeline", pipeline,
+                 "--sft-steps", "1" if pipeline == "sft_rl" else "4", "--rl-steps", "4", "--sft-batch-size", "4",
+                 "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4", "--temperature", "1.5"]) == 2
+    assert "post-training diverged after" in error_line(capsys)
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert "gradient norm is nan" in m["diverged"] and m["after"] is None
+    model, _ = ck.load(tmp_path / "o")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_a_foreign_optimizer_state_on_pretrain_resume_names_the_parameter(tmp_path, cfg, capsys):
+    assert pretrain(cfg, tmp_path / "run") == 0
+    assert pretrain(cfg, tmp_path / "narrow", "model.d_model=16") == 0
+    d = tmp_path / "run" / "step_000004"
+    (d / ck.OPTIM_FILE).write_bytes((tmp_path / "narrow" / "step_000004" / ck.OPTIM_FILE).read_bytes())
+    meta = json.loads((d / ck.META_FILE).read_text())
+    meta["files"][ck.OPTIM_FILE] = ck.sha256_file(d / ck.OPTIM_FILE)  # a copied file whose hash matches
+    (d / ck.META_FILE).write_text(json.dumps(meta))
+    assert pretrain(cfg, tmp_path / "run", "--resume", "train.max_steps=6") == 2
+    assert f"optimizer state {d / ck.OPTIM_FILE} holds exp_avg of " in error_line(capsys)
+
+
+def test_sft_at_lr_1e6_stops_instead_of_saving_a_nan_model(tmp_path, capsys):
+    """The reported case, unpatched: `lmlab sft RUN --lr 1e6` exited 0 with an all-NaN model."""
+    base = _tiny_run(tmp_path)
+    assert post("sft", base, tmp_path / "o", "--lr", "1e6", "--steps", "30") == 2
+    assert "post-training diverged after" in error_line(capsys)
+    model, _ = ck.load(tmp_path / "o")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
