@@ -37,6 +37,9 @@ CONFIGS = {
     "gpt2": lambda: tf.GPT2Config(
         vocab_size=61, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2
     ),
+    # sequential residual here (it has a resid_mid); Pythia's parallel one: test_gpt_neox_parallel_residual_hooks
+    "gpt_neox": lambda: tf.GPTNeoXConfig(**{k: v for k, v in COMMON.items() if k != "num_key_value_heads"},
+                                         use_parallel_residual=False),
 }
 TL_NAMES = ["hook_embed"] + [
     f"blocks.{i}.{n}"
@@ -86,7 +89,8 @@ def test_adapter_forward_loss_and_padding(hf_dir):
         assert a(x, y, loss_reduction="none").shape == (2, 7)
         assert a(x, return_hidden=True).shape == (2, 7, 32)
     projs = H.attention_projections(a)
-    assert len(projs) == 2 and ({"q", "k", "v", "o"} <= set(projs[0]) or {"qkv", "o"} == set(projs[0]))
+    assert len(projs) == 2 and ({"q", "k", "v", "o"} <= set(projs[0]) or set(projs[0]) in ({"qkv", "o"},
+                                                                                          {"qkv_heads", "o"}))
     assert H.hidden_size(a) == 32 and len(H.decoder_layers(a)) == 2
 
 
@@ -338,3 +342,27 @@ def test_decoder_layers_are_found_by_structure(family):
     layers = H.decoder_layers(model)
     assert len(layers) == 3 and all(type(x) is type(layers[0]) for x in layers)
     assert "Layer" in type(layers[0]).__name__
+
+
+def test_gpt_neox_parallel_residual_hooks():
+    """Pythia's parallel residual: attention and MLP both read resid_pre, so there is no resid_mid; q, k, v come out
+    of the per-head fused projection, and patching v moves the output like patching z."""
+    cfg = CONFIGS["gpt_neox"]()
+    cfg.use_parallel_residual = True
+    torch.manual_seed(0)
+    a = H.as_lmlab(tf.AutoModelForCausalLM.from_config(cfg).eval())
+    x = torch.randint(3, 61, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, cache = a.run_with_cache(x)
+        assert "blocks.0.hook_resid_mid" not in cache
+        assert torch.allclose(cache["blocks.0.hook_resid_post"], cache["blocks.0.hook_resid_pre"]
+                              + cache["blocks.0.hook_attn_out"] + cache["blocks.0.hook_mlp_out"], atol=1e-5)
+        q, k, v = (cache[f"blocks.0.attn.hook_{n}"] for n in "qkv")
+        fused = a.hf.gpt_neox.layers[0].attention.query_key_value
+        resid = a.hf.gpt_neox.layers[0].input_layernorm(cache["blocks.0.hook_resid_pre"])
+        per_head = fused(resid).view(2, 6, 4, 3, 8).permute(3, 0, 2, 1, 4)  # (q|k|v, B, H, T, D)
+        assert torch.equal(q, per_head[0]) and torch.equal(k, per_head[1]) and torch.equal(v, per_head[2])
+        with hooks(a, [("blocks.0.attn.hook_z", lambda t, n: torch.zeros_like(t))]):
+            zeroed_z = a(x)
+        with hooks(a, [("blocks.0.attn.hook_v", lambda t, n: t * 0)]):
+            assert torch.allclose(a(x), zeroed_z, atol=1e-5) and (zeroed_z - logits).abs().max() > 1e-4

@@ -2,6 +2,7 @@
 
 Everything is offline (`local_files_only=True`). Architectures with named projections are
 Llama, Qwen2/3, Mistral, OLMo (`model.layers[i].self_attn.{q,k,v,o}_proj`), GPT-2 (fused `c_attn`),
+GPT-NeoX/Pythia (fused per head `attention.query_key_value`),
 BERT-like encoders (`attention.self.{query,key,value}`) and T5 (`SelfAttention.{q,k,v,o}`).
 
 `HFModel` wraps a causal LM so that lmlab code runs on it unchanged: `model(idx)` -> logits,
@@ -42,6 +43,12 @@ from lmlab.tokenizer import BPETokenizer, CharTokenizer
 from lmlab.utils import LmlabError
 
 KINDS = ("causal", "seq2seq", "encoder", "classifier")
+KIND_NEEDS = {
+    "causal": "a decoder-only causal LM (e.g. Llama, Qwen, Mistral, GPT-2, GPT-NeoX)",
+    "seq2seq": "an encoder-decoder (seq2seq) model (e.g. T5, BART, Marian)",
+    "encoder": "a transformer encoder (e.g. BERT, MiniLM)",
+    "classifier": "a sequence-classification model (e.g. BERT or MiniLM with a classification head)",
+}
 
 
 # ============================================================================ loading
@@ -73,7 +80,12 @@ def load_model(path: str | Path, kind: str = "causal", *, wrap: bool = False, **
     try:
         model = auto[kind].from_pretrained(str(p), local_files_only=True, **kwargs)
     except (OSError, ValueError, KeyError) as e:
-        raise LmlabError(f"could not load {p} as a {kind} model: {e}") from e
+        if "Unrecognized configuration class" in str(e):  # transformers then lists ~200 class names
+            cfg = tf.AutoConfig.from_pretrained(str(p), local_files_only=True)
+            arch = ", ".join(getattr(cfg, "architectures", None) or []) or cfg.model_type
+            raise LmlabError(f"{p} holds a {cfg.model_type} model ({arch}); this command needs "
+                             f"{KIND_NEEDS[kind]}") from None
+        raise LmlabError(f"could not load {p} as a {kind} model: {(str(e).splitlines() or [repr(e)])[0]}") from e
     model.eval()
     return HFModel(model) if wrap else model
 
@@ -128,11 +140,25 @@ def encoder_layers(model: nn.Module) -> list[nn.Module]:
     )
 
 
+def layer_attention(layer: nn.Module) -> nn.Module | None:
+    """The self-attention module of a HF decoder block (Llama `self_attn`, GPT-2 `attn`, GPT-NeoX `attention`)."""
+    for name in ("self_attn", "attn", "attention"):
+        if getattr(layer, name, None) is not None:
+            return getattr(layer, name)
+    return None
+
+
+def layer_mlp(layer: nn.Module) -> nn.Module | None:
+    return getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None)
+
+
 def _attn_projections(attn: nn.Module) -> dict[str, nn.Module] | None:
     if hasattr(attn, "q_proj"):
         return {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj, "o": attn.o_proj}
     if hasattr(attn, "c_attn"):
         return {"qkv": attn.c_attn, "o": attn.c_proj}
+    if hasattr(attn, "query_key_value") and hasattr(attn, "dense"):  # GPT-NeoX: per head [q | k | v]
+        return {"qkv_heads": attn.query_key_value, "o": attn.dense}
     if hasattr(attn, "self") and hasattr(attn.self, "query"):  # BERT: attention.self / attention.output
         return {"q": attn.self.query, "k": attn.self.key, "v": attn.self.value, "o": attn.output.dense}
     if hasattr(attn, "q") and hasattr(attn, "o"):  # T5
@@ -141,17 +167,14 @@ def _attn_projections(attn: nn.Module) -> dict[str, nn.Module] | None:
 
 
 def attention_projections(model: nn.Module, encoder: bool = False) -> list[dict[str, nn.Module]]:
-    """Per layer {"q", "k", "v", "o"} linear modules (GPT-2: {"qkv": c_attn, "o": c_proj}).
+    """Per layer {"q", "k", "v", "o"} linear modules (GPT-2: {"qkv": c_attn, "o": c_proj}, its output [q | k | v];
+    GPT-NeoX: {"qkv_heads": query_key_value, "o": dense}, its output per head [q | k | v]).
 
     encoder=True: the self-attention of encoder layers (BERT-like, T5 encoder).
     """
     out = []
     for layer in encoder_layers(model) if encoder else decoder_layers(model):
-        attn = (
-            getattr(layer, "attn", None)
-            or getattr(layer, "self_attn", None)
-            or getattr(layer, "attention", None)
-        )
+        attn = layer_attention(layer)
         if attn is None and hasattr(layer, "layer"):  # T5 block: layer[0] is T5LayerSelfAttention
             attn = getattr(layer.layer[0], "SelfAttention", None)
         proj = _attn_projections(attn) if attn is not None else None
@@ -328,11 +351,12 @@ class HFModel(nn.Module):
         reg(self.hf.get_input_embeddings().register_forward_hook(_output_hook(self.hook_embed)))
         q_view = _heads_view(self.n_heads, self.head_dim)
         kv_view = _heads_view(self.n_kv_heads, self.head_dim)
+        # GPT-NeoX's parallel residual: attention and MLP both read resid_pre, there is no resid_mid
+        parallel = getattr(self.config, "use_parallel_residual", False)
         for layer, hk in zip(decoder_layers(self.hf), self.blocks):
-            attn = getattr(layer, "self_attn", None) or getattr(layer, "attn", None)
-            mlp = getattr(layer, "mlp", None)
+            attn, mlp = layer_attention(layer), layer_mlp(layer)
             if attn is None or mlp is None:
-                raise LmlabError(f"{type(layer).__name__}: no self_attn/attn and mlp submodules to hook")
+                raise LmlabError(f"{type(layer).__name__}: no self_attn/attn/attention and mlp submodules to hook")
             reg(layer.register_forward_pre_hook(_input_hook(hk.hook_resid_pre), with_kwargs=True))
             reg(layer.register_forward_hook(_output_hook(hk.hook_resid_post)))
             post_norm = hasattr(layer, "post_feedforward_layernorm") and not hasattr(
@@ -352,7 +376,7 @@ class HFModel(nn.Module):
                     or getattr(layer, "post_attention_layernorm", None)
                     or getattr(layer, "ln_2", None)
                 )
-                if mid is not None:
+                if mid is not None and not parallel:
                     reg(mid.register_forward_pre_hook(_input_hook(hk.hook_resid_mid), with_kwargs=True))
             reg(attn.register_forward_hook(self._pattern_hook(hk.attn.hook_pattern)))
             _ROT_HOOKS[attn] = hk.attn
@@ -362,7 +386,8 @@ class HFModel(nn.Module):
                 reg(proj["k"].register_forward_hook(_output_hook(hk.attn.hook_k, *kv_view)))
                 reg(proj["v"].register_forward_hook(_output_hook(hk.attn.hook_v, *kv_view)))
             elif proj is not None:
-                reg(proj["qkv"].register_forward_hook(self._fused_qkv_hook(hk.attn)))
+                fused = proj.get("qkv") or proj["qkv_heads"]
+                reg(fused.register_forward_hook(self._fused_qkv_hook(hk.attn, per_head="qkv_heads" in proj)))
             if proj is not None:
                 reg(
                     proj["o"].register_forward_pre_hook(
@@ -374,30 +399,42 @@ class HFModel(nn.Module):
                 or getattr(mlp, "up_proj", None)
                 or getattr(mlp, "c_fc", None)
                 or getattr(mlp, "fc1", None)
+                or getattr(mlp, "dense_h_to_4h", None)
             )
             down = (
                 getattr(mlp, "down_proj", None) or getattr(mlp, "c_proj", None) or getattr(mlp, "fc2", None)
+                or getattr(mlp, "dense_4h_to_h", None)
             )
             if pre is not None:
                 reg(pre.register_forward_hook(_output_hook(hk.mlp.hook_pre)))
             if down is not None:
                 reg(down.register_forward_pre_hook(_input_hook(hk.mlp.hook_post), with_kwargs=True))
 
-    def _fused_qkv_hook(self, hooks: _HookSet):
+    def _fused_qkv_hook(self, hooks: _HookSet, per_head: bool = False):
+        """q, k, v out of one fused projection: [q | k | v] (GPT-2) or, per_head, [q | k | v] within each head
+        (GPT-NeoX)."""
         view, unview = _heads_view(self.n_heads, self.head_dim)
+        h, d = self.n_heads, self.head_dim
 
         def fn(mod, args, out):
             points = (hooks.hook_q, hooks.hook_k, hooks.hook_v)
             if not any(p.active() for p in points):
                 return None
-            parts = list(out.split(out.shape[-1] // 3, dim=-1))
+            if per_head:
+                parts = [x.reshape(*out.shape[:-1], h * d) for x in out.view(*out.shape[:-1], h, 3, d).unbind(-2)]
+            else:
+                parts = list(out.split(out.shape[-1] // 3, dim=-1))
             changed = False
             for i, p in enumerate(points):
                 if p.active():
                     new = _route(p, parts[i], view, unview)
                     if new is not None:
                         parts[i], changed = new, True
-            return torch.cat(parts, -1) if changed else None
+            if not changed:
+                return None
+            if per_head:
+                return torch.stack([x.view(*out.shape[:-1], h, d) for x in parts], -2).reshape(out.shape)
+            return torch.cat(parts, -1)
 
         return fn
 

@@ -4,7 +4,7 @@ import torch
 
 from lmlab import hf
 from lmlab.methods.qttt.flops import FlopModel
-from lmlab.methods.qttt.ttt import QTTT, QTTTConfig, _frozen_layer, _HFBackend
+from lmlab.methods.qttt.ttt import QTTT, QTTTConfig, QueryDeltas, _frozen_layer, _HFBackend
 from lmlab.utils import LmlabError
 
 transformers = pytest.importorskip("transformers")
@@ -74,3 +74,30 @@ def test_qttt_end_to_end_on_hf(model):
 def test_flop_model_from_hf(model):
     f = FlopModel.from_model(model)
     assert (f.n_layers, f.d_model) == (2, 32) and abs(f.mlp_ratio - 1.5 * 64 / 32) < 1e-12
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_query_deltas_on_fused_projections_change_the_queries_only(family):
+    """GPT-2's c_attn is [q | k | v], GPT-NeoX's query_key_value is [q | k | v] per head: a ΔW_Q applied by the
+    hooks equals the same ΔW written into the query rows of the fused weight."""
+    cfg = (transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64) if family == "gpt2"
+           else transformers.GPTNeoXConfig(**{k: v for k, v in TINY.items() if k != "num_key_value_heads"}))
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    deltas = QueryDeltas(model, 1, QTTTConfig(), "cpu", [0])
+    x, h = torch.tensor([ids(10)]), torch.randn(1, 5, 32)
+    fused = deltas.entries[0][0]
+    with torch.no_grad():
+        for ts in deltas.tensors:
+            ts[0].normal_(std=0.1)
+        adapted, hooked = model(x).logits, fused(h)
+        deltas.remove()
+        change = (hooked - fused(h)).view(1, 5, 3, 32) if family == "gpt2" else \
+            (hooked - fused(h)).view(1, 5, 4, 3, 8).transpose(2, 3)  # (.., q|k|v, head, d)
+        assert change[:, :, 0].abs().min() > 0 and change[:, :, 1:].abs().max() == 0
+        for (mod, rows, _), ts in zip(deltas.entries, deltas.tensors):
+            if family == "gpt2":  # Conv1D: weight (in, out)
+                mod.weight[:, rows] += ts[0][0].t()
+            else:
+                mod.weight[rows] += ts[0][0]
+        assert (model(x).logits - adapted).abs().max() < 1e-5

@@ -160,7 +160,8 @@ def hf_activations(
     kind: str = "encoder",
 ) -> Activations:
     """Activations of a local HF model (folder or loaded model) on unlabeled texts; every layer's
-    [CLS]/position-0 vector by default (the paper's transformer setting)."""
+    [CLS]/position-0 vector by default (the paper's transformer setting). An encoder-decoder model (T5) is read
+    through its encoder."""
     if isinstance(model_or_path, (str, bytes)) or hasattr(model_or_path, "is_dir"):
         tokenizer = tokenizer or load_tokenizer(model_or_path)
         model = load_model(model_or_path, kind=kind)
@@ -168,6 +169,8 @@ def hf_activations(
         model = model_or_path
         if tokenizer is None:
             raise LmlabError("pass the tokenizer with a loaded model (or give the model folder instead)")
+    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        model = model.get_encoder()
     if layers is None:
         layers = list(range(model.config.num_hidden_layers))
     texts = list(texts)[:max_examples]

@@ -142,18 +142,24 @@ class QueryDeltas:
 
     def __init__(self, model: nn.Module, batch: int, cfg: QTTTConfig, device, seeds: Sequence[int]):
         self.cfg, self.batch = cfg, batch
-        self.entries = []  # (module, out slice, base weight (out, in) or None)
+        self.entries = []  # (module, its query output channels (None: all), base weight (out, in) or None)
         for proj in attention_projections(model):
             if "q" in proj:
-                mod, sl = proj["q"], slice(None)
+                mod, rows = proj["q"], None
                 w = mod.weight if isinstance(mod, nn.Linear) else None
-            else:  # GPT-2 fused c_attn (Conv1D, weight (in, 3d)): queries are the first third
+            elif "qkv" in proj:  # GPT-2 fused c_attn (Conv1D, weight (in, 3d)): queries are the first third
                 mod = proj["qkv"]
                 d = mod.weight.shape[1] // 3
-                sl, w = slice(0, d), mod.weight[:, :d].t()
+                rows, w = torch.arange(d, device=mod.weight.device), mod.weight[:, :d].t()
+            else:  # GPT-NeoX fused query_key_value (Linear, weight (3d, in)): per head [q | k | v]
+                mod = proj["qkv_heads"]
+                n_heads = unwrap_hf(model).config.num_attention_heads
+                hd = mod.weight.shape[0] // (3 * n_heads)
+                rows = (torch.arange(n_heads)[:, None] * 3 * hd + torch.arange(hd)).flatten().to(mod.weight.device)
+                w = mod.weight[rows] if isinstance(mod, nn.Linear) else None
             if w is None:
                 raise LmlabError(f"qTTT needs nn.Linear query projections, found {type(mod).__name__}")
-            self.entries.append((mod, sl, w))
+            self.entries.append((mod, rows, w))
         self.tensors: list[list[torch.Tensor]] = []
         for _, _, w in self.entries:
             out_f, in_f = w.shape
@@ -199,13 +205,11 @@ class QueryDeltas:
         return s * torch.einsum("btr,bor->bto", torch.einsum("bti,bri->btr", x, a), bm)
 
     def _hook(self, i: int):
-        sl = self.entries[i][1]
+        rows = self.entries[i][1]
 
         def hook(mod, inputs, out):
             d = self._delta_out(i, inputs[0]).to(out.dtype)
-            if sl == slice(None):
-                return out + d
-            return torch.cat([out[..., : sl.stop] + d, out[..., sl.stop :]], dim=-1)
+            return out + d if rows is None else out.index_add(-1, rows, d)
 
         return hook
 

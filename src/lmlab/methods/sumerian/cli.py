@@ -48,19 +48,20 @@ def cmd_translate(args) -> int:
     if args.beam < 1:
         raise LmlabError(f"--beam must be >= 1, got {args.beam}")
     lines = _read_input(args.file)
-    pipe = SumerianPipeline.load(args.models, args.tagger, with_mt=args.hf_model is None, device=args.device)
+    translator = None
     if args.hf_model:
         from lmlab.methods.sumerian.translate import HFTranslator  # heavy: only with --hf-model
 
-        pipe.translator = HFTranslator.from_pretrained(args.hf_model, args.device)
+        translator = HFTranslator.from_pretrained(args.hf_model, args.device)
+    if args.format == "text" and translator is not None:  # English only: no taggers, no --models folder needed
+        pipe = None
+    else:
+        pipe = SumerianPipeline.load(args.models, args.tagger, with_mt=translator is None, device=args.device)
+        pipe.translator = translator or pipe.translator
     if args.format == "text":
         sents = raw_lines_to_tokens(lines)
-        _emit(
-            "".join(
-                t + "\n" for t in pipe.translator.translate([" ".join(s) for s in sents], beam=args.beam)
-            ),
-            args.out,
-        )
+        tr = translator or pipe.translator
+        _emit("".join(t + "\n" for t in tr.translate([" ".join(s) for s in sents], beam=args.beam)), args.out)
     else:
         _emit(pipe.run(lines, translate=True, beam=args.beam), args.out)
     return 0
@@ -214,7 +215,8 @@ def register(sub) -> None:
     q.add_argument("--beam", type=int, default=4)
     q.add_argument("--format", choices=("conll", "text"), default="conll", help="text: English lines only")
     q.add_argument(
-        "--hf-model", default=None, help="translate with a local fine-tuned HF seq2seq model instead"
+        "--hf-model", default=None, help="translate with a local fine-tuned HF seq2seq model (T5, BART, Marian) "
+        "instead; with --format text no --models folder is needed"
     )
     q.set_defaults(func=cmd_translate)
 
