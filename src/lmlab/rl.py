@@ -2,7 +2,7 @@
 
 One step: sample a group of G completions for each of P prompts with the KV-cached engine
 (`lmlab.generate`; HF models use their own cached `generate`), score them with the task's strict
-verifier (+ an optional format reward), turn rewards into group-relative advantages
+verifier or reward (`task.score`; + an optional format reward), turn rewards into group-relative advantages
 (`r - mean`, optionally divided by the group std — GRPO — or not — Dr.GRPO / nanochat), and minimise
 the token-mean policy-gradient loss
 
@@ -310,10 +310,10 @@ class GRPOTrainer:
         t_roll = time.perf_counter() - t0
         specials = special_ids(codec)
         texts = [completion_text(codec, c, specials) for c in comps]  # None: a special token inside
-        correct = torch.tensor([t is not None and self.task.verify(probs[i // g], t)
-                                for i, t in enumerate(texts)]).view(-1, g)
+        scores = [(0.0, False) if t is None else self.task.score(probs[i // g], t) for i, t in enumerate(texts)]
+        correct = torch.tensor([ok for _, ok in scores]).view(-1, g)
         formed = torch.tensor([t is not None and self.task.well_formed(t) for t in texts]).view(-1, g)
-        rewards = correct.float() + cfg.format_reward * (formed & ~correct).float()
+        rewards = torch.tensor([r for r, _ in scores]).view(-1, g) + cfg.format_reward * (formed & ~correct).float()
         batch = build_rollout_batch(prompts, comps, rewards, correct, codec.pad_id, cfg.scale_advantages, cfg.adv_eps)
         dev = next(self.model.parameters()).device
         if self.ref is not None:

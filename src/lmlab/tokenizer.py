@@ -193,3 +193,20 @@ class BPETokenizer(Tokenizer):
             p = p / "tokenizer.json"
         p.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(p, self.tok.to_str())
+
+
+def missing_chars(codec, chars) -> list[str]:
+    """The characters of `chars` that `codec` (an lmlab tokenizer or `lmlab.hf.HFCodec`) cannot encode: an lmlab
+    tokenizer refuses them; a Hugging Face one maps them to its unknown token or drops them."""
+    unk = getattr(getattr(codec, "tok", None), "unk_token_id", None)
+    out = []
+    for c in sorted(set(chars)):
+        try:
+            ids = codec.encode(c)
+        except LmlabError:
+            out.append(c)
+            continue
+        # a normaliser may fold a lone space into the next token, so only a non-space that vanishes is missing
+        if (unk is not None and unk in ids) or (not ids and not c.isspace()):
+            out.append(c)
+    return out

@@ -2,6 +2,7 @@
 
     lmlab rl runs/tiny --step 2000 --task digitsum --difficulty 5 --out runs/tiny-rl
     lmlab post-train path/to/hf_model --pipeline parallel_avg --rl-steps 50 --out out/
+    lmlab rl path/to/hf_model --data qa.jsonl --reward numeric --out out/   (your own task: see datatask.py)
 """
 
 from __future__ import annotations
@@ -24,9 +25,19 @@ def _common(p, pipeline_choice: bool) -> None:
     p.add_argument("--tokenizer", default=None, help="lmlab tokenizer.json (default: the run's / the HF model's)")
     p.add_argument("--out", required=True, help="output folder: the post-trained model, metrics.json, history.jsonl")
     p.add_argument("--task", default="digitsum", help="reasoning task: digitsum | wordprob")
+    p.add_argument("--data", default=None,
+                   help='your own task instead of --task: JSONL of {"prompt", "answer" or "answers", optional '
+                   '"solution" (the SFT text) and other fields for a reward function}')
+    p.add_argument("--reward", default=None,
+                   help="with --data: exact | normalised | numeric[:TOL] | regex | choice (a multiple-choice letter) "
+                   "| MODULE:FUNCTION, your FUNCTION(prompt, completion, example) -> float, solved at >= 1 "
+                   "(default: exact)")
+    p.add_argument("--test", default=None, help="with --data: a JSONL test file in the same format")
+    p.add_argument("--test-frac", type=float, default=0.1,
+                   help="with --data and no --test: the share of its prompts held out for pass@k")
     p.add_argument("--difficulty", type=int, default=None, help="problem difficulty (digits / steps)")
-    p.add_argument("--n-train", type=int, default=500, help="training questions")
-    p.add_argument("--n-test", type=int, default=50, help="held-out test questions")
+    p.add_argument("--n-train", type=int, default=500, help="training questions of a built-in --task")
+    p.add_argument("--n-test", type=int, default=50, help="held-out test questions of a built-in --task")
     p.add_argument("--eval-samples", type=int, default=16, help="samples per test question for pass@k (n)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu | cuda | auto")
@@ -159,6 +170,48 @@ def _difficulty(args, task) -> int:
     return args.difficulty
 
 
+def _task(args):
+    """(task, difficulty, train, test) of --task or --data; the built-in splits are drawn later (None here)."""
+    from lmlab.methods.posttrain.datatask import load_task  # heavy imports when the command runs
+    from lmlab.methods.posttrain.tasks import get_task
+
+    if args.data is None:
+        for flag, value in (("--reward", args.reward), ("--test", args.test)):
+            if value is not None:
+                raise LmlabError(f"{flag} applies to your own task (--data FILE); --task {args.task} has its own "
+                                 "verifier and test split")
+        task = get_task(args.task)
+        return task, _difficulty(args, task), None, None
+    if args.difficulty is not None:
+        raise LmlabError("--difficulty applies to the built-in --task, not to --data")
+    task, train, test = load_task(args.data, args.reward or "exact", args.test, args.test_frac, args.seed)
+    return task, task.default_difficulty, train, test
+
+
+def _data_id(args) -> dict:
+    """What a resumed --data run must share with the interrupted one: the files' contents and the reward."""
+    import hashlib  # imported when the command runs, like the rest of this handler's imports
+
+    def digest(path):
+        return None if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    return {"file": str(args.data), "sha256": digest(args.data), "test": args.test, "test_sha256": digest(args.test),
+            "test_frac": None if args.test else args.test_frac, "reward": args.reward or "exact"}
+
+
+def _check_coverage(codec, task, args) -> None:
+    from lmlab.tokenizer import missing_chars  # heavy imports when the command runs
+
+    missing = missing_chars(codec, task.alphabet)
+    if missing:
+        what = f"--data {args.data}" if args.data else f"the {task.name} task"
+        raise LmlabError(
+            f"the model's tokenizer cannot encode {len(missing)} character(s) of {what}: "
+            f"{' '.join(map(repr, missing))}; use a model whose tokenizer covers them (a Hugging Face model, or an "
+            "lmlab run pre-trained with data.tokenizer=bpe or on text containing them)"
+            + (", or remove them from the file" if args.data else ""))
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise LmlabError(f"--out {out} is a file, not a folder: pass a new folder")
@@ -196,14 +249,16 @@ def _run(args, pipeline: str) -> int:
 
     from lmlab.checkpoint import Resume, load_snapshot, save_snapshot, set_rng_state
     from lmlab.loading import load_policy
+    from lmlab.methods.posttrain.datatask import require_gold
     from lmlab.methods.posttrain.pipelines import run_pipeline
-    from lmlab.methods.posttrain.tasks import get_task, make_split
+    from lmlab.methods.posttrain.tasks import make_split
     from lmlab.rl import summarize_history
     from lmlab.train import StopOnSigint, StopRequested, TrainingDiverged
     from lmlab.utils import atomic_write_json, atomic_write_text, get_device, seed_everything
 
-    task = get_task(args.task)
-    difficulty = _difficulty(args, task)
+    task, difficulty, train, test = _task(args)
+    if train is not None and pipeline != "rl":
+        require_gold(train)
     out = Path(args.out)
     if args.save_every < 0:
         raise LmlabError(f"--save-every must be >= 0, got {args.save_every}")
@@ -211,17 +266,16 @@ def _run(args, pipeline: str) -> int:
     run_id = {"pipeline": pipeline, "model": str(args.model), "step": args.step, "tokenizer": args.tokenizer,
               "task": task.name, "difficulty": difficulty, "n_train": args.n_train, "n_test": args.n_test,
               "eval_samples": args.eval_samples, "seed": args.seed, "config": json.loads(json.dumps(asdict(cfg)))}
+    if args.data is not None:
+        run_id["data"] = _data_id(args)
     snap = load_snapshot(out / SNAPSHOT, run_id, RESUME_HINT) if args.resume else _check_out(out)
     device = get_device(args.device)
     seed_everything(args.seed)
     model, codec, kind = load_policy(args.model, args.step, args.tokenizer, device)
-    try:
-        codec.encode(make_split(task, 1, difficulty, seed=0)[0].prompt)
-    except LmlabError as e:
-        raise LmlabError(f"the model's tokenizer cannot encode the {task.name} task ({e}): use a model whose "
-                         "vocabulary covers digits and the task's symbols, or pass --tokenizer") from None
-    test = make_split(task, args.n_test, difficulty, seed=args.seed + 10_000)
-    train = make_split(task, args.n_train, difficulty, seed=args.seed, exclude={p.prompt for p in test})
+    _check_coverage(codec, task, args)
+    if args.data is None:
+        test = make_split(task, args.n_test, difficulty, seed=args.seed + 10_000)
+        train = make_split(task, args.n_train, difficulty, seed=args.seed, exclude={p.prompt for p in test})
     max_new = cfg.rl.max_new_tokens
     if snap is None:
         before, entries, train_s = _evaluate(model, codec, task, test, args.eval_samples, max_new, args.seed), [], 0.0
@@ -245,13 +299,16 @@ def _run(args, pipeline: str) -> int:
                                            "entries": entries, "train_s": time.time() - t0})
         stop.stop_here()
 
+    own_data = {"data": run_id["data"], "n_train": len(train), "n_test": len(test)} if args.data else {}
+
     def write_run(after, **extra):
         out.mkdir(parents=True, exist_ok=True)
         _save(model, codec, kind, out, pipeline, len(entries))
         atomic_write_text(out / "history.jsonl", "".join(json.dumps(e) + "\n" for e in entries))
         atomic_write_json(out / "metrics.json", {
             "pipeline": pipeline, "model": str(args.model), "step": args.step, "task": task.name,
-            "difficulty": difficulty, **extra, "before": before, "after": after, "train_s": time.time() - t0,
+            "difficulty": difficulty, **own_data, **extra, "before": before, "after": after,
+            "train_s": time.time() - t0,
             "config": cfg})
 
     try:

@@ -9,6 +9,9 @@ Two families share one interface (`ReasoningTask`):
   quantity once, in any order that respects the dependencies (``b=3+4=7;``), then the total
   (``c+e=14+4=18;#18``). Difficulty = number of derived quantities (steps).
 
+Your own task — a JSONL file of prompts and answers with a verifier or reward function — is the same interface:
+`lmlab.methods.posttrain.datatask.DataTask`.
+
 Both verifiers are strict: the trace must be well-formed, use every required item exactly once, have
 every intermediate result right, and end with the right answer. A final-answer-only reward would let a
 random guess over a small answer space pass (pass@32 ≈ 1 for 10 answers), hiding everything.
@@ -31,7 +34,7 @@ from lmlab.utils import LmlabError
 @dataclass(frozen=True)
 class Problem:
     prompt: str  # text the model is conditioned on (a BOS is added by the caller)
-    answer: int
+    answer: int | tuple[str, ...]  # a built-in task's number; a data task's accepted answers
     difficulty: int
     data: tuple = field(default=(), compare=False)  # family-specific structure used by the verifier
 
@@ -49,6 +52,11 @@ class ReasoningTask(ABC):
     @abstractmethod
     def verify(self, problem: Problem, completion: str) -> bool:
         """Strict check of a whole worked solution."""
+
+    def score(self, problem: Problem, completion: str) -> tuple[float, bool]:
+        """(RL reward, solved) of a completion; a verified completion scores 1.0, any other 0.0."""
+        ok = self.verify(problem, completion)
+        return float(ok), ok
 
     @abstractmethod
     def well_formed(self, completion: str) -> bool:
