@@ -31,6 +31,18 @@ def register(sub) -> None:
         help="optional JSONL in the same format (e.g. HANS): each model's accuracy there and its "
         "correlation with the basins' spectral axis",
     )
+    p.add_argument(
+        "--label-map",
+        default=None,
+        help="classifier: score the models on a coarser task's labels, CLASS:LABEL pairs (e.g. 0:0,1:1,2:1) or "
+        "mnli3to2 (the class the models' config names 'entailment' -> 0, the other two -> 1: MNLI models on HANS)",
+    )
+    p.add_argument(
+        "--label-map-on",
+        choices=["diagnostic", "data", "both"],
+        default=None,
+        help="the file(s) labelled in the mapped task (default: --diagnostic when given, else --data)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--points", type=int, default=10, help="evenly spaced interpolation points per path")
     p.add_argument("--barrier", choices=BARRIER_KINDS, default="mod_bh")
@@ -100,6 +112,50 @@ def make_batches(tok, examples, n_labels: int, batch: int, max_length: int, wher
     return out
 
 
+def label_groups(spec: str, id2label: dict | None, n_classes: int) -> tuple[tuple[int, ...], ...]:
+    """--label-map as the model classes behind each task label (groups[j]: the classes mapped to label j)."""
+    if spec == "mnli3to2":
+        entail = [int(i) for i, name in (id2label or {}).items() if str(name).lower() == "entailment"]
+        if n_classes != 3 or len(entail) != 1:
+            raise LmlabError(
+                f"--label-map mnli3to2 needs 3-class models whose config names one class 'entailment' (these have "
+                f"{n_classes} classes, id2label {id2label}): give the map by class, e.g. --label-map 0:0,1:1,2:1"
+            )
+        mapping = {i: int(i != entail[0]) for i in range(3)}
+    else:
+        mapping = {}
+        for part in spec.split(","):
+            try:
+                cls, label = (int(x) for x in part.split(":"))
+            except ValueError:
+                raise LmlabError(
+                    f"--label-map {spec}: {part!r} is not CLASS:LABEL; write e.g. 0:0,1:1,2:1 or mnli3to2"
+                ) from None
+            if cls in mapping:
+                raise LmlabError(f"--label-map {spec}: class {cls} is mapped twice")
+            mapping[cls] = label
+        if sorted(mapping) != list(range(n_classes)):
+            raise LmlabError(
+                f"--label-map {spec}: map each of the models' {n_classes} classes 0..{n_classes - 1} exactly once"
+            )
+        if set(mapping.values()) != set(range(max(mapping.values()) + 1)):
+            raise LmlabError(f"--label-map {spec}: the task's labels must be 0, 1, ... with each one mapped to")
+    return tuple(
+        tuple(c for c in range(n_classes) if mapping[c] == j) for j in range(max(mapping.values()) + 1)
+    )
+
+
+def logit_map_of(groups: tuple[tuple[int, ...], ...]):
+    """The logit map of label groups: `three_to_two` for one class against the rest, else `merge_classes`."""
+    import functools  # imported when the command runs, like the rest of this handler's imports
+
+    from lmlab.methods.lmc import connectivity as C  # heavy (torch): imported when the command runs
+
+    if len(groups) == 2 and len(groups[0]) == 1:
+        return functools.partial(C.three_to_two, entail=groups[0][0])
+    return functools.partial(C.merge_classes, groups=groups)
+
+
 ARCH_KEYS = (
     "model_type",
     "architectures",
@@ -144,9 +200,9 @@ def _classifier_setup(args, dev):
     tok = load_tokenizer(args.models[0])
     n_labels = template.config.num_labels
 
-    def batches_of(path):
+    def batches_of(path, labels: int | None = None):  # labels: those of a --label-map task
         examples = read_examples(path, args.max_examples)
-        return make_batches(tok, examples, n_labels, args.batch, args.max_length, path)
+        return make_batches(tok, examples, labels or n_labels, args.batch, args.max_length, path)
 
     def load(i):
         return load_model(args.models[i], kind="classifier").float().to(dev)
@@ -176,7 +232,7 @@ def _causal_setup(args, dev):
             )
     template = copy.deepcopy(loaded[0][0]).float().eval()
 
-    def batches_of(path):
+    def batches_of(path, labels=None):
         ids, tgt = lm_batch(
             codec, read_texts(path, args.max_examples), args.max_examples, args.max_length, "cpu", path
         )
@@ -202,11 +258,28 @@ def run(args) -> int:
         raise LmlabError(f"--clusters must be between 2 and the number of models ({len(args.models)})")
     if args.points < 3:
         raise LmlabError("--points must be >= 3 (the endpoints and at least one point between)")
+    on = args.label_map_on or ("diagnostic" if args.diagnostic else "data")
+    if args.label_map is None and args.label_map_on:
+        raise LmlabError("--label-map-on needs --label-map")
+    if args.label_map is not None and args.kind != "classifier":
+        raise LmlabError("--label-map maps classifier labels: it applies to --kind classifier only")
+    if args.label_map is not None and on != "data" and not args.diagnostic:
+        raise LmlabError(f"--label-map-on {on} needs a --diagnostic file")
+    groups = data_map = diag_map = None
+    if args.label_map is not None:  # checked against the models' config before any weights load
+        from transformers import AutoConfig  # heavy: imported when the command runs
+
+        check_same_architecture(args.models)
+        config = AutoConfig.from_pretrained(args.models[0])
+        groups = label_groups(args.label_map, config.id2label, config.num_labels)
     dev = get_device(args.device)
     out = Path(args.out)
     setup = _causal_setup if args.kind == "causal" else _classifier_setup
     template, models, batches_of, load = setup(args, dev)
-    data = batches_of(args.data)
+    if groups is not None:
+        data_map = logit_map_of(groups) if on in ("data", "both") else None
+        diag_map = logit_map_of(groups) if on in ("diagnostic", "both") else None
+    data = batches_of(args.data, len(groups) if data_map else None)
     names = model_names(args.models)
     res = C.barrier_matrix(
         template,
@@ -215,6 +288,7 @@ def run(args) -> int:
         n_points=args.points,
         barrier=args.barrier,
         metric=args.metric,
+        logit_map=data_map,
         cache=out / "curves.json",
         cache_tag=f"kind={args.kind},max_length={args.max_length}",
     )
@@ -225,8 +299,8 @@ def run(args) -> int:
         within = None  # every basin holds one model: no pair within a basin
     diag, r = None, None
     if args.diagnostic:
-        dbatches = C.prepare_batches(batches_of(args.diagnostic), dev)
-        diag = [C.evaluate(load(i), dbatches)["acc"] for i in range(len(names))]
+        dbatches = C.prepare_batches(batches_of(args.diagnostic, len(groups) if diag_map else None), dev)
+        diag = [C.evaluate(load(i), dbatches, diag_map)["acc"] for i in range(len(names))]
         r = C.axis_correlation(D, diag) if len(names) >= 3 else None
 
     results = {
@@ -243,6 +317,7 @@ def run(args) -> int:
         "within_barrier": within,
         "between_barrier": between,
         "diagnostic": args.diagnostic,
+        "label_map": None if groups is None else {"map": args.label_map, "on": on, "groups": groups},
         "diagnostic_acc": dict(zip(names, diag)) if diag else None,
         "axis_correlation": r,
     }
@@ -274,6 +349,12 @@ def _report(res: dict, names: list[str]) -> str:
         f"{len(names)} models, {res['points']} points per path, {res['metric']} barrier `{res['barrier']}` on "
         f"{res['n_examples']} examples of `{res['data']}`. Mean barrier within basins {_num(res['within_barrier'])}, "
         f"between basins {_num(res['between_barrier'])}."
+        + (
+            f" Labels of the {res['label_map']['on']} file: model classes {res['label_map']['groups']} "
+            f"(`--label-map {res['label_map']['map']}`)."
+            if res["label_map"]
+            else ""
+        )
         + (
             f" Spectral axis vs diagnostic accuracy: r = {res['axis_correlation']:+.3f}."
             if res["axis_correlation"] is not None

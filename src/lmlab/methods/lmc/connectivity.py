@@ -78,6 +78,12 @@ def three_to_two(logits: torch.Tensor, entail: int = 0) -> torch.Tensor:
     return torch.stack([logits[..., entail], logits[..., others].max(-1).values], -1)
 
 
+def merge_classes(logits: torch.Tensor, groups: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """A model's class logits -> the logits of a coarser task's labels: label j's logit is the max over the classes
+    in groups[j] (`three_to_two` is the NLI case, one entailment class against the rest)."""
+    return torch.stack([logits[..., list(g)].max(-1).values for g in groups], -1)
+
+
 # ============================================================================ evaluation
 def _logits(out) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
