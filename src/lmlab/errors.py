@@ -36,3 +36,8 @@ def write_failure(e: BaseException, path: str | Path) -> LmlabError | None:
     if code not in WRITE_FAILURES:
         return None
     return LmlabError(f"cannot write {path}: {WRITE_FAILURES[code]}")
+
+
+class PositionLimitError(LmlabError):
+    """An input longer than the positions a model can take at all (learned absolute position embeddings, e.g.
+    GPT-2's n_positions); `lmlab.lengths.check_length` raises it before the model would fail on an index."""

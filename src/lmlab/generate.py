@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.hf import as_lmlab
+from lmlab.lengths import check_length
 from lmlab.model import GPT, MLP, Block, MultiHeadAttention, RMSNorm
 from lmlab.utils import LmlabError, pad_batch
 
@@ -546,6 +547,7 @@ def generate(
     max_new = max(budgets)
     sampler = _Sampler(temperature, top_k, top_p, seed, generator, seeds, b, dev, max_new)
     ids, mask = left_pad(prompts, pad_id, dev)
+    check_length(model, ids.shape[1] + max_new, "a prompt with its new tokens")  # before any decoding
     track = _Tracker(budgets, stops, max_new, pad_id, dev)
     if max_new == 0:
         return track.result()

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.hooks import HookPoint, run_with_cache
+from lmlab.lengths import check_length
 from lmlab.model import GPT, GPTConfig
 from lmlab.tokenizer import BPETokenizer, CharTokenizer
 from lmlab.utils import LmlabError
@@ -495,6 +496,7 @@ class HFModel(nn.Module):
             raise LmlabError("frozen caches (qTTT) are only supported by lmlab GPT models")
         src = idx if idx is not None else inputs_embeds
         b, t = src.shape[:2]
+        check_length(self.hf, (cache.length if cache is not None else 0) + t)  # GPT-2 would fail on an index
         dev = src.device
         new_mask = key_mask.bool() if key_mask is not None else torch.ones(b, t, dtype=torch.bool, device=dev)
         base = cache.next_pos if cache is not None else torch.zeros(b, dtype=torch.long, device=dev)

@@ -10,6 +10,7 @@ import torch
 
 from lmlab import checkpoint, hf
 from lmlab.inputs import read_lines
+from lmlab.lengths import check_length
 from lmlab.tokenizer import Tokenizer
 from lmlab.utils import LmlabError
 
@@ -23,6 +24,10 @@ def load_policy(path: str, step: int | None, tokenizer: str | None, device):
         return model, codec, "hf"
 
     model, meta = checkpoint.load(p, step, device=device)
+    train = (meta.get("run_config") or {}).get("train") or {}
+    if train.get("seq_len"):  # rows shorter than model.seq_len
+        model.trained_len = int(train["seq_len"])
+    model.register_forward_pre_hook(_length_check, with_kwargs=True)
     if tokenizer is None:
         cands = [Path(meta["path"]) / "tokenizer.json", Path(meta["path"]).parent / "tokenizer.json",
                  p / "tokenizer.json"]
@@ -31,6 +36,18 @@ def load_policy(path: str, step: int | None, tokenizer: str | None, device):
             raise LmlabError(f"no tokenizer.json next to checkpoint {meta['path']}: pass --tokenizer FILE")
         tokenizer = str(found)
     return model, Tokenizer.load(tokenizer), "lmlab"
+
+
+def _length_check(model, args, kwargs):
+    """Forward pre-hook of an lmlab GPT: warn (once) past its trained length. A frozen cache (qTTT) is read by
+    spans inside it."""
+    x = args[0] if args else kwargs.get("idx")
+    x = x if x is not None else kwargs.get("inputs_embeds")
+    cache = kwargs.get("cache")
+    if cache is not None and cache.frozen:
+        check_length(model, cache.length)
+    else:
+        check_length(model, x.shape[1] + (cache.length if cache is not None else 0))
 
 
 def model_names(paths: list[str]) -> list[str]:

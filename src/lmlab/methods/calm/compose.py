@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from lmlab.generate import left_pad
 from lmlab.hf import decoder_layers, hidden_size
+from lmlab.lengths import check_length
 from lmlab.utils import LmlabError, atomic_write_bytes
 
 
@@ -221,6 +222,8 @@ class ComposedModel(nn.Module):
         (targets use -100 for positions without loss). `prefix_len`: with augment_sees="prefix", the number of
         leading tokens the augmenting model may read — one int for the batch, or a (B,) tensor with each row's
         own prompt length (right-padded batches of prompts of different lengths)."""
+        for m in (self.anchor, self.augment):
+            check_length(m, idx.shape[1])
         if self.augment_sees == "prefix":
             if prefix_len is None:
                 raise LmlabError("augment_sees='prefix' needs prefix_len")
@@ -267,6 +270,8 @@ class ComposedModel(nn.Module):
         KV cache and the augmenting states are kept in a growing buffer (never a shared cache)."""
         dev = next(self.anchor.parameters()).device
         ids, mask = left_pad(prompts, pad_id, dev)
+        for m in (self.anchor, self.augment):
+            check_length(m, ids.shape[1] + max_new_tokens, "a prompt with its new tokens")
         b = ids.shape[0]
         out = [[] for _ in range(b)]
         done = torch.zeros(b, dtype=torch.bool, device=dev)

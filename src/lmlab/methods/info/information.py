@@ -24,6 +24,7 @@ from scipy.stats import kendalltau
 
 from lmlab.hf import load_model, load_tokenizer
 from lmlab.hooks import hook_points, hooks
+from lmlab.lengths import check_length
 from lmlab.methods.info import MEMORIZATION  # noqa: F401  (re-exported)
 from lmlab.utils import LmlabError
 
@@ -180,6 +181,7 @@ def hf_activations(
         for s in range(0, len(texts), batch_size):
             enc = tokenizer(texts[s : s + batch_size], padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt")
+            check_length(model, enc["input_ids"].shape[1], "a text (at most --max-length tokens)")
             yield {k: v.to(dev) for k, v in enc.items()}
 
     return collect_activations(model, batches(), layers, reduce, max_examples)

@@ -33,6 +33,7 @@ from torch import nn
 from lmlab.generate import Generation as SampledGeneration
 from lmlab.generate import sample_next
 from lmlab.hf import attention_projections, unwrap_hf
+from lmlab.lengths import check_length
 from lmlab.model import GPT, IGNORE_INDEX, KVCache
 from lmlab.train import TrainingDiverged, check_finite
 from lmlab.utils import MAX_LR, LmlabError, autocast_ctx, pad_batch
@@ -427,6 +428,7 @@ class AdaptedContexts:
     )  # per step, per sample span loss (before the update)
     grad_norms: list[list[float]] = field(default_factory=list)
     spans: list[list[int]] = field(default_factory=list)  # per sample, the span starts used
+    context_len: int = 0  # tokens of the longest context
 
     @property
     def batch(self) -> int:
@@ -441,6 +443,7 @@ class AdaptedContexts:
         queries (hook `blocks.{i}.attn.hook_pattern` around this call to see attention; keys are the
         cache slots followed by the question tokens). Questions are left-padded."""
         ids, mask = _pad_left(questions, self.backend.device)
+        check_length(self.qttt.model, self.context_len + ids.shape[1], "the context with its question")
         cache = self.backend.fork(self.cache, ids.shape[1])
         with torch.no_grad():
             return self.backend.step(cache, ids, mask)
@@ -462,6 +465,8 @@ class AdaptedContexts:
         gen = torch.Generator(device=dev)
         gen.manual_seed(seed)
         ids, mask = _pad_left(questions, dev)
+        check_length(self.qttt.model, self.context_len + ids.shape[1] + max_new_tokens,
+                     "the context with its question and answer")
         cache = self.backend.fork(self.cache, ids.shape[1] + max_new_tokens)
         stops = set(stop_tokens or ())
         out = [[] for _ in questions]
@@ -533,6 +538,7 @@ class QTTT:
                 f"a context of {min(lengths)} tokens is too short for qTTT: it needs at least 2 tokens"
             )
         model = self.model
+        check_length(model, max(lengths), "the context")  # before the prefill
         was_training = model.training
         model.eval()
         backend = backend_for(model)
@@ -540,7 +546,7 @@ class QTTT:
         try:
             cache = backend.prefill(contexts)
             dev = backend.device
-            state = AdaptedContexts(self, backend, cache, None)
+            state = AdaptedContexts(self, backend, cache, None, context_len=max(lengths))
             if n_steps > 0:
                 deltas = QueryDeltas(
                     model, len(contexts), cfg, dev, [_context_seed(cfg.seed, c) for c in contexts]
