@@ -11,6 +11,7 @@ their paths with placeholders, replaced here by real ones:
     DATA   the real-data root ($LMLAB_DATA: sumerian/, knowledge/, lmc/, text/); skipped when absent
     FILE   a plain text file, one example per line
     PAIRS  a JSONL file of {"prompt": ..., "completion": ...} rows (`lmlab compose --data`)
+    QA     a JSONL file of {"prompt": ..., "answer": ...} rows (`lmlab post-train --data`)
 """
 
 import json
@@ -32,7 +33,7 @@ METHODS = ["calm", "competition", "iha", "info", "knowledge", "lmc", "posttrain"
 
 OWN_MODEL = re.compile(r"^```(\w+) own-model[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 OWN_MODEL_FENCES = re.compile(r"^```.*\bown-model\b", re.MULTILINE)
-PLACEHOLDER = re.compile(r"\b(RUN|HF|OUT|DATA|FILE|PAIRS)\b")
+PLACEHOLDER = re.compile(r"\b(RUN|HF|OUT|DATA|FILE|PAIRS|QA)\b")
 
 # examples in the toy English and arithmetic of the `tiny` config: the RUN fixture's character vocabulary
 # encodes them (it has no 'j' or 'z'), and so does HF's
@@ -154,8 +155,15 @@ def pairs_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def qa_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("readme") / "qa.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "answer": c}) + "\n" for p, c in PAIRS))
+    return path
+
+
 FIXTURES = {"RUN": "lmlab_run", "HF": "hf_model", "DATA": "shared_data", "FILE": "text_file",
-            "PAIRS": "pairs_file"}
+            "PAIRS": "pairs_file", "QA": "qa_file"}
 
 
 def substitute(code: str, request, out: Path):

@@ -285,3 +285,18 @@ def test_uncovered_characters_are_named_with_the_fix(tmp_path, capsys):
     assert set(CHARS) >= set("what2+?S1:4") - set(" stw")
     assert "cannot encode 4 character(s) of --data" in err and "' ' 's' 't' 'w';" in err
     assert "remove them from the file" in err and err.count("\n") == 1
+
+
+def test_the_readme_reward_function_loads_by_file_path(tmp_path):
+    """posttrain/README.md's example reward function, saved to a file and given as path/to/file.py:score."""
+    import re
+    from pathlib import Path
+
+    from lmlab.methods.posttrain.datatask import load_function
+
+    readme = (Path(__file__).resolve().parents[3] / "src/lmlab/methods/posttrain/README.md").read_text()
+    code = re.search(r"```python\n(# my_rewards\.py.*?)```", readme, re.DOTALL).group(1)
+    (tmp_path / "my_rewards.py").write_text(code)
+    task, [p] = task_of([{"prompt": "1+2=", "answer": "3"}], f"{tmp_path / 'my_rewards.py'}:score")
+    assert task.score(p, " 3") == (1.0, True) and task.score(p, "33") == (pytest.approx(0.1), False)
+    assert callable(load_function(f"{tmp_path / 'my_rewards.py'}:score"))
