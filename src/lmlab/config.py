@@ -23,8 +23,10 @@ import yaml
 from lmlab.data import resolve_data_file, resolve_generator
 from lmlab.inputs import read_text
 from lmlab.model import GPTConfig
+from lmlab.speed import SDPA_CHOICES
 from lmlab.utils import LmlabError, check_lr
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BF16_NEEDS_CUDA = (
     "train.dtype=bf16 needs a CUDA device (bf16 autocast is CUDA-only in lmlab; on {device} the run "
     "would silently train in fp32): use train.dtype=auto or fp32, or train.device=cuda"
@@ -77,6 +79,10 @@ class TrainConfig:
     eval_batches: int = 4
     log_every: int = 10
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: "default" | "reduce-overhead" | "max-autotune" | ...
+    loss_chunk: int | None = None  # rows per chunk of the chunked cross-entropy; None: 8192 on CUDA, 0 (off) elsewhere
+    sdpa_backend: str = "auto"  # attention kernel tried first: "auto" (on CUDA the faster of cudnn and flash, timed
+    # at the run's shape) | "default" (PyTorch's order) | "flash" | "cudnn" | "efficient" | "math"
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated weights) | "fsdp" (FSDP2: weights, grads, optimizer sharded)
     seed: int = 0  # model init
     data_seed: int | None = None  # data order (default: seed)
@@ -390,6 +396,12 @@ def validate(cfg: RunConfig) -> None:
         raise LmlabError("train.save_steps/save_every/eval_every must be >= 0 and train.log_every >= 1")
     if t.seed < 0 or (t.data_seed is not None and t.data_seed < 0):
         raise LmlabError(f"train.seed and train.data_seed must be >= 0, got {t.seed}, {t.data_seed}")
+    if t.compile_mode not in COMPILE_MODES:
+        raise LmlabError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {t.compile_mode!r}")
+    if t.loss_chunk is not None and t.loss_chunk < 0:
+        raise LmlabError(f"train.loss_chunk must be >= 0 (0: no chunking) or null (chunked on CUDA), got {t.loss_chunk}")
+    if t.sdpa_backend not in SDPA_CHOICES:
+        raise LmlabError(f"train.sdpa_backend must be one of {', '.join(SDPA_CHOICES)}, got {t.sdpa_backend!r}")
     if t.threads is not None and t.threads < 1:
         raise LmlabError(f"train.threads must be >= 1, got {t.threads}")
     if not d.sources:

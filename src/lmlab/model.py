@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from lmlab import plugins
 from lmlab.hooks import HookPoint, run_with_cache
+from lmlab.speed import chunked_lm_loss
 
 IGNORE_INDEX = -100
 
@@ -418,6 +419,10 @@ class KVCache:
 
 
 class GPT(nn.Module):
+    # rows per chunk of `lmlab.speed.chunked_lm_loss` for the mean loss (0: the plain head and F.cross_entropy);
+    # a run setting, not part of the config: the training loops set it (train.loss_chunk)
+    loss_chunk: int = 0
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
@@ -497,6 +502,9 @@ class GPT(nn.Module):
         h = self.ln_f(x)
         if return_hidden:
             return h
+        if targets is not None and loss_reduction == "mean" and self.loss_chunk:
+            return chunked_lm_loss(h, self.lm_head.weight, targets, self.cfg.vocab_size, self.loss_chunk,
+                                   IGNORE_INDEX)
         logits = self.lm_head(h)[..., : self.cfg.vocab_size]
         if targets is None:
             return logits

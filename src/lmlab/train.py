@@ -35,6 +35,7 @@ from lmlab.data import DataSpec
 from lmlab.inputs import read_jsonl
 from lmlab.model import GPT
 from lmlab.runlock import RunLock
+from lmlab.speed import GraphedStep, palm_flops, pick_sdpa_backend, sdpa_context
 from lmlab.tokenizer import Tokenizer
 from lmlab.utils import LmlabError, atomic_write_text, autocast_ctx, get_device, seed_everything, writing
 
@@ -45,15 +46,20 @@ except ImportError:  # pragma: no cover
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95), eps: float = 1e-8,
-                   params=None) -> torch.optim.AdamW:
-    """AdamW (fused on CUDA) with decay only on matrices (see `GPT.optimizer_groups`)."""
+                   params=None, fused: bool | None = None, capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW (fused on CUDA unless `fused` says otherwise) with decay only on matrices (see
+    `GPT.optimizer_groups`). `capturable` (CUDA only, for `GraphedStep`): the step count and the learning rate
+    live on the GPU, so a CUDA graph can replay the update; `set_lr` fills the lr tensor."""
     if params is None:
         if hasattr(model, "optimizer_groups"):
             params = model.optimizer_groups(weight_decay)
         else:
             params = [p for p in model.parameters() if p.requires_grad]
     first = next(iter(model.parameters()))
-    fused = first.is_cuda
+    fused = first.is_cuda if fused is None else fused
+    if capturable and first.is_cuda:
+        return torch.optim.AdamW(params, lr=torch.tensor(float(lr), device=first.device), betas=betas, eps=eps,
+                                 weight_decay=weight_decay, fused=fused, capturable=True)
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
 
 
@@ -87,14 +93,78 @@ def lr_at(step: int, max_steps: int, lr: float, warmup: int = 0, min_lr_frac: fl
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups:
-        g["lr"] = lr
+        if isinstance(g["lr"], torch.Tensor):  # a capturable optimizer: filled in place, no host sync
+            g["lr"].fill_(lr)
+        else:
+            g["lr"] = lr
+
+
+def make_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable[[nn.Module, object], torch.Tensor], *,
+              grad_clip: float | None = 1.0, device: torch.device | None = None, amp: bool = True,
+              guard: bool = False, compile: bool | str = False, cuda_graph: bool = False,
+              sdpa: str = "default") -> Callable[[Sequence, float], torch.Tensor]:
+    """One optimisation step as `step(micro_batches, lr) -> loss` (a 0-d tensor: the mean of the micro-batch
+    losses; the gradients are averaged). With the defaults it is the plain eager step of `fit`: forward under bf16
+    autocast on CUDA, backward, clipping, AdamW.
+
+    compile: `torch.compile` the model (True, or a mode such as "max-autotune-no-cudagraphs"); `loss_fn` gets the
+    compiled module. cuda_graph (CUDA only, ignored elsewhere): the whole step is captured as one CUDA graph after
+    three eager steps (`lmlab.speed.GraphedStep`; needs `make_optimizer(..., capturable=True)`). sdpa: the
+    attention kernel tried first ("default", "flash", "cudnn", "efficient", "math"; `lmlab.speed.sdpa_context`).
+    `guard`: see `fit`.
+    """
+    dev = device or next(model.parameters()).device
+    fwd = model
+    if compile:
+        fwd = torch.compile(model, dynamic=False, **({} if compile is True else {"mode": compile}))
+    if cuda_graph and dev.type == "cuda":
+        if guard:
+            raise ValueError("cuda_graph cannot guard against NaN: the check reads the GPU back before the update")
+        if compile == "reduce-overhead":
+            raise ValueError("compile='reduce-overhead' makes CUDA graphs of its own: use it or cuda_graph")
+        graphed = GraphedStep(fwd, opt, loss_fn, grad_clip, amp=amp, sdpa=sdpa)
+
+        def graph_step(micro: Sequence, lr: float) -> torch.Tensor:
+            set_lr(opt, lr)
+            return graphed(micro)
+
+        return graph_step
+
+    def step(micro: Sequence, lr: float) -> torch.Tensor:
+        set_lr(opt, lr)
+        n = len(micro)
+        with sdpa_context(sdpa):
+            if n == 1:
+                with autocast_ctx(dev, amp):
+                    loss = loss_fn(fwd, micro[0])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            else:
+                opt.zero_grad(set_to_none=True)
+                total = 0.0
+                for batch in micro:
+                    with autocast_ctx(dev, amp):
+                        part = loss_fn(fwd, batch)
+                    (part / n).backward()
+                    total = total + part.detach().float()
+                loss = total / n
+        if guard:
+            clip_and_step(model, opt, grad_clip, loss)
+        else:
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+        return loss
+
+    return step
 
 
 def fit(model: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor], batches: Iterable, steps: int,
         lr: float = 3e-3, weight_decay: float = 0.0, warmup: int = 0, grad_clip: float | None = 1.0,
         schedule: str = "cosine", optimizer: torch.optim.Optimizer | None = None,
         callback: Callable[[int, torch.Tensor], None] | None = None, device: torch.device | None = None,
-        start: int = 0, guard: bool = False) -> list[float]:
+        start: int = 0, guard: bool = False, compile: bool | str = False, cuda_graph: bool = False,
+        sdpa: str = "default") -> list[float]:
     """Train steps `start`..`steps`-1 on `loss_fn(model, batch)`; returns the loss per step.
 
     The light loop for experiments on small models (no checkpoints). bf16 autocast on CUDA. The loss is
@@ -102,25 +172,18 @@ def fit(model: nn.Module, loss_fn: Callable[[nn.Module, object], torch.Tensor], 
     it as a 0-d tensor (`float(loss)` waits for the GPU) and the floats are returned at the end.
     `guard` (the commands that save what they train): a NaN/Inf loss or gradient stops training with
     `TrainingDiverged` before the update is applied (`clip_and_step`), at the price of one read-back a step.
+    `compile`, `cuda_graph` (CUDA only) and `sdpa`: the fast paths of `make_step`, all off by default; with
+    `cuda_graph` and no `optimizer` given, the optimizer is made capturable.
     """
     dev = device or next(model.parameters()).device
-    opt = optimizer or make_optimizer(model, lr, weight_decay)
+    opt = optimizer or make_optimizer(model, lr, weight_decay, capturable=cuda_graph)
+    one_step = make_step(model, opt, loss_fn, grad_clip=grad_clip, device=dev, guard=guard, compile=compile,
+                         cuda_graph=cuda_graph, sdpa=sdpa)
     model.train()
     losses = []
     it = iter(batches)
     for step in range(start, steps):  # start > 0: a resumed run (its optimizer and batches restored by the caller)
-        set_lr(opt, lr_at(step, steps, lr, warmup, schedule=schedule))
-        batch = next(it)
-        with autocast_ctx(dev):
-            loss = loss_fn(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if guard:
-            clip_and_step(model, opt, grad_clip, loss)
-        else:
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
+        loss = one_step([next(it)], lr_at(step, steps, lr, warmup, schedule=schedule))
         losses.append(loss.detach())
         if callback is not None:
             callback(step, losses[-1])
@@ -504,7 +567,13 @@ class _Pretrainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if t.compile:
-            self.train_model = torch.compile(self.train_model, dynamic=False)
+            mode = {} if t.compile_mode == "default" else {"mode": t.compile_mode}
+            self.train_model = torch.compile(self.train_model, dynamic=False, **mode)
+        cuda = self.device.type == "cuda"
+        self.model.loss_chunk = (8192 if cuda else 0) if t.loss_chunk is None else t.loss_chunk
+        self.sdpa = t.sdpa_backend
+        if self.sdpa == "auto":  # the faster of cuDNN and flash at this run's shape; PyTorch's own order off CUDA
+            self.sdpa = pick_sdpa_backend(t.batch_size, mcfg.n_heads, self.seq_len, mcfg.head_dim, self.device)
         self.val_batches = []
         if (self.main or self.fsdp) and t.eval_every:  # FSDP: every rank takes part in the forward
             vl = self.spec.loader(
@@ -628,9 +697,12 @@ class _Pretrainer:
 
         t = self.t
         tokens_per_step = t.grad_accum * t.batch_size * self.world * self.seq_len
-        meter = _Throughput(
-            self.tokens_seen, self.model.estimate_flops(self.seq_len), peak_flops(self.device), self.world
-        )
+        flops, count = palm_flops(self.model, self.seq_len)
+        peak = peak_flops(self.device)
+        meter = _Throughput(self.tokens_seen, flops, peak, self.world)
+        if self.main and peak:
+            print(f"MFU against {peak / 1e12:.0f} TFLOP/s dense bf16 per GPU ({torch.cuda.get_device_name(self.device)})"
+                  f", PaLM count: {count}", flush=True)
         bar = tqdm(
             total=t.max_steps,
             initial=self.step,
@@ -646,14 +718,15 @@ class _Pretrainer:
                 while self.step < t.max_steps and not interrupted:
                     lr = lr_at(self.step, t.max_steps, t.lr, t.warmup, t.min_lr_frac, t.schedule, t.decay_frac)
                     set_lr(self.opt, lr)
-                    loss, norm, applied = train_step(
-                        self.train_model,
-                        self.opt,
-                        self.micro_batches(),
-                        self.loss_fn,
-                        grad_clip=t.grad_clip,
-                        amp=self.amp,
-                    )
+                    with sdpa_context(self.sdpa):
+                        loss, norm, applied = train_step(
+                            self.train_model,
+                            self.opt,
+                            self.micro_batches(),
+                            self.loss_fn,
+                            grad_clip=t.grad_clip,
+                            amp=self.amp,
+                        )
                     if not applied:
                         raise self.diverged(loss, norm)
                     self.step += 1
