@@ -4,9 +4,12 @@ An lmlab GPT (mha, SwiGLU) is exported with `lmlab.hf.export_llama` and loaded b
 `LlamaForCausalLM.from_pretrained`; both engines sample (temperature 1, no top-k/top-p) from the same
 64-token prompts, after a warm-up run, in one process. Printed: tokens/s of lmlab, HF with its default
 dynamic cache, HF with `cache_implementation="static"` (auto-compiled by transformers on CUDA), and the
-ratios. Wall-clock and process CPU time are both reported (the CPU machine may be shared).
+ratios. The engines run in interleaved repeats (every repeat times each engine once, in a rotated order), and
+the printed rates and ratios are medians over the repeats (default 3): a single run of HF's rate was seen to move
+by 40 % between two runs. Wall-clock and process CPU time are both reported (the CPU machine may be shared).
 
-    python bench/generate_throughput.py --quick            # CPU, ~2 minutes: 0.5M model, 1 thread
+    python bench/generate_throughput.py --tiny             # CPU, under a minute: 0.5M model, short outputs
+    python bench/generate_throughput.py --quick            # CPU, ~3 minutes: 0.5M model, 1 thread
     python bench/generate_throughput.py --device cpu       # CPU, 4.3M model (weight-bandwidth bound)
     python bench/generate_throughput.py --device cuda      # 124M model in bf16, batch 1 and 64
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -130,38 +134,54 @@ def bench(args) -> list[dict]:
     for b in args.batch:
         g = torch.Generator().manual_seed(b)
         prompts = torch.randint(1, vocab, (b, args.prompt_len), generator=g).to(dev)
-        res = {"batch": b, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
+        res = {"batch": b, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats}
+        live, runs = {}, {}
         with torch.no_grad():
-            for name, fn in engines:
+            for name, fn in engines:  # warm-up: compilation, graph capture, allocator
                 try:
                     t0 = time.perf_counter()
                     for _ in range(args.warmup):
                         fn(prompts, args.new_tokens)
-                    warm = time.perf_counter() - t0
-                    walls, cpus = [], []
-                    for _ in range(args.repeats):
-                        _, w, c = timed(lambda: fn(prompts, args.new_tokens), dev)
-                        walls.append(w)
-                        cpus.append(c)
+                    live[name], runs[name] = fn, []
+                    res.setdefault("warmup_s", {})[name] = time.perf_counter() - t0
                 except Exception:  # report and go on with the other engines
                     traceback.print_exc()
-                    continue
-                w, c = min(walls), min(cpus)
-                res[name] = {"tok_s": b * args.new_tokens / w, "wall_s": w, "cpu_s": c, "warmup_s": warm}
-                print(
-                    f"  batch {b:3d} {name:14s} {res[name]['tok_s']:10.1f} new tok/s  (wall {w:.2f}s, "
-                    f"cpu {c:.2f}s; warm-up {warm:.1f}s)",
-                    flush=True,
-                )
+            for r in range(args.repeats):  # interleaved, the order rotated each repeat
+                names = list(live)
+                for name in names[r % len(names):] + names[: r % len(names)]:
+                    try:
+                        _, w, c = timed(lambda fn=live[name], p=prompts: fn(p, args.new_tokens), dev)
+                    except Exception:
+                        traceback.print_exc()
+                        continue
+                    runs[name].append((w, c))
+        for name, rs in runs.items():
+            if not rs:
+                continue
+            w = statistics.median(x[0] for x in rs)
+            c = statistics.median(x[1] for x in rs)
+            res[name] = {"tok_s": b * args.new_tokens / w, "wall_s": w, "cpu_s": c,
+                         "runs_tok_s": [b * args.new_tokens / x[0] for x in rs]}
+            print(
+                f"  batch {b:3d} {name:14s} {res[name]['tok_s']:10.1f} new tok/s median of {len(rs)} (runs: "
+                + ", ".join(f"{v:.0f}" for v in res[name]["runs_tok_s"])
+                + f"; cpu {c:.2f}s; warm-up {res['warmup_s'][name]:.1f}s)",
+                flush=True,
+            )
         if not all(k in res for k in ("lmlab", "hf_dynamic", "hf_static")):
             rows.append(res)
             continue
-        for ref in ("hf_dynamic", "hf_static"):
-            res[f"ratio_vs_{ref}"] = res["lmlab"]["tok_s"] / res[ref]["tok_s"]
-            res[f"cpu_time_ratio_vs_{ref}"] = res[ref]["cpu_s"] / res["lmlab"]["cpu_s"]
+        for ref in ("hf_dynamic", "hf_static"):  # the median of the per-repeat ratios (same repeat: same load)
+            pairs = list(zip(runs["lmlab"], runs[ref]))
+            res[f"ratio_vs_{ref}"] = statistics.median(h[0] / m[0] for m, h in pairs)
+            res[f"cpu_time_ratio_vs_{ref}"] = statistics.median(h[1] / m[1] for m, h in pairs)
+            res[f"ratios_vs_{ref}"] = [h[0] / m[0] for m, h in pairs]
         line = (
             f"  batch {b:3d} lmlab / HF dynamic = {res['ratio_vs_hf_dynamic']:.2f}x, "
-            f"lmlab / HF static = {res['ratio_vs_hf_static']:.2f}x (wall-clock tokens/s)"
+            f"lmlab / HF static = {res['ratio_vs_hf_static']:.2f}x (wall-clock tokens/s, median of "
+            f"{len(runs['lmlab'])} interleaved repeats; per repeat "
+            + "/".join(f"{v:.2f}" for v in res["ratios_vs_hf_dynamic"]) + " and "
+            + "/".join(f"{v:.2f}" for v in res["ratios_vs_hf_static"]) + ")"
         )
         if dev.type == "cpu":
             line += (
@@ -181,21 +201,22 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats (median; at least 3)")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument(
-        "--quick", action="store_true", help="CPU-sized run (~2 min): tiny model, 1 thread, 1 repeat"
-    )
+    p.add_argument("--quick", action="store_true", help="CPU-sized run (~3 min): tiny model, 1 thread")
+    p.add_argument("--tiny", action="store_true", help="the smallest run (CPU dry run): tiny model, 32 new tokens")
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument("--check", action="store_true", help="first compare the engine with naive sampling here")
     p.add_argument(
         "--skip-eager", action="store_true", help="CUDA: do not also time lmlab without CUDA graphs"
     )
     args = p.parse_args(argv)
+    if args.tiny:
+        args.quick = True
+        args.batch, args.prompt_len, args.new_tokens = [1, 8], 16, 32
     if args.model is None:
         args.model = "tiny" if args.quick else ("small" if args.device == "cpu" else "124m")
     if args.quick:
-        args.repeats = 1
         args.threads = args.threads or 1  # a shared CPU; tiny models are fastest single-threaded
     if args.threads:
         torch.set_num_threads(args.threads)
