@@ -25,7 +25,7 @@ LONG = "abcd " * 8  # 40 characters: 41 tokens with <bos>
 
 def save_hf(path, family: str, positions: int = 16):
     tok = hf_tokenizer(CharTokenizer(CHARS))
-    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     if family == "gpt2":
         cfg = tf.GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, n_positions=positions, **ids)
     else:

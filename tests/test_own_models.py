@@ -21,7 +21,7 @@ tf.logging.set_verbosity_error()
 
 TEXT = ["the cat sat on the mat", "a dog ran on the rug", "S:12+34= A:46", "what is 3+4? 7",
         "the big red cat", "a small dog sat", "1+2=3; 4*5=20.", "who ran? the dog ran"]
-SIZE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+SIZE = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 FAMILIES = {
     "llama": lambda v, ids: tf.LlamaConfig(vocab_size=v, num_key_value_heads=2, max_position_embeddings=256,
                                            **SIZE, **ids),
@@ -54,7 +54,7 @@ def user_tokenizer():
 def save_family(path, family: str, seed: int = 0):
     """A tiny random `family` causal LM saved with `user_tokenizer()`, like any local HF folder."""
     tok = user_tokenizer()
-    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     torch.manual_seed(seed)
     tf.AutoModelForCausalLM.from_config(FAMILIES[family](len(tok), ids)).save_pretrained(path)
     tok.save_pretrained(path)

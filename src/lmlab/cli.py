@@ -18,6 +18,27 @@ from lmlab.errors import LmlabError, write_failure
 from lmlab.runlock import RunLock
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default at the end of its help, except where there is nothing to show (None, False) or the
+    help already says it in words ("(default: the run's)")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default.value() if isinstance(action.default, ConfigDefault) else action.default
+        if default is None or default is False or "(default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of `lmlab` and, through `add_subparsers`, of every subcommand: defaults shown in `--help`."""
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("formatter_class") in (None, argparse.ArgumentDefaultsHelpFormatter):
+            kwargs["formatter_class"] = HelpFormatter
+        super().__init__(*args, **kwargs)
+
+
 class ConfigDefault:
     """An argparse default that is a field of a config dataclass, so the number is written once (in the
     dataclass) while building the parser stays torch-free: the dataclass's module is imported only when the
@@ -198,7 +219,7 @@ def cmd_pretrain(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmlab", description="A laboratory for small-scale language-model science.")
+    p = Parser(prog="lmlab", description="A laboratory for small-scale language-model science.")
     p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks of internal errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -208,14 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(s):
         s.add_argument("--preset", default="tiny", help="tiny | small | gpu")
-        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--seed", type=int, default=0, help="random seed (with --seeds: which block of seeds)")
         s.add_argument("--device", default=None, help="cpu | cuda | auto (default: auto)")
         s.add_argument("--data", default=None, help="real-data root (default: $LMLAB_DATA)")
 
     seeds_help = ("seeds per run for experiments on the decision engine (default: the preset's); --seed S runs "
                   "the S-th block of that many seeds")
     s = sub.add_parser("run", help="run one experiment and write its report")
-    s.add_argument("name")
+    s.add_argument("name", help="the experiment (see `lmlab list`)")
     s.add_argument("--out", default=None, help="report folder (default: reports/PRESET/NAME)")
     s.add_argument("overrides", nargs="*", help="preset overrides key=value")
     common(s)
@@ -232,8 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=None, help=seeds_help)
     s.set_defaults(func=cmd_reproduce)
 
-    s = sub.add_parser("export", help="write an lmlab run as a Hugging Face Llama folder with its tokenizer",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s = sub.add_parser("export", help="write an lmlab run as a Hugging Face Llama folder with its tokenizer")
     s.add_argument("run", help="an lmlab run folder (or one of its step folders)")
     s.add_argument("--to", required=True, help="the Hugging Face folder to write")
     s.add_argument("--step", type=int, default=None, help="checkpoint step (None: the latest)")

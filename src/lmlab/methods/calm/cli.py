@@ -21,12 +21,14 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", default=None, help="shared tokenizer file (default: the anchor's)")
     p.add_argument("--connections", default=None, help="explicit pairs AUG:ANCHOR, e.g. 2:0,2:1")
     p.add_argument("--n-connections", type=int, default=None, help="evenly spaced pairs (default: every 4th layer)")
-    p.add_argument("--augment-sees", default="sequence", choices=["sequence", "prefix"])
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--augment-sees", default="sequence", choices=["sequence", "prefix"],
+                   help="what the augmenting model reads: the whole sequence (the paper); prefix is an ablation of "
+                   "the calm_kv experiment only")
+    p.add_argument("--steps", type=int, default=500, help="training steps of the bridges")
+    p.add_argument("--batch", type=int, default=16, help="prompt/completion pairs per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the bridges")
+    p.add_argument("--seed", type=int, default=0, help="random seed (bridge initialisation, batch order)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: auto, CUDA when available)")
     p.add_argument("--out", default="bridge.pt", help="where to save the composition parameters")
     p.add_argument("--resume", action="store_true",
                    help="continue exactly from OUT.resume (written on Ctrl-C), with the same command")

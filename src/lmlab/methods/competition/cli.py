@@ -41,7 +41,7 @@ def register(sub) -> None:
         "--tokenizer", default=None, help="tokenizer file for an lmlab checkpoint without one beside it"
     )
     p.add_argument("--step", type=int, default=None, help="checkpoint step of an lmlab run (default: latest)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: auto, CUDA when available)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 

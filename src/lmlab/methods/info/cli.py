@@ -32,15 +32,17 @@ def register(sub) -> None:
         help="optional JSON {model folder name: labelled metric, higher is better} for Kendall τ",
     )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--kind", default="encoder", choices=["encoder", "classifier", "causal"])
+    p.add_argument("--kind", default="encoder", choices=["encoder", "classifier", "causal"],
+                   help="how each folder is loaded: an encoder (an encoder-decoder is read through its encoder), "
+                   "a sequence classifier, or a causal LM")
     p.add_argument("--layers", default=None, help="comma-separated layer indices (default: all)")
     p.add_argument("--reduce", default="cls", choices=["cls", "mean"], help="one vector per text and layer")
-    p.add_argument("--max-examples", type=int, default=2500)
+    p.add_argument("--max-examples", type=int, default=2500, help="texts read from --data")
     p.add_argument("--mi-neurons", type=int, default=64, help="neurons per layer in the MI (the paper's 64)")
-    p.add_argument("--bins", type=int, default=100)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--device", default=None)
+    p.add_argument("--bins", type=int, default=100, help="histogram bins of the entropy estimate")
+    p.add_argument("--batch", type=int, default=32, help="texts per forward pass")
+    p.add_argument("--max-length", type=int, default=128, help="tokens kept per text")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: auto, CUDA when available)")
     p.set_defaults(func=run)
 
 

@@ -125,27 +125,30 @@ def register(sub) -> None:
     ops.required = True
 
     s = ops.add_parser("stats", help="count triples, entities and relations")
-    s.add_argument("--kg", required=True)
+    s.add_argument("--kg", required=True, help="knowledge graph: a .jsonl/.tsv/.txt file of triples or a ConceptNet OMCS folder")
     s.set_defaults(func=cmd_stats)
 
     s = ops.add_parser("retrieve", help="top-k triples for a query (entity linking + ranking)")
-    s.add_argument("--kg", required=True)
-    s.add_argument("--query", required=True)
-    s.add_argument("--method", default="bm25", choices=["bm25", "dense", "entity", "random"])
-    s.add_argument("-k", type=int, default=3)
+    s.add_argument("--kg", required=True, help="knowledge graph: a .jsonl/.tsv/.txt file of triples or a ConceptNet OMCS folder")
+    s.add_argument("--query", required=True, help="the text to find facts for")
+    s.add_argument("--method", default="bm25", choices=["bm25", "dense", "entity", "random"],
+                   help="ranking of the linked entities' triples: bm25 (lexical), dense (MiniLM cosine), entity "
+                   "(unranked), random (any triples)")
+    s.add_argument("-k", type=int, default=3, help="triples to return")
     s.set_defaults(func=cmd_retrieve)
 
     for op, help_ in (("add", "add a fact"), ("update", "replace the (head, relation) fact's tail"),
                       ("remove", "remove a fact")):
         s = ops.add_parser(op, help=help_)
-        s.add_argument("--kg", required=True)
-        s.add_argument("--head", required=True)
-        s.add_argument("--relation", required=True)
-        s.add_argument("--tail", required=True)
+        s.add_argument("--kg", required=True, help="the .jsonl or .tsv KG file to edit (created when missing)")
+        s.add_argument("--head", required=True, help="head entity")
+        s.add_argument("--relation", required=True, help="relation name")
+        s.add_argument("--tail", required=True, help="tail entity")
         s.set_defaults(func=lambda a, _op=op: _edit(a, _op))
 
     s = ops.add_parser("convert", help="copy a KG (TSV, ConceptNet OMCS, LAMA, JSONL) into an editable .jsonl/.tsv")
-    s.add_argument("--kg", required=True)
+    s.add_argument("--kg", required=True, help="the KG to copy: a TSV/.txt file, a ConceptNet OMCS folder, a LAMA "
+                   "or JSONL file")
     s.add_argument("--out", required=True, help=".jsonl (facts, templates, aliases) or .tsv/.txt (facts only)")
     s.add_argument("--order", default=None, choices=["hrt", "rht"],
                    help="TSV column order (default: rht for labelled 4-column files such as ConceptNet OMCS, else hrt)")
@@ -154,7 +157,7 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_convert)
 
     s = ops.add_parser("paths", help="KG paths connecting the entities a sentence mentions (CoSe-Co pairs)")
-    s.add_argument("--kg", required=True)
-    s.add_argument("--sentence", required=True)
-    s.add_argument("--max-hops", type=int, default=2)
+    s.add_argument("--kg", required=True, help="knowledge graph: a .jsonl/.tsv/.txt file of triples or a ConceptNet OMCS folder")
+    s.add_argument("--sentence", required=True, help="the sentence whose entities the paths connect")
+    s.add_argument("--max-hops", type=int, default=2, help="longest path, in KG edges")
     s.set_defaults(func=cmd_paths)

@@ -45,12 +45,15 @@ def register(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--points", type=int, default=10, help="evenly spaced interpolation points per path")
-    p.add_argument("--barrier", choices=BARRIER_KINDS, default="mod_bh")
-    p.add_argument("--metric", choices=["loss", "acc"], default="loss")
+    p.add_argument("--barrier", choices=BARRIER_KINDS, default="mod_bh",
+                   help="mod_bh: the paper's barrier, the largest rise above the chord over every sub-segment of "
+                   "the path; endpoint: above the chord between the two models only")
+    p.add_argument("--metric", choices=["loss", "acc"], default="loss",
+                   help="what the barrier measures along each path")
     p.add_argument("--clusters", type=int, default=2, help="number of basins to find")
-    p.add_argument("--max-examples", type=int, default=512)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-examples", type=int, default=512, help="examples read from --data and --diagnostic")
+    p.add_argument("--batch", type=int, default=64, help="examples per forward pass")
+    p.add_argument("--max-length", type=int, default=128, help="tokens kept per example")
     p.add_argument(
         "--kind",
         choices=["classifier", "causal"],
@@ -61,7 +64,7 @@ def register(sub) -> None:
     p.add_argument(
         "--tokenizer", default=None, help="causal: tokenizer file for lmlab runs without one beside them"
     )
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: auto, CUDA when available)")
     p.set_defaults(func=run)
 
 

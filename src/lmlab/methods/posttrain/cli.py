@@ -39,14 +39,14 @@ def _common(p, pipeline_choice: bool) -> None:
     p.add_argument("--n-train", type=int, default=500, help="training questions of a built-in --task")
     p.add_argument("--n-test", type=int, default=50, help="held-out test questions of a built-in --task")
     p.add_argument("--eval-samples", type=int, default=16, help="samples per test question for pass@k (n)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (the train/test questions, sampling, batches)")
     p.add_argument("--device", default=None, help="cpu | cuda | auto")
     p.add_argument("--save-every", type=int, default=0,
                    help="write a resumable snapshot (OUT/resume.pt) every N steps (Ctrl-C always writes one)")
     p.add_argument("--resume", action="store_true",
                    help="continue exactly from OUT/resume.pt (same command and flags as the interrupted run)")
     if pipeline_choice:
-        p.add_argument("--pipeline", required=True, choices=PIPELINES)
+        p.add_argument("--pipeline", required=True, choices=PIPELINES, help="the post-training pipeline to run")
 
 
 GRPO, SFT, POST = "lmlab.rl:GRPOConfig", "lmlab.sft:SFTConfig", "lmlab.methods.posttrain.pipelines:PostTrainConfig"

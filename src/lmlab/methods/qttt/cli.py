@@ -30,16 +30,18 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=32, help="qTTT steps N (paper: 32)")
     p.add_argument("--span", type=int, default=128, help="span length k (paper: 128)")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate (paper grid 1e-6..3e-4)")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--params", default="q_full", choices=["q_full", "q_lora"])
-    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decoupled weight decay of the queries")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip per context (0: none)")
+    p.add_argument("--params", default="q_full", choices=["q_full", "q_lora"],
+                   help="q_full: update the whole query projections; q_lora: a low-rank update of them")
+    p.add_argument("--lora-rank", type=int, default=8, help="rank of the q_lora update")
     p.add_argument("--sampler", default="uniform", choices=["uniform", "sweep", "tail"], help="span sampler")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens of the answer")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--compare", action="store_true", help="also answer without adaptation")
-    p.add_argument("--device", default=None, help="cpu | cuda | auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: auto, CUDA when available)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (span sampling, LoRA initialisation, answer "
+                   "sampling)")
     p.set_defaults(func=run)
 
 

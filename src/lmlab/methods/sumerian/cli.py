@@ -199,7 +199,7 @@ def register(sub) -> None:
             q.add_argument(
                 "--tagger", default=None, help="hmm | crf | bilstm_crf (default: the first trained)"
             )
-        q.add_argument("--device", default="cpu")
+        q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
         q.add_argument("--out", default=None, help="output file (default: stdout)")
 
     q = s.add_parser(
@@ -212,7 +212,7 @@ def register(sub) -> None:
     q = s.add_parser("translate", help="raw Sumerian lines → CoNLL with POS/NER and the English translation")
     q.add_argument("file", help="input text file, or - for stdin")
     models_args(q)
-    q.add_argument("--beam", type=int, default=4)
+    q.add_argument("--beam", type=int, default=4, help="beam width of the translator (1: greedy)")
     q.add_argument("--format", choices=("conll", "text"), default="conll", help="text: English lines only")
     q.add_argument(
         "--hf-model", default=None, help="translate with a local fine-tuned HF seq2seq model (T5, BART, Marian) "
@@ -222,39 +222,40 @@ def register(sub) -> None:
 
     q = s.add_parser("train", help="train the taggers and translator used by tag/translate")
     q.add_argument("--data", default=None, help="data root holding sumerian/ (default: $LMLAB_DATA)")
-    q.add_argument("--out", default=DEFAULT_MODELS)
+    q.add_argument("--out", default=DEFAULT_MODELS, help="folder of the trained models (tag, translate and "
+                   "explain read it as --models)")
     q.add_argument(
-        "--taggers", default="crf,hmm", help="comma list of hmm, crf, bilstm_crf (first = default)"
+        "--taggers", default="crf,hmm", help="comma list of hmm, crf, bilstm_crf (tag and translate use the first)"
     )
     q.add_argument(
         "--limit", type=int, default=0, help="use only the first N training sentences/pairs (0 = all)"
     )
     q.add_argument("--augment", type=int, default=1, help="entity-swap copies per sentence with entities")
-    q.add_argument("--crf-iters", type=int, default=200)
-    q.add_argument("--bilstm-epochs", type=int, default=3)
+    q.add_argument("--crf-iters", type=int, default=200, help="training iterations of the CRF tagger")
+    q.add_argument("--bilstm-epochs", type=int, default=3, help="training epochs of the BiLSTM-CRF tagger")
     q.add_argument("--mt-corpus", default="ur3_line", help="ur3_line | ur3_sent | all_sent")
-    q.add_argument("--mt-steps", type=int, default=3000)
-    q.add_argument("--mt-d-model", type=int, default=128)
-    q.add_argument("--mt-vocab", type=int, default=2000)
+    q.add_argument("--mt-steps", type=int, default=3000, help="training steps of the from-scratch translator")
+    q.add_argument("--mt-d-model", type=int, default=128, help="width of the translator (its MLP: 4x)")
+    q.add_argument("--mt-vocab", type=int, default=2000, help="vocabulary size of each side of the translator")
     q.add_argument("--no-mt", action="store_true", help="train the taggers only")
     q.add_argument(
         "--hf-model", default=None, help="also fine-tune this local HF seq2seq model (→ OUT/hf_mt)"
     )
-    q.add_argument("--hf-steps", type=int, default=500)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--device", default="cpu")
+    q.add_argument("--hf-steps", type=int, default=500, help="fine-tuning steps of --hf-model")
+    q.add_argument("--seed", type=int, default=0, help="random seed (taggers, translator)")
+    q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     q.add_argument("--resume", action="store_true",
                    help="continue an interrupted training in --out exactly: finished models are kept, a translator "
                         "continues from its last saved step (same command otherwise)")
     q.add_argument("--save-every", type=int, default=0,
-                   help="also save the translator's state every N steps (default: only on Ctrl-C)")
+                   help="also save the translator's state every N steps (0: only on Ctrl-C)")
     q.add_argument("--force-unlock", action="store_true",
                    help="take over a models folder locked from another host (only when that training is gone)")
     q.set_defaults(func=cmd_train)
 
     q = s.add_parser("explain", help="attribution heatmaps (PNG + HTML) of the translation of each line")
-    q.add_argument("file")
-    q.add_argument("--models", default=DEFAULT_MODELS)
+    q.add_argument("file", help="input text file, or - for stdin")
+    q.add_argument("--models", default=DEFAULT_MODELS, help="trained models folder (its mt/ translator is explained)")
     q.add_argument(
         "--reference",
         default=None,
@@ -262,14 +263,14 @@ def register(sub) -> None:
         "with FILE (lines facing ATF structure or blank lines are ignored) or one per Sumerian text line",
     )
     q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--max-lines", type=int, default=20)
+    q.add_argument("--max-lines", type=int, default=20, help="explain at most this many lines")
     q.add_argument("--steps", type=int, default=32, help="integrated-gradients steps")
-    q.add_argument("--device", default="cpu")
+    q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     q.set_defaults(func=cmd_explain)
 
     q = s.add_parser(
         "download", help="fetch the Sumerian data from the public CDLI repositories (needs internet)"
     )
     q.add_argument("--to", required=True, help="data root; files go to DIR/sumerian/")
-    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--overwrite", action="store_true", help="replace files already in DIR/sumerian/")
     q.set_defaults(func=cmd_download)
