@@ -32,6 +32,7 @@ CONFIGS = {
     "qwen2": lambda: tf.Qwen2Config(**COMMON),
     "qwen3": lambda: tf.Qwen3Config(**COMMON, head_dim=8),
     "mistral": lambda: tf.MistralConfig(**COMMON),
+    "gemma": lambda: tf.GemmaConfig(**COMMON, head_dim=8),
     "olmo": lambda: tf.OlmoConfig(**COMMON),
     "olmo2": lambda: tf.Olmo2Config(**COMMON),
     "gpt2": lambda: tf.GPT2Config(
@@ -362,6 +363,25 @@ def test_gpt_neox_parallel_residual_hooks():
         resid = a.hf.gpt_neox.layers[0].input_layernorm(cache["blocks.0.hook_resid_pre"])
         per_head = fused(resid).view(2, 6, 4, 3, 8).permute(3, 0, 2, 1, 4)  # (q|k|v, B, H, T, D)
         assert torch.equal(q, per_head[0]) and torch.equal(k, per_head[1]) and torch.equal(v, per_head[2])
+        with hooks(a, [("blocks.0.attn.hook_z", lambda t, n: torch.zeros_like(t))]):
+            zeroed_z = a(x)
+        with hooks(a, [("blocks.0.attn.hook_v", lambda t, n: t * 0)]):
+            assert torch.allclose(a(x), zeroed_z, atol=1e-5) and (zeroed_z - logits).abs().max() > 1e-4
+
+
+def test_phi_parallel_block_hooks():
+    """Phi: attention (output projection `dense`) and MLP both read the normed resid_pre; no resid_mid."""
+    torch.manual_seed(0)
+    raw = tf.AutoModelForCausalLM.from_config(tf.PhiConfig(**{k: v for k, v in COMMON.items()
+                                                              if k != "num_key_value_heads"})).eval()
+    a = H.as_lmlab(raw)
+    x = torch.randint(3, 61, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, cache = a.run_with_cache(x)
+        assert torch.allclose(logits, raw(x).logits, atol=1e-6) and "blocks.0.hook_resid_mid" not in cache
+        assert torch.allclose(cache["blocks.0.hook_resid_post"], cache["blocks.0.hook_resid_pre"]
+                              + cache["blocks.0.hook_attn_out"] + cache["blocks.0.hook_mlp_out"], atol=1e-5)
+        assert cache["blocks.0.attn.hook_z"].shape == (2, 4, 6, 8)
         with hooks(a, [("blocks.0.attn.hook_z", lambda t, n: torch.zeros_like(t))]):
             zeroed_z = a(x)
         with hooks(a, [("blocks.0.attn.hook_v", lambda t, n: t * 0)]):

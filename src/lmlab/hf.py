@@ -154,8 +154,9 @@ def layer_mlp(layer: nn.Module) -> nn.Module | None:
 
 
 def _attn_projections(attn: nn.Module) -> dict[str, nn.Module] | None:
-    if hasattr(attn, "q_proj"):
-        return {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj, "o": attn.o_proj}
+    if hasattr(attn, "q_proj"):  # Phi names its output projection `dense`
+        o = attn.o_proj if hasattr(attn, "o_proj") else attn.dense
+        return {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj, "o": o}
     if hasattr(attn, "c_attn"):
         return {"qkv": attn.c_attn, "o": attn.c_proj}
     if hasattr(attn, "query_key_value") and hasattr(attn, "dense"):  # GPT-NeoX: per head [q | k | v]
