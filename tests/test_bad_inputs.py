@@ -36,8 +36,9 @@ def outcome(argv, capsys) -> tuple[int, str]:
 def assert_clean(rc: int, err: str) -> None:
     assert rc in (0, 2), f"exit {rc}: {err}"
     if rc == 2:
-        lines = [ln for ln in err.splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+        lines = [ln for ln in err.splitlines() if ln.strip()]  # progress logs may come before the error
+        assert [ln for ln in lines if ln.startswith("error")] == lines[-1:] and lines[-1].startswith("error: ") \
+            and "Traceback" not in err, err
 
 
 @QUICK

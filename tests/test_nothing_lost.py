@@ -37,9 +37,10 @@ def cfg(tmp_path) -> Path:
 
 def error_line(capsys) -> str:
     err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
+    lines = [ln for ln in err.splitlines() if ln.strip()]  # progress logs may come before the error
+    assert [ln for ln in lines if ln.startswith("error")] == lines[-1:] and lines[-1].startswith("error: ") \
+        and "Traceback" not in err, err
+    return lines[-1]
 
 
 def pretrain(cfg, out, *extra):

@@ -7,16 +7,18 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lmlab import plugins
+from lmlab import plugins, progress
 from lmlab.errors import LmlabError, write_failure
 from lmlab.runlock import RunLock
 
+log = logging.getLogger(__name__)
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Each option's default at the end of its help, except where there is nothing to show (None, False) or the
@@ -86,7 +88,8 @@ def cmd_run(args) -> int:
     experiment.get(args.name)  # an unknown name is refused before a folder is made
     with RunLock(out, f"lmlab run {args.name}"):
         rep = experiment.run_experiment(args.name, args.preset, out, seed=args.seed, device=args.device,
-                                         data=args.data, overrides=overrides, seeds=args.seeds, resume=args.resume)
+                                         data=args.data, overrides=overrides, seeds=args.seeds, resume=args.resume,
+                                         quiet=args.quiet)
     print(f"report: {out / 'report.md'}")
     for c in list(rep.claims.values()) + list(rep.checks.values()):
         print(f"  {c.id}: {c.status} — {c.evidence[:160]}")
@@ -133,9 +136,10 @@ def cmd_reproduce(args) -> int:
         try:
             if args.jobs == 1:
                 for i, name in enumerate(names, 1):
-                    print(f"[{i}/{len(names)}] {name} (preset {args.preset}) ...", flush=True)
+                    log.info("[%d/%d] %s (preset %s) ...", i, len(names), name, args.preset)
                     rep = experiment.run_experiment(name, args.preset, out / name, seed=args.seed,
-                                                     device=args.device, data=args.data, seeds=seeds[name])
+                                                     device=args.device, data=args.data, seeds=seeds[name],
+                                                     quiet=args.quiet)
                     done(i, rep)
                     reports.append(rep)
             else:  # independent experiments in parallel processes, each with its own log
@@ -152,7 +156,7 @@ def cmd_reproduce(args) -> int:
                         raise LmlabError(f"{name} wrote no report: see {out / f'{name}.log'}")
                     return Report.from_json(json.loads(results.read_text()), out / name)
 
-                print(f"running {len(names)} experiments, {args.jobs} at a time (logs: {out}/NAME.log) ...", flush=True)
+                log.info("running %d experiments, %d at a time (logs: %s/NAME.log) ...", len(names), args.jobs, out)
                 with ThreadPoolExecutor(args.jobs) as pool:
                     finished = {}
                     for i, rep in enumerate(pool.map(run_one, names), 1):
@@ -220,7 +224,12 @@ def cmd_pretrain(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="lmlab", description="A laboratory for small-scale language-model science.")
-    p.add_argument("-v", "--verbose", action="store_true", help="full tracebacks of internal errors")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true",
+                      help="debug logs (per-step metrics), transformers' own messages, and full tracebacks of "
+                      "internal errors")
+    loud.add_argument("-q", "--quiet", action="store_true",
+                      help="warnings, errors and results only: no progress bars or progress logs")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -286,11 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    for flag in [e for e in extra if e in ("-v", "--verbose", "-q", "--quiet")]:  # also after the subcommand
+        extra.remove(flag)
+        setattr(args, "verbose" if flag in ("-v", "--verbose") else "quiet", True)
+    if args.verbose and args.quiet:
+        parser.error("argument -q/--quiet: not allowed with argument -v/--verbose")
     # `lmlab run NAME --preset tiny key=value`: overrides may also follow the options
     if extra and getattr(args, "overrides", None) is not None and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = list(args.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    progress.setup(progress.VERBOSE if args.verbose else progress.QUIET if args.quiet else progress.NORMAL)
     try:
         return int(args.func(args) or 0)
     except LmlabError as e:

@@ -8,7 +8,7 @@ on them. `fit()` is the light loop experiments use for small models; `pretrain()
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import math
 import os
 import signal
@@ -32,17 +32,19 @@ from lmlab import checkpoint as ck
 from lmlab.checkpoint import load_snapshot, rng_state, save_snapshot, set_rng_state
 from lmlab.config import BF16_NEEDS_CUDA
 from lmlab.data import DataSpec
-from lmlab.inputs import read_jsonl
 from lmlab.model import GPT
+from lmlab.progress import MetricsLog, Progress
 from lmlab.runlock import RunLock
 from lmlab.speed import GraphedStep, palm_flops, pick_sdpa_backend, sdpa_context
 from lmlab.tokenizer import Tokenizer
-from lmlab.utils import LmlabError, atomic_write_text, autocast_ctx, get_device, seed_everything, writing
+from lmlab.utils import LmlabError, atomic_write_text, autocast_ctx, get_device, seed_everything
 
 try:  # FSDP2; torch 2.5 has it under the private name
     from torch.distributed.fsdp import FSDPModule, fully_shard
 except ImportError:  # pragma: no cover
     from torch.distributed._composable.fsdp import FSDPModule, fully_shard
+
+log = logging.getLogger(__name__)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95), eps: float = 1e-8,
@@ -343,10 +345,7 @@ class StopOnSigint:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print(
-            f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (again to abort)",
-            flush=True,
-        )
+        log.warning("%s: saving a checkpoint after this step (again to abort)", signal.Signals(signum).name)
 
     def stop_here(self) -> None:
         if self.requested:
@@ -469,15 +468,6 @@ def _check_world(run: Path, saved_world: int | None, world: int) -> None:
         )
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (they will be recomputed)."""
-    if not path.exists():
-        return
-    rows = read_jsonl(path, "metrics log", drop_torn_last=True)  # a crash mid-append leaves a torn last line
-    keep = [json.dumps(r) for r in rows if r.get("step", 0) <= step]
-    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
-
-
 class _Pretrainer:
     """The state of one pretraining run on one process (see `pretrain`)."""
 
@@ -533,8 +523,8 @@ class _Pretrainer:
         meta = ck.load_into(self.model, None, out, start) if start is not None else None  # before sharding
         self.fsdp = t.parallel == "fsdp" and self.world > 1
         if t.parallel == "fsdp" and self.world == 1:
-            print("train.parallel=fsdp shards across torchrun processes; in one process the model trains unsharded",
-                  flush=True)
+            log.warning("train.parallel=fsdp shards across torchrun processes; in one process the model trains "
+                        "unsharded")
         if self.fsdp:
             for block in self.model.blocks:
                 fully_shard(block)
@@ -580,15 +570,10 @@ class _Pretrainer:
                 self.tokenizer, self.seq_len, rows=t.batch_size, seed=self.data_seed, split="val"
             )
             self.val_batches = [vl.next_batch() for _ in range(t.eval_batches)]
-        self.metrics_path = out / "metrics.jsonl"
-        self.writer = None
-        if self.main:
-            _truncate_metrics(self.metrics_path, self.step)
-            if t.tensorboard:
-                # heavy: only when TensorBoard logging is on
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(out / "tb"), purge_step=self.step if self.resumed else None)
+        # rank 0 writes the metrics; lines past the checkpoint we resume from are dropped (they will be recomputed)
+        self.metrics = MetricsLog(out / "metrics.jsonl", keep=lambda r: r.get("step", 0) <= self.step,
+                                  tensorboard=out / "tb" if t.tensorboard else None,
+                                  purge_step=self.step if self.resumed else None) if self.main else None
 
     # ------------------------------------------------------------ pieces
     def save(self, extra: dict | None = None) -> None:
@@ -638,14 +623,8 @@ class _Pretrainer:
         return sum(losses) / len(losses)
 
     def log(self, rec: dict) -> None:
-        if not self.main:
-            return
-        with writing(self.metrics_path), open(self.metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.writer is not None:
-            for k, v in rec.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.writer.add_scalar("val/loss" if k == "val_loss" else f"train/{k}", v, rec["step"])
+        if self.metrics is not None:
+            self.metrics.log(rec)
 
     def agree(self, flag: bool) -> bool:
         """True on every rank when it is True on any (Ctrl-C may reach the ranks at different steps)."""
@@ -669,7 +648,7 @@ class _Pretrainer:
     def due(self, every: int, extra=()) -> bool:
         return bool(every and self.step % every == 0) or self.step == self.t.max_steps or self.step in extra
 
-    def report(self, loss, norm, lr: float, meter: "_Throughput", bar) -> float:
+    def report(self, loss, norm, lr: float, meter: "_Throughput", bar: Progress) -> float:
         """Log the step's metrics (loss averaged over ranks) and update the progress line."""
         if self.world > 1:
             dist.all_reduce(loss)
@@ -686,30 +665,23 @@ class _Pretrainer:
             **({"mfu": mfu} if mfu else {}),
         }
         self.log(rec)
-        line = f"loss {rec['loss']:.4f} | {tok_s:,.0f} tok/s" + (f" | MFU {100 * mfu:.1f}%" if mfu else "")
-        bar.set_postfix_str(line, refresh=False)
-        if self.main and not self.t.progress:
-            print(f"step {self.step}/{self.t.max_steps} | {line} | lr {lr:.2e}", flush=True)
+        shown = {"loss": round(rec["loss"], 4), "tok/s": f"{tok_s:,.0f}", **({"MFU": f"{100 * mfu:.1f}%"} if mfu else {})}
+        bar.update(0, **shown)
+        if self.main and not self.t.progress:  # a line per logged step instead of the bar
+            log.info("step %d/%d | %s | lr %.2e", self.step, self.t.max_steps,
+                     " | ".join(f"{k} {v}" for k, v in shown.items()), lr)
         return rec["loss"]
 
     def run(self) -> dict:
-        from tqdm.auto import tqdm  # only when a progress bar is shown
-
         t = self.t
         tokens_per_step = t.grad_accum * t.batch_size * self.world * self.seq_len
         flops, count = palm_flops(self.model, self.seq_len)
         peak = peak_flops(self.device)
         meter = _Throughput(self.tokens_seen, flops, peak, self.world)
         if self.main and peak:
-            print(f"MFU against {peak / 1e12:.0f} TFLOP/s dense bf16 per GPU ({torch.cuda.get_device_name(self.device)})"
-                  f", PaLM count: {count}", flush=True)
-        bar = tqdm(
-            total=t.max_steps,
-            initial=self.step,
-            disable=not (self.main and t.progress),
-            dynamic_ncols=True,
-            desc=f"pretrain {self.out.name}",
-        )
+            log.info("MFU against %.0f TFLOP/s dense bf16 per GPU (%s), PaLM count: %s", peak / 1e12,
+                     torch.cuda.get_device_name(self.device), count)
+        bar = Progress(t.max_steps, f"pretrain {self.out.name}", initial=self.step, enabled=self.main and t.progress)
         last_loss = val_loss = None
         interrupted = False
         self.model.train()
@@ -740,13 +712,13 @@ class _Pretrainer:
                             val_loss = self.evaluate()
                             self.log({"step": self.step, "val_loss": val_loss})
                             if self.main:
-                                bar.write(f"step {self.step}: val loss {val_loss:.4f}")
+                                log.info("step %d: val loss %.4f", self.step, val_loss)
                         if self.due(t.save_every, t.save_steps) or interrupted:
                             self.save({"loss": last_loss, "val_loss": val_loss})
         finally:
             bar.close()
-            if self.writer is not None:
-                self.writer.close()
+            if self.metrics is not None:
+                self.metrics.close()
         if self.main and interrupted:
             print(
                 f"interrupted at step {self.step}: checkpoint saved in {self.out}; continue with --resume",
