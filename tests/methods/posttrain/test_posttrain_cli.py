@@ -270,8 +270,9 @@ def test_a_nan_gradient_stops_sft_with_the_last_good_weights_saved_and_a_nonzero
         return loss
 
     monkeypatch.setattr(sft_mod, "sft_backward", poisoned)
-    assert main(["sft", str(run), "--out", str(tmp_path / "nan"), *sft, "--steps", "50"]) == 2
-    err = capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["-q", "sft", str(run), "--out", str(tmp_path / "nan"), *sft, "--steps", "50"]) == 2
+    err = capsys.readouterr().err  # -q: the error line alone, no progress
     assert err.startswith("error: post-training diverged after 2 good step(s)") and err.count("\n") == 1
     m = json.loads((tmp_path / "nan" / "metrics.json").read_text())
     assert "gradient norm is nan" in m["diverged"] and m["steps_done"] == 2 and m["after"] is None

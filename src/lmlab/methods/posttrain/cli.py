@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -18,12 +19,14 @@ from lmlab.errors import LmlabError
 from lmlab.methods.posttrain import PIPELINES
 from lmlab.runlock import LOCK_FILE, RunLock
 
+log = logging.getLogger(__name__)
 
 def _common(p, pipeline_choice: bool) -> None:
     p.add_argument("model", help="lmlab run folder (or step folder) or a local Hugging Face causal LM folder")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of an lmlab run (default: latest)")
     p.add_argument("--tokenizer", default=None, help="lmlab tokenizer.json (default: the run's / the HF model's)")
-    p.add_argument("--out", required=True, help="output folder: the post-trained model, metrics.json, history.jsonl")
+    p.add_argument("--out", required=True, help="output folder: the post-trained model, metrics.json, history.jsonl, "
+                   "metrics.jsonl (written step by step) and tb/ (TensorBoard)")
     p.add_argument("--task", default="digitsum", help="reasoning task: digitsum | wordprob")
     p.add_argument("--data", default=None,
                    help='your own task instead of --task: JSONL of {"prompt", "answer" or "answers", optional '
@@ -226,6 +229,7 @@ def _evaluate(model, codec, task, test, n: int, max_new: int, seed: int) -> dict
     from lmlab.methods.posttrain.general import GeneralSuite, evaluate_general
     from lmlab.rl import sample_pass_at_k
 
+    log.info("evaluating pass@k on %d test question(s), %d sample(s) each ...", len(test), n)
     res = sample_pass_at_k(model, codec, task, test, n, ks=sorted({1, n}), max_new_tokens=max_new, seed=seed)
     out = {f"pass@{k}": v for k, v in res["pass"].items()}
     out["format_rate"] = res["format_rate"]
@@ -252,6 +256,7 @@ def _run(args, pipeline: str) -> int:
     from lmlab.methods.posttrain.datatask import require_gold
     from lmlab.methods.posttrain.pipelines import run_pipeline
     from lmlab.methods.posttrain.tasks import make_split
+    from lmlab.progress import MetricsLog, Progress
     from lmlab.rl import summarize_history
     from lmlab.train import StopOnSigint, StopRequested, TrainingDiverged
     from lmlab.utils import atomic_write_json, atomic_write_text, get_device, seed_everything
@@ -283,16 +288,23 @@ def _run(args, pipeline: str) -> int:
         model.load_state_dict(snap["model"])
         set_rng_state(snap["rng"])
         before, entries, train_s = snap["before"], snap["entries"], snap["train_s"]
-        print(f"resuming {out} after {len(entries)} step(s) (phase {snap['phase']})", flush=True)
+        log.info("resuming %s after %d step(s) (phase %s)", out, len(entries), snap["phase"])
     print(f"before: {json.dumps({k: round(v, 4) for k, v in before.items() if isinstance(v, float)})}", flush=True)
     t0 = time.time() - train_s
     resume = Resume(snap)
+    total = (cfg.sft.steps if pipeline in ("sft", "sft_gold", "sft_rl") else 0) + \
+        (cfg.rl.steps if pipeline not in ("sft", "sft_gold") else 0)
+    # one line per step, as it happens (history.jsonl: the same, written once at the end); a resume keeps its rows
+    metrics = MetricsLog(out / "metrics.jsonl", keep=len(entries) if snap else None, tensorboard=out / "tb")
+    bar = Progress(total, pipeline, initial=len(entries))
+    shown = ("reward", "sft_loss", "loss", "frac_zero_std")
 
-    def log(phase, step, entry):
+    def on_step(phase, step, entry):
         entries.append({"phase": phase, **entry})
-        if step % 10 == 0:
-            keys = ("reward", "sft_loss", "loss", "frac_zero_std")
-            print(f"[{phase} {step}] " + " ".join(f"{k}={entry[k]:.4g}" for k in keys if k in entry), flush=True)
+        metrics.log(entries[-1])
+        bar.update(1, **{k: entry[k] for k in shown if k in entry})
+        log.debug("[%s %d] %s", phase, step, " ".join(f"{k}={v:.4g}" for k, v in entry.items()
+                                                      if isinstance(v, float)))
         if stop.requested or (args.save_every and len(entries) % args.save_every == 0):
             out.mkdir(parents=True, exist_ok=True)  # between steps: weights, optimizers and samplers are consistent
             save_snapshot(out / SNAPSHOT, {**resume.snapshot(step + 1), "run": run_id, "before": before,
@@ -312,8 +324,8 @@ def _run(args, pipeline: str) -> int:
             "config": cfg})
 
     try:
-        with StopOnSigint() as stop:
-            run_pipeline(pipeline, model, codec, task, train, cfg, seed=args.seed, callback=log, resume=resume)
+        with StopOnSigint() as stop, bar, metrics:
+            run_pipeline(pipeline, model, codec, task, train, cfg, seed=args.seed, callback=on_step, resume=resume)
     except TrainingDiverged as e:  # the failing update was not applied: the model holds the last good step
         write_run(None, diverged=str(e), steps_done=len(entries))
         raise TrainingDiverged(f"post-training diverged after {len(entries)} good step(s) ({e}); the model of the "
