@@ -4,6 +4,7 @@ causal-LM folder — with the tokenizer (or codec) that goes with it, and text f
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -14,15 +15,19 @@ from lmlab.lengths import check_length
 from lmlab.tokenizer import Tokenizer
 from lmlab.utils import LmlabError
 
+log = logging.getLogger(__name__)
+
 
 def load_policy(path: str, step: int | None, tokenizer: str | None, device):
     """(model, codec, kind) from an HF causal-LM folder or an lmlab run/step folder."""
     p = Path(path)
     if (p / "config.json").is_file():
+        log.info("loading %s (Hugging Face causal LM) ...", p)
         model = hf.load_model(p, "causal", wrap=True).to(device)  # lmlab's interface: KV-cached engine, hooks
         codec = Tokenizer.load(tokenizer) if tokenizer else hf.HFCodec(hf.load_tokenizer(p))
         return model, codec, "hf"
 
+    log.info("loading %s (lmlab run%s) ...", p, "" if step is None else f", step {step}")
     model, meta = checkpoint.load(p, step, device=device)
     train = (meta.get("run_config") or {}).get("train") or {}
     if train.get("seq_len"):  # rows shorter than model.seq_len

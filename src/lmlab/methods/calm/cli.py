@@ -29,7 +29,9 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the bridges")
     p.add_argument("--seed", type=int, default=0, help="random seed (bridge initialisation, batch order)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: auto, CUDA when available)")
-    p.add_argument("--out", default="bridge.pt", help="where to save the composition parameters")
+    p.add_argument("--out", default="bridge.pt",
+                   help="where to save the composition parameters (beside it: OUT.metrics.jsonl, the loss of every "
+                   "step, and OUT.tb/, TensorBoard)")
     p.add_argument("--resume", action="store_true",
                    help="continue exactly from OUT.resume (written on Ctrl-C), with the same command")
     p.add_argument("--force-unlock", action="store_true",
@@ -77,6 +79,7 @@ def _run(args, pairs, ev) -> int:
     from lmlab.methods.calm.experiment import encode_pairs
     from lmlab.hf import unwrap_hf
     from lmlab.loading import load_policy
+    from lmlab.progress import MetricsLog, Progress
     from lmlab.train import StopOnSigint, StopRequested, TrainingDiverged, fit
     from lmlab.utils import get_device, seed_everything
 
@@ -111,12 +114,21 @@ def _run(args, pairs, ev) -> int:
     elif snap_path.exists():
         raise LmlabError(f"{snap_path} holds an interrupted run: continue it with --resume, or choose another --out")
 
+    # a resume keeps the lines of the steps it continues
+    metrics = MetricsLog(f"{args.out}.metrics.jsonl", tensorboard=f"{args.out}.tb",
+                         keep=(lambda r: r.get("step", 0) < done[0]) if args.resume else None,
+                         purge_step=done[0] if args.resume else None)
+    bar = Progress(args.steps, "compose", initial=done[0])
+
     def after_step(step, loss):
         done[0] = step + 1
+        value = float(loss)  # no extra stall: fit's guard reads the loss back every step already
+        metrics.log({"step": step, "loss": value})
+        bar.update(1, loss=value)
         stop.stop_here()
 
     try:
-        with StopOnSigint() as stop:
+        with StopOnSigint() as stop, bar, metrics:
             losses = fit(cm, lambda m, b: m(b[0], b[1]), batches(), args.steps, lr=args.lr,
                          warmup=min(50, args.steps // 10), optimizer=opt, callback=after_step, start=done[0],
                          guard=True)
