@@ -6,11 +6,13 @@ DIR is a local Hugging Face causal-LM folder (Llama/Qwen/Mistral/OLMo) or an lml
 
 from __future__ import annotations
 
+import logging
 import time
 
 from lmlab.errors import LmlabError
 from lmlab.inputs import read_text
 
+log = logging.getLogger(__name__)
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -77,15 +79,13 @@ def run(args) -> int:
     qttt = QTTT(model, cfg)
     flops = FlopModel.from_model(model)
     k = min(cfg.span_len, len(context) - 1)
-    print(
-        f"model: {args.model} ({kind}); context {len(context)} tokens; qTTT N={cfg.steps}, k={k}, lr={cfg.lr}, "
-        f"{cfg.params}; matched thinking budget ≈ {flops.matched_thinking_tokens(cfg.steps, k, len(context)):.0f} "
-        f"tokens"
-    )
+    log.info("model: %s (%s); context %d tokens; qTTT N=%d, k=%d, lr=%g, %s; matched thinking budget ≈ %.0f tokens",
+             args.model, kind, len(context), cfg.steps, k, cfg.lr, cfg.params,
+             flops.matched_thinking_tokens(cfg.steps, k, len(context)))
 
     def answer(steps):
         t0 = time.time()
-        with qttt.adapt([context], steps=steps) as st:
+        with qttt.adapt([context], steps=steps, progress="qTTT") as st:
             t1 = time.time()
             out = st.generate(
                 [question],

@@ -35,6 +35,7 @@ from lmlab.generate import sample_next
 from lmlab.hf import attention_projections, unwrap_hf
 from lmlab.lengths import check_length
 from lmlab.model import GPT, IGNORE_INDEX, KVCache
+from lmlab.progress import Progress
 from lmlab.train import TrainingDiverged, check_finite
 from lmlab.utils import MAX_LR, LmlabError, autocast_ctx, pad_batch
 
@@ -518,13 +519,15 @@ class QTTT:
         span_weights: Sequence[np.ndarray] | None = None,
         target_weights: Sequence[np.ndarray] | None = None,
         steps: int | None = None,
+        progress: str | None = None,
     ):
         """Prefill `contexts` (token-id lists), run the qTTT steps, and yield an `AdaptedContexts`.
 
         span_weights: per context, per-position weights for the "targeted" sampler. target_weights: per
         context, a weight for the loss of predicting token j (index j of the context; default 1): e.g.
         restrict the span loss to answer-like tokens. steps: override cfg.steps (0 = no adaptation,
-        the in-context baseline through the same code path). On exit the deltas are removed.
+        the in-context baseline through the same code path). progress: the label of a progress bar over the
+        steps (`lmlab.progress.Progress`; None: none). On exit the deltas are removed.
         """
         cfg = self.cfg
         contexts = [list(map(int, c)) for c in contexts]
@@ -552,7 +555,9 @@ class QTTT:
                     model, len(contexts), cfg, dev, [_context_seed(cfg.seed, c) for c in contexts]
                 )
                 state.deltas = deltas
-                self._train(backend, cache, deltas, contexts, k, n_steps, span_weights, target_weights, state)
+                with Progress(n_steps, progress or "qTTT", enabled=progress is not None) as bar:
+                    self._train(backend, cache, deltas, contexts, k, n_steps, span_weights, target_weights, state,
+                                bar)
             yield state
         finally:
             if deltas is not None:
@@ -570,6 +575,7 @@ class QTTT:
         span_weights,
         target_weights,
         state: AdaptedContexts,
+        bar: Progress,
     ) -> None:
         cfg = self.cfg
         sampler = cfg.sampler if callable(cfg.sampler) else SAMPLERS[cfg.sampler]
@@ -613,6 +619,7 @@ class QTTT:
             opt.zero_grad(set_to_none=True)
             state.losses.append(loss.detach().cpu().tolist())
             state.grad_norms.append(norms.detach().cpu().tolist())
+            bar.update(1, span_loss=sum(state.losses[-1]) / len(state.losses[-1]))
 
 
 __all__ = [
