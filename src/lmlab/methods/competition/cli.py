@@ -71,6 +71,7 @@ def run(args) -> int:
 
     from lmlab.methods.competition import interference as I
     from lmlab.loading import load_policy
+    from lmlab.progress import Progress
     from lmlab.utils import atomic_write_json, atomic_write_png, atomic_write_text, get_device
 
     tasks = parse_pairs(args.task, "--task")
@@ -93,7 +94,15 @@ def run(args) -> int:
     if args.layer is not None and not 0 <= args.layer < I.n_layers(model):
         raise LmlabError(f"--layer {args.layer}: the model has layers 0..{I.n_layers(model) - 1}")
     batches = {t: task_batch(codec, f, args.max_lines, args.seq_len, dev) for t, f in tasks.items()}
-    loss_fns = {t: (lambda m, b=b: m(b[0], b[1])) for t, b in batches.items()}
+    # every pass over a task (its loss, its gradient, its unit attributions) advances the bar
+    bar = Progress(len(tasks) * (2 if args.layer is None else 3), "interference", unit="pass")
+
+    def counted(m, b):
+        loss = m(b[0], b[1])
+        bar.update()
+        return loss
+
+    loss_fns = {t: (lambda m, b=b: counted(m, b)) for t, b in batches.items()}
     with torch.no_grad():
         losses = {t: float(fn(model)) for t, fn in loss_fns.items()}
     grads = I.task_gradients(model, loss_fns)
@@ -123,6 +132,7 @@ def run(args) -> int:
             "active": int(alloc["active"].sum()),
             "fractions": {n: float(f) for n, f in zip(names, alloc["fractions"])},
         }
+    bar.close()
     out = Path(args.out)
     atomic_write_json(out / "results.json", results)
     atomic_write_png(out / "cosines.png", _cosine_figure(list(tasks), res["cosines"]))

@@ -5,12 +5,14 @@ when one is given. Writes report.md, results.json, entropy.png and mi_density.pn
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from lmlab.errors import LmlabError
 from lmlab.inputs import read_json
 from lmlab.methods.info import MEMORIZATION
 
+log = logging.getLogger(__name__)
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -72,7 +74,8 @@ def run(args) -> int:
         raise LmlabError(f"--layers {args.layers!r}: give comma-separated layer indices, e.g. 0,2,5") from e
     dev = get_device(args.device)
     acts = {}
-    for name, path in zip(names, args.models):
+    for i, (name, path) in enumerate(zip(names, args.models), 1):
+        log.info("loading %s (%d of %d) ...", path, i, len(names))
         model = load_model(path, kind=args.kind).float().to(dev)
         acts[name] = I.hf_activations(
             model,
@@ -83,8 +86,9 @@ def run(args) -> int:
             args.max_examples,
             args.batch,
             args.max_length,
+            progress=f"info: {name} activations",
         )
-        print(f"{name}: activations {acts[name].values.shape}", flush=True)
+        log.debug("%s: activations %s", name, acts[name].values.shape)
     sel = I.select_models(
         acts,
         args.memorization,
@@ -92,6 +96,7 @@ def run(args) -> int:
         n_bins=args.bins,
         mi_neurons_per_layer=args.mi_neurons,
         keep_arrays=True,
+        progress="info: entropy and MI",
     )
     results = {
         "models": dict(zip(names, args.models)),

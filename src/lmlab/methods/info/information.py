@@ -26,6 +26,7 @@ from lmlab.hf import load_model, load_tokenizer
 from lmlab.hooks import hook_points, hooks
 from lmlab.lengths import check_length
 from lmlab.methods.info import MEMORIZATION  # noqa: F401  (re-exported)
+from lmlab.progress import track
 from lmlab.utils import LmlabError
 
 REDUCTIONS = ("cls", "mean", "flatten")
@@ -159,10 +160,11 @@ def hf_activations(
     batch_size: int = 32,
     max_length: int = 128,
     kind: str = "encoder",
+    progress: str | None = None,
 ) -> Activations:
     """Activations of a local HF model (folder or loaded model) on unlabeled texts; every layer's
     [CLS]/position-0 vector by default (the paper's transformer setting). An encoder-decoder model (T5) is read
-    through its encoder."""
+    through its encoder. progress: the label of a progress bar over the batches (None: none)."""
     if isinstance(model_or_path, (str, bytes)) or hasattr(model_or_path, "is_dir"):
         tokenizer = tokenizer or load_tokenizer(model_or_path)
         model = load_model(model_or_path, kind=kind)
@@ -184,7 +186,9 @@ def hf_activations(
             check_length(model, enc["input_ids"].shape[1], "a text (at most --max-length tokens)")
             yield {k: v.to(dev) for k, v in enc.items()}
 
-    return collect_activations(model, batches(), layers, reduce, max_examples)
+    n_batches = -(-len(texts) // batch_size)
+    return collect_activations(model, track(batches(), progress or "", total=n_batches, unit="batch",
+                                            enabled=progress is not None), layers, reduce, max_examples)
 
 
 # ============================================================================ entropy
@@ -418,6 +422,7 @@ def select_models(
     seed: int = 0,
     mi_neurons_per_layer: int | None = 64,
     keep_arrays: bool = False,
+    progress: str | None = None,
 ) -> dict:
     """Rank candidates from their activations on the same unlabeled set; τ against `extrinsic`.
 
@@ -426,12 +431,14 @@ def select_models(
     4,608×4,608). Give `Activations` (e.g. from `hf_activations`) so the layers are known; a plain
     (S, N) array counts as one layer, so its first `mi_neurons_per_layer` columns are used.
     mi_neurons_per_layer=None: MI over every column. keep_arrays: also return each model's per-neuron
-    entropies and MI matrix (`entropy`, `mi`), e.g. for the paper's plots.
+    entropies and MI matrix (`entropy`, `mi`), e.g. for the paper's plots. progress: the label of a progress bar
+    over the models (None: none).
     """
     if mi_neurons_per_layer is not None and mi_neurons_per_layer < 2:
         raise LmlabError(f"mi_neurons_per_layer must be >= 2 (or None for all), got {mi_neurons_per_layer}")
     summaries, entropies, mis = {}, {}, {}
-    for name, a in activations.items():
+    for name, a in track(activations.items(), progress or "", total=len(activations), unit="model",
+                         enabled=progress is not None):
         if not isinstance(a, Activations):
             a = np.asarray(a, dtype=np.float64)
             if a.ndim != 2:

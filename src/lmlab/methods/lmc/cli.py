@@ -253,6 +253,7 @@ def run(args) -> int:
 
     from lmlab.loading import model_names
     from lmlab.methods.lmc import connectivity as C
+    from lmlab.progress import track
     from lmlab.utils import atomic_write_json, atomic_write_png, atomic_write_text, get_device
 
     if len(args.models) < 2:
@@ -294,6 +295,7 @@ def run(args) -> int:
         logit_map=data_map,
         cache=out / "curves.json",
         cache_tag=f"kind={args.kind},max_length={args.max_length}",
+        progress="lmc",
     )
     D = np.asarray(res["D"], dtype=np.float64)
     basins = C.cluster_basins(D, k=args.clusters)
@@ -303,7 +305,8 @@ def run(args) -> int:
     diag, r = None, None
     if args.diagnostic:
         dbatches = C.prepare_batches(batches_of(args.diagnostic, len(groups) if diag_map else None), dev)
-        diag = [C.evaluate(load(i), dbatches, diag_map)["acc"] for i in range(len(names))]
+        diag = [C.evaluate(load(i), dbatches, diag_map)["acc"]
+                for i in track(range(len(names)), "lmc: diagnostic", unit="model")]
         r = C.axis_correlation(D, diag) if len(names) >= 3 else None
 
     results = {

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from lmlab.methods.lmc import BARRIER_KINDS
+from lmlab.progress import Progress, track
 from lmlab.utils import LmlabError, atomic_write_json
 
 StateDict = dict[str, torch.Tensor]
@@ -368,6 +369,7 @@ def barrier_matrix(
     workers: int = 1,
     vectorize: bool | None = None,
     flush_every: int = 10,
+    progress: str | None = None,
 ) -> dict:
     """Symmetric M×M barrier matrix over named models of one architecture (`model` is the template).
 
@@ -383,7 +385,8 @@ def barrier_matrix(
     changes the evaluation, e.g. a logit_map edited under the same name). The file is rewritten every
     `flush_every` finished pairs and once more on the way out (also on an exception or Ctrl-C), so
     finished pairs survive an interruption. workers > 1 evaluates pairs in threads, each with its own
-    model copy (torch releases the GIL in its kernels).
+    model copy (torch releases the GIL in its kernels). progress: the label of a progress bar over the endpoint
+    evaluations and the paths (`lmlab.progress.Progress`; None: none).
     Returns {"names", "D", "curves": {(a, b): curve}, "endpoints": {name: {"loss", "acc"}}}.
     """
     if barrier not in BARRIERS:
@@ -400,7 +403,7 @@ def barrier_matrix(
     if cache and cache.exists():
         store = json.loads(cache.read_text())
     ends, fps = {}, {}
-    for n in names:
+    for n in track(names, f"{progress}: endpoints", unit="model", enabled=progress is not None):
         sd = state_dicts[n]
         fps[n] = model_fingerprint(sd)
         model.load_state_dict(sd)
@@ -410,6 +413,7 @@ def barrier_matrix(
         return _key((fps[a], fps[b]), n_points, cache_tag, context)
 
     todo = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if key(a, b) not in store]
+    bar = Progress(len(todo), f"{progress}: paths", unit="path", enabled=progress is not None)
     lock, write_lock, stop = threading.Lock(), threading.Lock(), threading.Event()
     unsaved = [0]
 
@@ -430,6 +434,7 @@ def barrier_matrix(
             with lock:
                 store[key(a, b)] = {k: v.tolist() for k, v in c.items()}
                 unsaved[0] += 1
+                bar.update()
                 due = cache is not None and unsaved[0] >= max(1, flush_every)
             if due:
                 flush()
@@ -446,6 +451,7 @@ def barrier_matrix(
         else:
             run(todo, model)
     finally:
+        bar.close()
         if cache:
             flush()
     fn = BARRIERS[barrier]
