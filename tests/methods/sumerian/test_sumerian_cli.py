@@ -375,8 +375,8 @@ def test_train_interrupted_twice_then_resumed_equals_an_uninterrupted_run(tmp_pa
     with monkeypatch.context() as mp:
         mp.setattr(lmlab.train, "set_lr", set_lr_with_ctrl_c)
         assert main([*args, "--out", str(cut), "--resume"]) == 130
-    out = capsys.readouterr().out
-    assert "pos/hmm: finished before the interruption, kept" in out and "training hmm for ner" in out
+    err = capsys.readouterr().err  # progress goes to the log (stderr)
+    assert "pos/hmm: finished before the interruption, kept" in err and "training hmm for ner" in err
     assert len(steps) == 3 and (cut / "mt.resume").exists() and not (cut / "manifest.json").exists()
     assert torch.load(cut / "mt.resume", weights_only=True)["step"] == 3
 
@@ -386,3 +386,5 @@ def test_train_interrupted_twice_then_resumed_equals_an_uninterrupted_run(tmp_pa
     assert a["dev_scores"] == b["dev_scores"]
     wa, wb = (safetensors.torch.load_file(d / "mt" / "mt.safetensors") for d in (whole, cut))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # resumed == uninterrupted
+    ma, mb = ([json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines()] for d in (whole, cut))
+    assert [r["step"] for r in ma] == list(range(8)) and ma == mb  # the translator's steps, each logged once

@@ -7,6 +7,7 @@ A models folder holds `pos/<tagger>/`, `ner/<tagger>/`, `mt/` and `manifest.json
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from lmlab.methods.sumerian.taggers import (
 from lmlab.methods.sumerian.translate import HFTranslator, MTConfig, Translator, bleu_chrf, train_translator
 from lmlab.train import FitResume, TrainingDiverged
 from lmlab.utils import LmlabError, atomic_write_json
+
+_log = logging.getLogger(__name__)
 
 
 def make_tagger(name: str, crf_iters: int = 1000, bilstm: BiLSTMCRFConfig | None = None, device="cpu"):
@@ -85,14 +88,15 @@ def train_models(
     hf_model: str | Path | None = None,
     hf_steps: int = 500,
     device="cpu",
-    log=print,
+    log=_log.info,
     resume: bool = False,
     stop=None,
     save_every: int = 0,
 ) -> dict:
     """Train the taggers (POS and NER) and, unless `mt` is None, the translator; with `hf_model` (a local
     HF seq2seq folder) also fine-tune it into `out/hf_mt`. Saves everything under `out`; returns dev
-    scores.
+    scores. A translator's steps show on a progress bar and go to `out/metrics.jsonl` (phase "mt" or "hf_mt") and
+    `out/tb/`.
 
     Nothing finished is lost: `out/progress.json` records each finished model (with the run's settings) until
     the manifest is written. `stop` (a StopOnSigint) ends the run after the current tagger, or after the current
@@ -154,7 +158,8 @@ def train_models(
         log(f"training the translator on {len(mt_pairs)} {mt_corpus} pairs for {mt.steps} steps")
         res = fit_resume("mt")
         try:
-            tr = train_translator(mt_pairs, mt, device, log=log, resume=res)
+            tr = train_translator(mt_pairs, mt, device, log=log, resume=res, progress="mt",
+                                  metrics=out / "metrics.jsonl")
         except TrainingDiverged as e:
             raise _diverged("the translator", res, e, out) from None
         tr.save(out / "mt")
@@ -164,7 +169,7 @@ def train_models(
         hf = HFTranslator.from_pretrained(hf_model, device)
         res = fit_resume("hf_mt")
         try:
-            hf.finetune(mt_pairs, hf_steps, log=log, resume=res)
+            hf.finetune(mt_pairs, hf_steps, log=log, resume=res, progress="hf_mt", metrics=out / "metrics.jsonl")
         except TrainingDiverged as e:
             raise _diverged(f"fine-tuning {hf_model}", res, e, out) from None
         hf.save(out / "hf_mt")

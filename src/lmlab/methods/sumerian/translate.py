@@ -5,6 +5,7 @@ and fine-tuning of a local Hugging Face seq2seq model as an alternative."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -19,6 +20,7 @@ from safetensors.torch import save as st_save
 
 from lmlab.hf import load_model, load_tokenizer
 from lmlab.methods.sumerian.seq2seq import Seq2SeqConfig, Seq2SeqTransformer, beam_search, greedy_decode
+from lmlab.progress import MetricsLog, Progress
 from lmlab.tokenizer import BPETokenizer, Tokenizer
 from lmlab.train import FitResume, fit, make_optimizer
 from lmlab.utils import LmlabError, atomic_write_bytes, atomic_write_json
@@ -215,6 +217,36 @@ def _batches(examples: list[tuple[list[int], list[int]]], batch_size: int, seed:
         yield from batches
 
 
+@contextlib.contextmanager
+def step_reporter(inner, steps: int, start: int, progress: str | None, metrics: str | Path | None):
+    """A `fit` callback that shows each step on a progress bar labelled `progress` and appends it to the
+    `metrics` file (with TensorBoard under tb/ beside it) as a line {"phase": progress, "step", "loss"}, then
+    calls `inner`. The file is shared by the stages of one run: a stage keeps the lines of the other stages and
+    its own before `start` (a resume). Without `progress` it is `inner` itself."""
+    if progress is None:
+        yield inner
+        return
+    mlog = None
+    if metrics is not None:
+        mlog = MetricsLog(metrics, tensorboard=Path(metrics).parent / "tb",
+                         keep=lambda r: r.get("phase") != progress or r.get("step", 0) < start)
+
+    def cb(step: int, loss: torch.Tensor) -> None:
+        value = float(loss)  # no extra stall: fit's guard reads the loss back every step already
+        bar.update(1, loss=value)
+        if mlog is not None:
+            mlog.log({"phase": progress, "step": step, "loss": value})
+        if inner is not None:
+            inner(step, loss)
+
+    with Progress(steps, progress, initial=start) as bar:
+        try:
+            yield cb
+        finally:
+            if mlog is not None:
+                mlog.close()
+
+
 def train_translator(
     pairs: list[tuple[str, str]],
     cfg: MTConfig,
@@ -222,9 +254,13 @@ def train_translator(
     tokenizers: tuple[Tokenizer, Tokenizer] | None = None,
     log=None,
     resume: FitResume | None = None,
+    progress: str | None = None,
+    metrics: str | Path | None = None,
 ) -> Translator:
     """Train a Seq2SeqTransformer on (Sumerian, English) pairs for `cfg.steps` steps (AdamW, warmup +
-    cosine, label smoothing). With `resume`, snapshots allow an exact continuation (see `FitResume`)."""
+    cosine, label smoothing). With `resume`, snapshots allow an exact continuation (see `FitResume`).
+    progress: the label of a progress bar over the steps, and the "phase" of their lines in `metrics` (a
+    metrics.jsonl, see `step_reporter`)."""
     if not pairs:
         raise LmlabError("no training pairs: check the parallel corpus path")
     torch.manual_seed(cfg.seed)
@@ -283,20 +319,21 @@ def train_translator(
     stream = _batches(examples, cfg.batch_size, cfg.seed)
     for _ in range(start):  # replay the batch order past the steps already done
         next(stream)
-    tr.losses = fit(
-        model,
-        loss_fn,
-        (make(b) for b in stream),
-        cfg.steps,
-        lr=cfg.lr,
-        warmup=cfg.warmup,
-        grad_clip=1.0,
-        optimizer=opt,
-        callback=resume.callback(cb) if resume else cb,
-        device=torch.device(device),
-        start=start,
-        guard=True,
-    )
+    with step_reporter(cb, cfg.steps, start, progress, metrics) as cb:
+        tr.losses = fit(
+            model,
+            loss_fn,
+            (make(b) for b in stream),
+            cfg.steps,
+            lr=cfg.lr,
+            warmup=cfg.warmup,
+            grad_clip=1.0,
+            optimizer=opt,
+            callback=resume.callback(cb) if resume else cb,
+            device=torch.device(device),
+            start=start,
+            guard=True,
+        )
     if resume:
         tr.losses = resume.finish(tr.losses)
     model.eval()
@@ -443,7 +480,11 @@ class HFTranslator:
         seed: int = 0,
         log=None,
         resume: FitResume | None = None,
+        progress: str | None = None,
+        metrics: str | Path | None = None,
     ) -> list[float]:
+        """Fine-tune on (Sumerian, English) pairs for `steps` steps; `resume`, `progress` and `metrics` as in
+        `train_translator`."""
         rng = random.Random(seed)
         k = min(batch_size, len(pairs))
         opt = make_optimizer(self.model, lr)  # the one `fit` would make
@@ -465,19 +506,20 @@ class HFTranslator:
             if log
             else None
         )
-        losses = fit(
-            self.model,
-            lambda m, b: m(**b).loss,
-            batches(),
-            steps,
-            lr=lr,
-            warmup=max(1, steps // 10),
-            optimizer=opt,
-            callback=resume.callback(cb) if resume else cb,
-            device=self.device,
-            start=start,
-            guard=True,
-        )
+        with step_reporter(cb, steps, start, progress, metrics) as cb:
+            losses = fit(
+                self.model,
+                lambda m, b: m(**b).loss,
+                batches(),
+                steps,
+                lr=lr,
+                warmup=max(1, steps // 10),
+                optimizer=opt,
+                callback=resume.callback(cb) if resume else cb,
+                device=self.device,
+                start=start,
+                guard=True,
+            )
         self.model.eval()
         return resume.finish(losses) if resume else losses
 
