@@ -720,10 +720,7 @@ class _Pretrainer:
             if self.metrics is not None:
                 self.metrics.close()
         if self.main and interrupted:
-            print(
-                f"interrupted at step {self.step}: checkpoint saved in {self.out}; continue with --resume",
-                flush=True,
-            )
+            log.warning("interrupted at step %d: checkpoint saved in %s; continue with --resume", self.step, self.out)
         return {
             "step": self.step,
             "tokens_seen": self.tokens_seen,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 import urllib.error
 import urllib.request
@@ -17,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.inputs import read_text
+from lmlab.progress import track
 from lmlab.utils import DATA_HINT, LmlabError, atomic_write_bytes, find_data
+
+_log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 PARALLEL_CORPORA = ("ur3_line", "ur3_sent", "all_sent")
@@ -277,11 +281,12 @@ def download(
     overwrite: bool = False,
     timeout: float = 30.0,
     opener=urllib.request.urlopen,
-    log=print,
+    log=_log.info,
 ) -> Path:
-    """Fetch the data into `to_dir/sumerian/` (so `--data to_dir` works). Needs internet access."""
+    """Fetch the data into `to_dir/sumerian/` (so `--data to_dir` works), with a progress bar over the files.
+    Needs internet access."""
     dest_root = Path(to_dir) / "sumerian"
-    for url, rel in download_manifest():
+    for url, rel in track(download_manifest(), "sumerian download", unit="file"):
         dest = dest_root / rel
         if dest.exists() and not overwrite:
             continue
