@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from lmlab import config, plugins
+from lmlab.progress import Progress, echo
 from lmlab.report import NOT_EVALUATED, Claim, Report, provenance
 from lmlab.utils import DATA_HINT, LmlabError, find_data, get_device, seed_everything, to_jsonable
 from lmlab.verdict import Verdict
@@ -106,7 +107,7 @@ class RunContext:
 
     def log(self, msg: str) -> None:
         if not self.quiet:
-            print(f"[{self.experiment.name}] {msg}", flush=True)
+            echo(f"[{self.experiment.name}] {msg}")
 
     def progress(self, iterable, total: int | None = None, desc: str = "", every_s: float = 10.0):
         """Yield from `iterable`, logging `desc i/total` at most every `every_s` seconds and at the end."""
@@ -289,14 +290,16 @@ def _finished_runs(out: Path, rep: Report) -> dict[int, dict]:
 def _run_seeds(ctx: RunContext, done: dict[int, dict]) -> None:
     """The engine: measure each seed of the block (skipping those a stopped run finished), then decide."""
     exp, rep = ctx.experiment, ctx.report
-    for s in rep.seeds:
-        if s in done:
-            rep.runs.append(done[s])
-            ctx.log(f"seed {s}: finished by the earlier run")
-            continue
-        seed_everything(s)
-        rep.runs.append({"seed": s, "numbers": to_jsonable(exp.fn(ctx, s))})
-        rep.write()  # after every seed: a stopped run keeps what it measured and resumes at the next seed
+    with Progress(len(rep.seeds), f"{exp.name} seeds", unit="seed", every_s=0, enabled=not ctx.quiet) as bar:
+        for s in rep.seeds:
+            if s in done:
+                rep.runs.append(done[s])
+                ctx.log(f"seed {s}: finished by the earlier run")
+            else:
+                seed_everything(s)
+                rep.runs.append({"seed": s, "numbers": to_jsonable(exp.fn(ctx, s))})
+                rep.write()  # after every seed: a stopped run keeps what it measured and resumes at the next seed
+            bar.update()
     numbers = [r["numbers"] for r in rep.runs]
     verdicts = exp.decide(numbers, ctx.cfg)
     for cid, v in verdicts.items():

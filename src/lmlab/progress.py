@@ -105,6 +105,17 @@ def quiet_transformers(quiet: bool = True) -> None:
 
 
 # ---------------------------------------------------------------- progress
+def echo(text: str, file=None) -> None:
+    """Print a line of output (stdout unless `file`) without breaking an open progress bar."""
+    file = file if file is not None else sys.stdout
+    if _state["bars_open"]:
+        from tqdm import tqdm  # loaded already: a bar is open
+
+        tqdm.write(text, file=file)
+    else:
+        print(text, file=file, flush=True)
+
+
 def bars_shown() -> bool:
     """Bars are drawn on stderr when it is a terminal, never with -q; LMLAB_PROGRESS=1 draws them anywhere (a test
     that asks for them), LMLAB_PROGRESS=0 nowhere."""
