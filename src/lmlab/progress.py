@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -89,19 +90,23 @@ def quiet_transformers(quiet: bool = True) -> None:
         elif not quiet and key in _state["env_set"]:
             os.environ.pop(key, None)
             _state["env_set"].discard(key)
-    if "huggingface_hub" in sys.modules:
-        from huggingface_hub import utils as hub  # already imported
+    # the Hub read our HF_HUB_DISABLE_PROGRESS_BARS on import and warns that it will not enable its own bars; -v
+    # enables transformers' bars all the same
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if "huggingface_hub" in sys.modules:
+            from huggingface_hub import utils as hub  # already imported
 
-        hub.disable_progress_bars() if quiet else hub.enable_progress_bars()
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as tf_logging  # already imported
+            hub.disable_progress_bars() if quiet else hub.enable_progress_bars()
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as tf_logging  # already imported
 
-        if quiet:
-            tf_logging.set_verbosity_error()
-            tf_logging.disable_progress_bar()
-        else:
-            tf_logging.set_verbosity_warning()
-            tf_logging.enable_progress_bar()
+            if quiet:
+                tf_logging.set_verbosity_error()
+                tf_logging.disable_progress_bar()
+            else:
+                tf_logging.set_verbosity_warning()
+                tf_logging.enable_progress_bar()
 
 
 # ---------------------------------------------------------------- progress
@@ -177,11 +182,12 @@ class Progress:
         """`desc: 40/100 steps (40%), 2.1 steps/s, ETA 0:29; loss=1.234` (at the end: `in 0:47`)."""
         elapsed = (time.monotonic() if now is None else now) - self.t0
         rate = (self.n - self.n0) / elapsed if elapsed > 0 else 0.0
-        text = f"{self.desc}: {self.n}" + (f"/{self.total}" if self.total else "") + f" {self.unit}s"
+        units = self.unit + ("es" if self.unit.endswith(("s", "x", "ch", "sh")) else "s")
+        text = f"{self.desc}: {self.n}" + (f"/{self.total}" if self.total else "") + f" {units}"
         if self.total and not done:
             text += f" ({100 * self.n / self.total:.0f}%)"
         if rate > 0:
-            text += f", {rate:.3g} {self.unit}s/s" if rate >= 1 else f", {1 / rate:.3g} s/{self.unit}"
+            text += f", {rate:.3g} {units}/s" if rate >= 1 else f", {1 / rate:.3g} s/{self.unit}"
         if done:
             text += f" in {_duration(elapsed)}"
         elif self.total and rate > 0:
@@ -212,7 +218,11 @@ def track(items: Iterable, desc: str, *, total: int | None = None, unit: str = "
         total = len(items)
     with Progress(total, desc, unit=unit, **kwargs) as bar:
         for item in items:
-            yield item
+            try:
+                yield item
+            except GeneratorExit:  # the caller stopped after this item (a break): it counts as done
+                bar.update()
+                raise
             bar.update()
 
 
