@@ -280,8 +280,8 @@ def test_uncovered_characters_are_named_with_the_fix(tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"prompt": "what is 2+2?", "answer": "4"}) + "\n"
                     + json.dumps({"prompt": "S1:", "answer": "1"}) + "\n")
-    assert main(["rl", str(run), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
+    assert main(["-q", "rl", str(run), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err  # -q: the error line alone, no "loading ..." before it
     assert set(CHARS) >= set("what2+?S1:4") - set(" stw")
     assert "cannot encode 4 character(s) of --data" in err and "' ' 's' 't' 'w';" in err
     assert "remove them from the file" in err and err.count("\n") == 1
