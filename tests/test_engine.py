@@ -142,3 +142,39 @@ def test_a_report_read_back_keeps_every_status_and_number(engine, tmp_path):
     back = Report.from_json(data, tmp_path / "r")
     assert {c.id: c.status for c in back.claims.values()} == {"c_effect": "held", "c_untested": "not tested"}
     assert back.to_json()["claims"] == data["claims"] and back.to_json()["checks"] == data["checks"]
+
+
+def test_seeds_run_in_other_processes_merge_into_the_block_equal_to_one_run(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "provenance", lambda data: {"git_commit": "abc", "git_dirty": False, "data": {}})
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "whole", quiet=True)
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "s2", seed=2, seeds=1, quiet=True)  # seed 2 alone
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "s1", seed=1, seeds=1, quiet=True)  # seed 1 alone
+    measured.clear()
+    assert cli.main(["run", "toy_engine", "--out", str(tmp_path / "merged"), "--seeds-from", str(tmp_path / "s2"),
+                     "--seeds-from", str(tmp_path / "s1")]) == 0
+    assert measured == [0]  # seeds 1 and 2 come from the other folders
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert merged["runs"] == whole["runs"] and merged["seeds"] == [0, 1, 2]
+    assert [c["status"] for c in merged["claims"]] == [c["status"] for c in whole["claims"]]
+    assert merged["provenance"]["seeds_from"] == {str(tmp_path / "s2"): [2], str(tmp_path / "s1"): [1]}
+
+
+def test_seeds_from_refuses_other_settings_code_or_seeds_outside_the_block(engine, tmp_path, monkeypatch):
+    prov = {"git_commit": "abc", "git_dirty": False, "data": {}}
+    monkeypatch.setattr(ex, "provenance", lambda data: dict(prov))
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "s3", seed=3, seeds=1, quiet=True)
+    with pytest.raises(LmlabError, match=r"seeds \[3\] outside this run's block \[0, 1, 2\]"):
+        ex.run_experiment("toy_engine", out_dir=tmp_path / "m", quiet=True, seeds_from=[tmp_path / "s3"])
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "s1", seed=1, seeds=1, quiet=True, overrides={"margin": 0.2})
+    with pytest.raises(LmlabError, match="config differ"):
+        ex.run_experiment("toy_engine", out_dir=tmp_path / "m", quiet=True, seeds_from=[tmp_path / "s1"])
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "s2", seed=2, seeds=1, quiet=True)
+    prov["git_commit"] = "def"
+    with pytest.raises(LmlabError, match="git commit"):
+        ex.run_experiment("toy_engine", out_dir=tmp_path / "m", quiet=True, seeds_from=[tmp_path / "s2"])
+    prov.update(git_commit="abc", git_dirty=True)
+    with pytest.raises(LmlabError, match="uncommitted changes"):
+        ex.run_experiment("toy_engine", out_dir=tmp_path / "m", quiet=True, seeds_from=[tmp_path / "s2"])
+    with pytest.raises(LmlabError, match="not found"):
+        ex.run_experiment("toy_engine", out_dir=tmp_path / "m", quiet=True, seeds_from=[tmp_path / "none"])

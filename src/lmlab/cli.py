@@ -89,7 +89,7 @@ def cmd_run(args) -> int:
     with RunLock(out, f"lmlab run {args.name}"):
         rep = experiment.run_experiment(args.name, args.preset, out, seed=args.seed, device=args.device,
                                          data=args.data, overrides=overrides, seeds=args.seeds, resume=args.resume,
-                                         quiet=args.quiet)
+                                         seeds_from=args.seeds_from, quiet=args.quiet)
     print(f"report: {out / 'report.md'}")
     for c in list(rep.claims.values()) + list(rep.checks.values()):
         print(f"  {c.id}: {c.status} — {c.evidence[:160]}")
@@ -252,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=None, help=seeds_help)
     s.add_argument("--resume", action="store_true",
                    help="continue a stopped run in --out at its next unfinished seed (same settings)")
+    s.add_argument("--seeds-from", action="append", default=[], metavar="DIR",
+                   help="take the seeds of this run's block that another run finished in DIR (same experiment, "
+                        "preset, overrides, commit and data; e.g. `--seed 2 --seeds 1` run in another process); "
+                        "repeatable")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("reproduce", help="run every experiment and write a REPORT.md report card")

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,6 +287,41 @@ def _finished_runs(out: Path, rep: Report) -> dict[int, dict]:
     return {r["seed"]: r for r in old.get("runs") or []}
 
 
+def _seeds_from(folder: str | Path, rep: Report) -> dict[int, dict]:
+    """The per-seed runs of `folder`'s results.json that belong to this run's seed block: another process's run of
+    the same experiment, preset, config (but its `seeds`) and code on the same data — e.g. one seed of the block
+    run alone with `--seed S --seeds 1`, on another core or machine."""
+    path = Path(folder) / "results.json"
+    try:
+        other = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LmlabError(f"--seeds-from: {path} not found: pass a folder written by `lmlab run`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LmlabError(f"--seeds-from: {path} cannot be read ({e})") from None
+    if not isinstance(other, dict) or not isinstance(other.get("runs") or [], list):
+        raise LmlabError(f"--seeds-from: {path} is not a report written by lmlab run")
+
+    def settings(config):
+        return {k: v for k, v in (config or {}).items() if k != "seeds"}
+
+    mine, theirs = rep.provenance or {}, other.get("provenance") or {}
+    differ = [k for k, a, b in (("experiment", rep.experiment, other.get("experiment")),
+                                ("preset", rep.preset, other.get("preset")),
+                                ("config", settings(to_jsonable(rep.config)), settings(other.get("config"))),
+                                ("git commit", mine.get("git_commit"), theirs.get("git_commit")),
+                                ("data", mine.get("data"), theirs.get("data"))) if a != b]
+    if mine.get("git_dirty") or theirs.get("git_dirty"):
+        differ.append("uncommitted changes (the code of a dirty checkout cannot be compared)")
+    if differ:
+        raise LmlabError(f"--seeds-from: {path} is from another run ({'; '.join(differ)} differ): only runs of the "
+                         "same experiment, preset, overrides and commit on the same data can be merged")
+    runs = {r["seed"]: r for r in other.get("runs") or [] if isinstance(r, dict) and "seed" in r}
+    outside = sorted(set(runs) - set(rep.seeds))
+    if outside:
+        raise LmlabError(f"--seeds-from: {path} holds seeds {outside} outside this run's block {rep.seeds}")
+    return runs
+
+
 def _run_seeds(ctx: RunContext, done: dict[int, dict]) -> None:
     """The engine: measure each seed of the block (skipping those a stopped run finished), then decide."""
     exp, rep = ctx.experiment, ctx.report
@@ -362,10 +397,12 @@ def run_experiment(
     raise_errors: bool = False,
     seeds: int | None = None,
     resume: bool = False,
+    seeds_from: Sequence[str | Path] = (),
 ) -> Report:
     """Run one experiment and write its report. Errors inside the experiment are recorded in the
     report (and re-raised when `raise_errors`). On the decision engine, `seeds` (default: the preset's) seeds
-    are run from block `seed`; `resume` continues a stopped run in `out_dir` at its next unfinished seed."""
+    are run from block `seed`; `resume` continues a stopped run in `out_dir` at its next unfinished seed;
+    `seeds_from` takes the seeds of the block that runs in other folders finished (see `_seeds_from`)."""
     exp = get(name)
     if seeds is not None:
         if exp.decide is None:
@@ -373,8 +410,9 @@ def run_experiment(
         if seeds < 1:
             raise LmlabError(f"--seeds must be >= 1, got {seeds}")
         overrides = {**(overrides or {}), "seeds": seeds}
-    if resume and exp.decide is None:
-        raise LmlabError(f"{name} is not on the decision engine yet: it cannot resume a stopped run (drop --resume)")
+    if (resume or seeds_from) and exp.decide is None:
+        raise LmlabError(f"{name} is not on the decision engine yet: it cannot resume or merge runs (drop --resume "
+                         "and --seeds-from)")
     cfg = resolve_config(exp, preset, overrides)
     out = Path(out_dir) if out_dir is not None else Path("reports") / preset / name
     dev = get_device(device)
@@ -384,6 +422,10 @@ def run_experiment(
     if exp.decide is not None:
         ctx.report.seeds = seed_block(seed, cfg.seeds)
         done = _finished_runs(out, ctx.report) if resume else {}  # checked before anything is written
+        for folder in seeds_from:
+            found = _seeds_from(folder, ctx.report)
+            ctx.report.provenance.setdefault("seeds_from", {})[str(folder)] = sorted(found)
+            done.update({s: r for s, r in found.items() if s not in done})
     if preset == "gpu" and dev.type == "cpu" and not quiet:
         print(f"note: {name}'s gpu preset is sized for about 5 minutes on one H100/H200 and runs on the CPU here, "
               "where it takes far longer (hours for some); --preset small is the CPU-sized run", file=sys.stderr,
