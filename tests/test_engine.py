@@ -170,11 +170,24 @@ def test_seeds_from_refuses_other_settings_code_or_seeds_outside_the_block(engin
     with pytest.raises(LmlabError, match="config differ"):
         ex.run_experiment("toy_engine", out_dir=tmp_path / "m", quiet=True, seeds_from=[tmp_path / "s1"])
     ex.run_experiment("toy_engine", out_dir=tmp_path / "s2", seed=2, seeds=1, quiet=True)
-    prov["git_commit"] = "def"
-    with pytest.raises(LmlabError, match="git commit"):
+    prov["git_commit"] = "def"  # this checkout moved on: it may not measure seeds 0 and 1 beside abc's seed 2
+    with pytest.raises(LmlabError, match="would measure seeds \\[0, 1\\] at commit def"):
         ex.run_experiment("toy_engine", out_dir=tmp_path / "m", quiet=True, seeds_from=[tmp_path / "s2"])
-    prov.update(git_commit="abc", git_dirty=True)
+    prov["git_commit"] = "abc"
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "s0", seed=0, seeds=1, quiet=True)
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "s1b", seed=1, seeds=1, quiet=True)
+    prov["git_commit"] = "def"  # ... but it may decide over seeds that one commit measured elsewhere
+    measured.clear()
+    rep = ex.run_experiment("toy_engine", out_dir=tmp_path / "m", quiet=True,
+                            seeds_from=[tmp_path / "s0", tmp_path / "s1b", tmp_path / "s2"])
+    assert measured == [] and rep.provenance["measured_at"] == "abc" and rep.provenance["git_commit"] == "def"
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "s0d", seed=0, seeds=1, quiet=True)  # measured by def
+    with pytest.raises(LmlabError, match="different commits"):
+        ex.run_experiment("toy_engine", out_dir=tmp_path / "m2", quiet=True,
+                          seeds_from=[tmp_path / "s0d", tmp_path / "s1b", tmp_path / "s2"])
+    prov.update(git_dirty=True)
+    ex.run_experiment("toy_engine", out_dir=tmp_path / "dirty", seed=2, seeds=1, quiet=True)
     with pytest.raises(LmlabError, match="uncommitted changes"):
-        ex.run_experiment("toy_engine", out_dir=tmp_path / "m", quiet=True, seeds_from=[tmp_path / "s2"])
+        ex.run_experiment("toy_engine", out_dir=tmp_path / "m3", quiet=True, seeds_from=[tmp_path / "dirty"])
     with pytest.raises(LmlabError, match="not found"):
-        ex.run_experiment("toy_engine", out_dir=tmp_path / "m", quiet=True, seeds_from=[tmp_path / "none"])
+        ex.run_experiment("toy_engine", out_dir=tmp_path / "m4", quiet=True, seeds_from=[tmp_path / "none"])

@@ -287,10 +287,11 @@ def _finished_runs(out: Path, rep: Report) -> dict[int, dict]:
     return {r["seed"]: r for r in old.get("runs") or []}
 
 
-def _seeds_from(folder: str | Path, rep: Report) -> dict[int, dict]:
-    """The per-seed runs of `folder`'s results.json that belong to this run's seed block: another process's run of
-    the same experiment, preset, config (but its `seeds`) and code on the same data — e.g. one seed of the block
-    run alone with `--seed S --seeds 1`, on another core or machine."""
+def _seeds_from(folder: str | Path, rep: Report) -> tuple[dict[int, dict], dict]:
+    """The per-seed runs of `folder`'s results.json that belong to this run's seed block, and that run's provenance:
+    another process's run of the same experiment, preset, config (but its `seeds`) on the same data from a clean
+    checkout — e.g. one seed of the block run alone with `--seed S --seeds 1`, on another core or machine. Which
+    commits may meet is `_check_merge`'s business."""
     path = Path(folder) / "results.json"
     try:
         other = json.loads(path.read_text(encoding="utf-8"))
@@ -308,10 +309,9 @@ def _seeds_from(folder: str | Path, rep: Report) -> dict[int, dict]:
     differ = [k for k, a, b in (("experiment", rep.experiment, other.get("experiment")),
                                 ("preset", rep.preset, other.get("preset")),
                                 ("config", settings(to_jsonable(rep.config)), settings(other.get("config"))),
-                                ("git commit", mine.get("git_commit"), theirs.get("git_commit")),
                                 ("data", mine.get("data"), theirs.get("data"))) if a != b]
-    if mine.get("git_dirty") or theirs.get("git_dirty"):
-        differ.append("uncommitted changes (the code of a dirty checkout cannot be compared)")
+    if theirs.get("git_dirty") or not theirs.get("git_commit"):
+        differ.append("uncommitted changes or no commit (the code of a dirty checkout cannot be compared)")
     if differ:
         raise LmlabError(f"--seeds-from: {path} is from another run ({'; '.join(differ)} differ): only runs of the "
                          "same experiment, preset, overrides and commit on the same data can be merged")
@@ -319,7 +319,26 @@ def _seeds_from(folder: str | Path, rep: Report) -> dict[int, dict]:
     outside = sorted(set(runs) - set(rep.seeds))
     if outside:
         raise LmlabError(f"--seeds-from: {path} holds seeds {outside} outside this run's block {rep.seeds}")
-    return runs
+    return runs, theirs
+
+
+def _check_merge(rep: Report, merged: dict[str, dict], done: dict[int, dict]) -> None:
+    """Seeds merged from other folders must have been measured by one commit, and by this checkout's commit (clean)
+    when this process measures any seed itself; when it measures none, it only decides (like `lmlab decide`) and
+    the report records the measuring commit beside its own."""
+    commits = {p.get("git_commit") for p in merged.values()}
+    if len(commits) > 1:
+        raise LmlabError(f"--seeds-from: the folders were measured by different commits {sorted(commits)}: merge "
+                         "runs of one commit only")
+    here = [s for s in rep.seeds if s not in done]
+    mine = rep.provenance or {}
+    theirs = commits.pop()
+    if here and (theirs != mine.get("git_commit") or mine.get("git_dirty")):
+        raise LmlabError(f"--seeds-from: this run would measure seeds {here} at commit {mine.get('git_commit')}"
+                         f"{' (with uncommitted changes)' if mine.get('git_dirty') else ''} while the merged seeds "
+                         f"were measured at {theirs}: run it from a clean checkout of {theirs}")
+    if not here:
+        rep.provenance["measured_at"] = theirs
 
 
 def _run_seeds(ctx: RunContext, done: dict[int, dict]) -> None:
@@ -422,10 +441,13 @@ def run_experiment(
     if exp.decide is not None:
         ctx.report.seeds = seed_block(seed, cfg.seeds)
         done = _finished_runs(out, ctx.report) if resume else {}  # checked before anything is written
+        merged = {}
         for folder in seeds_from:
-            found = _seeds_from(folder, ctx.report)
+            found, merged[str(folder)] = _seeds_from(folder, ctx.report)
             ctx.report.provenance.setdefault("seeds_from", {})[str(folder)] = sorted(found)
             done.update({s: r for s, r in found.items() if s not in done})
+        if merged:
+            _check_merge(ctx.report, merged, done)
     if preset == "gpu" and dev.type == "cpu" and not quiet:
         print(f"note: {name}'s gpu preset is sized for about 5 minutes on one H100/H200 and runs on the CPU here, "
               "where it takes far longer (hours for some); --preset small is the CPU-sized run", file=sys.stderr,
