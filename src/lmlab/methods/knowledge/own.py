@@ -1,0 +1,151 @@
+"""LM-CORE readers and CoSe-Co path generators trained on a user's knowledge graph, saved as lmlab run folders.
+
+A saved folder is an lmlab checkpoint (`OUT/step_N/`, written atomically) plus `OUT/tokenizer.json`; the
+checkpoint's run config records what the model is (`lmlab_kg`: "reader" or "generator") and its settings.
+
+    reader = train_kg_reader(kg, "reader/", steps=300)
+    reader, cfg = load_kg_model("reader/", "reader")
+    answers = answer_questions(reader, kg, ["trobex was born in"], method="bm25", k=cfg["k"])
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from lmlab import checkpoint
+from lmlab.methods.knowledge.coseco import PathGenerator, SentencePaths, build_dataset, linearise, training_pairs
+from lmlab.methods.knowledge.kg import KnowledgeGraph, Probe, Triple
+from lmlab.methods.knowledge.lmcore import GPTReader, ReadExample, train_reader, training_example, verbalise
+from lmlab.methods.knowledge.retrieval import EntityLinker, Retriever
+from lmlab.tokenizer import Tokenizer
+from lmlab.utils import LmlabError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelSize:
+    """The lmlab GPT behind a reader or generator."""
+    tokenizer: str = "char"  # "char" or "bpe"
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    seq_len: int = 256
+    vocab_size: int = 800  # bpe only
+
+
+def kg_probes(kg: KnowledgeGraph) -> list[Probe]:
+    """One cloze probe per triple whose relation template puts the subject before the answer."""
+    probes = [Probe(t.head, t.relation, t.tail, kg.template(t.relation)) for t in kg]
+    probes = [p for p in probes if p.prompt()]
+    if not probes:
+        raise LmlabError("no triple of the knowledge graph gives a question (every template starts with [Y]): "
+                         "give templates like '[X] was born in [Y] .' in the JSONL file")
+    return probes
+
+
+def check_new(out: str | Path) -> Path:
+    out = Path(out)
+    if out.is_dir() and checkpoint.list_steps(out):
+        raise LmlabError(f"{out} already holds a trained model: pass a new --out folder (or delete {out})")
+    return out
+
+
+def _save(out: Path, model, tok: Tokenizer, steps: int, config: dict, losses: Sequence[float]) -> Path:
+    tok.save(out / "tokenizer.json")  # before the checkpoint: a folder with a step always has its tokenizer
+    return checkpoint.save(out, steps, model, config=config, extra={"final_loss": float(losses[-1])})
+
+
+def train_kg_reader(kg: KnowledgeGraph, out: str | Path, steps: int = 300, k: int = 3, batch: int = 16,
+                    lr: float = 3e-3, seed: int = 0, size: ModelSize | None = None, p_swap: float = 0.5,
+                    device: str | torch.device = "cpu") -> GPTReader:
+    """Train an LM-CORE reader on every fact of `kg` (the gold fact among k-1 distractors in its input) and save
+    it into `out`; the caller holds `out`'s RunLock. With probability `p_swap` the gold fact's tail is swapped for
+    another tail of its relation, in the input and the answer alike, so the reader learns to read its input rather
+    than recall the graph (what lets `kg answer` follow edits without retraining)."""
+    out, size = check_new(out), size or ModelSize()
+    probes = kg_probes(kg)
+    texts = [kg.verbalise(t) for t in kg] + [p.prompt() for p in probes]
+    torch.manual_seed(seed)
+    reader = GPTReader.create(texts, size.tokenizer, size.vocab_size, size.n_layers, size.d_model, size.n_heads,
+                              size.seq_len, device)
+    triples = kg.triples
+    tails: dict[str, list[str]] = {}
+    for t in triples:
+        tails.setdefault(t.relation, []).append(t.tail)
+
+    def example(rng: random.Random) -> ReadExample:
+        p = rng.choice(probes)
+        others = [x for x in tails[p.relation] if x != p.answer]
+        if others and rng.random() < p_swap:  # a fact it cannot have memorised: the answer is only in the input
+            p = replace(p, answer=rng.choice(others))
+        return training_example(kg, p, k, rng, triples)
+
+    losses = train_reader(reader, lambda rng: [example(rng) for _ in range(batch)], steps, lr=lr, seed=seed)
+    log.info("reader: %d facts, %d steps, final loss %.3f", len(probes), steps, losses[-1])
+    _save(out, reader.model, reader.tok, steps, {"lmlab_kg": "reader", "k": k, "max_answer": reader.max_answer,
+                                                  "steps": steps, "lr": lr, "batch": batch, "seed": seed,
+                                                  "p_swap": p_swap, **size.__dict__}, losses)
+    return reader
+
+
+def train_kg_generator(kg: KnowledgeGraph, sentences: Sequence[str], out: str | Path, steps: int = 300,
+                       batch: int = 16, lr: float = 3e-3, seed: int = 0, p_mask: float = 0.33, max_hops: int = 2,
+                       size: ModelSize | None = None, device: str | torch.device = "cpu") -> PathGenerator:
+    """Train a CoSe-Co generator on the sentences paired with the KG paths joining the entities they mention."""
+    out, size = check_new(out), size or ModelSize()
+    items = sentence_items(kg, sentences, max_hops)
+    if not items:
+        raise LmlabError(f"none of the {len(sentences)} sentences mentions a KG entity with a path: the generator "
+                         "learns from sentences that name the graph's entities (see `lmlab kg paths`)")
+    relations = kg.relations()
+    texts = [it.sentence for it in items] + [linearise(p) for it in items for p in it.paths]
+    torch.manual_seed(seed)
+    gen = PathGenerator.create(texts, relations, size.tokenizer, size.vocab_size, n_layers=size.n_layers,
+                               d_model=size.d_model, n_heads=size.n_heads, seq_len=size.seq_len, device=device,
+                               max_answer=40)
+    losses = train_reader(gen, lambda rng: training_pairs([rng.choice(items) for _ in range(batch)], rng, p_mask),
+                          steps, lr=lr, seed=seed)
+    log.info("generator: %d sentences with paths, %d steps, final loss %.3f", len(items), steps, losses[-1])
+    _save(out, gen.model, gen.reader.tok, steps, {"lmlab_kg": "generator", "relations": relations, "max_answer": 40,
+                                                  "steps": steps, "lr": lr, "batch": batch, "seed": seed,
+                                                  "p_mask": p_mask, "max_hops": max_hops, **size.__dict__}, losses)
+    return gen
+
+
+def sentence_items(kg: KnowledgeGraph, sentences: Sequence[str], max_hops: int = 2) -> list[SentencePaths]:
+    # stop words are no entities: ConceptNet holds "a", "the", ... as nodes
+    return build_dataset(kg, sentences, EntityLinker(kg, skip=ENGLISH_STOP_WORDS, min_chars=3), max_hops)
+
+
+def load_kg_model(folder: str | Path, want: str, device: str | torch.device = "cpu"):
+    """(GPTReader or PathGenerator, its saved settings) from a folder written by `train_kg_reader` (want="reader")
+    or `train_kg_generator` (want="generator")."""
+    folder = Path(folder)
+    model, meta = checkpoint.load(folder, device=device)
+    cfg = meta.get("run_config") or {}
+    kind = cfg.get("lmlab_kg")
+    if kind != want:
+        made = {"reader": "lmlab kg train-reader", "generator": "lmlab kg generate"}[want]
+        raise LmlabError(f"{folder} holds {'a KG ' + kind if kind else 'no KG model'}, not a {want}: make one with "
+                         f"`{made} --out {folder}`")
+    tok = Tokenizer.load(folder / "tokenizer.json")
+    model.eval()
+    reader = GPTReader(model, tok, cfg["max_answer"])
+    return (reader if want == "reader" else PathGenerator(reader, cfg["relations"])), cfg
+
+
+def answer_questions(reader: GPTReader, kg: KnowledgeGraph, questions: Sequence[str], method: str = "bm25",
+                     k: int = 3) -> list[tuple[str, list[Triple]]]:
+    """(answer, retrieved facts) per question: the top-k facts of `kg` are verbalised into the reader's input."""
+    got = Retriever(kg, method, k).retrieve_many(list(questions), k) if len(kg) else [[] for _ in questions]
+    facts = [[s.triple for s in g] for g in got]
+    preds = reader.predict([ReadExample(verbalise(kg, ts), q.strip(), "") for q, ts in zip(questions, facts)])
+    return list(zip(preds, facts))

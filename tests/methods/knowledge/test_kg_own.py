@@ -1,0 +1,63 @@
+"""`lmlab kg train-reader|answer|generate` on a tiny user KG: the README's commands run end to end, a reader answers
+from the facts it retrieves (and follows an edit without retraining), folders of the wrong kind are refused."""
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from lmlab.cli import main
+from lmlab.methods.knowledge.kg import KnowledgeGraph
+from lmlab.methods.knowledge.own import answer_questions, load_kg_model, train_kg_reader
+
+README = Path(__file__).resolve().parents[3] / "src" / "lmlab" / "methods" / "knowledge" / "README.md"
+FACTS = [("trobex", "born_in", "vantor"), ("melda", "born_in", "pelmor"), ("trobex", "works_as", "baker"),
+         ("melda", "works_as", "miner"), ("dog", "AtLocation", "kennel"), ("kennel", "PartOf", "yard")]
+SENTENCES = ["the dog sleeps in the kennel", "the kennel is in the yard", "a dog barks in a yard"]
+
+
+@pytest.fixture
+def kg_dir(tmp_path, monkeypatch):
+    (tmp_path / "facts.tsv").write_text("".join("\t".join(f) + "\n" for f in FACTS))
+    (tmp_path / "sentences.txt").write_text("\n".join(SENTENCES) + "\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def refused(argv, capsys) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_readme_commands_run(kg_dir, capsys):
+    block = re.search(r"^```bash kg-own\n(.*?)^```", README.read_text(), re.MULTILINE | re.DOTALL).group(1)
+    for line in block.strip().splitlines():
+        argv = shlex.split(line.replace("--steps 300", "--steps 5"))
+        assert main(argv[1:]) == 0, line
+    answers = [json.loads(x) for x in (kg_dir / "answers" / "answers.jsonl").read_text().splitlines()]
+    assert answers[0]["question"] == "trobex born in" and ["trobex", "born_in", "vantor"] in answers[0]["facts"]
+    paths = [json.loads(x) for x in (kg_dir / "generator" / "paths.jsonl").read_text().splitlines()]
+    assert [p["sentence"] for p in paths] == ["the dog sleeps in the kennel"] and len(paths[0]["paths"]) == 2
+    assert "already holds a trained model" in refused(
+        ["kg", "train-reader", "--kg", "facts.tsv", "--out", "reader", "--steps", "1"], capsys)
+    assert "not a reader" in refused(["kg", "answer", "generator", "--kg", "facts.tsv", "--question", "x"], capsys)
+
+
+def test_reader_reads_retrieved_facts_and_follows_edits(tmp_path):
+    kg = KnowledgeGraph(FACTS)
+    train_kg_reader(kg, tmp_path / "r", steps=200)
+    reader, cfg = load_kg_model(tmp_path / "r", "reader")
+    assert [a for a, _ in answer_questions(reader, kg, ["trobex born in", "melda works as"], k=cfg["k"])] == \
+        ["vantor", "miner"]
+    kg.update("trobex", "born_in", "pelmor")  # no retraining: the retrieved fact changes the answer
+    assert answer_questions(reader, kg, ["trobex born in"], k=cfg["k"])[0][0] == "pelmor"
+
+
+def test_generator_needs_sentences_that_name_entities(kg_dir, capsys):
+    (kg_dir / "other.txt").write_text("nothing here\n")
+    assert "mentions a KG entity" in refused(
+        ["kg", "generate", "--kg", "facts.tsv", "--sentences", "other.txt", "--out", "g", "--steps", "1"], capsys)
+    assert "pass --sentences" in refused(["kg", "generate", "--kg", "facts.tsv", "--out", "g2"], capsys)
