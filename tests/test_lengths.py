@@ -75,7 +75,7 @@ def test_past_the_position_limit_commands_refuse_in_one_line(tmp_path, capsys):
     gpt2 = save_hf(tmp_path / "gpt2", "gpt2")
     (tmp_path / "context.txt").write_text(LONG)
     capsys.readouterr()
-    ttt = ["ttt", "--model", str(gpt2), "--context", str(tmp_path / "context.txt"), "--question", "a?", "--steps",
+    ttt = ["ttt", str(gpt2), "--context", str(tmp_path / "context.txt"), "--question", "a?", "--steps",
            "1", "--span", "4", "--device", "cpu"]
     for run in (lambda: interference(gpt2, tmp_path, "i"), lambda: main(ttt)):
         rc, err = run(), capsys.readouterr().err

@@ -22,7 +22,6 @@ def test_ttt_cli_on_lmlab_checkpoint(tmp_path, capsys):
     code = main(
         [
             "ttt",
-            "--model",
             str(run),
             "--context",
             str(tmp_path / "ctx.txt"),
@@ -48,10 +47,25 @@ def test_ttt_cli_on_lmlab_checkpoint(tmp_path, capsys):
 
 def test_ttt_cli_reports_bad_input(tmp_path, capsys):
     code = main(
-        ["ttt", "--model", str(tmp_path), "--context", str(tmp_path / "missing.txt"), "--question", "q"]
+        ["ttt", str(tmp_path), "--context", str(tmp_path / "missing.txt"), "--question", "q"]
     )
     assert code == 2
     assert "context file" in capsys.readouterr().err
+
+
+def test_ttt_old_model_flag_still_works_with_a_deprecation_note(tmp_path, capsys, caplog):
+    """`--model MODEL` (the spelling before the model became the first argument): the same run, and one warning."""
+    (tmp_path / "ctx.txt").write_text(CONTEXT)
+    with caplog.at_level("WARNING", logger="lmlab.methods.qttt.cli"):
+        code = main(["ttt", "--model", str(tmp_path / "missing"), "--context", str(tmp_path / "ctx.txt"),
+                     "--question", "q", "--device", "cpu"])
+    assert code == 2 and str(tmp_path / "missing") in capsys.readouterr().err  # it reached the model
+    assert [r.message for r in caplog.records if "deprecated" in r.message] == [
+        "--model is deprecated: pass MODEL as the first argument (lmlab ttt MODEL --context ...)"]
+    assert main(["ttt", "a", "--model", "b", "--context", "c", "--question", "q"]) == 2
+    assert "model given twice" in capsys.readouterr().err
+    assert main(["ttt", "--context", "c", "--question", "q"]) == 2
+    assert "ttt needs a model: lmlab ttt MODEL" in capsys.readouterr().err
 
 
 def test_ttt_cli_on_hf_model(tmp_path, capsys):
@@ -83,7 +97,6 @@ def test_ttt_cli_on_hf_model(tmp_path, capsys):
     code = main(
         [
             "ttt",
-            "--model",
             str(tmp_path / "hf"),
             "--context",
             str(tmp_path / "ctx.txt"),

@@ -1,7 +1,8 @@
-"""`lmlab ttt --model DIR --context FILE --question TEXT`: answer a question about a long context after
+"""`lmlab ttt MODEL --context FILE --question TEXT`: answer a question about a long context after
 query-only test-time training (qTTT) on that context.
 
-DIR is a local Hugging Face causal-LM folder (Llama/Qwen/Mistral/OLMo) or an lmlab run / step folder.
+MODEL is a local Hugging Face causal-LM folder (Llama/Qwen/Mistral/OLMo) or an lmlab run / step folder (the old
+spelling `--model MODEL` still works, with a deprecation note).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def register(sub) -> None:
         description="One prefill of the context, N next-token steps on length-k spans that update "
         "only the query projections, then the answer over the unchanged cache.",
     )
-    p.add_argument("--model", required=True, help="HF causal-LM folder or lmlab run/step folder")
+    p.add_argument("model", nargs="?", help="HF causal-LM folder or lmlab run/step folder")
+    p.add_argument("--model", dest="model_flag", metavar="MODEL", help="deprecated: pass MODEL as the first argument")
     p.add_argument("--context", required=True, help="text file holding the long context")
     p.add_argument("--question", required=True, help="question text appended after the context")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of an lmlab run (default: latest)")
@@ -54,6 +56,13 @@ def run(args) -> int:
     from lmlab.methods.qttt.ttt import QTTT, QTTTConfig
     from lmlab.utils import get_device
 
+    if args.model_flag is not None:
+        if args.model is not None:
+            raise LmlabError("model given twice: pass MODEL as the first argument, without --model")
+        log.warning("--model is deprecated: pass MODEL as the first argument (lmlab ttt MODEL --context ...)")
+        args.model = args.model_flag
+    if args.model is None:
+        raise LmlabError("ttt needs a model: lmlab ttt MODEL --context FILE --question TEXT")
     text = read_text(args.context, "context file")
     cfg = QTTTConfig(
         steps=args.steps,
