@@ -161,7 +161,7 @@ def bad_file(tmp_path_factory, name: str, content: bytes) -> Path:
 @example(content=VALID_TEXT)
 def test_ttt_on_any_context_file(lm_runs, tmp_path_factory, capsys, content):
     path = bad_file(tmp_path_factory, "ctx.txt", content)
-    assert_clean(*outcome(["ttt", "--model", str(lm_runs[0]), "--context", str(path), "--question", "a?",
+    assert_clean(*outcome(["ttt", str(lm_runs[0]), "--context", str(path), "--question", "a?",
                            "--steps", "1", "--span", "4", "--max-new-tokens", "1", "--device", "cpu"], capsys))
 
 
@@ -182,8 +182,8 @@ def test_interference_on_any_task_file(lm_runs, tmp_path_factory, capsys, conten
 @example(content=b'{"prompt": 1, "completion": "2"}\n')
 def test_compose_on_any_data_file(lm_runs, tmp_path_factory, capsys, content):
     path = bad_file(tmp_path_factory, "pairs.jsonl", content)
-    assert_clean(*outcome(["compose", "--anchor", str(lm_runs[0]), "--augment", str(lm_runs[1]), "--data", str(path),
-                           "--steps", "1", "--batch", "2", "--device", "cpu", "--out", str(path.parent / "b.pt")],
+    assert_clean(*outcome(["compose", str(lm_runs[0]), str(lm_runs[1]), "--data", str(path),
+                           "--steps", "1", "--batch", "2", "--device", "cpu", "--out", str(path.parent / "b")],
                           capsys))
 
 

@@ -109,7 +109,7 @@ def commands(m1, m2, lm_run, d, out):
         "post-train": ["post-train", m1, "--pipeline", "sft_rl", "--out", f"{out}/pt", *POST, "--sft-steps", "1",
                        "--sft-batch-size", "2", "--rl-steps", "1", "--prompts-per-step", "2", "--group-size", "2",
                        "--max-new-tokens", "4"],
-        "ttt": ["ttt", "--model", m1, "--context", f"{d}/context.txt", "--question", "who ran?", "--steps", "2",
+        "ttt": ["ttt", m1, "--context", f"{d}/context.txt", "--question", "who ran?", "--steps", "2",
                 "--span", "8", "--max-new-tokens", "2", "--device", "cpu"],
         "interference": ["interference", m1, "--task", f"a={d}/a.txt", "--task", f"b={d}/b.txt", "--rare", "b",
                          "--layer", "0", "--max-lines", "4", "--seq-len", "16", "--device", "cpu",
@@ -119,10 +119,10 @@ def commands(m1, m2, lm_run, d, out):
         "info": ["info", m1, m2, "--kind", "causal", "--data", f"{d}/text.txt", "--memorization", "heuristic",
                  "--max-examples", "16", "--mi-neurons", "4", "--bins", "8", "--max-length", "16", "--device", "cpu",
                  "--out", f"{out}/info"],
-        "compose": ["compose", "--anchor", m1, "--augment", m2, "--data", f"{d}/pairs.jsonl", "--steps", "2",
-                    "--batch", "2", "--device", "cpu", "--out", f"{out}/pair.pt"],
-        "compose-lmlab": ["compose", "--anchor", m1, "--augment", lm_run, "--data", f"{d}/pairs.jsonl", "--steps",
-                          "2", "--batch", "2", "--device", "cpu", "--out", f"{out}/mixed.pt"],
+        "compose": ["compose", m1, m2, "--data", f"{d}/pairs.jsonl", "--steps", "2",
+                    "--batch", "2", "--device", "cpu", "--out", f"{out}/pair"],
+        "compose-lmlab": ["compose", m1, lm_run, "--data", f"{d}/pairs.jsonl", "--steps",
+                          "2", "--batch", "2", "--device", "cpu", "--out", f"{out}/mixed"],
     }
 
 
@@ -145,7 +145,7 @@ def test_every_command_runs_on_a_tiny_hf_folder_of_each_family(tmp_path, family,
     assert not failed, capsys.readouterr().err
     out = tmp_path / "out"
     written = ["sft/metrics.json", "rl/metrics.json", "pt/metrics.json", "interference/results.json",
-               "lmc/results.json", "info/results.json", "pair.pt", "mixed.pt"]
+               "lmc/results.json", "info/results.json", "pair/bridges.pt", "mixed/bridges.pt"]
     assert all((out / f).is_file() for f in written)
     assert "with qTTT" in capsys.readouterr().out
 

@@ -102,14 +102,14 @@ def test_compose_writes_its_losses_beside_its_out_and_a_resume_keeps_them(tmp_pa
                              for a in range(4) for b in range(4)))
 
     def compose(out, *extra):
-        return main(["-q", "compose", "--anchor", str(run), "--augment", str(run), "--data", str(pairs), "--steps",
+        return main(["-q", "compose", str(run), str(run), "--data", str(pairs), "--steps",
                      "4", "--batch", "2", "--device", "cpu", "--out", str(out), *extra])
 
     def lines(out):
-        return [json.loads(ln) for ln in (tmp_path / f"{out.name}.metrics.jsonl").read_text().splitlines()]
+        return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
 
-    assert compose(tmp_path / "whole.pt") == 0
-    whole = lines(tmp_path / "whole.pt")
+    assert compose(tmp_path / "whole") == 0
+    whole = lines(tmp_path / "whole")
     assert [r["step"] for r in whole] == [0, 1, 2, 3] and all(isinstance(r["loss"], float) for r in whole)
     real, calls = lmlab.train.lr_at, []
 
@@ -121,12 +121,12 @@ def test_compose_writes_its_losses_beside_its_out_and_a_resume_keeps_them(tmp_pa
 
     with monkeypatch.context() as mp:
         mp.setattr(lmlab.train, "lr_at", ctrl_c_in_step_3)
-        assert compose(tmp_path / "cut.pt") == 130
-    assert [r["step"] for r in lines(tmp_path / "cut.pt")] == [0, 1, 2]
-    with open(tmp_path / "cut.pt.metrics.jsonl", "a") as f:
+        assert compose(tmp_path / "cut") == 130
+    assert [r["step"] for r in lines(tmp_path / "cut")] == [0, 1, 2]
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "lo')  # a crash while appending
-    assert compose(tmp_path / "cut.pt", "--resume") == 0
-    assert lines(tmp_path / "cut.pt") == whole  # exact resume: each step once, the torn line dropped
+    assert compose(tmp_path / "cut", "--resume") == 0
+    assert lines(tmp_path / "cut") == whole  # exact resume: each step once, the torn line dropped
 
 
 def test_a_torn_last_metrics_line_is_tolerated_on_reading_and_on_resume(tmp_path, caplog):

@@ -46,8 +46,8 @@ class RunLock:
 
     @classmethod
     def for_file(cls, path: str | Path, command: str = "lmlab", force: bool = False) -> RunLock:
-        """Hold an output *file* (e.g. `lmlab compose --out bridge.pt`): the lock `.NAME.lmlab.lock` lies next to
-        it, so writers of other files in the same folder are not in the way."""
+        """Hold an output *file* (e.g. the old spelling `lmlab compose --out bridge.pt`): the lock `.NAME.lmlab.lock`
+        lies next to it, so writers of other files in the same folder are not in the way."""
         path = Path(path)
         if path.is_dir():
             raise LmlabError(f"{path} is a folder: pass a file name for the output")

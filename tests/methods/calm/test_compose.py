@@ -1,5 +1,4 @@
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -192,16 +191,16 @@ def test_compose_cli_trains_bridges_between_two_checkpoints(tmp_path):
         runs.append(tmp_path / name)
     data = tmp_path / "dc.jsonl"
     data.write_text("\n".join(json.dumps({"prompt": p, "completion": c}) for p, c in task.dc_dataset(40, 0)))
-    out = tmp_path / "bridge.pt"
-    rc = main(["compose", "--anchor", str(runs[0]), "--augment", str(runs[1]), "--data", str(data),
+    out = tmp_path / "bridge"
+    rc = main(["compose", str(runs[0]), str(runs[1]), "--data", str(data),
                "--steps", "3", "--batch", "4", "--out", str(out), "--eval", str(data), "--n-connections", "1"])
-    assert rc == 0 and out.exists()
+    assert rc == 0 and (out / "bridges.pt").is_file() and (out / "metrics.jsonl").is_file()
     anchor, _ = checkpoint.load(runs[0])
     aug, _ = checkpoint.load(runs[1])
-    cm = ComposedModel.load_bridges(out, anchor, aug)
+    cm = ComposedModel.load_bridges(out / "bridges.pt", anchor, aug)
     assert cm.connections == [(1, 1)]
-    assert main(["compose", "--anchor", str(runs[0]), "--augment", str(runs[1]), "--data",
-                 str(tmp_path / "missing.jsonl")]) == 2
+    assert main(["compose", str(runs[0]), str(runs[1]), "--data", str(tmp_path / "missing.jsonl"),
+                 "--out", str(tmp_path / "o")]) == 2
 
     import signal
 
@@ -216,20 +215,20 @@ def test_compose_cli_trains_bridges_between_two_checkpoints(tmp_path):
             signal.raise_signal(signal.SIGINT)
         return real_set_lr(*a, **kw)
 
-    cut, whole = tmp_path / "cut.pt", tmp_path / "whole.pt"
-    args = ["compose", "--anchor", str(runs[0]), "--augment", str(runs[1]), "--data", str(data), "--steps", "6",
+    cut, whole = tmp_path / "cut", tmp_path / "whole"
+    args = ["compose", str(runs[0]), str(runs[1]), "--data", str(data), "--steps", "6",
             "--batch", "4", "--n-connections", "1"]
     assert main([*args, "--out", str(whole)]) == 0
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(lmlab.train, "set_lr", step_then_ctrl_c)
         rc = main([*args, "--out", str(cut)])
     assert rc == 130 and len(calls) == 2
-    blob = torch.load(cut, weights_only=True)
+    blob = torch.load(cut / "bridges.pt", weights_only=True)
     assert blob["extra"]["interrupted"] and blob["extra"]["steps"] == 2
-    assert ComposedModel.load_bridges(cut, anchor, aug).connections == [(1, 1)]  # a loadable composition
+    assert ComposedModel.load_bridges(cut / "bridges.pt", anchor, aug).connections == [(1, 1)]  # a loadable composition
     assert main([*args, "--out", str(cut)]) == 2  # an interrupted run is not overwritten by a fresh one
-    assert main([*args, "--out", str(cut), "--resume"]) == 0 and not Path(f"{cut}.resume").exists()
-    a, b = (torch.load(p, weights_only=True)["bridges"] for p in (whole, cut))
+    assert main([*args, "--out", str(cut), "--resume"]) == 0 and not (cut / "resume.pt").exists()
+    a, b = (torch.load(p / "bridges.pt", weights_only=True)["bridges"] for p in (whole, cut))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # resumed == uninterrupted
     assert not all(torch.equal(a[k], blob["bridges"][k]) for k in a)  # and the 4 later steps did train
 

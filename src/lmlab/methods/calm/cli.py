@@ -1,8 +1,15 @@
-"""`lmlab compose`: train CALM bridges between two frozen checkpoints (lmlab runs or local HF models)."""
+"""`lmlab compose ANCHOR AUGMENT --data PAIRS --out DIR`: train CALM bridges between two frozen checkpoints (lmlab
+runs or local HF models).
+
+DIR holds the bridges (`bridges.pt`), `metrics.jsonl`, `tb/` and, after a Ctrl-C, `resume.pt`. The old spellings
+(`--anchor/--augment`, `--out FILE.pt`, with `FILE.pt.metrics.jsonl` and `FILE.pt.resume` beside it) still work,
+with a deprecation note.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import sys
 from pathlib import Path
@@ -11,11 +18,19 @@ from lmlab.errors import LmlabError
 from lmlab.inputs import read_text
 from lmlab.runlock import RunLock
 
+log = logging.getLogger(__name__)
+BRIDGES = "bridges.pt"
+OLD_OUT_SUFFIXES = (".pt", ".safetensors")  # `--out FILE.pt`: the spelling before --out was a folder
+
 
 def register(sub) -> None:
     p = sub.add_parser("compose", help="compose a frozen anchor and augmenting model with learned cross-attention")
-    p.add_argument("--anchor", required=True, help="anchor: lmlab run/step folder or local HF causal-LM folder")
-    p.add_argument("--augment", required=True, help="augmenting model: lmlab run/step folder or HF folder")
+    p.add_argument("anchor", nargs="?", help="anchor: lmlab run/step folder or local HF causal-LM folder")
+    p.add_argument("augment", nargs="?", help="augmenting model: lmlab run/step folder or HF folder")
+    p.add_argument("--anchor", dest="anchor_flag", metavar="ANCHOR", help="deprecated: pass ANCHOR as the first "
+                   "argument")
+    p.add_argument("--augment", dest="augment_flag", metavar="AUGMENT", help="deprecated: pass AUGMENT as the second "
+                   "argument")
     p.add_argument("--data", required=True, help="JSONL of {\"prompt\": ..., \"completion\": ...} (composition set)")
     p.add_argument("--eval", default=None, help="optional JSONL to report greedy exact-match accuracy on")
     p.add_argument("--tokenizer", default=None, help="shared tokenizer file (default: the anchor's)")
@@ -29,11 +44,11 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the bridges")
     p.add_argument("--seed", type=int, default=0, help="random seed (bridge initialisation, batch order)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto (default: auto, CUDA when available)")
-    p.add_argument("--out", default="bridge.pt",
-                   help="where to save the composition parameters (beside it: OUT.metrics.jsonl, the loss of every "
-                   "step, and OUT.tb/, TensorBoard)")
+    p.add_argument("--out", required=True,
+                   help=f"output folder: the composition parameters ({BRIDGES}), metrics.jsonl (the loss of every "
+                   "step) and tb/ (TensorBoard)")
     p.add_argument("--resume", action="store_true",
-                   help="continue exactly from OUT.resume (written on Ctrl-C), with the same command")
+                   help="continue exactly from OUT/resume.pt (written on Ctrl-C), with the same command")
     p.add_argument("--force-unlock", action="store_true",
                    help="take over an --out locked from another host (only when that run is gone)")
     p.set_defaults(func=run)
@@ -58,19 +73,50 @@ def read_pairs(path: str, what: str = "--data") -> list[tuple[str, str]]:
     return pairs
 
 
+def _models(args) -> None:
+    """ANCHOR AUGMENT from the positional arguments or the deprecated --anchor/--augment."""
+    for name in ("anchor", "augment"):
+        flag = getattr(args, f"{name}_flag")
+        if flag is not None:
+            if getattr(args, name) is not None:
+                raise LmlabError(f"{name} given twice: pass ANCHOR AUGMENT as the first two arguments, without "
+                                 f"--{name}")
+            log.warning("--%s is deprecated: pass ANCHOR AUGMENT as the first two arguments", name)
+            setattr(args, name, flag)
+        delattr(args, f"{name}_flag")  # a resume compares the arguments: either spelling is the same run
+    if args.anchor is None or args.augment is None:
+        raise LmlabError("compose needs two models: lmlab compose ANCHOR AUGMENT --data PAIRS --out DIR")
+
+
+def outputs(out: str) -> dict[str, Path]:
+    """Where compose writes: inside the folder OUT, or beside the file OUT.pt (the old spelling)."""
+    if Path(out).suffix in OLD_OUT_SUFFIXES:
+        return {"bridges": Path(out), "metrics": Path(f"{out}.metrics.jsonl"), "tb": Path(f"{out}.tb"),
+                "resume": Path(f"{out}.resume")}
+    d = Path(out)
+    return {"bridges": d / BRIDGES, "metrics": d / "metrics.jsonl", "tb": d / "tb", "resume": d / "resume.pt"}
+
+
 def run(args) -> int:
     from lmlab.utils import check_lr  # torch: imported when the command runs, not for --help
 
+    _models(args)
     check_lr(args.lr, "--lr")
     if args.steps < 0 or args.batch < 1:
         raise LmlabError(f"need --steps >= 0 and --batch >= 1, got {args.steps} and {args.batch}")
     pairs = read_pairs(args.data)  # before the models load: a bad file fails fast
     ev = read_pairs(args.eval, "--eval") if args.eval else None
-    with RunLock.for_file(args.out, "lmlab compose", force=args.force_unlock):  # one writer of --out
-        return _run(args, pairs, ev)
+    if Path(args.out).suffix in OLD_OUT_SUFFIXES:
+        log.warning("--out %s: a file for --out is deprecated; pass a folder (the bridges go to OUT/%s)",
+                    args.out, BRIDGES)
+        lock = RunLock.for_file(args.out, "lmlab compose", force=args.force_unlock)
+    else:
+        lock = RunLock(args.out, "lmlab compose", force=args.force_unlock)
+    with lock:  # one writer of --out
+        return _run(args, pairs, ev, outputs(args.out))
 
 
-def _run(args, pairs, ev) -> int:
+def _run(args, pairs, ev, paths: dict[str, Path]) -> int:
     # heavy imports (torch) when the command runs, not when the parser is built
     import torch
 
@@ -101,7 +147,7 @@ def _run(args, pairs, ev) -> int:
             yield encode_pairs(codec, [pairs[rng.randrange(len(pairs))] for _ in range(args.batch)], dev)
 
     opt = torch.optim.AdamW(cm.bridge_parameters(), lr=args.lr)
-    snap_path = Path(f"{args.out}.resume")
+    snap_path, saved = paths["resume"], paths["bridges"]
     run_id = {k: str(v) for k, v in sorted(vars(args).items())
               if k not in ("resume", "func", "eval", "device", "force_unlock")}
     done = [0]  # steps completed
@@ -115,7 +161,7 @@ def _run(args, pairs, ev) -> int:
         raise LmlabError(f"{snap_path} holds an interrupted run: continue it with --resume, or choose another --out")
 
     # a resume keeps the lines of the steps it continues
-    metrics = MetricsLog(f"{args.out}.metrics.jsonl", tensorboard=f"{args.out}.tb",
+    metrics = MetricsLog(paths["metrics"], tensorboard=paths["tb"],
                          keep=(lambda r: r.get("step", 0) < done[0]) if args.resume else None,
                          purge_step=done[0] if args.resume else None)
     bar = Progress(args.steps, "compose", initial=done[0])
@@ -133,24 +179,24 @@ def _run(args, pairs, ev) -> int:
                          warmup=min(50, args.steps // 10), optimizer=opt, callback=after_step, start=done[0],
                          guard=True)
     except TrainingDiverged as e:  # the failing update was not applied: the bridges hold the last good step
-        cm.save_bridges(args.out, str(args.anchor), str(args.augment),
+        cm.save_bridges(saved, str(args.anchor), str(args.augment),
                         extra={"data": str(args.data), "steps": done[0], "diverged": str(e)})
         raise TrainingDiverged(f"composition training diverged after {done[0]} good step(s) ({e}); the bridges of "
-                               f"the last good step are saved in {args.out} (extra.diverged)") from None
+                               f"the last good step are saved in {saved} (extra.diverged)") from None
     except StopRequested:
-        cm.save_bridges(args.out, str(args.anchor), str(args.augment),
+        cm.save_bridges(saved, str(args.anchor), str(args.augment),
                         extra={"data": str(args.data), "steps": done[0], "interrupted": True})
         save_snapshot(snap_path, {"run": run_id, "step": done[0], "bridges": cm.bridges.state_dict(),
                                   "opt": opt.state_dict(), "rng": rng.getstate()})
-        print(f"interrupted after {done[0]} of {args.steps} steps: the bridges as they stood are saved in "
-              f"{args.out} (extra.interrupted); continue exactly with the same command and --resume", file=sys.stderr)
+        print(f"interrupted after {done[0]} of {args.steps} steps: the bridges as they stood are saved in {saved} "
+              "(extra.interrupted); continue exactly with the same command and --resume", file=sys.stderr)
         return 130
-    cm.save_bridges(args.out, str(args.anchor), str(args.augment), extra={"data": str(args.data), "steps": args.steps})
+    cm.save_bridges(saved, str(args.anchor), str(args.augment), extra={"data": str(args.data), "steps": args.steps})
     snap_path.unlink(missing_ok=True)
     if not losses:
         losses = [float("nan")]
     print(f"trained {cm.num_bridge_params():,} bridge parameters on connections {cm.connections}: "
-          f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved {args.out}")
+          f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; saved {saved}")
     if ev:
         prompts = [codec.encode(p, bos=True) for p, _ in ev]
         outs = cm.generate(prompts, max(len(codec.encode(c)) for _, c in ev) + 2, stop_token=codec.eos_id,

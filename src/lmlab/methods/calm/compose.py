@@ -342,7 +342,8 @@ class ComposedModel(nn.Module):
 
 
 def check_same_tokenizer(tok_a, tok_b) -> None:
-    """Refuse to compose models whose tokenizers differ (positions and ids must line up)."""
+    """Refuse to compose models whose tokenizers differ (positions and ids must line up); the refusal names both
+    tokenizers (class, vocabulary size) and one token they disagree on."""
     def vocab(t):
         if hasattr(t, "get_vocab"):
             return t.get_vocab()
@@ -352,9 +353,22 @@ def check_same_tokenizer(tok_a, tok_b) -> None:
             return t.tok.get_vocab()
         raise LmlabError(f"cannot read the vocabulary of tokenizer {type(t).__name__}")
 
-    if vocab(tok_a) != vocab(tok_b):
-        raise LmlabError("the anchor and augmenting tokenizers differ: CALM needs both models to tokenise "
-                         "identically; pass a shared tokenizer (e.g. --tokenizer) or use a same-family model pair")
+    va, vb = vocab(tok_a), vocab(tok_b)
+    if va == vb:
+        return
+    by_id = sorted(set(va.items()) ^ set(vb.items()), key=lambda kv: (kv[1], kv[0]))
+    token = by_id[0][0]
+
+    def where(v):
+        return f"id {v[token]}" if token in v else "absent"
+
+    def name(t, v):  # lmlab's HFCodec wraps a transformers tokenizer: name that one
+        return f"{type(t.tok if type(t).__name__ == 'HFCodec' else t).__name__} ({len(v)} tokens)"
+
+    raise LmlabError(f"the anchor and augmenting tokenizers differ: anchor {name(tok_a, va)}, augment "
+                     f"{name(tok_b, vb)}; e.g. token {token!r} is {where(va)} in the anchor's and {where(vb)} in the "
+                     "augment's. CALM needs both models to tokenise identically; pass a shared tokenizer (e.g. "
+                     "--tokenizer) or use a same-family model pair")
 
 
 def compose(anchor: nn.Module, augment: nn.Module, n_connections: int | None = None,
