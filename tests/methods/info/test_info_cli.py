@@ -86,3 +86,32 @@ def test_info_cli_errors_name_the_problem(encoders, tmp_path, capsys):
     assert "no value for ['enc1']" in capsys.readouterr().err
     assert main([*args, "--data", str(root / "texts.txt"), "--layers", "0,last"]) == 2
     assert "give comma-separated layer indices" in capsys.readouterr().err
+
+
+def test_info_reads_lmlab_runs_through_their_hook_points(tmp_path, capsys):
+    """Two tiny lmlab runs (and a mixed pair with an HF encoder would work alike): the CLI's summaries are the
+    analysis API's on the activations read at blocks.{i}.hook_resid_post."""
+    from lmlab.loading import load_policy
+
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"run{seed}"
+        assert main(["pretrain", "--config", "tiny", "--out", str(out), "model.d_model=32", "model.n_heads=2",
+                     "model.seq_len=64", "train.max_steps=1", "train.batch_size=4", "train.save_every=1",
+                     "train.save_steps=[]", "train.eval_every=1", "train.eval_batches=1", f"train.seed={seed}",
+                     "train.progress=false", "train.tensorboard=false"]) == 0
+        runs.append(out)
+    texts = tmp_path / "texts.txt"
+    rng = np.random.default_rng(0)
+    texts.write_text("\n".join(" ".join(rng.choice(WORDS, rng.integers(3, 7))) for _ in range(80)) + "\n")
+    out = tmp_path / "info"
+    assert main(["info", *map(str, runs), "--data", str(texts), "--memorization", "heuristic", "--reduce", "mean",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    model, tok, kind = load_policy(str(runs[0]), None, None, "cpu")
+    assert kind == "lmlab"
+    acts = I.lmlab_activations(model, texts.read_text().splitlines(), tok, reduce="mean")
+    assert list(acts.layers) == [str(i) for i in range(len(model.blocks))]
+    assert acts.values.shape == (80, 32 * len(model.blocks))
+    want = I.select_models({"run0": acts}, "heuristic", keep_arrays=True)["summaries"]["run0"]["mean_entropy"]
+    assert res["summaries"]["run0"]["mean_entropy"] == pytest.approx(want)

@@ -18,7 +18,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "info", help="entropy and mutual information of neuron activations: rank your models for memorization"
     )
-    p.add_argument("models", nargs="+", help="local HF model folders (each with its tokenizer)")
+    p.add_argument("models", nargs="+", help="local HF model folders (each with its tokenizer) or lmlab runs "
+                   "(read through their blocks.{i}.hook_resid_post hook points)")
     p.add_argument(
         "--data", required=True, help="unlabeled texts: a .txt file (one per line) or JSONL with 'text'"
     )
@@ -51,7 +52,7 @@ def register(sub) -> None:
 def run(args) -> int:
     # heavy imports (torch) when the command runs, not when the parser is built
     from lmlab.methods.info import information as I
-    from lmlab.loading import model_names, read_texts
+    from lmlab.loading import load_policy, model_names, read_texts
     from lmlab.hf import load_model, load_tokenizer
     from lmlab.utils import atomic_write_json, atomic_write_png, atomic_write_text, get_device
 
@@ -76,6 +77,11 @@ def run(args) -> int:
     acts = {}
     for i, (name, path) in enumerate(zip(names, args.models), 1):
         log.info("loading %s (%d of %d) ...", path, i, len(names))
+        if not (Path(path) / "config.json").is_file():  # an lmlab run or step folder
+            model, tok, _ = load_policy(path, None, None, dev)
+            acts[name] = I.lmlab_activations(model.float(), texts, tok, layers, args.reduce, args.max_examples,
+                                             args.batch, args.max_length, progress=f"info: {name} activations")
+            continue
         model = load_model(path, kind=args.kind).float().to(dev)
         acts[name] = I.hf_activations(
             model,

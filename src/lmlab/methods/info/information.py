@@ -13,6 +13,7 @@ e.g. the hidden Linear layers of an MLP = pre-ReLU activations).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -189,6 +190,28 @@ def hf_activations(
     n_batches = -(-len(texts) // batch_size)
     return collect_activations(model, track(batches(), progress or "", total=n_batches, unit="batch",
                                             enabled=progress is not None), layers, reduce, max_examples)
+
+
+def lmlab_activations(model, texts: Sequence[str], tokenizer, layers: Sequence[int] | None = None,
+                      reduce: str = "cls", max_examples: int = 2500, batch_size: int = 32, max_length: int = 128,
+                      progress: str | None = None) -> Activations:
+    """Activations of an lmlab GPT (an lmlab run, as `lmlab.loading.load_policy` loads it) read through its
+    `blocks.{i}.hook_resid_post` hook points; each text is encoded as in training (BOS first). Texts of one token
+    length share a batch, so no padding enters a "mean" and no position shifts."""
+    n_layers = len(model.blocks)
+    layers = list(range(n_layers)) if layers is None else list(layers)
+    bad = [i for i in layers if not -n_layers <= i < n_layers]
+    if bad:
+        raise LmlabError(f"layer(s) {bad} out of range: the model has {n_layers} layers")
+    keep = min(max_length, model.cfg.seq_len)
+    seqs = sorted((tokenizer.encode(t, bos=True)[:keep] for t in list(texts)[:max_examples]), key=len)
+    groups = [list(g) for _, g in itertools.groupby(seqs, key=len)]
+    chunks = [torch.tensor(g[s:s + batch_size]) for g in groups for s in range(0, len(g), batch_size)]
+    acts = collect_activations(model, track(chunks, progress or "", total=len(chunks), unit="batch",
+                                            enabled=progress is not None),
+                               [f"blocks.{i % n_layers}.hook_resid_post" for i in layers], reduce, max_examples)
+    acts.layers = {str(i): sl for i, sl in zip(layers, acts.layers.values())}
+    return acts
 
 
 # ============================================================================ entropy
