@@ -310,3 +310,33 @@ def test_language_model_paths_score_counted_tokens():
     assert loop["loss"][-1] == pytest.approx(C.evaluate(b, batches)["loss"], abs=1e-6)
     with pytest.raises(LmlabError, match="no scored labels"):
         C.evaluate(a, C.prepare_batches([(ids, torch.full_like(tgt, -100))], "cpu"))
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_path_curve_leaves_the_callers_model_as_it_was(vectorize):
+    """The template is used to evaluate interpolated weights; afterwards it holds its own weights and buffers again
+    and is in the mode it came in (also when the endpoints are given and only interior points are loaded)."""
+    torch.manual_seed(0)
+    m1, m2, template = MLP(3, 8), MLP(3, 8), MLP(3, 8)
+    template.register_buffer("scale", torch.tensor(2.0))
+    m1.register_buffer("scale", torch.tensor(1.0))
+    m2.register_buffer("scale", torch.tensor(5.0))
+    before = {k: v.clone() for k, v in template.state_dict().items()}
+    batches = C.prepare_batches([(torch.randn(16, 3), torch.randint(0, 2, (16,)))], "cpu")
+    template.train()
+    for ends in (None, (C.evaluate(m1, batches), C.evaluate(m2, batches))):
+        curve = C.path_curve(template, m1.state_dict(), m2.state_dict(), batches, 5, endpoints=ends,
+                             vectorize=vectorize)
+        after = template.state_dict()
+        assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+        assert template.training and len(curve["loss"]) == 5
+    assert not any(torch.equal(before[k], m1.state_dict()[k]) for k in ("out.weight", "scale"))  # it did change
+
+
+def test_barrier_matrix_leaves_its_template_as_it_was():
+    torch.manual_seed(0)
+    models = {f"m{i}": MLP(3, 8).state_dict() for i in range(3)}
+    template = MLP(3, 8)
+    before = {k: v.clone() for k, v in template.state_dict().items()}
+    C.barrier_matrix(template, models, [(torch.randn(16, 3), torch.randint(0, 2, (16,)))], n_points=3)
+    assert all(torch.equal(template.state_dict()[k], before[k]) for k in before)

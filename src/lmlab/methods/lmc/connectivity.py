@@ -127,15 +127,20 @@ def _scored(logits: torch.Tensor, y: torch.Tensor, points: int = 1) -> tuple[tor
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Sequence, logit_map: Callable | None = None) -> dict[str, float]:
     """Mean cross-entropy and accuracy over prepared (inputs, labels) batches: per example for classifiers,
-    per counted token (labels != -100) for language models."""
+    per counted token (labels != -100) for language models. The model is evaluated in eval mode and handed
+    back in the mode it came in."""
+    was_training = model.training
     model.eval()
     loss = correct = n = 0.0
-    for x, y in batches:
-        logits = _forward(model, x).float()
-        if logit_map is not None:
-            logits = logit_map(logits)
-        ce, right, counted = _scored(logits, y)
-        loss, correct, n = loss + float(ce[0]), correct + float(right[0]), n + counted
+    try:
+        for x, y in batches:
+            logits = _forward(model, x).float()
+            if logit_map is not None:
+                logits = logit_map(logits)
+            ce, right, counted = _scored(logits, y)
+            loss, correct, n = loss + float(ce[0]), correct + float(right[0]), n + counted
+    finally:
+        model.train(was_training)
     if n == 0:
         raise LmlabError("no scored labels in the evaluation batches (every label is -100)")
     return {"loss": loss / n, "acc": correct / n}
@@ -197,9 +202,22 @@ def path_curve(
     of the interpolation *are* the two models. Interior points are evaluated together with vmap when
     `vectorize` (falls back to one point at a time for models that vmap cannot trace). vectorize=None:
     vmap on accelerators (one pass instead of n_points−2), a plain loop on CPU where it is not faster.
+
+    The template's own weights, buffers and train/eval mode are put back afterwards (also on an error): the
+    caller's model is unchanged.
     """
     if n_points < 2:
         raise LmlabError(f"n_points must be >= 2, got {n_points}")
+    own, was_training = {k: v.detach().clone() for k, v in model.state_dict().items()}, model.training
+    try:
+        return _path_curve(model, sd1, sd2, batches, n_points, logit_map, endpoints, vectorize)
+    finally:
+        model.load_state_dict(own)
+        model.train(was_training)
+
+
+def _path_curve(model, sd1, sd2, batches, n_points, logit_map, endpoints, vectorize) -> dict[str, np.ndarray]:
+    """path_curve's body: loads interpolated weights into `model` (path_curve restores them)."""
     sd1, sd2 = _unaliased(model, sd1), _unaliased(model, sd2)
     skip = fixed_keys(model, sd1, sd2)
     alphas = np.linspace(0, 1, n_points)
@@ -371,7 +389,8 @@ def barrier_matrix(
     flush_every: int = 10,
     progress: str | None = None,
 ) -> dict:
-    """Symmetric M×M barrier matrix over named models of one architecture (`model` is the template).
+    """Symmetric M×M barrier matrix over named models of one architecture (`model` is the template; a copy of it
+    is loaded with each model, the caller's is not changed).
 
     Models are state dicts, `.pt` state-dict files or HF checkpoint folders (loaded lazily, a few at a
     time, with the template's class).
@@ -394,6 +413,7 @@ def barrier_matrix(
     if metric not in ("loss", "acc"):
         raise LmlabError(f"metric must be 'loss' or 'acc', got {metric!r}")
     names = list(state_dicts)
+    model = deepcopy(model)  # the template is loaded with each model in turn: the caller's stays as it was
     state_dicts = _Models(model, dict(state_dicts), keep=4 + 2 * workers)
     dev = next(model.parameters()).device
     batches = prepare_batches(batches, dev)
