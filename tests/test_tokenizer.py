@@ -90,3 +90,49 @@ def test_pretrain_with_a_foreign_tokenizer_fails_before_writing(tmp_path):
     with pytest.raises(LmlabError, match="<bos>"):
         pretrain(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "tokenizer.json").exists()
+
+
+@pytest.fixture
+def gpt2_style(tmp_path):
+    """A stock byte-level BPE saved by transformers: bos_token = eos_token = <|endoftext|>, no pad token."""
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = HFTok(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(["the cat sat on the mat", "12+34=46", "a red dog ran"] * 20, trainer=trainer)
+    path = tmp_path / "gpt2tok"
+    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>",
+                            eos_token="<|endoftext|>").save_pretrained(path)
+    return path
+
+
+def test_a_stock_hf_tokenizer_plays_lmlabs_roles(gpt2_style, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="lmlab.tokenizer"):
+        tok = Tokenizer.load(gpt2_style)
+    end = tok.tok.token_to_id("<|endoftext|>")
+    assert tok.bos_id == tok.eos_id == end and tok.pad_id == tok.tok.token_to_id("<pad>") != end
+    assert "has no pad token: added <pad>" in caplog.text
+    ids = tok.encode("the cat", bos=True, eos=True)
+    assert ids[0] == ids[-1] == end and tok.decode(ids[1:-1]) == "the cat"
+    tok.save(tmp_path / "again" / "tokenizer.json")  # the roles travel with it (HF's special_tokens_map.json)
+    back = Tokenizer.load(tmp_path / "again")
+    assert (back.bos_id, back.eos_id, back.pad_id, back.vocab_size) == (end, end, tok.pad_id, tok.vocab_size)
+
+
+def test_pretrain_on_a_stock_hf_tokenizer(gpt2_style, tmp_path):
+    from lmlab.cli import main
+    from lmlab.loading import load_policy
+
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", "tiny", "--out", str(out), f"data.tokenizer={gpt2_style}",
+                 "model.d_model=32", "model.n_heads=2", "model.seq_len=64", "train.max_steps=2",
+                 "train.batch_size=4", "train.save_every=2", "train.save_steps=[]", "train.eval_every=2",
+                 "train.eval_batches=1", "train.progress=false", "train.tensorboard=false"]) == 0
+    model, tok, kind = load_policy(str(out), None, None, "cpu")
+    assert kind == "lmlab" and model.cfg.vocab_size >= tok.vocab_size == Tokenizer.load(gpt2_style).vocab_size
+    assert tok.bos_id == tok.tok.token_to_id("<|endoftext|>")

@@ -53,7 +53,8 @@ class SourceConfig:
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
-    tokenizer: str = "char"  # "char" | "bpe" | path to a saved tokenizer.json
+    # "char" | "bpe" | a tokenizer.json (lmlab's, or a stock HF one whose bos/eos/pad its folder names)
+    tokenizer: str = "char"
     bpe_vocab_size: int = 4096
     val_frac: float = 0.05  # text sources: the last fraction of documents is held out
     buffer_docs: int = 64  # documents held for best-fit packing
@@ -421,7 +422,8 @@ def validate(cfg: RunConfig) -> None:
     if d.tokenizer not in ("char", "bpe"):
         if not Path(d.tokenizer).expanduser().exists():
             raise LmlabError(
-                f"data.tokenizer {d.tokenizer!r} is neither 'char', 'bpe' nor an existing tokenizer file"
+                f"data.tokenizer {d.tokenizer!r} is neither 'char', 'bpe' nor an existing tokenizer file or "
+                "Hugging Face tokenizer folder"
             )
     if not 0 <= d.val_frac < 1 or d.buffer_docs < 1 or d.bpe_vocab_size < 260:
         raise LmlabError("need 0 <= data.val_frac < 1, data.buffer_docs >= 1 and data.bpe_vocab_size >= 260")

@@ -129,7 +129,7 @@ def _as_doc(ids, bos_id: int) -> Doc:
 def encode_docs(tokenizer: Tokenizer, texts: list[str]) -> list[Doc]:
     """Tokenise documents (BOS first); BPE uses the fast batched encoder."""
     if isinstance(tokenizer, BPETokenizer):
-        encs = tokenizer.tok.encode_batch(texts)
+        encs = tokenizer.tok.encode_batch(texts, add_special_tokens=False)  # BOS is added here, once
         return [_as_doc(e.ids, tokenizer.bos_id) for e in encs]
     return [_as_doc(tokenizer.encode(t), tokenizer.bos_id) for t in texts]
 

@@ -650,14 +650,15 @@ def hf_tokenizer(tok, max_length: int | None = None):
             f"cannot convert a {type(tok).__name__} to a Hugging Face tokenizer: "
             "use lmlab's CharTokenizer or BPETokenizer"
         )
+    bos, eos, pad = (tok.role_token(r) for r in ("<bos>", "<eos>", "<pad>"))  # a stock tokenizer's own ones
     backend.post_processor = processors.TemplateProcessing(  # lmlab trains every document from <bos>
-        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", tok.bos_id)])
-    extra = [s for s in tok.specials if s not in ("<pad>", "<bos>", "<eos>")]
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.bos_id)])
+    extra = [s for s in tok.specials if s not in ("<pad>", "<bos>", "<eos>", bos, eos, pad)]
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
+        pad_token=pad,
+        bos_token=bos,
+        eos_token=eos,
         additional_special_tokens=extra,
         **({"model_max_length": max_length} if max_length else {}),
     )

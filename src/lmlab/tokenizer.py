@@ -7,17 +7,24 @@ Both expose `encode(text, bos=False, eos=False) -> list[int]`, `decode(ids) -> s
 from __future__ import annotations
 
 import json
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from lmlab.utils import LmlabError, atomic_write_text
+from lmlab.utils import LmlabError, atomic_write_json, atomic_write_text
 
 DEFAULT_SPECIALS = ("<pad>", "<bos>", "<eos>")
+HF_ROLE_KEYS = {"<pad>": "pad_token", "<bos>": "bos_token", "<eos>": "eos_token"}
+log = logging.getLogger(__name__)
 
 
 class Tokenizer(ABC):
     specials: list[str]
     vocab_size: int
+
+    def role_token(self, role: str) -> str:
+        """The token that plays lmlab's `role` ("<pad>", "<bos>" or "<eos>") in this tokenizer."""
+        return role
 
     @property
     def pad_id(self) -> int:
@@ -70,11 +77,16 @@ class Tokenizer(ABC):
             except Exception as e:  # tokenizers raises a bare Exception on files it cannot read
                 raise LmlabError(f"tokenizer file {p} could not be read as a BPE tokenizer: {e}") from None
             missing = [t for t in DEFAULT_SPECIALS if t not in tok.specials]
-            if missing:
+            named = hf_roles(p)
+            if missing and not (named.get("bos_token") or named.get("eos_token")):
                 raise LmlabError(
-                    f"tokenizer file {p} lacks the special token(s) {', '.join(missing)}: lmlab tokenizers "
-                    f"need {', '.join(DEFAULT_SPECIALS)}; train one with data.tokenizer=bpe (or char)"
+                    f"tokenizer file {p} lacks the special token(s) {', '.join(missing)} and no "
+                    "special_tokens_map.json or tokenizer_config.json beside it names a bos_token/eos_token: save "
+                    "a stock tokenizer with transformers' save_pretrained, or train one with data.tokenizer=bpe "
+                    "(or char)"
                 )
+            if missing:
+                return tok.with_roles(named, p)
             return tok
         raise LmlabError(f"{p} is not an lmlab tokenizer file")
 
@@ -143,11 +155,35 @@ class CharTokenizer(Tokenizer):
 class BPETokenizer(Tokenizer):
     """Byte-level BPE trained with HF `tokenizers`; specials get the first ids."""
 
-    def __init__(self, tok):
+    def __init__(self, tok, roles: dict[str, str] | None = None):
         self.tok = tok
-        self.specials = [t for t in DEFAULT_SPECIALS if tok.token_to_id(t) is not None]
+        self.roles = dict(roles or {})  # lmlab role ("<bos>") -> a stock tokenizer's own token ("<|endoftext|>")
+        self.specials = [t for t in DEFAULT_SPECIALS if tok.token_to_id(self.role_token(t)) is not None]
         self.specials += [t.content for t in tok.get_added_tokens_decoder().values()
-                          if t.content not in self.specials]
+                          if t.content not in self.specials and t.content not in self.roles.values()]
+
+    def role_token(self, role: str) -> str:
+        return self.roles.get(role, role)
+
+    def with_roles(self, named: dict[str, str], path: Path) -> "BPETokenizer":
+        """This tokenizer with lmlab's roles played by a stock tokenizer's own tokens (`named`: HF's bos_token,
+        eos_token, pad_token): BOS falls back to EOS and back (GPT-2 has one token for both); a missing pad is
+        added as `<pad>`."""
+        bos = named.get("bos_token") or named["eos_token"]
+        eos = named.get("eos_token") or bos
+        roles = {"<bos>": bos, "<eos>": eos, "<pad>": named.get("pad_token") or "<pad>"}
+        for role, t in roles.items():
+            if role != "<pad>" and self.tok.token_to_id(t) is None:
+                raise LmlabError(f"{path}: the {HF_ROLE_KEYS[role]} {t!r} is not in the vocabulary")
+        if self.tok.token_to_id(roles["<pad>"]) is None:
+            from tokenizers import AddedToken  # only BPE tokenizers need the HF tokenizers library
+
+            self.tok.add_special_tokens([AddedToken("<pad>", special=True, normalized=False)])
+            log.info("%s has no pad token: added <pad> as id %d (padding is never trained on)", path,
+                     self.tok.token_to_id("<pad>"))
+        log.info("%s: lmlab's <bos>/<eos>/<pad> are its %s/%s/%s", path, roles["<bos>"], roles["<eos>"],
+                 roles["<pad>"])
+        return BPETokenizer(self.tok, roles)
 
     @classmethod
     def train(cls, texts, vocab_size: int = 1024, specials=DEFAULT_SPECIALS, min_frequency: int = 2) -> "BPETokenizer":
@@ -175,13 +211,13 @@ class BPETokenizer(Tokenizer):
         return self.tok.get_vocab_size()
 
     def token_id(self, special: str) -> int:
-        i = self.tok.token_to_id(special)
+        i = self.tok.token_to_id(self.role_token(special))
         if i is None:
             raise KeyError(f"unknown special token {special!r}")
         return i
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        ids = self.tok.encode(text).ids
+        ids = self.tok.encode(text, add_special_tokens=False).ids  # a stock tokenizer's own BOS would double ours
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def decode(self, ids, skip_special: bool = False) -> str:
@@ -192,7 +228,32 @@ class BPETokenizer(Tokenizer):
         if p.suffix != ".json":
             p = p / "tokenizer.json"
         p.parent.mkdir(parents=True, exist_ok=True)
+        if self.roles:  # before the tokenizer: a tokenizer.json without <bos> is read through this file
+            atomic_write_json(roles_file(p), {HF_ROLE_KEYS[r]: t for r, t in self.roles.items()})
         atomic_write_text(p, self.tok.to_str())
+
+
+def roles_file(path: Path) -> Path:
+    """Where a stock tokenizer's roles lie beside its file: HF's special_tokens_map.json for a tokenizer.json."""
+    return path.with_name("special_tokens_map.json" if path.name == "tokenizer.json"
+                          else f"{path.stem}.special_tokens_map.json")
+
+
+def hf_roles(path: Path) -> dict[str, str]:
+    """bos_token/eos_token/pad_token named beside a tokenizer file (special_tokens_map.json, then
+    tokenizer_config.json); values may be strings or HF's {"content": ...} objects."""
+    named: dict[str, str] = {}
+    for f in (roles_file(path), path.with_name("tokenizer_config.json")):
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        for key in HF_ROLE_KEYS.values():
+            v = data.get(key) if isinstance(data, dict) else None
+            v = v.get("content") if isinstance(v, dict) else v
+            if isinstance(v, str) and v and key not in named:
+                named[key] = v
+    return named
 
 
 def missing_chars(codec, chars) -> list[str]:
