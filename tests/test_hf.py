@@ -386,3 +386,23 @@ def test_phi_parallel_block_hooks():
             zeroed_z = a(x)
         with hooks(a, [("blocks.0.attn.hook_v", lambda t, n: t * 0)]):
             assert torch.allclose(a(x), zeroed_z, atol=1e-5) and (zeroed_z - logits).abs().max() > 1e-4
+
+
+def test_minilm_embeddings_are_sentence_transformers_own_mean_pooling():
+    """lmlab embeds texts with sentence-transformers' own model and pooling (`MiniLMEncoder`; the hand-written
+    `hf.embed_texts` it replaced is gone): equal to 1e-5 to the masked mean of the encoder's last hidden states,
+    L2-normalised, that `embed_texts` computed."""
+    import transformers as tf
+
+    from lmlab.hf import MiniLMEncoder, minilm_path
+
+    texts = ["the cat sat on the mat", "a", "Linear mode connectivity of fine-tuned models, in one longer line.",
+             "the cat sat on the mat"]
+    tok, enc = tf.AutoTokenizer.from_pretrained(minilm_path()), tf.AutoModel.from_pretrained(minilm_path()).eval()
+    with torch.no_grad():
+        batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        h, m = enc(**batch).last_hidden_state, batch["attention_mask"].unsqueeze(-1).float()
+        manual = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
+    got = MiniLMEncoder().encode(texts)
+    assert got.shape == (4, 384)
+    torch.testing.assert_close(torch.from_numpy(got), manual, rtol=0, atol=1e-5)
