@@ -20,4 +20,6 @@ def test_iha_synthetic_runs_every_section(tmp_path):
     assert all("failed" not in e and "not evaluated" not in e for e in evidence.values()), evidence
     assert "IHA(H=2,P=2)" in evidence["c1_polynomial"] and "IHA − MHA" in evidence["c3_relations"]
     assert {"poly_nmse[IHA H=2 P=2]", "cpm_row_acc[MHA H=2]", "niah[IHA hybrid][160]"} <= set(res["metrics"])
-    assert (tmp_path / "theory_separations.png").exists()
+    # one figure per claim, each threshold line named in a legend
+    assert {p.name for p in tmp_path.glob("*.png")} == {"polynomial_filters.png", "cpm3_workspace.png", "relations.png",
+                                                       "niah.png"}

@@ -261,26 +261,76 @@ def n_params(m: nn.Module) -> int:
 
 
 def plot_theory(ctx: RunContext, poly, cpm) -> None:
+    """One figure per claim: c1's test error and c2's workspace accuracy per model and seed, each with its
+    decision thresholds named in a legend."""
     import matplotlib.pyplot as plt  # heavy: imported only when plotting
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     names = list(poly)
-    for i, name in enumerate(names):
-        axes[0].scatter([i] * len(poly[name]), poly[name])
-        axes[1].scatter([i] * len(cpm[name]), cpm[name])
-    axes[0].set_yscale("log")
-    axes[0].axhline(MARGIN_NMSE, ls="--", c="g", lw=1)
-    axes[0].axhline(FAIL_NMSE, ls="--", c="r", lw=1)
-    axes[0].set_ylabel("test nmse (log)")
-    axes[0].set_title("Polynomial filters, k = 4")
-    axes[1].set_ylabel("workspace row accuracy")
-    axes[1].set_title("CPM-3 workspace, N_max = 4")
-    for ax in axes:
+    panels = (
+        ("polynomial_filters", poly, "test nmse (log)", "c1: polynomial filter bank, k = 4",
+         ((MARGIN_NMSE, "g", f"fitted: nmse < {MARGIN_NMSE:g}"), (FAIL_NMSE, "r", f"cannot fit: nmse > {FAIL_NMSE:g}")),
+         "c1: per-seed test error of the trained polynomial-filter constructions: IHA with 2 heads fits like MHA "
+         "with 4 heads; MHA with 2 heads cannot (dashed: the decision thresholds)."),
+        ("cpm3_workspace", cpm, "workspace row accuracy", "c2: CPM-3 workspace, N_max = 4",
+         ((ACC_OK, "g", f"built: accuracy >= {ACC_OK:g}"), (ACC_FAIL, "r", f"not built: accuracy <= {ACC_FAIL:g}")),
+         "c2: per-seed workspace row accuracy of the trained CPM-3 constructions (dashed: the decision "
+         "thresholds)."),
+    )
+    for name, values, ylabel, title, thresholds, caption in panels:
+        fig, ax = plt.subplots(figsize=(7, 3.4))
+        for i, model in enumerate(names):
+            ax.scatter([i] * len(values[model]), values[model], color="tab:blue",
+                       label="one seed" if i == 0 else None)
+        for y, colour, label in thresholds:
+            ax.axhline(y, ls="--", c=colour, lw=1, label=label)
+        if values is poly:
+            ax.set_yscale("log")
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_xlabel("model")
-    ctx.report.figure(fig, "theory_separations", "Per-seed test error of the trained constructions: IHA "
-                      "with 2 heads matches MHA with 4 heads; MHA with 2 heads cannot fit (dashed: decision "
-                      "thresholds).")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: no point hidden
+        fig.tight_layout()
+        ctx.report.figure(fig, name, caption)
+
+
+def plot_relations(ctx: RunContext, acc: dict, names: list[str]) -> None:
+    """c3: test token accuracy of each model on R∘R and R∘R∘R."""
+    import matplotlib.pyplot as plt  # heavy: imported only when plotting
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    w = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar([o + (i - (len(names) - 1) / 2) * w for o in range(2)], [acc[(order, name)] for order in (2, 3)], w,
+               label=name)
+    ax.set_xticks(range(2), ["R∘R", "R∘R∘R"])
+    ax.set_xlabel("relation composition task")
+    ax.set_ylabel("test token accuracy (%)")
+    ax.set_title("c3: relation composition, 1 layer")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    ctx.report.figure(fig, "relations", f"c3: test token accuracy of MHA and IHA (one seed); held if the best IHA is "
+                      f">= {REL_GAIN:g} point above MHA on one task and no more than {REL_GAIN:g} below on the other.")
+
+
+def plot_niah(ctx: RunContext, scores: dict, lengths: list[int], train_len: int) -> None:
+    """c4: string_match_all of each model at each evaluation length."""
+    import matplotlib.pyplot as plt  # heavy: imported only when plotting
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, per_len in scores.items():
+        ax.plot(lengths, [per_len[n] for n in lengths], marker="o", label=name)
+    ax.axvline(train_len, color="gray", ls=":", lw=1, label=f"training length ({train_len})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({*lengths, train_len}), [str(n) for n in sorted({*lengths, train_len})])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("string_match_all (0–100)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("c4: multi-key needle retrieval")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    ctx.report.figure(fig, "niah", "c4: multi-key needle retrieval (compact MK-2 prompts) of the all-MHA LM and the "
+                      "FLOP-matched IHA hybrid at each context length (one seed).")
 
 
 # ================================================================== claim 3: relation composition
@@ -375,6 +425,7 @@ def relation_claim(ctx: RunContext) -> None:
                f"best IHA − MHA test token accuracy: R∘R {gain[2]:+.2f}, R∘R∘R {gain[3]:+.2f} points "
                f"(MHA at {mha[2]:.1f} / {mha[3]:.1f} %; held if >= +{REL_GAIN} on one task and "
                f">= −{REL_GAIN} on the other; one seed, one LR, {cfg.rel_steps} steps)")
+    plot_relations(ctx, acc, [name for name, _ in variants])
 
 
 # ================================================================== claim 4: multi-key NIAH LM
@@ -484,3 +535,4 @@ def niah_claim(ctx: RunContext) -> None:
         rep.decide("c4_niah", None, f"undecided: neither model learned retrieval at this budget; {ev}")
     else:
         rep.decide("c4_niah", diff >= NIAH_MARGIN, ev)
+    plot_niah(ctx, scores, lengths, n)
