@@ -43,18 +43,19 @@ from lmlab.model import GPT, GPTConfig
 from lmlab.tokenizer import BPETokenizer, CharTokenizer
 from lmlab.utils import LmlabError
 
-KINDS = ("causal", "seq2seq", "encoder", "classifier")
+KINDS = ("causal", "seq2seq", "encoder", "classifier", "token")
 KIND_NEEDS = {
     "causal": "a decoder-only causal LM (e.g. Llama, Qwen, Mistral, GPT-2, GPT-NeoX)",
     "seq2seq": "an encoder-decoder (seq2seq) model (e.g. T5, BART, Marian)",
     "encoder": "a transformer encoder (e.g. BERT, MiniLM)",
     "classifier": "a sequence-classification model (e.g. BERT or MiniLM with a classification head)",
+    "token": "a token-classification model (e.g. BERT with a tagging head, saved as ...ForTokenClassification)",
 }
 
 
 # ============================================================================ loading
 def load_model(path: str | Path, kind: str = "causal", *, wrap: bool = False, **kwargs) -> nn.Module:
-    """Load a local HF model directory; kind: causal | seq2seq | encoder | classifier.
+    """Load a local HF model directory; kind: causal | seq2seq | encoder | classifier | token.
 
     wrap=True (causal only) returns an `HFModel` adapter instead of the raw transformers model.
     """
@@ -71,6 +72,7 @@ def load_model(path: str | Path, kind: str = "causal", *, wrap: bool = False, **
         "seq2seq": tf.AutoModelForSeq2SeqLM,
         "encoder": tf.AutoModel,
         "classifier": tf.AutoModelForSequenceClassification,
+        "token": tf.AutoModelForTokenClassification,
     }
     if kind not in auto:
         raise LmlabError(f"unknown model kind {kind!r}; choose from {', '.join(KINDS)}")

@@ -3,6 +3,7 @@ download the data."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from lmlab.errors import LmlabError
 from lmlab.runlock import RunLock
 
 DEFAULT_MODELS = "runs/sumerian"
+log = logging.getLogger(__name__)
 
 
 def _read_input(path: str) -> list[str]:
@@ -35,8 +37,36 @@ def cmd_tag(args) -> int:
     from lmlab.methods.sumerian.pipeline import SumerianPipeline
 
     lines = _read_input(args.file)  # before loading the models: a wrong path fails fast
-    pipe = SumerianPipeline.load(args.models, args.tagger, with_mt=False, device=args.device)
-    _emit(pipe.run(lines, translate=False), args.out)
+    if not args.hf_model:
+        pipe = SumerianPipeline.load(args.models, args.tagger, with_mt=False, device=args.device)
+        _emit(pipe.run(lines, translate=False), args.out)
+        return 0
+    from lmlab.methods.sumerian.hf_models import HFTagger  # heavy: only with --hf-model
+    from lmlab.methods.sumerian.loaders import raw_lines_to_tokens
+    from lmlab.methods.sumerian.pipeline import to_conll
+
+    taggers = {}
+    for path in args.hf_model:
+        t = HFTagger.from_pretrained(path, args.device)
+        if t.column in taggers:
+            raise LmlabError(f"two --hf-model folders tag {t.column.upper()} ({taggers[t.column][0]} and {path}): "
+                             "give one POS tagger and one NER (B-/I-/O labels) tagger")
+        taggers[t.column] = (path, t)
+    sents = raw_lines_to_tokens(lines)
+    pipe = None
+    if len(taggers) < 2 and (Path(args.models) / "manifest.json").is_file():
+        pipe = SumerianPipeline.load(args.models, args.tagger, with_mt=False, device=args.device)
+    cols = {}
+    for col in ("pos", "ner"):
+        if col in taggers:
+            cols[col] = taggers[col][1].predict(sents)
+        elif pipe is not None:
+            cols[col] = getattr(pipe, col).predict(sents)
+        else:
+            log.info("no %s tagger (no --hf-model for it, no trained models in %s): its column is '_'",
+                     col.upper(), args.models)
+            cols[col] = [["_"] * len(w) for w in sents]
+    _emit(to_conll(sents, cols["pos"], cols["ner"]), args.out)
     return 0
 
 
@@ -167,10 +197,15 @@ def cmd_explain(args) -> int:
     refs = _aligned_references(args.reference, len(raw), [i for i, _ in kept]) if args.reference else None
     kept, refs = kept[: args.max_lines], refs[: args.max_lines] if refs else None
     sents = [" ".join(toks) for _, toks in kept]
-    tr = Translator.load(Path(args.models) / "mt", args.device)
+    if args.hf_model:
+        from lmlab.methods.sumerian.hf_models import explain_hf_translation, hf_translator_for_explain  # heavy
+
+        tr, explain = hf_translator_for_explain(args.hf_model, args.device), explain_hf_translation
+    else:
+        tr, explain = Translator.load(Path(args.models) / "mt", args.device), explain_translation
     out = Path(args.out)
     for i, line in enumerate(sents):
-        mats, src, tgt = explain_translation(tr, line, refs[i] if refs else None, n_steps=args.steps)
+        mats, src, tgt = explain(tr, line, refs[i] if refs else None, n_steps=args.steps)
         for m, mat in mats.items():
             save_heatmap(out / f"line{i + 1}_{m}.png", mat, src, tgt, f"line {i + 1}: {m}")
         save_html(out / f"line{i + 1}.html", mats, src, tgt, f"line {i + 1}: {line}")
@@ -207,6 +242,10 @@ def register(sub) -> None:
     )
     q.add_argument("file", help="input text file, or - for stdin")
     models_args(q)
+    q.add_argument("--hf-model", action="append", default=None,
+                   help="a local HF token-classification folder as the POS tagger, or as the NER tagger when its "
+                   "labels are B-/I-/O (repeatable: one of each); a column no folder serves comes from --models "
+                   "when it holds trained taggers, else is '_'")
     q.set_defaults(func=cmd_tag)
 
     q = s.add_parser("translate", help="raw Sumerian lines → CoNLL with POS/NER and the English translation")
@@ -266,6 +305,8 @@ def register(sub) -> None:
     q.add_argument("--max-lines", type=int, default=20, help="explain at most this many lines")
     q.add_argument("--steps", type=int, default=32, help="integrated-gradients steps")
     q.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    q.add_argument("--hf-model", default=None, help="explain a local HF seq2seq translator (T5, BART, Marian) "
+                   "instead of --models' mt/ (a decoder-only model cannot be: the attributions need an encoder)")
     q.set_defaults(func=cmd_explain)
 
     q = s.add_parser(
