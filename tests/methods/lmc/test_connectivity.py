@@ -107,7 +107,11 @@ def test_clustering_recovers_planted_blocks_and_axis():
     w, b = C.within_between(D, truth)
     assert b > 10 * w
     fig = C.plot_barrier_heatmap(D, [str(i) for i in range(10)], order=diag, labels=labels)
-    assert fig.axes[0].get_xlabel()
+    assert fig.axes[0].get_xlabel() and fig.axes[0].get_title()
+    ticks = fig.axes[0].get_xticklabels() + fig.axes[0].get_yticklabels()
+    assert len(ticks) == 20 and min(t.get_fontsize() for t in ticks) >= 8  # every model named, readable (was 6 pt)
+    many = C.plot_barrier_heatmap(np.zeros((100, 100)), [f"m{i}" for i in range(100)])
+    assert len(many.axes[0].get_xticklabels()) == 34  # 100 models: every 3rd named, still at 8 pt
 
 
 def test_connectivity_on_tiny_hf_classifiers(tmp_path):

@@ -540,6 +540,9 @@ def within_between(D: np.ndarray, labels: Sequence[int]) -> tuple[float, float]:
     return (float(w.mean()) if w.size else 0.0, float(b.mean()) if b.size else float("nan"))
 
 
+HEATMAP_TICK_PT, HEATMAP_MAX_TICKS = 8, 40
+
+
 def plot_barrier_heatmap(D: np.ndarray, names: Sequence[str], order: Sequence[float] | None = None,
                          labels: Sequence[int] | None = None, title: str = "Loss barrier (mod_BH)"):
     """Heatmap of D with models ordered by cluster, then by `order` (e.g. diagnostic accuracy)."""
@@ -548,14 +551,16 @@ def plot_barrier_heatmap(D: np.ndarray, names: Sequence[str], order: Sequence[fl
     n = len(names)
     key = [((labels[i] if labels is not None else 0), (order[i] if order is not None else i)) for i in range(n)]
     idx = sorted(range(n), key=lambda i: key[i])
-    fig, ax = plt.subplots(figsize=(4 + 0.15 * n, 3.5 + 0.15 * n))
+    every = -(-n // HEATMAP_MAX_TICKS)  # past that many models, label every k-th so labels stay readable
+    side = 0.22 * min(n, HEATMAP_MAX_TICKS)  # room for 8-pt labels
+    fig, ax = plt.subplots(figsize=(4.5 + side, 4 + side))
     im = ax.imshow(np.asarray(D)[np.ix_(idx, idx)], cmap="viridis")
     ticks = [f"{names[i]}" + (f" [{labels[i]}]" if labels is not None else "") for i in idx]
-    ax.set_xticks(range(n), ticks, rotation=90, fontsize=6)
-    ax.set_yticks(range(n), ticks, fontsize=6)
+    ax.set_xticks(range(0, n, every), ticks[::every], rotation=90, fontsize=HEATMAP_TICK_PT)
+    ax.set_yticks(range(0, n, every), ticks[::every], fontsize=HEATMAP_TICK_PT)
     ax.set_xlabel("model [cluster]")
     ax.set_ylabel("model [cluster]")
-    fig.colorbar(im, ax=ax, label="barrier (nats)")
+    fig.colorbar(im, ax=ax, label="barrier (nats)", fraction=0.046, pad=0.04)  # as tall as the square map
     ax.set_title(title)
     fig.tight_layout()
     return fig
