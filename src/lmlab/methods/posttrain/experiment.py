@@ -692,6 +692,8 @@ def _report(ctx, cfg: Config, results, seeds, rl_logs, dynamics, data_arm) -> No
         axes[1].plot(cks, [m(ck, arm, "copy_acc") for ck in cks], marker="o", label=arm)
     axes[0].set_ylabel("general held-out loss (nats)")
     axes[1].set_ylabel("copy accuracy (greedy)")
+    axes[0].set_title("general held-out loss (lower is better)")
+    axes[1].set_title("copy task accuracy")
     for ax in axes:
         ax.set_xlabel("pre-training step of the checkpoint")
     axes[1].legend(fontsize=8)
@@ -705,9 +707,10 @@ def _report(ctx, cfg: Config, results, seeds, rl_logs, dynamics, data_arm) -> No
                for s in seeds for ck in cks if (s, ck, "rl") in results and "ready_passk" in results[(s, ck, "base")]]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=f"RL {label} (test)")
-    ax.axhline(0, color="gray", lw=0.5)
+    ax.axhline(0, color="gray", lw=0.5, label="no change")
     ax.set_xlabel(f"RL-readiness: base pass@{n} on RL training prompts")
     ax.set_ylabel("change after RL on the test split")
+    ax.set_title("RL gain against RL-readiness")
     ax.legend(fontsize=8)
     fig.tight_layout()
     rep.figure(fig, "rl_readiness", "RL-readiness (spec §8): what the base samples on the RL prompts vs the RL gain")
@@ -722,6 +725,7 @@ def _report(ctx, cfg: Config, results, seeds, rl_logs, dynamics, data_arm) -> No
         for ax, lab in ((axes[0], "pass@1"), (axes[1], f"pass@{cfg.dynamics_samples}")):
             ax.set_xlabel("RL step")
             ax.set_ylabel(f"{lab} (half of the test split)")
+            ax.set_title(f"{lab} during RL, checkpoint {cks[-1]}")
         axes[1].legend(fontsize=7)
         fig.tight_layout()
         rep.figure(fig, "rl_dynamics", f"pass@1 / pass@k over RL steps at checkpoint {cks[-1]}")
@@ -747,6 +751,7 @@ def _report(ctx, cfg: Config, results, seeds, rl_logs, dynamics, data_arm) -> No
         ax.set_xticks(x, names, fontsize=8)
         ax.set_xlabel("pre-training data / model")
         ax.set_ylabel("pass@1 on the hard test split")
+        ax.set_title(f"targeted data vs a 2x model (checkpoint {cks[-1]})")
         ax.legend()
         rep.figure(fig, "data_vs_size", "RL outcome: targeted pre-training data vs doubling model size")
 

@@ -406,13 +406,16 @@ def _plot_lengths(rep, lengths, accs: dict, masses: dict, name: str, caption: st
         axes[0].plot(lengths, ys, marker="o", label=label)
     for label, ys in masses.items():
         axes[1].plot(lengths, ys, marker="o", label=label)
-    for ax, yl in zip(axes, ("accuracy", "needle attention mass")):
+    for ax, yl, title in zip(axes, ("accuracy", "needle attention mass"),
+                             ("answer accuracy by length", "attention on the needle by length")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context length (lines)")
         ax.set_ylabel(yl)
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()  # room for the panel titles under the caption
     rep.figure(fig, name, caption)
 
 
