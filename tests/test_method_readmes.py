@@ -33,6 +33,8 @@ METHODS = ["calm", "competition", "iha", "info", "knowledge", "lmc", "posttrain"
 
 OWN_MODEL = re.compile(r"^```(\w+) own-model[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 OWN_MODEL_FENCES = re.compile(r"^```.*\bown-model\b", re.MULTILINE)
+EXAMPLE = re.compile(r"^```python example[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+NO_EXAMPLE_YET = {"calm"}  # calm/ is being reworked in another change: its example comes with that change
 PLACEHOLDER = re.compile(r"\b(RUN|HF|OUT|DATA|FILE|PAIRS|QA)\b")
 
 # examples in the toy English and arithmetic of the `tiny` config: the RUN fixture's character vocabulary
@@ -187,3 +189,17 @@ def test_own_model_example_runs(method, request, tmp_path):
     assert main(argv[1:]) == 0, f"{method}: `{shlex.join(argv)}` failed"
     if "OUT" in PLACEHOLDER.findall(code):
         assert out.is_dir() and any(out.iterdir()), f"{method}: the command wrote nothing to OUT"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_python_example_runs(method, request, tmp_path, monkeypatch):
+    """Every README's five-line Python example (import, load, call the method, print) runs as written."""
+    blocks = EXAMPLE.findall(readme(method))
+    if method in NO_EXAMPLE_YET and not blocks:
+        pytest.skip(f"{method}/README.md has no ```python example block yet")
+    assert len(blocks) == 1, f"{method}/README.md: expected one ```python example block"
+    code = blocks[0]
+    assert len([ln for ln in code.splitlines() if ln.strip()]) <= 6, f"{method}: the example is short"
+    monkeypatch.chdir(tmp_path)
+    sub = substitute(code, request, tmp_path / "out")
+    exec(compile(sub(code), f"{method}/README.md", "exec"), {"__name__": f"example_{method}"})  # noqa: S102
