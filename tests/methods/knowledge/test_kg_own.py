@@ -48,7 +48,7 @@ def test_readme_commands_run(kg_dir, capsys):
 
 def test_reader_reads_retrieved_facts_and_follows_edits(tmp_path):
     kg = KnowledgeGraph(FACTS)
-    train_kg_reader(kg, tmp_path / "r", steps=200)
+    train_kg_reader(kg, tmp_path / "r", steps=300)
     reader, cfg = load_kg_model(tmp_path / "r", "reader")
     assert [a for a, _ in answer_questions(reader, kg, ["trobex born in", "melda works as"], k=cfg["k"])] == \
         ["vantor", "miner"]
@@ -61,3 +61,32 @@ def test_generator_needs_sentences_that_name_entities(kg_dir, capsys):
     assert "mentions a KG entity" in refused(
         ["kg", "generate", "--kg", "facts.tsv", "--sentences", "other.txt", "--out", "g", "--steps", "1"], capsys)
     assert "pass --sentences" in refused(["kg", "generate", "--kg", "facts.tsv", "--out", "g2"], capsys)
+
+
+def test_an_hf_causal_lm_as_the_reader(tmp_path, capsys):
+    """`--hf-model` fine-tunes a local HF folder (a tiny random Llama) into OUT/hf/; `kg answer` loads it."""
+    import string
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmlab.hf import hf_tokenizer
+    from lmlab.tokenizer import CharTokenizer
+
+    hf = tmp_path / "llama"
+    tok = hf_tokenizer(CharTokenizer(set(string.printable) - set("\t\r\x0b\x0c")))
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                 pad_token_id=tok.pad_token_id)).save_pretrained(hf)
+    tok.save_pretrained(hf)
+    facts = tmp_path / "facts.tsv"
+    facts.write_text("".join("\t".join(f) + "\n" for f in FACTS))
+    out = tmp_path / "reader"
+    assert main(["kg", "train-reader", "--kg", str(facts), "--out", str(out), "--hf-model", str(hf),
+                 "--steps", "2", "--batch", "2"]) == 0
+    assert (out / "hf" / "config.json").is_file() and (out / "kg_model.json").is_file()
+    capsys.readouterr()
+    assert main(["kg", "answer", str(out), "--kg", str(facts), "--question", "melda works as"]) == 0
+    assert capsys.readouterr().out.startswith("melda works as -> ")
+    assert "already holds a trained model" in refused(
+        ["kg", "train-reader", "--kg", str(facts), "--out", str(out), "--steps", "1"], capsys)

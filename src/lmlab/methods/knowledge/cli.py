@@ -138,7 +138,7 @@ def cmd_train_reader(args) -> int:
     kg = load_kg(args.kg)
     with RunLock(args.out, "lmlab kg train-reader", force=args.force_unlock):
         train_kg_reader(kg, args.out, args.steps, args.k, args.batch, args.lr, args.seed, size=_size(args),
-                        device=get_device(args.device))
+                        hf_model=args.hf_model, device=get_device(args.device))
     print(f"reader saved in {args.out}; ask it with `lmlab kg answer {args.out} --kg {args.kg} --question ...`")
     return 0
 
@@ -282,6 +282,8 @@ def register(sub) -> None:
     s.add_argument("--kg", required=True, help=kg_help)
     s.add_argument("--out", required=True, help="new folder for the reader (checkpoint + tokenizer)")
     s.add_argument("-k", type=int, default=3, help="facts in the reader's input: the gold one among k-1 others")
+    s.add_argument("--hf-model", default=None, help="fine-tune this local HF causal LM folder as the reader instead "
+                   "of a fresh lmlab GPT (the size options then do not apply; use a smaller --lr, e.g. 1e-4)")
     _model_args(s)
     s.set_defaults(func=cmd_train_reader)
 

@@ -1,7 +1,8 @@
 """LM-CORE readers and CoSe-Co path generators trained on a user's knowledge graph, saved as lmlab run folders.
 
 A saved folder is an lmlab checkpoint (`OUT/step_N/`, written atomically) plus `OUT/tokenizer.json`; the
-checkpoint's run config records what the model is (`lmlab_kg`: "reader" or "generator") and its settings.
+checkpoint's run config records what the model is (`lmlab_kg`: "reader" or "generator") and its settings. A reader
+fine-tuned from a local HF causal LM is `OUT/hf/` (save_pretrained) with its settings in `OUT/kg_model.json`.
 
     reader = train_kg_reader(kg, "reader/", steps=300)
     reader, cfg = load_kg_model("reader/", "reader")
@@ -11,7 +12,9 @@ checkpoint's run config records what the model is (`lmlab_kg`: "reader" or "gene
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,12 +25,15 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from lmlab import checkpoint
 from lmlab.methods.knowledge.coseco import PathGenerator, SentencePaths, build_dataset, linearise, training_pairs
 from lmlab.methods.knowledge.kg import KnowledgeGraph, Probe, Triple
-from lmlab.methods.knowledge.lmcore import GPTReader, ReadExample, train_reader, training_example, verbalise
+from lmlab.hf import load_model, load_tokenizer
+from lmlab.inputs import read_json
+from lmlab.methods.knowledge.lmcore import GPTReader, HFReader, ReadExample, probe_example, train_reader, verbalise
 from lmlab.methods.knowledge.retrieval import EntityLinker, Retriever
 from lmlab.tokenizer import Tokenizer
-from lmlab.utils import LmlabError
+from lmlab.utils import LmlabError, atomic_write_json
 
 log = logging.getLogger(__name__)
+HF_DIR, HF_SETTINGS = "hf", "kg_model.json"  # an HF reader: its save_pretrained folder and its settings
 
 
 @dataclass
@@ -53,7 +59,7 @@ def kg_probes(kg: KnowledgeGraph) -> list[Probe]:
 
 def check_new(out: str | Path) -> Path:
     out = Path(out)
-    if out.is_dir() and checkpoint.list_steps(out):
+    if out.is_dir() and (checkpoint.list_steps(out) or (out / HF_SETTINGS).is_file() or (out / HF_DIR).exists()):
         raise LmlabError(f"{out} already holds a trained model: pass a new --out folder (or delete {out})")
     return out
 
@@ -63,19 +69,41 @@ def _save(out: Path, model, tok: Tokenizer, steps: int, config: dict, losses: Se
     return checkpoint.save(out, steps, model, config=config, extra={"final_loss": float(losses[-1])})
 
 
+def reading_example(kg: KnowledgeGraph, probe: Probe, k: int, rng: random.Random,
+                    triples: Sequence[Triple]) -> ReadExample:
+    """The probe's fact among k-1 others (half about its subject, half any), in random order; no other fact of the
+    same (subject, relation) sits beside it, so a swapped fact is never contradicted by the true one."""
+    key = (probe.subject, probe.relation)
+    own = [t for t in kg.about(probe.subject) if (t.head, t.relation) != key]
+    rest = [t for t in triples if (t.head, t.relation) != key]
+    ctx = [probe.triple]
+    for _ in range(20 * k):  # bounded: a tiny KG may hold fewer than k other facts
+        if len(ctx) >= k or not rest:
+            break
+        t = rng.choice(own if own and rng.random() < 0.5 else rest)
+        if t not in ctx:
+            ctx.append(t)
+    rng.shuffle(ctx)
+    return probe_example(probe, verbalise(kg, ctx))
+
+
 def train_kg_reader(kg: KnowledgeGraph, out: str | Path, steps: int = 300, k: int = 3, batch: int = 16,
                     lr: float = 3e-3, seed: int = 0, size: ModelSize | None = None, p_swap: float = 0.5,
-                    device: str | torch.device = "cpu") -> GPTReader:
-    """Train an LM-CORE reader on every fact of `kg` (the gold fact among k-1 distractors in its input) and save
-    it into `out`; the caller holds `out`'s RunLock. With probability `p_swap` the gold fact's tail is swapped for
-    another tail of its relation, in the input and the answer alike, so the reader learns to read its input rather
-    than recall the graph (what lets `kg answer` follow edits without retraining)."""
+                    hf_model: str | Path | None = None, device: str | torch.device = "cpu"):
+    """Train an LM-CORE reader on every fact of `kg` (the fact among k-1 others in its input) and save it into
+    `out`; the caller holds `out`'s RunLock. With probability `p_swap` the fact's tail is swapped for another tail
+    of its relation, in the input and the answer alike, so the reader learns to read its input rather than recall
+    the graph (what lets `kg answer` follow edits without retraining). `hf_model`: fine-tune that local HF causal
+    LM as the reader (saved in `out/hf/`) instead of a fresh lmlab GPT of `size`."""
     out, size = check_new(out), size or ModelSize()
     probes = kg_probes(kg)
-    texts = [kg.verbalise(t) for t in kg] + [p.prompt() for p in probes]
     torch.manual_seed(seed)
-    reader = GPTReader.create(texts, size.tokenizer, size.vocab_size, size.n_layers, size.d_model, size.n_heads,
-                              size.seq_len, device)
+    if hf_model is not None:
+        reader = HFReader(load_model(hf_model, "causal").to(device), load_tokenizer(hf_model))
+    else:
+        texts = [kg.verbalise(t) for t in kg] + [p.prompt() for p in probes]
+        reader = GPTReader.create(texts, size.tokenizer, size.vocab_size, size.n_layers, size.d_model, size.n_heads,
+                                  size.seq_len, device)
     triples = kg.triples
     tails: dict[str, list[str]] = {}
     for t in triples:
@@ -86,14 +114,29 @@ def train_kg_reader(kg: KnowledgeGraph, out: str | Path, steps: int = 300, k: in
         others = [x for x in tails[p.relation] if x != p.answer]
         if others and rng.random() < p_swap:  # a fact it cannot have memorised: the answer is only in the input
             p = replace(p, answer=rng.choice(others))
-        return training_example(kg, p, k, rng, triples)
+        return reading_example(kg, p, k, rng, triples)
 
     losses = train_reader(reader, lambda rng: [example(rng) for _ in range(batch)], steps, lr=lr, seed=seed)
     log.info("reader: %d facts, %d steps, final loss %.3f", len(probes), steps, losses[-1])
-    _save(out, reader.model, reader.tok, steps, {"lmlab_kg": "reader", "k": k, "max_answer": reader.max_answer,
-                                                  "steps": steps, "lr": lr, "batch": batch, "seed": seed,
-                                                  "p_swap": p_swap, **size.__dict__}, losses)
+    settings = {"lmlab_kg": "reader", "k": k, "steps": steps, "lr": lr, "batch": batch, "seed": seed,
+                "p_swap": p_swap, "final_loss": float(losses[-1])}
+    if hf_model is not None:
+        _save_hf(out, reader, {**settings, "hf_model": str(hf_model)})
+    else:
+        _save(out, reader.model, reader.tok, steps, {**settings, "max_answer": reader.max_answer, **size.__dict__},
+              losses)
     return reader
+
+
+def _save_hf(out: Path, reader: HFReader, settings: dict) -> None:
+    """`out/hf/` (model + tokenizer, renamed into place whole) and then `out/kg_model.json`."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".tmp-hf-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    reader.model.save_pretrained(str(tmp))
+    reader.tok.save_pretrained(str(tmp))
+    os.replace(tmp, out / HF_DIR)
+    atomic_write_json(out / HF_SETTINGS, settings)
 
 
 def train_kg_generator(kg: KnowledgeGraph, sentences: Sequence[str], out: str | Path, steps: int = 300,
@@ -129,13 +172,20 @@ def load_kg_model(folder: str | Path, want: str, device: str | torch.device = "c
     """(GPTReader or PathGenerator, its saved settings) from a folder written by `train_kg_reader` (want="reader")
     or `train_kg_generator` (want="generator")."""
     folder = Path(folder)
-    model, meta = checkpoint.load(folder, device=device)
-    cfg = meta.get("run_config") or {}
+    if (folder / HF_SETTINGS).is_file():
+        cfg = read_json(folder / HF_SETTINGS, "KG model settings")
+        model = None
+    else:
+        model, meta = checkpoint.load(folder, device=device)
+        cfg = meta.get("run_config") or {}
     kind = cfg.get("lmlab_kg")
     if kind != want:
         made = {"reader": "lmlab kg train-reader", "generator": "lmlab kg generate"}[want]
         raise LmlabError(f"{folder} holds {'a KG ' + kind if kind else 'no KG model'}, not a {want}: make one with "
                          f"`{made} --out {folder}`")
+    if model is None:
+        hf = folder / HF_DIR
+        return HFReader(load_model(hf, "causal").to(device), load_tokenizer(hf)), cfg
     tok = Tokenizer.load(folder / "tokenizer.json")
     model.eval()
     reader = GPTReader(model, tok, cfg["max_answer"])
