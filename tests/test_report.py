@@ -33,6 +33,7 @@ def test_report_files_and_schema(tmp_path):
     ax.plot([0, 1], [1, 0])
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    ax.set_title("loss")
     r.figure(fig, "curve", "Loss curve")
     out = r.write()
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -83,13 +84,16 @@ def test_unlabelled_figure_warns(tmp_path):
     r = make_report(tmp_path)
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    with pytest.warns(UserWarning, match="lack an x or y label"):
+    with pytest.warns(UserWarning, match="lack an x or y label"), pytest.warns(UserWarning, match="no title"):
         r.figure(fig, "bad", "no labels")
     fig, ax = plt.subplots()
     im = ax.imshow([[0, 1], [1, 0]])
     ax.set_xlabel("key")
     ax.set_ylabel("query")
     fig.colorbar(im)
+    with pytest.warns(UserWarning, match=r"'heat': panels \[0\] have no title"):
+        r.figure(fig, "heat", "a heat map without a title")
+    ax.set_title("attention")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         r.figure(fig, "heat", "labelled heat map with a colorbar")

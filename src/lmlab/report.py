@@ -179,6 +179,10 @@ class Report:
                 "without the text (ax.set_xlabel / ax.set_ylabel)",
                 stacklevel=2,
             )
+        untitled = [i for i, ax in enumerate(fig.axes) if ax.get_visible() and ax.axison
+                    and ax.get_label() != "<colorbar>" and not ax.get_title()]
+        if untitled:
+            warnings.warn(f"figure {name!r}: panels {untitled} have no title (ax.set_title)", stacklevel=2)
         fname = name if name.endswith(".png") else f"{name}.png"
         path = atomic_write_png(self.out_dir / fname, fig)
         self.figures.append((fname, caption))
