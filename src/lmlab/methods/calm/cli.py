@@ -24,9 +24,12 @@ OLD_OUT_SUFFIXES = (".pt", ".safetensors")  # `--out FILE.pt`: the spelling befo
 
 
 def register(sub) -> None:
-    p = sub.add_parser("compose", help="compose a frozen anchor and augmenting model with learned cross-attention")
-    p.add_argument("anchor", nargs="?", help="anchor: lmlab run/step folder or local HF causal-LM folder")
-    p.add_argument("augment", nargs="?", help="augmenting model: lmlab run/step folder or HF folder")
+    p = sub.add_parser("compose", help="compose a frozen anchor and augmenting model with learned cross-attention",
+                       usage="lmlab compose ANCHOR AUGMENT --data PAIRS --out DIR [options]")
+    # nargs="?": the deprecated --anchor/--augment may stand in for them (run() checks that both are given)
+    p.add_argument("anchor", nargs="?", metavar="ANCHOR",
+                   help="anchor: lmlab run/step folder or local HF causal-LM folder")
+    p.add_argument("augment", nargs="?", metavar="AUGMENT", help="augmenting model: lmlab run/step folder or HF folder")
     p.add_argument("--anchor", dest="anchor_flag", metavar="ANCHOR", help="deprecated: pass ANCHOR as the first "
                    "argument")
     p.add_argument("--augment", dest="augment_flag", metavar="AUGMENT", help="deprecated: pass AUGMENT as the second "

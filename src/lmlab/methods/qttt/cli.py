@@ -18,12 +18,14 @@ log = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser(
         "ttt",
+        usage="lmlab ttt MODEL --context FILE --question TEXT [options]",
         help="answer a question about a long context after qTTT (query-only test-time "
         "training) on that context",
         description="One prefill of the context, N next-token steps on length-k spans that update "
         "only the query projections, then the answer over the unchanged cache.",
     )
-    p.add_argument("model", nargs="?", help="HF causal-LM folder or lmlab run/step folder")
+    # nargs="?": the deprecated --model may stand in for it (run() checks that one is given)
+    p.add_argument("model", nargs="?", metavar="MODEL", help="HF causal-LM folder or lmlab run/step folder")
     p.add_argument("--model", dest="model_flag", metavar="MODEL", help="deprecated: pass MODEL as the first argument")
     p.add_argument("--context", required=True, help="text file holding the long context")
     p.add_argument("--question", required=True, help="question text appended after the context")
