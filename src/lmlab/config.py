@@ -45,6 +45,7 @@ class SourceConfig:
     weight: float = 1.0
 
     def label(self) -> str:
+        """The source's name in logs and metrics: `name`, else the file stem or the generator."""
         if self.name:
             return self.name
         return Path(self.path).stem if self.kind == "text" and self.path else self.generator.split(":")[-1]
@@ -103,13 +104,16 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
+        """The config as nested plain dicts (what a checkpoint's meta.json holds)."""
         return dataclasses.asdict(self)
 
     @property
     def seq_len(self) -> int:
+        """Training row length: train.seq_len, else the model's."""
         return self.train.seq_len or self.model_config().seq_len
 
     def model_config(self, vocab_size: int | None = None):
+        """The GPTConfig of `model`, its vocab_size defaulting to `vocab_size` (the tokenizer's)."""
         d = dict(self.model)
         if vocab_size is not None and not d.get("vocab_size"):
             d["vocab_size"] = vocab_size
@@ -247,6 +251,7 @@ def _index(lst: list, p: str, parts: list[str]) -> int:
 
 
 def parse_value(v: str) -> Any:
+    """A `key=value` override's value read as YAML (numbers, lists, booleans), else the string."""
     try:
         return yaml.safe_load(v)
     except yaml.YAMLError:
@@ -306,6 +311,7 @@ def override(cfg, overrides: dict[str, Any]):
 
 
 def apply_overrides(raw: dict, overrides: list[str] | dict) -> dict:
+    """`raw` with dotted `key=value` overrides applied (unknown keys raise, naming the key)."""
     if isinstance(overrides, dict):
         items = list(overrides.items())
     else:
@@ -350,6 +356,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 
 def from_dict(raw: dict) -> RunConfig:
+    """A validated RunConfig from a raw mapping (a YAML file's contents)."""
     raw = dict(raw)
     model = raw.pop("model", None) or {}
     if not isinstance(model, dict):
@@ -361,6 +368,7 @@ def from_dict(raw: dict) -> RunConfig:
 
 
 def validate(cfg: RunConfig) -> None:
+    """Raise a LmlabError naming the key for every unusable setting, before any heavy work."""
     t, d = cfg.train, cfg.data
     mc = cfg.model_config()  # shape checks (d_model % n_heads, attention names, ...)
     for name in ("max_steps", "batch_size", "grad_accum"):

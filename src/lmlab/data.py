@@ -150,6 +150,7 @@ class TextSource:
         return len(self.offsets) - 1
 
     def next_doc(self) -> Doc:
+        """The next document of this epoch's shuffled order (a new order each epoch)."""
         if self.pos >= len(self):
             self.epoch, self.pos = self.epoch + 1, 0
         if self._perm[0] != self.epoch:
@@ -160,9 +161,11 @@ class TextSource:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
     def state_dict(self) -> dict:
+        """Position in the stream (epoch, document) for an exact resume."""
         return {"epoch": self.epoch, "pos": self.pos}
 
     def load_state_dict(self, s: dict) -> None:
+        """Continue from a `state_dict()`."""
         self.epoch, self.pos = int(s["epoch"]), int(s["pos"])
 
 
@@ -182,15 +185,18 @@ class GeneratorSource:
         self.index = 0
 
     def next_doc(self) -> Doc:
+        """The next generated document, as token ids."""
         doc = self.make_doc(random.Random(f"{self.seed}:{self.stream}:{self.index}"))
         self.index += 1
         ids = self.tokenizer.encode(doc) if isinstance(doc, str) else doc
         return _as_doc(ids, self.tokenizer.bos_id)
 
     def state_dict(self) -> dict:
+        """Documents drawn so far, for an exact resume."""
         return {"index": self.index}
 
     def load_state_dict(self, s: dict) -> None:
+        """Continue from a `state_dict()`."""
         self.index = int(s["index"])
 
 
@@ -212,6 +218,7 @@ class Mixture:
         self.tokens = [0] * len(sources)  # tokens drawn per source (the realised composition)
 
     def next_doc(self) -> Doc:
+        """The next document from the source furthest below its token share."""
         k = 0
         if len(self.sources) > 1:
             total = sum(self.tokens)
@@ -223,10 +230,12 @@ class Mixture:
         return doc
 
     def composition(self) -> dict[str, float]:
+        """The realised share of tokens drawn from each source, by name."""
         total = max(1, sum(self.tokens))
         return {s.name: n / total for s, n in zip(self.sources, self.tokens)}
 
     def state_dict(self) -> dict:
+        """Draws, tokens per source and every source's state, for an exact resume."""
         return {
             "draws": self.draws,
             "tokens": list(self.tokens),
@@ -234,6 +243,7 @@ class Mixture:
         }
 
     def load_state_dict(self, s: dict) -> None:
+        """Continue from a `state_dict()` made with the same sources."""
         if len(s["sources"]) != len(self.sources):
             raise LmlabError(
                 f"data state has {len(s['sources'])} sources, the config has {len(self.sources)}: "
@@ -290,6 +300,7 @@ class PackedLoader:
             filled += len(doc)
 
     def next_rows(self, n: int | None = None) -> np.ndarray:
+        """`n` packed rows of seq_len + 1 tokens (documents cut and carried over between rows)."""
         n = self.rows if n is None else n
         out = np.empty((n, self.seq_len + 1), dtype=np.int64)
         for r in range(n):
@@ -298,6 +309,7 @@ class PackedLoader:
         return out
 
     def next_batch(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of `n` packed rows, targets shifted by one."""
         rows = torch.from_numpy(self.next_rows(n))
         return rows[:, :-1], rows[:, 1:]
 
@@ -306,6 +318,7 @@ class PackedLoader:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
+        """Mixture state, carried-over documents and rows emitted, for an exact resume."""
         return {
             "mixture": self.mixture.state_dict(),
             "buffer": [d.tolist() for d in self._docs],
@@ -315,6 +328,7 @@ class PackedLoader:
         }
 
     def load_state_dict(self, s: dict) -> None:
+        """Continue from a `state_dict()` saved with the same seq_len."""
         if int(s["seq_len"]) != self.seq_len:
             raise LmlabError(
                 f"data state was saved with seq_len={s['seq_len']}, this loader has {self.seq_len}: "
@@ -419,6 +433,7 @@ class DataSpec:
         return max(1, round(n_docs * self.cfg.val_frac))
 
     def build_tokenizer(self) -> Tokenizer:
+        """The tokenizer data.tokenizer names: a char or BPE one built from the sources, or a file."""
         kind = self.cfg.tokenizer
         specials = ["<pad>", "<bos>", "<eos>"]
         for _, k, p, _ in self.entries:

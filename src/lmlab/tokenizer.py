@@ -28,30 +28,38 @@ class Tokenizer(ABC):
 
     @property
     def pad_id(self) -> int:
+        """Id of the padding token."""
         return self.token_id("<pad>")
 
     @property
     def bos_id(self) -> int:
+        """Id of the beginning-of-sequence token (lmlab starts every document with it)."""
         return self.token_id("<bos>")
 
     @property
     def eos_id(self) -> int:
+        """Id of the end-of-sequence token."""
         return self.token_id("<eos>")
 
     @abstractmethod
-    def token_id(self, special: str) -> int: ...
+    def token_id(self, special: str) -> int:
+        """Id of the special token `special` (KeyError when the tokenizer has none)."""
 
     @abstractmethod
-    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Token ids of `text`, with BOS first and EOS last when asked."""
 
     @abstractmethod
-    def decode(self, ids, skip_special: bool = False) -> str: ...
+    def decode(self, ids, skip_special: bool = False) -> str:
+        """The text of `ids`; `skip_special` drops special tokens."""
 
     @abstractmethod
-    def save(self, path: str | Path) -> None: ...
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizer (a folder gets `tokenizer.json`) atomically."""
 
     @staticmethod
     def load(path: str | Path) -> "Tokenizer":
+        """An lmlab tokenizer from a tokenizer.json or its folder (a stock HF one through its roles)."""
         p = Path(path)
         if p.is_dir():
             p = p / "tokenizer.json"
@@ -106,18 +114,22 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def from_text(cls, text: str, specials=DEFAULT_SPECIALS) -> "CharTokenizer":
+        """A character tokenizer over the characters of `text`."""
         return cls(set(text), specials)
 
     @property
     def vocab_size(self) -> int:
+        """Specials plus characters."""
         return len(self.itos)
 
     def token_id(self, special: str) -> int:
+        """Id of the special token `special`."""
         if special not in self._special_ids:
             raise KeyError(f"unknown special token {special!r}; have {self.specials}")
         return self._special_ids[special]
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """One id per character (inline specials such as `<sep>` are one id); unknown characters raise."""
         ids = []
         i = 0
         while i < len(text):
@@ -135,6 +147,7 @@ class CharTokenizer(Tokenizer):
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def decode(self, ids, skip_special: bool = False) -> str:
+        """The characters of `ids`; `skip_special` drops special tokens."""
         out = []
         for i in ids:
             i = int(i)
@@ -146,6 +159,7 @@ class CharTokenizer(Tokenizer):
         return "".join(out)
 
     def save(self, path: str | Path) -> None:
+        """Write `{chars, specials}` as tokenizer.json (atomically)."""
         p = Path(path)
         if p.suffix != ".json":
             p = p / "tokenizer.json"
@@ -163,9 +177,10 @@ class BPETokenizer(Tokenizer):
                           if t.content not in self.specials and t.content not in self.roles.values()]
 
     def role_token(self, role: str) -> str:
+        """The token that plays lmlab's `role` here (a stock tokenizer's own, else `role`)."""
         return self.roles.get(role, role)
 
-    def with_roles(self, named: dict[str, str], path: Path) -> "BPETokenizer":
+    def with_roles(self, named: dict[str, str], path: Path) -> BPETokenizer:
         """This tokenizer with lmlab's roles played by a stock tokenizer's own tokens (`named`: HF's bos_token,
         eos_token, pad_token): BOS falls back to EOS and back (GPT-2 has one token for both); a missing pad is
         added as `<pad>`."""
@@ -187,7 +202,9 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts, vocab_size: int = 1024, specials=DEFAULT_SPECIALS, min_frequency: int = 2) -> "BPETokenizer":
+        """A byte-level BPE of `vocab_size` trained on `texts`, specials first."""
         from tokenizers import Tokenizer as HFTok  # only BPE tokenizers need the HF tokenizers library
+
         # only BPE tokenizers need the HF tokenizers library
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -202,28 +219,34 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def from_file(cls, path: str | Path) -> "BPETokenizer":
+        """The BPE saved in a HF `tokenizers` JSON file."""
         from tokenizers import Tokenizer as HFTok  # only BPE tokenizers need the HF tokenizers library
 
         return cls(HFTok.from_file(str(path)))
 
     @property
     def vocab_size(self) -> int:
+        """Vocabulary size, added tokens included."""
         return self.tok.get_vocab_size()
 
     def token_id(self, special: str) -> int:
+        """Id of the token playing `special` (KeyError when there is none)."""
         i = self.tok.token_to_id(self.role_token(special))
         if i is None:
             raise KeyError(f"unknown special token {special!r}")
         return i
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Byte-level BPE ids of `text`, with BOS first and EOS last when asked."""
         ids = self.tok.encode(text, add_special_tokens=False).ids  # a stock tokenizer's own BOS would double ours
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def decode(self, ids, skip_special: bool = False) -> str:
+        """The text of `ids`; `skip_special` drops special tokens."""
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
     def save(self, path: str | Path) -> None:
+        """Write tokenizer.json atomically (and the roles beside it when a stock tokenizer's play them)."""
         p = Path(path)
         if p.suffix != ".json":
             p = p / "tokenizer.json"

@@ -8,8 +8,8 @@ import pytest
 import torch
 import transformers as tf
 
-from lmlab.methods.info import information as I
 from lmlab.cli import main
+from lmlab.methods.info import information as I
 
 WORDS = "the cat dog sat ran on a mat rug big small red".split()  # the word_tokenizer fixture's words
 

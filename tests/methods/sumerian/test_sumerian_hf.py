@@ -5,9 +5,9 @@ refused in one line."""
 import pytest
 import torch
 import transformers as tf
+from test_sumerian_translate import PAIRS, hf_t5
 
 from lmlab.cli import main
-from test_sumerian_translate import PAIRS, hf_t5
 
 POS = ["N", "V", "NU", "DET"]
 NER = ["O", "B-PN", "I-PN"]
@@ -43,7 +43,7 @@ def test_tag_with_hf_token_classifiers(tmp_path, raw, word_tokenizer, tiny_bert_
     assert main(["sumerian", "tag", str(raw), "--hf-model", ner, "--hf-model", pos,
                  "--models", str(tmp_path / "none")]) == 0
     rows = [ln.split("\t") for ln in capsys.readouterr().out.splitlines() if ln and not ln.startswith("#")]
-    assert [r[1] for r in rows] == "the cat sat a big dog ran on the mat".split()
+    assert [r[1] for r in rows] == ["the", "cat", "sat", "a", "big", "dog", "ran", "on", "the", "mat"]
     assert all(r[2] in POS and r[3] in NER for r in rows)
     # one column served, no trained taggers: the other is '_'
     assert main(["sumerian", "tag", str(raw), "--hf-model", pos, "--models", str(tmp_path / "none")]) == 0

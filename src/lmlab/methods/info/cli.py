@@ -15,6 +15,7 @@ from lmlab.methods.info import MEMORIZATION
 log = logging.getLogger(__name__)
 
 def register(sub) -> None:
+    """Add `lmlab info` to the subcommand parsers `sub`."""
     p = sub.add_parser(
         "info", help="entropy and mutual information of neuron activations: rank your models for memorization"
     )
@@ -50,10 +51,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    """`lmlab info`: activations of every model on --data, their entropy and MI, rankings and a report."""
     # heavy imports (torch) when the command runs, not when the parser is built
-    from lmlab.methods.info import information as I
-    from lmlab.loading import load_policy, model_names, read_texts
     from lmlab.hf import load_model, load_tokenizer
+    from lmlab.loading import load_policy, model_names, read_texts
+    from lmlab.methods.info import information as I
     from lmlab.utils import atomic_write_json, atomic_write_png, atomic_write_text, get_device
 
     texts = read_texts(args.data, args.max_examples)

@@ -42,6 +42,7 @@ class Activations:
     layers: dict[str, slice]
 
     def layer(self, name: str) -> np.ndarray:
+        """The (S, n) columns of layer `name`."""
         return self.values[:, self.layers[name]]
 
     def first_neurons(self, per_layer: int) -> np.ndarray:
@@ -361,6 +362,7 @@ def pairwise_mi_ksg(
 
 # ============================================================================ summaries and plots
 def summarize(entropy: np.ndarray, mi: np.ndarray | None = None) -> dict[str, float]:
+    """Mean and median per-neuron entropy, and the mean MI (all pairs and off-diagonal) when `mi` is given."""
     out = {"mean_entropy": float(np.mean(entropy)), "median_entropy": float(np.median(entropy))}
     if mi is not None:
         off = mi[~np.eye(len(mi), dtype=bool)]
@@ -380,6 +382,7 @@ def mi_density(mi_values: np.ndarray, grid: np.ndarray, n_components: int = 3, s
 
 
 def plot_entropy_boxes(entropies: dict[str, np.ndarray], title: str = "Per-neuron entropy"):
+    """A box plot of each model's per-neuron entropies (one box per model)."""
     import matplotlib.pyplot as plt  # heavy: imported only when plotting
 
     fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(entropies)), 3.5))

@@ -39,6 +39,7 @@ def load_kg(path: str):
 
 
 def cmd_stats(args) -> int:
+    """`lmlab kg stats`: print the counts of triples, entities and relations, and each relation's template."""
     kg = load_kg(args.kg)
     print(f"{len(kg)} triples, {len(kg.entities())} entities, {len(kg.relations())} relations")
     for r in kg.relations():
@@ -48,6 +49,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_retrieve(args) -> int:
+    """`lmlab kg retrieve`: print the linked entities and the top-k triples for --query."""
     # heavy imports (torch) when the command runs, not when the parser is built
     from lmlab.methods.knowledge.retrieval import EntityLinker, Retriever
 
@@ -85,6 +87,7 @@ def _edit(args, op: str) -> int:
 
 
 def cmd_convert(args) -> int:
+    """`lmlab kg convert`: copy a KG (TSV, ConceptNet OMCS, LAMA, JSONL) into an editable file."""
     # imported when the command runs, not when the parser is built
     from lmlab.methods.knowledge.kg import TSV_SUFFIXES, KnowledgeGraph, load_conceptnet, tsv_order
 
@@ -109,6 +112,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_paths(args) -> int:
+    """`lmlab kg paths`: print the KG paths joining the entities --sentence mentions."""
     # heavy imports (sklearn, torch) when the command runs, not when the parser is built
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
@@ -130,6 +134,7 @@ def _size(args):
 
 
 def cmd_train_reader(args) -> int:
+    """`lmlab kg train-reader`: train an LM-CORE reader on the KG's facts into --out."""
     # heavy imports (torch) when the command runs, not when the parser is built
     from lmlab.methods.knowledge.own import train_kg_reader
     from lmlab.runlock import RunLock
@@ -164,6 +169,7 @@ def _write_jsonl(out: str | None, name: str, rows: list[dict]) -> None:
 
 
 def cmd_answer(args) -> int:
+    """`lmlab kg answer`: answer each question with the reader and the facts retrieved from --kg."""
     from lmlab.methods.knowledge.own import answer_questions, load_kg_model  # imported when the command runs
 
     questions = _lines(args, "question", "questions")
@@ -182,6 +188,7 @@ def cmd_answer(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    """`lmlab kg generate`: train a CoSe-Co generator into --out once, then write k paths per sentence."""
     # heavy imports (torch) when the command runs, not when the parser is built
     from lmlab import checkpoint
     from lmlab.inputs import read_lines
@@ -235,6 +242,7 @@ def _model_args(s) -> None:
 
 
 def register(sub) -> None:
+    """Add `lmlab kg` and its operations to the subcommand parsers `sub`."""
     p = sub.add_parser("kg", help="knowledge graph: stats, retrieve, add/update/remove facts, sentence paths")
     ops = p.add_subparsers(dest="kg_command", metavar="OP")
     ops.required = True

@@ -23,11 +23,24 @@ import torch
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from lmlab import checkpoint
-from lmlab.methods.knowledge.coseco import PathGenerator, SentencePaths, build_dataset, linearise, training_pairs
-from lmlab.methods.knowledge.kg import KnowledgeGraph, Probe, Triple
 from lmlab.hf import load_model, load_tokenizer
 from lmlab.inputs import read_json
-from lmlab.methods.knowledge.lmcore import GPTReader, HFReader, ReadExample, probe_example, train_reader, verbalise
+from lmlab.methods.knowledge.coseco import (
+    PathGenerator,
+    SentencePaths,
+    build_dataset,
+    linearise,
+    training_pairs,
+)
+from lmlab.methods.knowledge.kg import KnowledgeGraph, Probe, Triple
+from lmlab.methods.knowledge.lmcore import (
+    GPTReader,
+    HFReader,
+    ReadExample,
+    probe_example,
+    train_reader,
+    verbalise,
+)
 from lmlab.methods.knowledge.retrieval import EntityLinker, Retriever
 from lmlab.tokenizer import Tokenizer
 from lmlab.utils import LmlabError, atomic_write_json
@@ -58,6 +71,7 @@ def kg_probes(kg: KnowledgeGraph) -> list[Probe]:
 
 
 def check_new(out: str | Path) -> Path:
+    """`out` as a Path, refused when it already holds a trained reader or generator."""
     out = Path(out)
     if out.is_dir() and (checkpoint.list_steps(out) or (out / HF_SETTINGS).is_file() or (out / HF_DIR).exists()):
         raise LmlabError(f"{out} already holds a trained model: pass a new --out folder (or delete {out})")
@@ -164,6 +178,7 @@ def train_kg_generator(kg: KnowledgeGraph, sentences: Sequence[str], out: str | 
 
 
 def sentence_items(kg: KnowledgeGraph, sentences: Sequence[str], max_hops: int = 2) -> list[SentencePaths]:
+    """The sentences paired with the KG paths joining the (non-stop-word) entities they mention."""
     # stop words are no entities: ConceptNet holds "a", "the", ... as nodes
     return build_dataset(kg, sentences, EntityLinker(kg, skip=ENGLISH_STOP_WORDS, min_chars=3), max_hops)
 

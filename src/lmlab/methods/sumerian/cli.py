@@ -33,6 +33,7 @@ def _emit(text: str, out: str | None) -> None:
 
 
 def cmd_tag(args) -> int:
+    """`lmlab sumerian tag`: raw lines to CoNLL with POS and NER (trained taggers or --hf-model folders)."""
     # heavy imports (torch) when the command runs, not when the parser is built
     from lmlab.methods.sumerian.pipeline import SumerianPipeline
 
@@ -71,6 +72,7 @@ def cmd_tag(args) -> int:
 
 
 def cmd_translate(args) -> int:
+    """`lmlab sumerian translate`: raw lines to CoNLL with tags and translation, or English lines only."""
     # heavy imports (torch) when the command runs, not when the parser is built
     from lmlab.methods.sumerian.loaders import raw_lines_to_tokens
     from lmlab.methods.sumerian.pipeline import SumerianPipeline
@@ -98,6 +100,7 @@ def cmd_translate(args) -> int:
 
 
 def cmd_train(args) -> int:
+    """`lmlab sumerian train`: train the taggers and translator into --out (resumable)."""
     # heavy imports (torch) when the command runs, not when the parser is built
     from lmlab.methods.sumerian.loaders import PARALLEL_CORPORA, data_dir
     from lmlab.methods.sumerian.pipeline import train_models
@@ -186,6 +189,7 @@ def _aligned_references(path: str, n_input: int, kept: list[int]) -> list[str]:
 
 
 def cmd_explain(args) -> int:
+    """`lmlab sumerian explain`: attribution heatmaps and HTML views of each line's translation."""
     # heavy imports (torch) when the command runs, not when the parser is built
     from lmlab.methods.sumerian.interpret import save_heatmap, save_html
     from lmlab.methods.sumerian.loaders import indexed_raw_tokens
@@ -198,7 +202,10 @@ def cmd_explain(args) -> int:
     kept, refs = kept[: args.max_lines], refs[: args.max_lines] if refs else None
     sents = [" ".join(toks) for _, toks in kept]
     if args.hf_model:
-        from lmlab.methods.sumerian.hf_models import explain_hf_translation, hf_translator_for_explain  # heavy
+        from lmlab.methods.sumerian.hf_models import (  # heavy
+            explain_hf_translation,
+            hf_translator_for_explain,
+        )
 
         tr, explain = hf_translator_for_explain(args.hf_model, args.device), explain_hf_translation
     else:
@@ -214,6 +221,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_download(args) -> int:
+    """`lmlab sumerian download`: fetch the Sumerian data into --to."""
     from lmlab.methods.sumerian.loaders import download  # imported when the command runs, not for --help
 
     dest = download(args.to, overwrite=args.overwrite)
@@ -222,6 +230,7 @@ def cmd_download(args) -> int:
 
 
 def register(sub) -> None:
+    """Add `lmlab sumerian` and its actions to the subcommand parsers `sub`."""
     p = sub.add_parser("sumerian", help="Sumerian POS/NER tagging, translation, explanations, data download")
     s = p.add_subparsers(dest="sumerian_command", metavar="ACTION")
     s.required = True

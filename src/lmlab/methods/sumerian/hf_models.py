@@ -40,6 +40,7 @@ class HFTagger:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu") -> HFTagger:
+        """The tagger in a local folder; any other kind of model is refused in one line."""
         path = Path(path)
         kind, archs = _architectures(path)
         if not any(a.endswith("ForTokenClassification") for a in archs):
@@ -50,6 +51,7 @@ class HFTagger:
 
     @torch.no_grad()
     def predict(self, sentences: list[list[str]]) -> list[list[str]]:
+        """One label per word of each sentence."""
         out = []
         for words in sentences:
             enc = self.tok(words, is_split_into_words=True, truncation=True, return_tensors="pt")
