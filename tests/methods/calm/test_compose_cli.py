@@ -115,6 +115,17 @@ def test_a_second_writer_of_the_same_out_is_refused_before_touching_it(tmp_path,
     assert (out / "bridges.pt").is_file() and not lock.exists()
 
 
+def test_a_finished_composition_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "done"
+    assert _compose(tmp_path, out, "--steps", "1") == 0
+    before = (out / "bridges.pt").read_bytes()
+    capsys.readouterr()
+    assert _compose(tmp_path, out, "--steps", "2", "-q") == 2
+    assert capsys.readouterr().err == f"error: --out {out} is not empty: pass a new folder (results are never " \
+        "overwritten)\n"
+    assert (out / "bridges.pt").read_bytes() == before
+
+
 def test_the_old_spellings_still_work_with_a_deprecation_note_each(tmp_path, caplog):
     """--anchor/--augment and --out FILE.pt: the files beside FILE.pt as before (FILE.pt.metrics.jsonl, the lock
     .FILE.pt.lmlab.lock), one warning per old spelling; the new spelling gives the same bridges in OUT/."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lmlab.errors import LmlabError
 from lmlab.inputs import read_text
-from lmlab.runlock import RunLock
+from lmlab.runlock import LOCK_FILE, RunLock
 
 log = logging.getLogger(__name__)
 BRIDGES = "bridges.pt"
@@ -109,14 +109,25 @@ def run(args) -> int:
         raise LmlabError(f"need --steps >= 0 and --batch >= 1, got {args.steps} and {args.batch}")
     pairs = read_pairs(args.data)  # before the models load: a bad file fails fast
     ev = read_pairs(args.eval, "--eval") if args.eval else None
-    if Path(args.out).suffix in OLD_OUT_SUFFIXES:
+    old_file = Path(args.out).suffix in OLD_OUT_SUFFIXES
+    if old_file:
         log.warning("--out %s: a file for --out is deprecated; pass a folder (the bridges go to OUT/%s)",
                     args.out, BRIDGES)
         lock = RunLock.for_file(args.out, "lmlab compose", force=args.force_unlock)
     else:
         lock = RunLock(args.out, "lmlab compose", force=args.force_unlock)
     with lock:  # one writer of --out
+        if not (old_file or args.resume):
+            _check_out(Path(args.out))
         return _run(args, pairs, ev, outputs(args.out))
+
+
+def _check_out(out: Path) -> None:
+    """A fresh composition writes into a new (or empty) folder: results are never overwritten."""
+    if (out / "resume.pt").exists():
+        raise LmlabError(f"--out {out} holds an interrupted run: continue it with --resume, or pass a new folder")
+    if any(p.name != LOCK_FILE for p in out.iterdir()):
+        raise LmlabError(f"--out {out} is not empty: pass a new folder (results are never overwritten)")
 
 
 def _run(args, pairs, ev, paths: dict[str, Path]) -> int:
