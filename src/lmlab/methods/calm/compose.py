@@ -376,7 +376,9 @@ def compose(anchor: nn.Module, augment: nn.Module, n_connections: int | None = N
             augment_sees: str = "sequence", tokenizers: tuple | None = None,
             position_aligned: bool = False) -> ComposedModel:
     """Build anchor ⊕ augment. Default wiring: every 4th augmenting layer (the paper), evenly spaced on both
-    models; or `n_connections` evenly spaced pairs; or explicit `connections` [(augment layer, anchor layer)]."""
+    models; or `n_connections` evenly spaced pairs; or explicit `connections` [(augment layer, anchor layer)].
+    The two models become the frozen parts of the composition: their parameters are set to requires_grad=False
+    and they are put in eval mode, in place (their weights are never changed)."""
     if tokenizers is not None:
         check_same_tokenizer(*tokenizers)
     va = getattr(getattr(anchor, "cfg", None), "vocab_size", None) or getattr(anchor.config, "vocab_size", None)
