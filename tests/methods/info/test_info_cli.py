@@ -53,6 +53,9 @@ def test_info_cli_reports_the_analysis_api_numbers(encoders, capsys):
         )
         == 0
     )
+    capsys.readouterr()
+    assert main(["info", str(runs[0]), "--data", str(texts), "--memorization", "heuristic", "--out", str(out)]) == 2
+    assert "use --reduce mean" in capsys.readouterr().err  # position 0 of an lmlab run is always <bos>
     res = json.loads((out / "results.json").read_text())
     texts = (root / "texts.txt").read_text().split("\n")[:120]
     acts = {f"enc{i}": I.hf_activations(d, texts) for i, d in enumerate(dirs)}
@@ -107,6 +110,9 @@ def test_info_reads_lmlab_runs_through_their_hook_points(tmp_path, capsys):
     out = tmp_path / "info"
     assert main(["info", *map(str, runs), "--data", str(texts), "--memorization", "heuristic", "--reduce", "mean",
                  "--out", str(out), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(runs[0]), "--data", str(texts), "--memorization", "heuristic", "--out", str(out)]) == 2
+    assert "use --reduce mean" in capsys.readouterr().err  # position 0 of an lmlab run is always <bos>
     res = json.loads((out / "results.json").read_text())
     model, tok, kind = load_policy(str(runs[0]), None, None, "cpu")
     assert kind == "lmlab"

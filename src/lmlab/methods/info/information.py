@@ -194,11 +194,14 @@ def hf_activations(
 
 
 def lmlab_activations(model, texts: Sequence[str], tokenizer, layers: Sequence[int] | None = None,
-                      reduce: str = "cls", max_examples: int = 2500, batch_size: int = 32, max_length: int = 128,
+                      reduce: str = "mean", max_examples: int = 2500, batch_size: int = 32, max_length: int = 128,
                       progress: str | None = None) -> Activations:
     """Activations of an lmlab GPT (an lmlab run, as `lmlab.loading.load_policy` loads it) read through its
     `blocks.{i}.hook_resid_post` hook points; each text is encoded as in training (BOS first). Texts of one token
     length share a batch, so no padding enters a "mean" and no position shifts."""
+    if reduce == "cls":
+        raise LmlabError("--reduce cls reads position 0, which is <bos> in every text of an lmlab run (one constant "
+                         "vector, zero entropy): use --reduce mean")
     n_layers = len(model.blocks)
     layers = list(range(n_layers)) if layers is None else list(layers)
     bad = [i for i in layers if not -n_layers <= i < n_layers]
