@@ -53,9 +53,6 @@ def test_info_cli_reports_the_analysis_api_numbers(encoders, capsys):
         )
         == 0
     )
-    capsys.readouterr()
-    assert main(["info", str(runs[0]), "--data", str(texts), "--memorization", "heuristic", "--out", str(out)]) == 2
-    assert "use --reduce mean" in capsys.readouterr().err  # position 0 of an lmlab run is always <bos>
     res = json.loads((out / "results.json").read_text())
     texts = (root / "texts.txt").read_text().split("\n")[:120]
     acts = {f"enc{i}": I.hf_activations(d, texts) for i, d in enumerate(dirs)}
