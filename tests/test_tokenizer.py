@@ -136,3 +136,10 @@ def test_pretrain_on_a_stock_hf_tokenizer(gpt2_style, tmp_path):
     model, tok, kind = load_policy(str(out), None, None, "cpu")
     assert kind == "lmlab" and model.cfg.vocab_size >= tok.vocab_size == Tokenizer.load(gpt2_style).vocab_size
     assert tok.bos_id == tok.tok.token_to_id("<|endoftext|>")
+    # exported, the tokenizer encodes as lmlab does: its own <|endoftext|> first, pad kept
+    from transformers import AutoTokenizer
+
+    assert main(["export", str(out), "--to", str(tmp_path / "hf")]) == 0
+    hf = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf("the cat").input_ids == tok.encode("the cat", bos=True)
+    assert (hf.bos_token, hf.eos_token, hf.pad_token) == ("<|endoftext|>", "<|endoftext|>", "<pad>")
