@@ -90,3 +90,31 @@ def test_an_hf_causal_lm_as_the_reader(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("melda works as -> ")
     assert "already holds a trained model" in refused(
         ["kg", "train-reader", "--kg", str(facts), "--out", str(out), "--steps", "1"], capsys)
+
+
+def test_an_hf_seq2seq_model_as_the_generator(kg_dir, capsys):
+    """`kg generate --hf-model` fine-tunes a local T5 (relation tokens added to its tokenizer) into OUT/hf/ and
+    writes k paths per sentence; the next call reuses it."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(SENTENCES + [" ".join(f) for f in FACTS], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<eos>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=16, d_kv=8, d_ff=32, num_layers=1,
+                                        num_decoder_layers=1, num_heads=2, pad_token_id=tok.pad_token_id,
+                                        eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id)
+                               ).save_pretrained(kg_dir / "t5")
+    tok.save_pretrained(kg_dir / "t5")
+    argv = ["kg", "generate", "--kg", "facts.tsv", "--sentences", "sentences.txt", "--out", "gen", "-k", "2"]
+    assert main([*argv, "--hf-model", "t5", "--steps", "2", "--batch", "2"]) == 0
+    assert (kg_dir / "gen" / "hf" / "config.json").is_file()
+    assert main([*argv[:-2], "--sentence", "the dog", "-k", "1"]) == 0
+    assert "using the generator in gen" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (kg_dir / "gen" / "paths.jsonl").read_text().splitlines()]
+    assert [r["sentence"] for r in rows] == ["the dog"] and len(rows[0]["paths"]) == 1

@@ -190,16 +190,15 @@ def cmd_answer(args) -> int:
 def cmd_generate(args) -> int:
     """`lmlab kg generate`: train a CoSe-Co generator into --out once, then write k paths per sentence."""
     # heavy imports (torch) when the command runs, not when the parser is built
-    from lmlab import checkpoint
     from lmlab.inputs import read_lines
     from lmlab.methods.knowledge.coseco import linearise
-    from lmlab.methods.knowledge.own import load_kg_model, train_kg_generator
+    from lmlab.methods.knowledge.own import holds_model, load_kg_model, train_kg_generator
     from lmlab.runlock import RunLock
     from lmlab.utils import get_device
 
     out = Path(args.out)
     with RunLock(out, "lmlab kg generate", force=args.force_unlock):
-        if out.is_dir() and checkpoint.list_steps(out):
+        if holds_model(out):
             print(f"using the generator in {out} (trained before; a new --out trains a new one)")
         else:
             if not args.sentences:
@@ -207,7 +206,7 @@ def cmd_generate(args) -> int:
                                  "train one on the KG paths those sentences mention")
             train_kg_generator(load_kg(args.kg), read_lines(args.sentences, "--sentences file"), out, args.steps,
                                args.batch, args.lr, args.seed, max_hops=args.max_hops, size=_size(args),
-                               device=get_device(args.device))
+                               hf_model=args.hf_model, device=get_device(args.device))
         gen, _ = load_kg_model(out, "generator", get_device(args.device))
         sentences = _lines(args, "sentence", "input") or (read_lines(args.sentences, "--sentences file")
                                                           if args.sentences else [])
@@ -317,5 +316,7 @@ def register(sub) -> None:
     s.add_argument("--input", default=None, help="a text file of sentences to generate paths for, one a line")
     s.add_argument("-k", type=int, default=3, help="paths per sentence (diverse-path search when k > 1)")
     s.add_argument("--max-hops", type=int, default=2, help="longest training path, in KG edges")
+    s.add_argument("--hf-model", default=None, help="fine-tune this local HF seq2seq folder (T5, BART) as the "
+                   "generator instead of a fresh lmlab GPT (the size options then do not apply)")
     _model_args(s)
     s.set_defaults(func=cmd_generate)

@@ -1,8 +1,9 @@
 """LM-CORE readers and CoSe-Co path generators trained on a user's knowledge graph, saved as lmlab run folders.
 
 A saved folder is an lmlab checkpoint (`OUT/step_N/`, written atomically) plus `OUT/tokenizer.json`; the
-checkpoint's run config records what the model is (`lmlab_kg`: "reader" or "generator") and its settings. A reader
-fine-tuned from a local HF causal LM is `OUT/hf/` (save_pretrained) with its settings in `OUT/kg_model.json`.
+checkpoint's run config records what the model is (`lmlab_kg`: "reader" or "generator") and its settings. A model
+fine-tuned from a local HF folder (a causal LM reader, a seq2seq generator) is `OUT/hf/` (save_pretrained) with its
+settings in `OUT/kg_model.json`.
 
     reader = train_kg_reader(kg, "reader/", steps=300)
     reader, cfg = load_kg_model("reader/", "reader")
@@ -28,6 +29,7 @@ from lmlab.inputs import read_json
 from lmlab.methods.knowledge.coseco import (
     PathGenerator,
     SentencePaths,
+    Seq2SeqPathGenerator,
     build_dataset,
     linearise,
     training_pairs,
@@ -70,10 +72,17 @@ def kg_probes(kg: KnowledgeGraph) -> list[Probe]:
     return probes
 
 
+def holds_model(out: str | Path) -> bool:
+    """Whether `out` already holds a trained reader or generator (an lmlab checkpoint or an HF folder)."""
+    out = Path(out)
+    return out.is_dir() and bool(checkpoint.list_steps(out) or (out / HF_SETTINGS).is_file()
+                                 or (out / HF_DIR).exists())
+
+
 def check_new(out: str | Path) -> Path:
     """`out` as a Path, refused when it already holds a trained reader or generator."""
     out = Path(out)
-    if out.is_dir() and (checkpoint.list_steps(out) or (out / HF_SETTINGS).is_file() or (out / HF_DIR).exists()):
+    if holds_model(out):
         raise LmlabError(f"{out} already holds a trained model: pass a new --out folder (or delete {out})")
     return out
 
@@ -142,7 +151,7 @@ def train_kg_reader(kg: KnowledgeGraph, out: str | Path, steps: int = 300, k: in
     return reader
 
 
-def _save_hf(out: Path, reader: HFReader, settings: dict) -> None:
+def _save_hf(out: Path, reader: HFReader | Seq2SeqPathGenerator, settings: dict) -> None:
     """`out/hf/` (model + tokenizer, renamed into place whole) and then `out/kg_model.json`."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".tmp-hf-{os.getpid()}"
@@ -155,8 +164,10 @@ def _save_hf(out: Path, reader: HFReader, settings: dict) -> None:
 
 def train_kg_generator(kg: KnowledgeGraph, sentences: Sequence[str], out: str | Path, steps: int = 300,
                        batch: int = 16, lr: float = 3e-3, seed: int = 0, p_mask: float = 0.33, max_hops: int = 2,
-                       size: ModelSize | None = None, device: str | torch.device = "cpu") -> PathGenerator:
-    """Train a CoSe-Co generator on the sentences paired with the KG paths joining the entities they mention."""
+                       size: ModelSize | None = None, hf_model: str | Path | None = None,
+                       device: str | torch.device = "cpu"):
+    """Train a CoSe-Co generator on the sentences paired with the KG paths joining the entities they mention;
+    `hf_model`: fine-tune that local HF seq2seq model (T5, BART) instead of a fresh lmlab GPT (saved in `out/hf/`)."""
     out, size = check_new(out), size or ModelSize()
     items = sentence_items(kg, sentences, max_hops)
     if not items:
@@ -165,15 +176,21 @@ def train_kg_generator(kg: KnowledgeGraph, sentences: Sequence[str], out: str | 
     relations = kg.relations()
     texts = [it.sentence for it in items] + [linearise(p) for it in items for p in it.paths]
     torch.manual_seed(seed)
-    gen = PathGenerator.create(texts, relations, size.tokenizer, size.vocab_size, n_layers=size.n_layers,
-                               d_model=size.d_model, n_heads=size.n_heads, seq_len=size.seq_len, device=device,
-                               max_answer=40)
+    if hf_model is not None:
+        gen = Seq2SeqPathGenerator(load_model(hf_model, "seq2seq").to(device), load_tokenizer(hf_model), relations)
+    else:
+        gen = PathGenerator.create(texts, relations, size.tokenizer, size.vocab_size, n_layers=size.n_layers,
+                                   d_model=size.d_model, n_heads=size.n_heads, seq_len=size.seq_len, device=device,
+                                   max_answer=40)
     losses = train_reader(gen, lambda rng: training_pairs([rng.choice(items) for _ in range(batch)], rng, p_mask),
                           steps, lr=lr, seed=seed)
     log.info("generator: %d sentences with paths, %d steps, final loss %.3f", len(items), steps, losses[-1])
-    _save(out, gen.model, gen.reader.tok, steps, {"lmlab_kg": "generator", "relations": relations, "max_answer": 40,
-                                                  "steps": steps, "lr": lr, "batch": batch, "seed": seed,
-                                                  "p_mask": p_mask, "max_hops": max_hops, **size.__dict__}, losses)
+    settings = {"lmlab_kg": "generator", "relations": relations, "steps": steps, "lr": lr, "batch": batch,
+                "seed": seed, "p_mask": p_mask, "max_hops": max_hops, "final_loss": float(losses[-1])}
+    if hf_model is not None:
+        _save_hf(out, gen, {**settings, "hf_model": str(hf_model)})
+    else:
+        _save(out, gen.model, gen.reader.tok, steps, {**settings, "max_answer": 40, **size.__dict__}, losses)
     return gen
 
 
@@ -200,7 +217,9 @@ def load_kg_model(folder: str | Path, want: str, device: str | torch.device = "c
                          f"`{made} --out {folder}`")
     if model is None:
         hf = folder / HF_DIR
-        return HFReader(load_model(hf, "causal").to(device), load_tokenizer(hf)), cfg
+        if want == "reader":
+            return HFReader(load_model(hf, "causal").to(device), load_tokenizer(hf)), cfg
+        return Seq2SeqPathGenerator(load_model(hf, "seq2seq").to(device), load_tokenizer(hf), cfg["relations"]), cfg
     tok = Tokenizer.load(folder / "tokenizer.json")
     model.eval()
     reader = GPTReader(model, tok, cfg["max_answer"])
