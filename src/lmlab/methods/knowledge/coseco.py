@@ -31,6 +31,7 @@ Path = list[Triple]
 
 # ---------------------------------------------------------------------- paths as text
 def relation_token(relation: str) -> str:
+    """The single token a relation is written as in linearised paths: 'AtLocation' -> '<AtLocation>'."""
     return f"<{relation}>"
 
 
@@ -199,10 +200,12 @@ class PathGenerator:
     @classmethod
     def create(cls, texts: Sequence[str], relations: Sequence[str], tokenizer: str = "bpe", vocab_size: int = 1000,
                **kw) -> PathGenerator:
+        """A fresh generator whose tokenizer is built from `texts`, each relation one token."""
         specials = [MASK] + [relation_token(r) for r in relations]
         return cls(GPTReader.create(texts, tokenizer, vocab_size, extra_specials=specials, **kw), relations)
 
     def loss(self, examples: Sequence[ReadExample]) -> torch.Tensor:
+        """Mean next-token loss on the examples' linearised paths."""
         return self.reader.loss(examples)
 
     @torch.no_grad()
@@ -272,6 +275,7 @@ class Seq2SeqPathGenerator:
 
     @property
     def device(self) -> torch.device:
+        """The device of the generator's model."""
         return next(self.model.parameters()).device
 
     def _encode(self, texts: Sequence[str]) -> dict:
@@ -279,6 +283,7 @@ class Seq2SeqPathGenerator:
         return {k: enc[k].to(self.device) for k in ("input_ids", "attention_mask")}
 
     def loss(self, examples: Sequence[ReadExample]) -> torch.Tensor:
+        """The seq2seq loss of each sentence's linearised path (labels end with EOS)."""
         enc = self._encode([e.context for e in examples])
         ids = [self.tok(e.answer, add_special_tokens=False)["input_ids"][: self.max_length - 1] + [self.eos]
                for e in examples]
@@ -289,6 +294,7 @@ class Seq2SeqPathGenerator:
 
     @torch.no_grad()
     def generate(self, sentences: Sequence[str], k: int = 1, branch_at: int | str = 0) -> list[list[Path]]:
+        """k paths per sentence: greedy for k=1, else k different first tokens, each continued."""
         if k > 1 and branch_at != 0:
             raise LmlabError("the seq2seq generator's diverse search branches at the first token only (branch_at=0)")
         self.model.eval()
@@ -310,6 +316,7 @@ class Seq2SeqPathGenerator:
 
 # ---------------------------------------------------------------------- metrics
 def entities_of(path: Path) -> set[str]:
+    """The entities a path passes through (heads and tails)."""
     return ({norm(path[0].head)} | {norm(t.tail) for t in path}) if path else set()
 
 
@@ -387,6 +394,7 @@ class MCItem:
 
     @property
     def text(self) -> str:
+        """The question with its appended knowledge."""
         return f"{self.question} {self.knowledge}".strip()
 
 
@@ -400,6 +408,7 @@ class EncoderChoiceScorer:
         self.head = torch.nn.Linear(3, 1)
 
     def features(self, items: Sequence[MCItem]) -> torch.Tensor:
+        """(questions, choices, 3) cosine features of every choice."""
         n = {len(it.choices) for it in items}
         if len(n) != 1:
             raise LmlabError(f"all questions need the same number of choices, got {sorted(n)}")
@@ -413,6 +422,7 @@ class EncoderChoiceScorer:
         return torch.stack(feats, -1).float()
 
     def fit(self, items: Sequence[MCItem], answers: Sequence[int], steps: int = 300, lr: float = 0.05) -> float:
+        """Fit the linear head with a softmax over the choices; returns the final loss."""
         x, y = self.features(items), torch.tensor(list(answers))
         opt = torch.optim.Adam(self.head.parameters(), lr)
         for _ in range(steps):
@@ -424,8 +434,10 @@ class EncoderChoiceScorer:
 
     @torch.no_grad()
     def predict(self, items: Sequence[MCItem]) -> list[int]:
+        """The index of the best-scored choice of each question."""
         return self.head(self.features(items)).squeeze(-1).argmax(-1).tolist()
 
     def accuracy(self, items: Sequence[MCItem], answers: Sequence[int]) -> float:
+        """Share of questions whose predicted choice is the answer."""
         pred = self.predict(items)
         return sum(p == a for p, a in zip(pred, answers)) / max(1, len(answers))

@@ -38,10 +38,12 @@ class ReadExample:
 
 
 def verbalise(kg: KnowledgeGraph, triples: Sequence[Triple]) -> str:
+    """The triples as sentences through their relation templates, joined by spaces."""
     return " ".join(kg.verbalise(t) for t in triples)
 
 
 def probe_example(probe: Probe, context: str = "") -> ReadExample:
+    """A reading example of `probe` with `context` as its knowledge (the answer's suffix kept for MLMs)."""
     return ReadExample(context, probe.prompt(), probe.answer, probe.template.split("[Y]", 1)[1].strip())
 
 
@@ -93,14 +95,17 @@ class GPTReader:
 
     @property
     def device(self) -> torch.device:
+        """The device of the reader's model."""
         return next(self.model.parameters()).device
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; a character tokenizer maps unseen characters to '?'."""
         if isinstance(self.tok, CharTokenizer):
             return [self.tok.stoi.get(c, self.tok.stoi[UNK]) for c in text]
         return self.tok.encode(text)
 
     def prompt_ids(self, ex: ReadExample) -> list[int]:
+        """`<bos>{context}<sep>{prompt}` as ids, the context cut so the answer still fits seq_len."""
         tail = [self.sep_id] + self.encode(ex.prompt)
         budget = self.model.cfg.seq_len - len(tail) - self.max_answer - 2
         if budget < 0:
@@ -108,6 +113,7 @@ class GPTReader:
         return [self.tok.bos_id] + self.encode(ex.context)[:budget] + tail
 
     def batch(self, examples: Sequence[ReadExample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of the examples, targets only on the answer and its <eos>."""
         seqs, starts = [], []
         for ex in examples:
             p = self.prompt_ids(ex)
@@ -122,6 +128,7 @@ class GPTReader:
         return idx.to(self.device), tgt.to(self.device)
 
     def loss(self, examples: Sequence[ReadExample]) -> torch.Tensor:
+        """Mean next-token loss on the examples' answers."""
         idx, tgt = self.batch(examples)
         return self.model(idx, tgt)
 
@@ -132,6 +139,7 @@ class GPTReader:
 
     @torch.no_grad()
     def predict(self, examples: Sequence[ReadExample], batch_size: int = 256) -> list[str]:
+        """The greedy answer to each example."""
         return [self.decode(t) for t in self.continue_greedy([self.prompt_ids(ex) for ex in examples], batch_size)]
 
     @torch.no_grad()
@@ -163,6 +171,7 @@ class HFReader:
 
     @property
     def device(self) -> torch.device:
+        """The device of the reader's model."""
         return next(self.model.parameters()).device
 
     def _ids(self, text: str) -> list[int]:
@@ -201,6 +210,7 @@ class HFReader:
         return ids, mask.long()
 
     def loss(self, examples: Sequence[ReadExample]) -> torch.Tensor:
+        """The HF model's loss on the examples' answer tokens only."""
         rows, labels = [], []
         for ex in examples:
             ids, pos, ans = self._layout(ex)
@@ -217,6 +227,7 @@ class HFReader:
 
     @torch.no_grad()
     def predict(self, examples: Sequence[ReadExample]) -> list[str]:
+        """The answer to each example (greedy for causal LMs, the likeliest mask filling for MLMs)."""
         self.model.eval()
         return [self._predict_one(ex) for ex in examples]
 
