@@ -94,6 +94,7 @@ def load_model(path: str | Path, kind: str = "causal", *, wrap: bool = False, **
 
 
 def load_tokenizer(path: str | Path):
+    """The tokenizer saved in a local HF folder (one line naming the folder when there is none)."""
     import transformers as tf  # heavy (~2 s): imported when a HF model is used
 
     try:
@@ -152,6 +153,7 @@ def layer_attention(layer: nn.Module) -> nn.Module | None:
 
 
 def layer_mlp(layer: nn.Module) -> nn.Module | None:
+    """The MLP of a decoder layer (`mlp`, else `feed_forward`), None when it has neither."""
     return getattr(layer, "mlp", None) or getattr(layer, "feed_forward", None)
 
 
@@ -189,6 +191,7 @@ def attention_projections(model: nn.Module, encoder: bool = False) -> list[dict[
 
 
 def hidden_size(model: nn.Module) -> int:
+    """Residual width of an lmlab GPT or an HF model (wrapped or not)."""
     model = unwrap_hf(model)
     cfg = getattr(model, "cfg", None)
     if cfg is not None and hasattr(cfg, "d_model"):
@@ -320,6 +323,7 @@ class HFCache:
 
     @property
     def length(self) -> int:
+        """Positions held in the cache."""
         return self.mask.shape[1]
 
 
@@ -480,6 +484,7 @@ class HFModel(nn.Module):
 
     # ------------------------------------------------------------ lmlab interface
     def new_cache(self, batch_size: int, max_len: int | None = None) -> HFCache:
+        """An empty KV cache for `batch_size` sequences on the model's device."""
         return HFCache(batch_size, next(self.hf.parameters()).device)
 
     def forward(
@@ -540,9 +545,11 @@ class HFModel(nn.Module):
         return loss.sum() / (targets != -100).sum().clamp(min=1)
 
     def run_with_cache(self, *args, names=None, **kwargs):
+        """(output, {hook name: activation}) of one forward pass, as for an lmlab GPT."""
         return run_with_cache(self, *args, names=names, **kwargs)
 
     def attention_projections(self) -> list[dict[str, nn.Module]]:
+        """Per layer, the attention projection modules by name."""
         return attention_projections(self.hf)
 
 
@@ -589,6 +596,7 @@ class MiniLMEncoder:
 
     @classmethod
     def model(cls, device: str | None = "cpu"):
+        """The shared sentence-transformers MiniLM on `device`, loaded once per process."""
         path = minilm_path()
         key = (str(path), str(device))
         if key not in cls._models:
@@ -601,6 +609,7 @@ class MiniLMEncoder:
         return cls._models[key]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm embeddings of `texts` (one row per text), cached per text."""
         todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if todo:
             emb = self.model(self.device).encode(todo, batch_size=self.batch_size, normalize_embeddings=True,
@@ -625,10 +634,12 @@ class HFCodec:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        """Token ids of `text` without the tokenizer's own specials, with BOS/EOS when asked."""
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
         return ([self.bos_id] if bos else []) + list(ids) + ([self.eos_id] if eos else [])
 
     def decode(self, ids, skip_special: bool = False) -> str:
+        """The text of `ids`; `skip_special` drops special tokens."""
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
 
@@ -682,6 +693,7 @@ def _check_exportable(cfg) -> None:
 
 
 def llama_config(cfg, tokenizer=None):
+    """The transformers LlamaConfig equivalent to an lmlab GPTConfig (special ids from `tokenizer`)."""
     from transformers import LlamaConfig  # heavy (~2 s): imported when a HF model is used
 
     ids = {}
