@@ -98,13 +98,12 @@ def reading_example(kg: KnowledgeGraph, probe: Probe, k: int, rng: random.Random
     same (subject, relation) sits beside it, so a swapped fact is never contradicted by the true one."""
     key = (probe.subject, probe.relation)
     own = [t for t in kg.about(probe.subject) if (t.head, t.relation) != key]
-    rest = [t for t in triples if (t.head, t.relation) != key]
     ctx = [probe.triple]
     for _ in range(20 * k):  # bounded: a tiny KG may hold fewer than k other facts
-        if len(ctx) >= k or not rest:
+        if len(ctx) >= k:
             break
-        t = rng.choice(own if own and rng.random() < 0.5 else rest)
-        if t not in ctx:
+        t = rng.choice(own if own and rng.random() < 0.5 else triples)  # no list of the rest: KGs can be large
+        if (t.head, t.relation) != key and t not in ctx:
             ctx.append(t)
     rng.shuffle(ctx)
     return probe_example(probe, verbalise(kg, ctx))
@@ -134,9 +133,9 @@ def train_kg_reader(kg: KnowledgeGraph, out: str | Path, steps: int = 300, k: in
 
     def example(rng: random.Random) -> ReadExample:
         p = rng.choice(probes)
-        others = [x for x in tails[p.relation] if x != p.answer]
-        if others and rng.random() < p_swap:  # a fact it cannot have memorised: the answer is only in the input
-            p = replace(p, answer=rng.choice(others))
+        if rng.random() < p_swap:  # a fact it cannot have memorised: the answer is only in the input
+            other = next((x for x in (rng.choice(tails[p.relation]) for _ in range(10)) if x != p.answer), None)
+            p = p if other is None else replace(p, answer=other)
         return reading_example(kg, p, k, rng, triples)
 
     losses = train_reader(reader, lambda rng: [example(rng) for _ in range(batch)], steps, lr=lr, seed=seed)
