@@ -67,12 +67,15 @@ class KnowledgeGraph:
 
     @property
     def triples(self) -> list[Triple]:
+        """Every triple, in insertion order."""
         return list(self._triples)
 
     def entities(self) -> set[str]:
+        """Every head and tail."""
         return {e for t in self._triples for e in (t.head, t.tail)}
 
     def relations(self) -> list[str]:
+        """The relation names, sorted."""
         return sorted({t.relation for t in self._triples})
 
     def about(self, entity: str) -> list[Triple]:
@@ -80,6 +83,7 @@ class KnowledgeGraph:
         return list(self._by_entity.get(norm(entity), {}))
 
     def objects(self, head: str, relation: str) -> list[str]:
+        """The tails of (head, relation), head matched case-insensitively."""
         return [t.tail for t in self._by_head_rel.get((norm(head), relation), {})]
 
     def neighbours(self, entity: str) -> list[tuple[Triple, str]]:
@@ -89,6 +93,7 @@ class KnowledgeGraph:
 
     # ------------------------------------------------------------------ edits
     def add(self, head: str, relation: str, tail: str) -> Triple:
+        """Add (head, relation, tail), stripped (an empty part raises), and return it."""
         head, relation, tail = (str(x).strip() for x in (head, relation, tail))
         if not head or not relation or not tail:
             raise LmlabError(f"a triple needs a non-empty head, relation and tail; got {(head, relation, tail)!r}")
@@ -127,18 +132,21 @@ class KnowledgeGraph:
         return old
 
     def set_template(self, relation: str, template: str) -> None:
+        """Verbalise `relation` through `template` (it needs both [X] and [Y])."""
         if "[X]" not in template or "[Y]" not in template:
             raise LmlabError(f"template {template!r} for {relation!r} needs both [X] and [Y] placeholders")
         self.templates[relation] = template
         self.version += 1
 
     def add_alias(self, entity: str, alias: str) -> None:
+        """Let `alias` name `entity` in entity linking (blank or identical aliases are ignored)."""
         if alias.strip() and norm(alias) != norm(entity):
             self.aliases[entity].add(alias.strip())
             self.version += 1
 
     # ------------------------------------------------------------------ text
     def template(self, relation: str) -> str:
+        """The relation's template, else `[X] <relation in words> [Y] .`."""
         return self.templates.get(relation) or f"[X] {relation_words(relation)} [Y] ."
 
     def verbalise(self, t: Triple) -> str:
@@ -146,6 +154,7 @@ class KnowledgeGraph:
         return self.template(t.relation).replace("[X]", t.head).replace("[Y]", t.tail)
 
     def cloze(self, head: str, relation: str, mask: str = "[MASK]") -> str:
+        """The (head, relation) sentence with `mask` where the tail goes."""
         return self.template(relation).replace("[X]", head).replace("[Y]", mask)
 
     def surface_forms(self) -> dict[str, str]:
@@ -155,6 +164,7 @@ class KnowledgeGraph:
         return forms
 
     def copy(self) -> KnowledgeGraph:
+        """An independent copy (triples, templates and aliases)."""
         return KnowledgeGraph(self.triples, dict(self.templates), {e: set(a) for e, a in self.aliases.items()})
 
     # ------------------------------------------------------------------ files
@@ -206,6 +216,7 @@ class KnowledgeGraph:
 
     @classmethod
     def from_jsonl(cls, path: str | Path, templates: dict[str, str] | None = None) -> KnowledgeGraph:
+        """A KG from a JSONL file of triples, templates and aliases (errors name the line)."""
         kg = cls(templates=templates)
         for n, rec in _records(path):
             try:
@@ -299,6 +310,7 @@ def _strings(rec: dict, *keys: str) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSONL file, one a line (errors name the line)."""
     return [rec for _, rec in _records(path)]
 
 
@@ -334,9 +346,11 @@ class Probe:
 
     @property
     def triple(self) -> Triple:
+        """The probed fact as a triple (subject, relation, answer)."""
         return Triple(self.subject, self.relation, self.answer)
 
     def cloze(self, mask: str = "[MASK]") -> str:
+        """The template with the subject filled in and `mask` where the answer goes."""
         return self.template.replace("[X]", self.subject).replace("[Y]", mask)
 
     def prompt(self) -> str:
@@ -352,6 +366,7 @@ def load_lama_templates(path: str | Path) -> dict[str, str]:
 
 
 def probe_from_lama(rec: dict, templates: dict[str, str]) -> Probe:
+    """A Probe from one LAMA T-REx or Google-RE record, its template from `templates`."""
     pid, pred = rec.get("predicate_id") or "", rec.get("pred") or ""
     if not isinstance(pid, str) or not isinstance(pred, str):
         raise LmlabError(f"LAMA record's predicate_id/pred must be strings: {sorted(rec)[:8]}")

@@ -24,6 +24,7 @@ METHODS = ("bm25", "dense", "entity", "random")
 
 
 def tokens(text: str) -> list[str]:
+    """Lower-cased word tokens of `text` (BM25's and the linker's tokenization)."""
     return [m.group().lower() for m in TOKEN.finditer(text)]
 
 
@@ -57,6 +58,7 @@ class EntityLinker:
         self._version = self.kg.version
 
     def link(self, text: str) -> list[Mention]:
+        """The KG entities (or aliases) `text` mentions: the longest match at each word, left to right."""
         self._sync()
         spans = list(TOKEN.finditer(text))
         words = [m.group().lower() for m in spans]
@@ -74,6 +76,7 @@ class EntityLinker:
         return out
 
     def entities(self, text: str) -> list[str]:
+        """The distinct entities `text` mentions, in order of appearance."""
         return list(dict.fromkeys(m.entity for m in self.link(text)))
 
 
@@ -100,6 +103,7 @@ class BM25:
         self.weights = tf  # (docs, vocab): per-term BM25 contribution
 
     def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every document for `query` (each distinct query term counted once)."""
         if self.weights is None:
             return np.zeros(self.n_docs)
         q = self.vec.transform([query])
@@ -146,6 +150,7 @@ class Retriever:
         self._version = self.kg.version
 
     def candidates(self, query: str) -> list[int]:
+        """Rows of the triples to rank: the linked entities' (LM-CORE), or all when none links."""
         if self.restrict:
             linked = self.linker.entities(query)
             rows = list(dict.fromkeys(self.row[t] for e in linked for t in self.kg.about(e)))
@@ -154,9 +159,11 @@ class Retriever:
         return list(range(len(self.triples)))
 
     def retrieve(self, query: str, k: int | None = None) -> list[Scored]:
+        """The top-k scored triples for `query`."""
         return self.retrieve_many([query], k)[0]
 
     def retrieve_many(self, queries: Sequence[str], k: int | None = None) -> list[list[Scored]]:
+        """The top-k scored triples for each query."""
         self._sync()
         k = k or self.k
         qemb = self.encoder.encode(list(queries)) if self.method == "dense" else None

@@ -53,10 +53,12 @@ class MajorityTagger:
     name = "majority"
 
     def fit(self, sents: list[TaggedSentence]) -> MajorityTagger:
+        """Learn the most frequent tag."""
         self.tag = Counter(t for s in sents for t in s.tags).most_common(1)[0][0]
         return self
 
     def predict(self, tokens: list[list[str]]) -> list[list[str]]:
+        """The most frequent tag for every token."""
         return [[self.tag] * len(t) for t in tokens]
 
 
@@ -66,6 +68,7 @@ class WordMajorityTagger(MajorityTagger):
     name = "word_majority"
 
     def fit(self, sents):
+        """Learn each word's most frequent tag (and the overall one for unseen words)."""
         super().fit(sents)
         counts: dict[str, Counter] = defaultdict(Counter)
         for s in sents:
@@ -75,6 +78,7 @@ class WordMajorityTagger(MajorityTagger):
         return self
 
     def predict(self, tokens):
+        """Each word's most frequent training tag, the overall one for unseen words."""
         return [[self.lexicon.get(w, self.tag) for w in ws] for ws in tokens]
 
 
@@ -87,6 +91,7 @@ class WordShapeMajorityTagger(WordMajorityTagger):
     name = "word_shape_majority"
 
     def fit(self, sents):
+        """Learn each word's and each word shape's most frequent tag."""
         super().fit(sents)
         freq = Counter(w for s in sents for w in s.tokens)
         by_shape: dict[str, Counter] = defaultdict(Counter)
@@ -98,6 +103,7 @@ class WordShapeMajorityTagger(WordMajorityTagger):
         return self
 
     def predict(self, tokens):
+        """Each word's most frequent tag; unseen words fall back to their shape's."""
         return [[self.lexicon[w] if w in self.lexicon else self.shape_tag.get(word_shape(w), self.tag) for w in ws]
                 for ws in tokens]
 
@@ -134,6 +140,7 @@ class HMMTagger:
         self.k = k
 
     def fit(self, sents: list[TaggedSentence]) -> HMMTagger:
+        """Estimate smoothed transition and emission log-probabilities from tagged sentences."""
         tags = sorted({t for s in sents for t in s.tags})
         ti = {t: i for i, t in enumerate(tags)}
         n = len(tags)
@@ -164,12 +171,14 @@ class HMMTagger:
         return self
 
     def emission_matrix(self, tokens: list[str]) -> np.ndarray:
+        """(tokens, tags) emission log-probabilities; unseen words use their shape's class."""
         rows = [
             self.log_emit.get(w, self.log_emit.get(f"<unk:{word_shape(w)}>", self._floor)) for w in tokens
         ]
         return np.stack(rows)
 
     def predict(self, tokens: list[list[str]]) -> list[list[str]]:
+        """The Viterbi tag sequence of each sentence."""
         out = []
         for ws in tokens:
             if not ws:
@@ -180,6 +189,7 @@ class HMMTagger:
         return out
 
     def save(self, d: str | Path) -> None:
+        """Write the model as hmm.json in folder `d` (atomically)."""
         atomic_write_json(
             Path(d) / "hmm.json",
             {
@@ -195,6 +205,7 @@ class HMMTagger:
 
     @classmethod
     def load(cls, d: str | Path) -> HMMTagger:
+        """The HMM saved in folder `d`."""
         data = json.loads((Path(d) / "hmm.json").read_text())
         m = cls(data["k"])
         m.tags = data["tags"]
@@ -250,9 +261,11 @@ class CRFTagger:
 
     @staticmethod
     def featurize(tokens: list[str]) -> list[dict]:
+        """The CRF feature dicts of each token of a sentence."""
         return [crf_features(tokens, i) for i in range(len(tokens))]
 
     def fit(self, sents: list[TaggedSentence]) -> CRFTagger:
+        """Train the CRF (sklearn-crfsuite, L-BFGS) on tagged sentences."""
         import sklearn_crfsuite  # heavy: imported only when a CRF is trained
 
         crf = sklearn_crfsuite.CRF(
@@ -268,13 +281,16 @@ class CRFTagger:
         return self
 
     def predict(self, tokens: list[list[str]]) -> list[list[str]]:
+        """The CRF's tag sequence of each sentence."""
         return [self._tagger.tag(self.featurize(ws)) if ws else [] for ws in tokens]
 
     def save(self, d: str | Path) -> None:
+        """Write the model as crf.crfsuite in folder `d`."""
         atomic_write_bytes(Path(d) / "crf.crfsuite", self._model_bytes)
 
     @classmethod
     def load(cls, d: str | Path) -> CRFTagger:
+        """The CRF saved in folder `d`."""
         import pycrfsuite  # heavy: the CRF backend, imported only when a CRF is loaded
 
         m = cls()
@@ -296,6 +312,7 @@ class CRFLayer(nn.Module):
         self.trans = nn.Parameter(torch.zeros(num_tags, num_tags))  # [from, to]
 
     def score(self, emissions, tags, mask):
+        """Score of each tag sequence under the emissions and transitions (masked positions skipped)."""
         b, n, _ = emissions.shape
         m = mask.float()
         s = self.start[tags[:, 0]] + emissions[:, 0].gather(1, tags[:, :1]).squeeze(1)
@@ -307,6 +324,7 @@ class CRFLayer(nn.Module):
         return s + self.end[last]
 
     def log_partition(self, emissions, mask):
+        """Log-sum-exp of the scores of all tag sequences (forward algorithm)."""
         alpha = self.start + emissions[:, 0]  # (B, S)
         for t in range(1, emissions.shape[1]):
             nxt = torch.logsumexp(alpha[:, :, None] + self.trans[None], dim=1) + emissions[:, t]
@@ -319,6 +337,7 @@ class CRFLayer(nn.Module):
 
     @torch.no_grad()
     def decode(self, emissions, mask) -> list[list[int]]:
+        """The highest-scoring tag sequence of each sentence (Viterbi)."""
         score = self.start + emissions[:, 0]
         backs = []
         for t in range(1, emissions.shape[1]):
@@ -380,6 +399,7 @@ class BiLSTMCRF(nn.Module):
         return torch.cat([self.word_emb(words), cf], dim=-1)
 
     def emissions_from_features(self, feats, mask):
+        """Per-token tag scores from the BiLSTM over the token features."""
         lengths = mask.long().sum(1).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(
             self.drop(feats), lengths, batch_first=True, enforce_sorted=False
@@ -389,6 +409,7 @@ class BiLSTMCRF(nn.Module):
         return self.proj(self.drop(out))
 
     def forward(self, words, chars, mask):
+        """Per-token tag scores of a batch of word and character ids."""
         return self.emissions_from_features(self.token_features(words, chars), mask)
 
 
@@ -413,6 +434,7 @@ class BiLSTMCRFTagger:
         self.ti = {t: i for i, t in enumerate(self.tags)}
 
     def encode(self, batch: list[list[str]]):
+        """(word ids, character ids, mask) of a batch of sentences, padded."""
         n = max(1, max(len(ws) for ws in batch))
         c = max(3, max((len(w) for ws in batch for w in ws), default=3))
         words = torch.zeros(len(batch), n, dtype=torch.long)
@@ -427,6 +449,7 @@ class BiLSTMCRFTagger:
 
     # -- training
     def fit(self, sents: list[TaggedSentence], log=None) -> BiLSTMCRFTagger:
+        """Train the BiLSTM-CRF on tagged sentences (negative log-likelihood, Adam)."""
         cfg = self.cfg
         self._build_vocab(sents)
         torch.manual_seed(cfg.seed)
@@ -466,6 +489,7 @@ class BiLSTMCRFTagger:
 
     @torch.no_grad()
     def predict(self, tokens: list[list[str]], batch_size: int = 256) -> list[list[str]]:
+        """The decoded tag sequence of each sentence."""
         self.model.eval()
         out: list[list[str]] = [[] for _ in tokens]
         order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]))
@@ -481,6 +505,7 @@ class BiLSTMCRFTagger:
 
     # -- persistence
     def save(self, d: str | Path) -> None:
+        """Write the config, vocabularies and weights into folder `d`."""
         d = Path(d)
         atomic_write_json(
             d / "bilstm_crf.json",
@@ -493,6 +518,7 @@ class BiLSTMCRFTagger:
 
     @classmethod
     def load(cls, d: str | Path, device: str | torch.device = "cpu") -> BiLSTMCRFTagger:
+        """The BiLSTM-CRF saved in folder `d`."""
         d = Path(d)
         meta = json.loads((d / "bilstm_crf.json").read_text())
         m = cls(BiLSTMCRFConfig(**meta["config"]), device)
