@@ -61,6 +61,7 @@ class Explainable:
 
     @property
     def n_out(self) -> int:
+        """Number of explained output tokens."""
         return len(self.targets)
 
     def rows(self):
@@ -169,6 +170,7 @@ def attribute(
 
 
 def attribute_all(expl: Explainable, methods: Sequence[str] = METHODS, **kw) -> dict[str, Attribution]:
+    """One Attribution per method (attention skipped when the model gives no attention map)."""
     out = {}
     for m in methods:
         if m == "attention" and expl.attention is None:
@@ -401,6 +403,7 @@ def rank_correlation(scores: np.ndarray, gold: np.ndarray) -> float:
 
 
 def agreement(scores: np.ndarray, gold: np.ndarray, ks: Sequence[int] = (1, 3)) -> dict[str, float]:
+    """hit@k, average precision and rank correlation of attributions against a gold alignment."""
     if scores.shape != gold.shape:
         raise LmlabError(f"attribution matrix {scores.shape} and gold alignment {gold.shape} differ in shape")
     out = {f"hit@{k}": hit_at_k(scores, gold, k) for k in ks}
@@ -445,6 +448,7 @@ def heatmap_axes(
 
 
 def heatmap_figure(matrix: np.ndarray, src_labels: Sequence[str], out_labels: Sequence[str], title: str = ""):
+    """A matplotlib heatmap of an [output x source] attribution matrix."""
     import matplotlib  # heavy: imported only when plotting
 
     matplotlib.use("Agg")
@@ -459,6 +463,7 @@ def heatmap_figure(matrix: np.ndarray, src_labels: Sequence[str], out_labels: Se
 
 
 def save_heatmap(path: str | Path, matrix, src_labels, out_labels, title: str = "") -> Path:
+    """Write the attribution heatmap as a PNG (atomically)."""
     return atomic_write_png(path, heatmap_figure(matrix, src_labels, out_labels, title))
 
 
@@ -500,5 +505,6 @@ def html_view(
 def save_html(
     path: str | Path, attributions: dict[str, np.ndarray], src_labels, out_labels, title: str = "Attributions"
 ) -> Path:
+    """Write an HTML view of the attribution matrices (atomically)."""
     atomic_write_text(path, html_view(attributions, src_labels, out_labels, title))
     return Path(path)

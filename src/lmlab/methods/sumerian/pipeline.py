@@ -38,6 +38,7 @@ _log = logging.getLogger(__name__)
 
 
 def make_tagger(name: str, crf_iters: int = 1000, bilstm: BiLSTMCRFConfig | None = None, device="cpu"):
+    """An untrained tagger by name: hmm, crf or bilstm_crf."""
     if name == "hmm":
         return HMMTagger()
     if name == "crf":
@@ -231,6 +232,7 @@ class SumerianPipeline:
         with_mt: bool = True,
         device: str | torch.device = "cpu",
     ) -> SumerianPipeline:
+        """The taggers (and translator, with `with_mt`) trained into a models folder."""
         models = Path(models)
         manifest = models / "manifest.json"
         if not manifest.exists():
@@ -254,14 +256,17 @@ class SumerianPipeline:
         )
 
     def tag(self, sentences: list[list[str]]) -> tuple[list[list[str]], list[list[str]]]:
+        """(POS tags, NER tags) of each tokenized sentence."""
         return self.pos.predict(sentences), self.ner.predict(sentences)
 
     def translate(self, sentences: list[list[str]], beam: int = 4) -> list[str]:
+        """The English translation of each tokenized sentence."""
         if self.translator is None:
             raise LmlabError("this pipeline was loaded without a translation model")
         return self.translator.translate([" ".join(s) for s in sentences], beam=beam)
 
     def run(self, lines: list[str], translate: bool = True, beam: int = 4) -> str:
+        """Raw lines to CoNLL with POS, NER and, with `translate`, the translation."""
         sents = loaders.raw_lines_to_tokens(lines)
         pos, ner = self.tag(sents)
         eng = self.translate(sents, beam) if translate else None

@@ -30,10 +30,12 @@ class Seq2SeqConfig:
     pad_id: int = 0
 
     def to_dict(self) -> dict:
+        """The config as a plain dict (saved beside the weights)."""
         return asdict(self)
 
 
 def sinusoidal_positions(n: int, d: int) -> torch.Tensor:
+    """The (n, d) sinusoidal position table of the original Transformer."""
     pos = torch.arange(n, dtype=torch.float32)[:, None]
     freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
     table = torch.zeros(n, d)
@@ -51,10 +53,12 @@ class Attention(nn.Module):
         self.weights: torch.Tensor | None = None  # (B, H, Tq, Tk) when recording
 
     def split(self, x):
+        """(batch, positions, d) -> (batch, heads, positions, d_head)."""
         b, t, d = x.shape
         return x.view(b, t, self.h, d // self.h).transpose(1, 2)
 
     def kv(self, src):
+        """The keys and values of `src`, split into heads."""
         return self.split(self.k_proj(src)), self.split(self.v_proj(src))
 
     def forward(self, x, k, v, mask=None, causal: bool = False):
@@ -98,6 +102,7 @@ class EncoderLayer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, mask):
+        """One pre-norm encoder layer: self-attention, then the MLP, each residual."""
         h = self.ln1(x)
         x = x + self.drop(self.self_attn(h, *self.self_attn.kv(h), mask=mask))
         return x + self.drop(self.ff(self.ln2(x)))
@@ -113,6 +118,7 @@ class DecoderLayer(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x, cross_kv, src_mask, cache: dict | None = None):
+        """One pre-norm decoder layer: causal self-attention (cached when `cache`), cross-attention, MLP."""
         h = self.ln1(x)
         k, v = self.self_attn.kv(h)
         if cache is not None:  # incremental decoding: append this step's keys/values
@@ -146,6 +152,7 @@ class Seq2SeqTransformer(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def positions(self, start: int, n: int) -> torch.Tensor:
+        """Position encodings of positions start .. start + n - 1 (the table grows as needed)."""
         if start + n > self.pos_table.shape[0]:
             self.pos_table = sinusoidal_positions(2 * (start + n), self.cfg.d_model).to(self.pos_table.device)
         return self.pos_table[start : start + n]
@@ -156,6 +163,7 @@ class Seq2SeqTransformer(nn.Module):
         return self.src_emb(src)
 
     def source_mask(self, src: torch.Tensor) -> torch.Tensor:
+        """(batch, 1, 1, S) mask of the non-padding source positions."""
         return (src != self.cfg.pad_id)[:, None, None, :]
 
     def encode(
@@ -164,6 +172,7 @@ class Seq2SeqTransformer(nn.Module):
         src_mask: torch.Tensor | None = None,
         src_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The encoder's memory of `src` (or of given source embeddings, for attributions)."""
         emb = self.embed_source(src) if src_embeds is None else src_embeds
         if src_mask is None:
             src_mask = self.source_mask(src)
@@ -174,9 +183,11 @@ class Seq2SeqTransformer(nn.Module):
 
     # ---- decoder
     def cross_kv(self, memory):
+        """Every decoder layer's cross-attention keys and values of `memory` (computed once)."""
         return [layer.cross_attn.kv(memory) for layer in self.decoder_layers]
 
     def decode(self, tgt_in, memory, src_mask, cross_kv=None, caches=None, start: int = 0):
+        """Target logits given the memory; `caches` and `start` decode incrementally."""
         x = self.drop(self.tgt_emb(tgt_in) * self.scale + self.positions(start, tgt_in.shape[1]))
         cross_kv = cross_kv or self.cross_kv(memory)
         for i, layer in enumerate(self.decoder_layers):
@@ -184,12 +195,14 @@ class Seq2SeqTransformer(nn.Module):
         return self.out(self.dec_norm(x))
 
     def forward(self, src, tgt_in, src_embeds=None):
+        """Teacher-forced target logits of (src, tgt_in)."""
         mask = self.source_mask(src)
         return self.decode(tgt_in, self.encode(src, mask, src_embeds), mask)
 
     # ---- attention maps
     @contextlib.contextmanager
     def recording_attention(self):
+        """Within this context every attention keeps its last attention map."""
         mods = [m for m in self.modules() if isinstance(m, Attention)]
         for m in mods:
             m.record = True
@@ -207,6 +220,7 @@ class Seq2SeqTransformer(nn.Module):
 # ---------------------------------------------------------------- decoding
 @torch.no_grad()
 def greedy_decode(model: Seq2SeqTransformer, src, bos: int, eos: int, max_len: int) -> list[list[int]]:
+    """Greedy target ids of each source row, up to `max_len` tokens or `eos`."""
     model.eval()
     mask = model.source_mask(src)
     memory = model.encode(src, mask)

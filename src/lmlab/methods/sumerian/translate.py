@@ -47,11 +47,13 @@ class MTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> MTConfig:
+        """An MTConfig from a saved dict, unknown keys ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def bleu_chrf(hyps: list[str], refs: list[str]) -> dict:
+    """Corpus BLEU and chrF (sacrebleu) of the hypotheses against the references."""
     import sacrebleu  # heavy: imported only when scoring
 
     return {
@@ -69,6 +71,7 @@ class Translator:
 
     @property
     def device(self) -> torch.device:
+        """The device of the translator's model."""
         return next(self.model.parameters()).device
 
     def encode_source(self, lines: list[str]) -> torch.Tensor:
@@ -86,6 +89,7 @@ class Translator:
         max_len: int | None = None,
         length_penalty: float = 0.6,
     ) -> list[str]:
+        """The English translation of each line (greedy, or beam search when beam > 1)."""
         out: list[str] = [""] * len(lines)
         order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
         max_len = max_len or self.cfg.max_len
@@ -103,6 +107,7 @@ class Translator:
         return out
 
     def save(self, d: str | Path) -> None:
+        """Write both tokenizers, the config and the weights into folder `d`."""
         d = Path(d)
         self.src_tok.save(d / "src_tokenizer.json")
         self.tgt_tok.save(d / "tgt_tokenizer.json")
@@ -114,6 +119,7 @@ class Translator:
 
     @classmethod
     def load(cls, d: str | Path, device: str | torch.device = "cpu") -> Translator:
+        """The translator saved in folder `d`."""
         d = Path(d)
         if not (d / "mt_config.json").exists():
             raise LmlabError(
@@ -196,6 +202,7 @@ def train_bpe(texts: list[str], vocab_size: int) -> BPETokenizer:
 
 
 def train_tokenizers(pairs: list[tuple[str, str]], cfg: MTConfig) -> tuple[BPETokenizer, BPETokenizer]:
+    """A source and a target BPE trained on the two sides of the pairs."""
     return (
         train_bpe([s for s, _ in pairs], cfg.src_vocab_size),
         train_bpe([t for _, t in pairs], cfg.tgt_vocab_size),
@@ -416,6 +423,7 @@ class LexiconBaseline:
         self.min_dice = min_dice
 
     def fit(self, pairs: list[tuple[str, str]]) -> LexiconBaseline:
+        """Learn a word-to-word lexicon from the pairs by Dice co-occurrence."""
         cs, ce, co = Counter(), Counter(), defaultdict(Counter)
         for s, e in pairs:
             sw, ew = set(s.split()), set(e.split())
@@ -432,6 +440,7 @@ class LexiconBaseline:
         return self
 
     def translate(self, lines: list[str]) -> list[str]:
+        """Word-by-word translations through the lexicon (numbers rendered as numbers)."""
         num = re.compile(r"^(\d+(?:/\d+)?)\(([^)]*)\)$")
         out = []
         for line in lines:
@@ -453,6 +462,7 @@ class HFTranslator:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device="cpu", max_len: int = 96) -> HFTranslator:
+        """The HF seq2seq model and tokenizer saved in a local folder."""
         return cls(load_model(path, kind="seq2seq"), load_tokenizer(path), device, max_len)
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
@@ -462,6 +472,7 @@ class HFTranslator:
         return [x if eos is None or (x and x[-1] == eos) else x[: self.max_len - 1] + [eos] for x in ids]
 
     def batch(self, pairs: list[tuple[str, str]]) -> dict:
+        """Model inputs of (Sumerian, English) pairs: padded source ids, mask and labels."""
         pad = self.tok.pad_token_id
         src = _pad(self._ids([s for s, _ in pairs]), pad)
         labels = _pad(self._ids([e for _, e in pairs]), -100)
@@ -527,6 +538,7 @@ class HFTranslator:
     def translate(
         self, lines: list[str], beam: int = 1, batch_size: int = 32, max_len: int | None = None
     ) -> list[str]:
+        """The English translation of each line (greedy, or beam search when beam > 1)."""
         out = []
         pad = self.tok.pad_token_id
         for i in range(0, len(lines), batch_size):
@@ -542,6 +554,7 @@ class HFTranslator:
         return out
 
     def save(self, d: str | Path) -> None:
+        """save_pretrained the model and tokenizer into folder `d`."""
         self.model.save_pretrained(str(d))
         self.tok.save_pretrained(str(d))
 
