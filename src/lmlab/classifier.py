@@ -21,9 +21,11 @@ class MLP(nn.Module):
         self.out = nn.Linear(width, n_classes)
 
     def hidden_names(self) -> list[str]:
+        """Names of the hidden layers (fc1, fc2, ...), in order."""
         return [f"fc{i + 1}" for i in range(self.depth)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of `x` (ReLU hidden layers, linear output)."""
         for name in self.hidden_names():
             x = F.relu(getattr(self, name)(x))
         return self.out(x)
@@ -55,6 +57,7 @@ def train_classifier(model: nn.Module, x, y: torch.Tensor, epochs: int, lr: floa
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x, y: torch.Tensor) -> float:
+    """Share of rows of `x` (a tensor or a dict of HF inputs) whose argmax logit is the label."""
     model.eval()
     out = model(**x) if isinstance(x, dict) else model(x)
     logits = out.logits if hasattr(out, "logits") else out
@@ -75,15 +78,19 @@ class PositionalMLP(nn.Module):
         self.mlm_head = nn.Linear(hidden + seq_len, vocab_size)
 
     def hidden_names(self) -> list[str]:
+        """Names of the hidden layers."""
         return ["fc1", "fc2"]
 
     def trunk(self, ids: torch.Tensor) -> torch.Tensor:
+        """Hidden features of token ids (token plus position embeddings through two ReLU layers)."""
         h = (self.tok(ids) + self.pos).flatten(1)
         return F.relu(self.fc2(F.relu(self.fc1(h))))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Class logits of token ids."""
         return self.head(self.trunk(ids))
 
     def mlm_logits(self, ids: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """Token logits at position `where` of each row (the masked-LM head)."""
         onehot = F.one_hot(where, ids.shape[1]).float()
         return self.mlm_head(torch.cat([self.trunk(ids), onehot], -1))

@@ -33,6 +33,7 @@ class TaskHistory:
         self.values: dict[str, list[float]] = {k: [] for k in self.metric_fns}
 
     def record(self, step: int, model: nn.Module) -> dict[str, float]:
+        """Evaluate every task metric on `model` at `step`, store and return them."""
         with torch.no_grad():
             now = {k: float(fn(model)) for k, fn in self.metric_fns.items()}
         self.steps.append(step)
@@ -83,6 +84,7 @@ def _hf_down_proj(layer: nn.Module) -> nn.Module:
 
 
 def n_layers(model: nn.Module) -> int:
+    """Number of decoder layers of an lmlab GPT or an HF model."""
     return len(decoder_layers(model))
 
 
@@ -129,6 +131,7 @@ def residual_hook(model: nn.Module, layer: int, fn: Callable[[torch.Tensor], Non
 
 
 def default_forward(model: nn.Module, idx: torch.Tensor):
+    """`model(idx)`: the forward pass probes and hooks run by default."""
     return model(idx)
 
 

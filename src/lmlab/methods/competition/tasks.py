@@ -75,10 +75,12 @@ class RegressionMixture:
     # ---- structure
     @property
     def dim(self) -> int:
+        """Input dimension: one block of features per task."""
         return self.n_tasks * self.block_dim
 
     @property
     def frequencies(self) -> np.ndarray:
+        """Each task's sampling frequency: the normalised `freqs`, else Zipf frequencies."""
         if self.freqs is not None:
             f = np.asarray(self.freqs, dtype=float)
             return f / f.sum()
@@ -99,6 +101,7 @@ class RegressionMixture:
         return s2.sum(1) ** 2 / (s2 ** 2).sum(1)
 
     def block(self, k: int) -> slice:
+        """The input columns of task `k`."""
         return slice(k * self.block_dim, (k + 1) * self.block_dim)
 
     def targets(self) -> torch.Tensor:
@@ -169,13 +172,16 @@ class TwoLayerNets(nn.Module):
 
     @property
     def n_models(self) -> int:
+        """Number of networks trained side by side."""
         return self.W.shape[0]
 
     @property
     def width(self) -> int:
+        """Hidden width of each network."""
         return self.W.shape[1]
 
     def act(self, h):
+        """The hidden activation applied to `h`."""
         return self.ACTIVATIONS[self.activation](h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,6 +189,7 @@ class TwoLayerNets(nn.Module):
         return self.act(x @ self.W.transpose(1, 2)) @ self.A.transpose(1, 2)
 
     def end_to_end(self) -> torch.Tensor:
+        """The product A @ W of each linear network (raises for a nonlinear one)."""
         if self.activation != "linear":
             raise LmlabError("end_to_end() is defined for linear networks only")
         return self.A @ self.W
@@ -279,12 +286,15 @@ class InjectionSchedule:
         self._f = Fraction(freq).limit_denominator(1_000_000)
 
     def count(self, step: int) -> int:
+        """Instances injected at `step` (spread evenly at the schedule's rate)."""
         return math.floor((step + 1) * self._f) - math.floor(step * self._f)
 
     def total(self, steps: int) -> int:
+        """Instances injected in the first `steps` steps."""
         return math.floor(steps * self._f)
 
     def steps_with_injection(self, steps: int) -> list[int]:
+        """The steps, among the first `steps`, that inject at least one instance."""
         return [s for s in range(steps) if self.count(s) > 0]
 
 
@@ -317,6 +327,7 @@ class MarkovBackground:
         return c
 
     def sample(self, batch: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(batch, length) token sequences from the Markov chain."""
         seq = torch.empty(batch, length, dtype=torch.long)
         seq[:, : self.order] = torch.randint(self.vocab, (batch, min(self.order, length)), generator=generator)
         if length <= self.order:
@@ -356,16 +367,19 @@ class InjectedTask:
     LENGTH = 5
 
     def instances(self, idx: torch.Tensor) -> torch.Tensor:
+        """The token rows `marker a b eq answer` of the instances `idx`."""
         a, b = self.pairs[idx].T
         n = len(idx)
         return torch.stack([torch.full((n,), self.marker), a, b, torch.full((n,), self.eq), self.answers[idx]], 1)
 
     @property
     def train_idx(self) -> torch.Tensor:
+        """Indices of the instances that may be injected in training."""
         return torch.nonzero(~self.heldout).squeeze(1)
 
     @property
     def heldout_idx(self) -> torch.Tensor:
+        """Indices of the held-out instances."""
         return torch.nonzero(self.heldout).squeeze(1)
 
 
@@ -428,6 +442,7 @@ class InjectionStream:
 
     @property
     def vocab_size(self) -> int:
+        """Vocabulary covering the background and every task's tokens."""
         return max(self.background.vocab, *(max(t.marker, t.eq) + 1 for t in self.tasks))
 
     def _background(self) -> torch.Tensor:
@@ -438,6 +453,7 @@ class InjectionStream:
         return self._buffer.pop()
 
     def batch(self, step: int) -> tuple[torch.Tensor, list[int]]:
+        """The background batch of `step` with its scheduled instances written in, and their counts."""
         seq = self._background().clone()
         counts = [s.count(step) for s in self.schedules]
         total = sum(counts)

@@ -67,6 +67,7 @@ class NiahSample:
 
 # ------------------------------------------------------------------ vocabularies
 def pseudo_word(rng: random.Random, syllables: int) -> str:
+    """A pronounceable made-up word of `syllables` consonant-vowel syllables."""
     return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(syllables))
 
 
@@ -89,10 +90,12 @@ def _distinct(make: Callable[[], str], n: int) -> list[str]:
 
 
 def random_number(rng: random.Random) -> str:
+    """A random seven-digit number, as text."""
     return str(rng.randint(1_000_000, 9_999_999))
 
 
 def random_uuid(rng: random.Random) -> str:
+    """A random UUID4, as text."""
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
@@ -213,6 +216,7 @@ class NeedleHaystack:
         return self._build(lo, draw)
 
     def samples(self, n: int, max_length: int, length_fn: Callable[[str], int] = len) -> list[NiahSample]:
+        """`n` samples, each at most `max_length` long as measured by `length_fn`."""
         return [self.sample(max_length, length_fn) for _ in range(n)]
 
 

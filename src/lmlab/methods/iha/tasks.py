@@ -89,9 +89,11 @@ class CPM3Task:
         self.std = ((n_values ** 2 - 1) / 12) ** 0.5  # of the discrete uniform on 0..n_values−1
 
     def sample(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(batch, n_max) random values."""
         return torch.randint(0, self.n_values, (batch, self.n_max), generator=generator)
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """Token values standardised to zero mean and unit variance (the uniform law over 0..n_values-1)."""
         return (x.float() - self.mean) / self.std
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -103,6 +105,7 @@ class CPM3Task:
         return float((self.decode(pred_std) == cyclic_workspace(x)).all(dim=-1).float().mean())
 
     def counts(self, x: torch.Tensor) -> torch.Tensor:
+        """The CPM-3 counts of each row of `x`."""
         return cpm3_counts(x, self.modulus, self.g)
 
 
@@ -148,6 +151,7 @@ class RelationCompositionTask:
         self.max_len = self.m_range[1] ** 2
 
     def sample(self, batch: int, generator: torch.Generator | None = None) -> RelationBatch:
+        """A batch of random relations (0/1 entries) with their composition targets, valid mask and sizes."""
         lo, hi = self.m_range
         sizes = torch.randint(lo, hi + 1, (batch,), generator=generator)
         length = int(sizes.max()) ** 2

@@ -39,6 +39,7 @@ class GeneralSuite:
 
     # ------------------------------------------------------------------ documents
     def markov_text(self, rng: random.Random, length: int) -> str:
+        """A letter sequence of `length` from the suite's Markov chain."""
         s = rng.choices(range(len(LETTERS)), self.start)[0]
         out = [s]
         for _ in range(length - 1):
@@ -47,13 +48,16 @@ class GeneralSuite:
         return "".join(LETTERS[i] for i in out)
 
     def markov_doc(self, rng: random.Random) -> str:
+        """A Markov document, marked 'G'."""
         return "G" + self.markov_text(rng, rng.randint(*self.markov_len))
 
     def copy_example(self, rng: random.Random) -> tuple[str, str]:
+        """(prompt, answer) of a copy example: `C<letters>|` then the letters."""
         x = "".join(rng.choice(LETTERS) for _ in range(rng.randint(*self.copy_len)))
         return f"C{x}|", x
 
     def recall_example(self, rng: random.Random) -> tuple[str, str]:
+        """(prompt, answer) of a key-value recall example."""
         keys = rng.sample(LETTERS, rng.randint(*self.recall_pairs))
         vals = [rng.choice(LETTERS) for _ in keys]
         i = rng.randrange(len(keys))
@@ -61,6 +65,7 @@ class GeneralSuite:
         return f"R{ctx}?{keys[i]}=", vals[i]
 
     def document(self, rng: random.Random, weights=(0.6, 0.2, 0.2)) -> str:
+        """A general-capability document: Markov text, copy or recall, drawn by `weights`."""
         kind = rng.choices(("markov", "copy", "recall"), weights)[0]
         if kind == "markov":
             return self.markov_doc(rng)
@@ -115,6 +120,7 @@ def heldout_nll(model, codec, texts: list[str], batch_size: int = 64) -> float:
 
 
 def greedy_accuracy(model, codec, examples: list[tuple[str, str]], batch_size: int = 128) -> float:
+    """Share of (prompt, answer) examples whose greedy completion is the answer."""
     prompts = [[codec.bos_id] + codec.encode(p) for p, _ in examples]
     max_new = max(len(codec.encode(a)) for _, a in examples) + 1
     outs = sample_completions(model, codec, prompts, max_new, temperature=0.0, batch_size=batch_size)

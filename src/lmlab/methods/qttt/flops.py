@@ -74,23 +74,29 @@ class FlopModel:
 
     @property
     def c_quad(self) -> float:
+        """FLOPs per token pair (the attention term that grows with context length)."""
         return 2.0 * self.n_layers * self.d_model
 
     @property
     def c_tok(self) -> float:
+        """FLOPs per token of the projections and the MLP."""
         return (2 + 2 * self.kv_ratio + 2 * self.mlp_ratio) * self.n_layers * self.d_model**2
 
     def prefill(self, T: float) -> float:
+        """FLOPs of prefilling T context tokens."""
         return self.c_quad * T * T + self.c_tok * T
 
     def thinking(self, M: float, T: float) -> float:
+        """FLOPs of M thinking tokens decoded after a context of T."""
         return self.c_quad * (M * T + M * (M - 1) / 2) + self.c_tok * M
 
     def qttt_step(self, k: float, T: float) -> float:
+        """FLOPs of one qTTT step on a span of k tokens over a cached context of T."""
         # the span step reuses the cached K/V: only W_Q, W_O and the MLP run per span token
         return 2 * (self.c_quad * k * T + (2 + 2 * self.mlp_ratio) * self.n_layers * k * self.d_model**2)
 
     def qttt(self, N: float, k: float, T: float) -> float:
+        """FLOPs of N qTTT steps on spans of k tokens."""
         return N * self.qttt_step(k, T)
 
     def matched_thinking_tokens(self, N: float, k: float, T: float) -> float:

@@ -57,24 +57,30 @@ class KVRetrieval:
 
     @property
     def key0(self) -> int:
+        """First key token id (ids below are specials)."""
         return 3
 
     @property
     def value0(self) -> int:
+        """First value token id."""
         return 3 + self.n_keys
 
     @property
     def check0(self) -> int:
+        """First family (checksum) token id."""
         return 3 + self.n_keys + self.n_values
 
     @property
     def vocab_size(self) -> int:
+        """Specials, keys, values and families."""
         return 3 + self.n_keys + self.n_values + self.n_families
 
     def family(self, key: int) -> int:
+        """The family a key belongs to."""
         return key % self.n_families
 
     def is_value(self, tok: int) -> bool:
+        """Whether `tok` is a value token."""
         return self.value0 <= tok < self.check0
 
     def sample(self, n_lines: int, rng: np.random.Generator, n_pause: int = 0) -> KVInstance:
@@ -230,10 +236,12 @@ class TransactionLog:
 
     @property
     def text(self) -> str:
+        """The log as text, one operation a line."""
         return "\n".join(self.lines)
 
     @property
     def answer(self) -> str:
+        """The expected JSON answer: the bug type and the faulty transaction's id."""
         return f'{{"bug_type": "{self.bug_type}", "TX_ID": "{self.tx_id}"}}'
 
 
@@ -323,6 +331,7 @@ def find_anomaly(lines: list[str]) -> tuple[str, str] | None:
 
 
 def transaction_prompt(log: TransactionLog) -> str:
+    """The context-and-question prompt asking for the one wrong operation of `log`."""
     return (
         "[CONTEXT]\n" + log.text + "\n[QUESTION]\nExactly one operation above is wrong. Answer as "
         '{"bug_type": one of ' + ", ".join(ANOMALIES) + ', "TX_ID": ...}.\n'
