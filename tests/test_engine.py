@@ -100,6 +100,24 @@ def test_a_stopped_run_resumes_at_its_next_seed_and_equals_an_uninterrupted_one(
     assert [c["status"] for c in done["claims"]] == [c["status"] for c in whole["claims"]]
 
 
+def test_resume_refuses_seeds_measured_by_another_commit(engine, tmp_path, monkeypatch):
+    STOP_AT.append(1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ex.run_experiment("toy_engine", out_dir=tmp_path / "cut", quiet=True)
+    finally:
+        STOP_AT.clear()
+    path = tmp_path / "cut" / "results.json"
+    part = json.loads(path.read_text())
+    part["provenance"]["git_commit"] = "0" * 40  # as if measured by another version of the code
+    path.write_text(json.dumps(part))
+    here = ex.provenance([])["git_commit"]
+    if here is None:
+        pytest.skip("not a git checkout: no commit to compare")
+    with pytest.raises(LmlabError, match="measured at commit 0{40}"):
+        ex.run_experiment("toy_engine", out_dir=tmp_path / "cut", quiet=True, resume=True)
+
+
 def test_decide_recomputes_verdicts_from_stored_numbers_without_measuring(engine, tmp_path, monkeypatch, capsys):
     ex.run_experiment("toy_engine", out_dir=tmp_path / "r", quiet=True)
     measured.clear()

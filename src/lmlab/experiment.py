@@ -266,24 +266,38 @@ def seed_block(base: int, n: int) -> list[int]:
     return list(range(base * n, base * n + n))
 
 
+def _read_results(path: Path, flag: str = "", fix: str = "") -> dict:
+    """The results.json of an `lmlab run` as a dict, or a clear error that names `path`, the `flag` it came through
+    and the `fix`."""
+    where = f"{flag}: {path}" if flag else str(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LmlabError(f"{where} not found: pass a folder written by `lmlab run`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LmlabError(f"{where} cannot be read ({e}){fix}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs") or [], list):
+        raise LmlabError(f"{where} is not a report written by lmlab run (a JSON object with a list of 'runs' is "
+                         f"expected){fix}")
+    return data
+
+
 def _finished_runs(out: Path, rep: Report) -> dict[int, dict]:
     """The seeds an earlier, stopped run of the same experiment, preset, config and seed block finished in
     `out` (to resume from); an empty dict when there is none. A report of another run there is refused."""
     path = out / "results.json"
     if not path.is_file():
         return {}
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LmlabError(f"--resume: {path} cannot be read ({e}): pass another --out, or run without --resume") \
-            from None
-    if not isinstance(old, dict) or not isinstance(old.get("runs") or [], list):
-        raise LmlabError(f"--resume: {path} is not a report written by lmlab run: pass another --out")
+    old = _read_results(path, "--resume", ": pass another --out, or run without --resume")
     mine = {"experiment": rep.experiment, "preset": rep.preset, "seeds": rep.seeds, "config": to_jsonable(rep.config)}
     differ = [k for k, v in mine.items() if old.get(k) != v]
     if differ:
         raise LmlabError(f"--resume: {path} is from another run ({', '.join(differ)} differ): pass the same "
                          "experiment, preset, --seed, --seeds and overrides, or another --out")
+    was, now = (old.get("provenance") or {}).get("git_commit"), (rep.provenance or {}).get("git_commit")
+    if was and now and was != now:  # seeds measured by two versions of the code would be decided together
+        raise LmlabError(f"--resume: {path} was measured at commit {was}, this checkout is at {now}: resume from a "
+                         f"checkout of {was}, or run without --resume into another --out")
     return {r["seed"]: r for r in old.get("runs") or []}
 
 
@@ -293,14 +307,7 @@ def _seeds_from(folder: str | Path, rep: Report) -> tuple[dict[int, dict], dict]
     checkout — e.g. one seed of the block run alone with `--seed S --seeds 1`, on another core or machine. Which
     commits may meet is `_check_merge`'s business."""
     path = Path(folder) / "results.json"
-    try:
-        other = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LmlabError(f"--seeds-from: {path} not found: pass a folder written by `lmlab run`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LmlabError(f"--seeds-from: {path} cannot be read ({e})") from None
-    if not isinstance(other, dict) or not isinstance(other.get("runs") or [], list):
-        raise LmlabError(f"--seeds-from: {path} is not a report written by lmlab run")
+    other = _read_results(path, "--seeds-from")
 
     def settings(config):
         return {k: v for k, v in (config or {}).items() if k != "seeds"}
@@ -367,14 +374,7 @@ def redecide(out_dir: str | Path) -> Report:
     current `decide_*` functions, and rewrite its report (nothing is trained again)."""
     out = Path(out_dir)
     path = out / "results.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LmlabError(f"{path} not found: pass a folder written by `lmlab run`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LmlabError(f"{path} cannot be read ({e})") from None
-    if not isinstance(data, dict):
-        raise LmlabError(f"{path} is not a report written by lmlab run (a JSON object is expected)")
+    data = _read_results(path)
     exp = get(str(data.get("experiment", "?")))
     runs = data.get("runs")
     if exp.decide is None or not runs:
