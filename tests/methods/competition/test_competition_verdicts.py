@@ -1,106 +1,204 @@
-"""Table-driven checks of task_competition's claim verdicts on hand-made measurements: each criterion
-passes on data that shows the claimed effect and fails on data that contradicts it."""
+"""task_competition's decide_* functions on hand-made per-seed numbers: every claim returns held, not held and
+undecided, every check passes, fails or is not run. The numbers go through JSON first, as `lmlab decide` reads
+them back from results.json (string keys, NaN as null)."""
 
-from types import SimpleNamespace
+import json
 
-import numpy as np
 import pytest
 
-import lmlab.methods.competition.experiment as tcx
-from lmlab.report import Report
+from lmlab.methods.competition import decide as d
+from lmlab.methods.competition.experiment import PRESETS
+from lmlab.utils import to_jsonable
 
-CFG = tcx.Config(lost=0.1, retained=0.8, seeds=3, lm_learned_acc=0.8, lm_steps=10, lm_freqs=[10, 1])
-
-
-def _rep(tmp_path):
-    rep = Report("task_competition", "test", 0, tmp_path)
-    for cid, text in tcx.CLAIMS.items():
-        rep.add_claim(cid, text)
-    return rep
+CFG = PRESETS["tiny"]
+SMALL = PRESETS["small"]
+FREQS = [0.4, 0.2, 0.15, 0.1, 0.08, 0.07]  # six tasks, most frequent first
+RANKS = [1, 2, 4, 1, 2, 4]
 
 
-def _cell(final, peak=None, decay=0.0, jump=0.03, g=1e-3):
-    final = np.asarray(final, float)
-    return {"final": final, "peak": final if peak is None else np.asarray(peak, float),
-            "decay_frac": np.full(len(final), decay), "jump": np.full(len(final), jump),
-            "g_batch": np.full(len(final), g), "g_expected": np.full(len(final), g)}
+def _json(x):
+    return json.loads(json.dumps(to_jsonable(x)))
 
 
-def _injection(slow_small, fast_small):
-    """Widths 8/16 lose the task every 100 steps, 64/128 keep it; `*_small` describe width 16's runs."""
-    lost = dict(final=[0, 0, 0], decay=0.5, jump=1e-4, g=0.1)
-    kept = dict(final=[1, 1, 1], decay=0.02, jump=0.035, g=1e-3)
-    return {100: {8: _cell(**lost), 16: _cell(**slow_small), 64: _cell(**kept), 128: _cell(**kept)},
-            20: {8: _cell(**lost), 16: _cell(**fast_small), 64: _cell(**kept), 128: _cell(**kept)}}
+def _sweep(counts, widths=(4, 16, 64), nets=2, shares=None, dev=0.0):
+    """Width i learns the first counts[i] tasks (error 0), the rest stay at 1; the top-3 share is shares[i]."""
+    shares = shares or [1.0, 0.6, 0.3]
+    errors, alloc, optimal = [], [], []
+    for c, sh in zip(counts, shares):
+        row = [0.0] * c + [1.0] * (len(FREQS) - c)
+        errors.append([row] * nets)
+        alloc.append([[sh / 3] * 3 + [(1 - sh) / 3] * 3] * nets)
+        optimal.append([min(1.0, max(0.0, e - dev)) for e in row])
+    return {"widths": list(widths), "errors": errors, "alloc": alloc, "optimal": optimal, "freqs": FREQS,
+            "complexities": RANKS, "checkpoints": [1, 2], "loss_at": [[[1.0] * nets] * 2] * len(widths)}
 
 
-def test_c3_needs_a_visible_rise_and_decay_below_the_threshold(tmp_path):
-    no_rise = dict(final=[0, 0, 0], peak=[0.001] * 3, decay=0.9, jump=3e-4, g=0.1)
-    saw = dict(final=[0.3, 0.0, 0.0], peak=[0.5, 0.2, 0.01], decay=0.95, jump=0.02, g=0.1)
-    rep = _rep(tmp_path)
-    assert tcx.decide_c3(rep, _injection(no_rise, saw), CFG) == 64
-    assert rep.claims["c3_retention_threshold"].held is True
-    assert "N=16 every 20 steps (2/3 seeds)" in rep.claims["c3_retention_threshold"].evidence
-    # a noisy decay ratio of invisible jumps is not rise-and-decay
-    rep = _rep(tmp_path)
-    tcx.decide_c3(rep, _injection(no_rise, no_rise), CFG)
-    assert rep.claims["c3_retention_threshold"].held is False
-    # wide models that forget between injections contradict accumulation
-    inj = _injection(no_rise, saw)
-    inj[20][128]["decay_frac"][:] = 0.9
-    rep = _rep(tmp_path)
-    tcx.decide_c3(rep, inj, CFG)
-    assert rep.claims["c3_retention_threshold"].held is False
+def _cell(width, final, peak=None, decay=0.9, u=0.9, r=0.9, g=0.01, nets=3, cycles=2):
+    return {"width": width, "final": [final] * nets, "peak": [final if peak is None else peak] * nets,
+            "decay_frac": [decay] * nets, "jump": [g] * nets, "before": [[0.0]] * nets, "after": [[g]] * nets,
+            "G": [[g] * cycles] * nets, "U": [[u * g] * cycles] * nets, "R": [[r * g] * cycles] * nets,
+            "g_common": [0.1] * nets}
 
 
-def test_c4_fails_when_one_narrow_width_has_a_small_gradient(tmp_path):
-    # the committed toy pattern: N=16 sits at a saddle with a smaller gradient than the wide widths
-    rep = _rep(tmp_path)
-    inj = _injection(dict(final=[0, 0, 0], g=7e-4), dict(final=[0, 0, 0], g=7e-4))
-    tcx.decide_c4(rep, inj, 64, CFG)
-    claim = rep.claims["c4_common_gradient"]
-    assert claim.held is False and "0.7×" in claim.evidence
-    rep = _rep(tmp_path)
-    inj = _injection(dict(final=[0, 0, 0], g=0.05), dict(final=[0, 0, 0], g=0.05))
-    tcx.decide_c4(rep, inj, 64, CFG)
-    assert rep.claims["c4_common_gradient"].held is True
-    rep = _rep(tmp_path)
-    tcx.decide_c4(rep, inj, None, CFG)
-    assert rep.claims["c4_common_gradient"].held is None
+def _run(period, cells):
+    return {"period": period, "widths": [c["width"] for c in cells], "inj_steps": [period - 1], "cells": cells}
 
 
-def _lm_cell(layers, d, freq, accs, proj, cos, bg=1.0, params=None):
-    grads = {"steps": [1, 2, 3, 4], "bg_norm": [bg] * 4}
+def _inj(slow, fast):
+    """slow/fast: {width: final signal} at every 100 and every 20 steps; losing widths rise and decay, keeping
+    widths accumulate with little first-order undoing."""
+    def cells(finals):
+        return [_cell(w, f, peak=max(f, 0.2), decay=0.9 if f < 0.5 else 0.1, u=0.9 if f < 0.5 else 0.1,
+                      r=0.9 if f < 0.5 else 0.2) for w, f in finals.items()]
+    return [_run(100, cells(slow)), _run(20, cells(fast))]
+
+
+GOOD_INJ = _inj({16: 0.0, 32: 0.02, 64: 0.95}, {16: 0.01, 32: 0.9, 64: 0.99})
+
+
+def _seed(counts=(1, 3, 6), shares=None, inj=None, linear=None, lm=None, dev=0.0):
+    return _json({"sweep": {"relu": _sweep(counts, shares=shares), "linear": _sweep(counts, shares=shares, dev=dev)},
+                  "inj": {"relu": inj or GOOD_INJ, **({"linear": linear} if linear else {})}, "lm": lm})
+
+
+def test_c1_held_not_held_and_undecided():
+    assert d.decide_c1([_seed(), _seed()], CFG).held is True
+    # the count drops from one width to the next
+    assert d.decide_c1([_seed((1, 4, 3)), _seed((1, 4, 3))], CFG).held is False
+    # the widest learns no more than the narrowest
+    assert d.decide_c1([_seed((2, 2, 2)), _seed((2, 2, 2))], CFG).held is False
+    # an unlearned frequent task beside a learned rarer one of the same rank: the order is wrong
+    bad = _seed()
+    bad["sweep"]["relu"]["errors"][2] = [[1.0, 0, 0, 0, 0, 0]] * 2
+    assert d.decide_c1([bad, bad], CFG).held is False
+    v = d.decide_c1([_seed((0, 0, 0)), _seed((0, 0, 0))], CFG)
+    assert v.held is None and v.reason.startswith("not learned")
+    v = d.decide_c1([_seed(), _seed((2, 2, 2))], CFG)
+    assert v.held is None and "seeds disagree" in v.reason
+
+
+def test_c2_held_not_held_and_undecided():
+    assert d.decide_c2([_seed(), _seed()], CFG).held is True
+    flat = _seed(shares=[0.6, 0.6, 0.55])
+    assert d.decide_c2([flat, flat], CFG).held is False
+    bump = _seed(shares=[1.0, 0.3, 0.5])  # falls overall but rises by 0.2 between two widths
+    assert d.decide_c2([bump, bump], CFG).held is False
+    # the narrowest nets learned nothing: the comparison starts at the first width that learned the top task
+    late = _seed((0, 3, 6), shares=[0.1, 0.6, 0.3])
+    v = d.decide_c2([late, late], CFG)
+    assert v.held is True and v.per_seed == pytest.approx((0.3, 0.3)) and "from N=16" in v.reason
+    v = d.decide_c2([_seed((0, 0, 6)), _seed((0, 0, 6))], CFG)
+    assert v.held is None and v.reason.startswith("not learned")
+
+
+def test_c3_held_not_held_and_undecided():
+    v = d.decide_c3([_seed(), _seed()], CFG)
+    assert v.held is True and "rise-and-decay" in v.reason
+    # the narrowest keeps the task too: no threshold inside the sweep
+    kept = _seed(inj=_inj({16: 0.9, 32: 0.95, 64: 0.95}, {16: 0.9, 32: 0.95, 64: 0.99}))
+    assert d.decide_c3([kept, kept], CFG).held is False
+    # losing widths never rise visibly: they never learn, rather than learn and forget
+    flat = _inj({16: 0.0, 32: 0.0, 64: 0.95}, {16: 0.0, 32: 0.9, 64: 0.99})
+    for r in flat:
+        for c in r["cells"]:
+            if c["final"][0] < 0.5:
+                c["peak"] = [0.001] * 3
+    assert d.decide_c3([_seed(inj=flat), _seed(inj=flat)], CFG).held is False
+    # retention falls with width
+    down = _seed(inj=_inj({16: 0.0, 32: 0.95, 48: 0.3, 64: 0.95}, {16: 0.0, 32: 0.95, 48: 0.9, 64: 0.99}))
+    assert d.decide_c3([down, down], CFG).held is False
+    none = _seed(inj=_inj({16: 0.0, 64: 0.5}, {16: 0.0, 64: 0.6}))
+    v = d.decide_c3([none, none], CFG)
+    assert v.held is None and v.reason.startswith("not learned")
+
+
+def test_c4_held_not_held_and_undecided():
+    v = d.decide_c4([_seed(), _seed()], CFG)
+    assert v.held is True and v.per_seed == pytest.approx((0.8, 0.8))  # 0.9 undone vs 0.1 at the keeping widths
+    # the keeping widths undo as much of each gain as the losing ones: no reduced interference
+    same = _inj({16: 0.0, 32: 0.02, 64: 0.95}, {16: 0.01, 32: 0.9, 64: 0.99})
+    for r in same:
+        for c in r["cells"]:
+            c["U"] = [[0.8 * g for g in row] for row in c["G"]]
+    assert d.decide_c4([_seed(inj=same), _seed(inj=same)], CFG).held is False
+    # losing widths whose injections barely move the signal: nothing to overwrite
+    still = _inj({16: 0.0, 32: 0.02, 64: 0.95}, {16: 0.01, 32: 0.9, 64: 0.99})
+    for r in still:
+        for c in r["cells"]:
+            if c["final"][0] < 0.1:
+                c["G"] = [[1e-5, 1e-5]] * 3
+    v = d.decide_c4([_seed(inj=still), _seed(inj=still)], CFG)
+    assert v.held is None and v.reason.startswith("not learned (no rise to undo)") and "gain 1.0e-05" in v.reason
+    none = _seed(inj=_inj({16: 0.0, 64: 0.5}, {16: 0.0, 64: 0.6}))
+    assert d.decide_c4([none, none], CFG).reason.startswith("not learned")
+
+
+def test_c5_held_not_held_and_undecided():
+    assert d.decide_c5([_seed(), _seed()], CFG).held is True
+    no_flip = _seed(inj=_inj({16: 0.0, 32: 0.02, 64: 0.95}, {16: 0.0, 32: 0.3, 64: 0.99}))
+    assert d.decide_c5([no_flip, no_flip], CFG).held is False
+    backwards = _seed(inj=_inj({16: 0.0, 32: 0.02, 64: 0.95}, {16: 0.0, 32: 0.9, 64: 0.5}))
+    assert d.decide_c5([backwards, backwards], CFG).held is False
+    none = _seed(inj=_inj({16: 0.0, 64: 0.5}, {16: 0.0, 64: 0.6}))
+    assert d.decide_c5([none, none], CFG).reason.startswith("not learned")
+
+
+def _lm_cell(d_model, freq, accs, proj):
+    layers = 1 if d_model < 64 else 2
+    grads = {"steps": [1, 2, 3, 4], "bg_norm": [1.0] * 4}
     tasks = {}
     for name, acc in accs.items():
-        grads[name] = {"projection": [proj] * 4, "cos": [cos] * 4}
+        grads[name] = {"projection": [proj] * 4, "cos": [0.01] * 4}
         tasks[name] = {"acc_train": acc, "acc_heldout": acc}
-    return {"layers": layers, "d_model": d, "freq": freq, "params": params or layers * d * d * 12,
+    return {"layers": layers, "d_model": d_model, "freq": freq, "params": layers * d_model ** 2 * 12,
             "grads": grads, "tasks": tasks}
 
 
-@pytest.mark.parametrize("case, held", [("learned lower, less interference", True),
-                                        ("same frequency everywhere", False),
-                                        ("interference does not fall", False)])
-def test_c6_frequency_and_interference(tmp_path, case, held):
-    setup = SimpleNamespace(tasks=[SimpleNamespace(name="cmp")])
-    small_acc = {10: 0.2, 1: 0.1} if case != "same frequency everywhere" else {10: 0.9, 1: 0.1}
-    big_proj = 0.01 if case != "interference does not fall" else 0.05
-    lm = [_lm_cell(1, 32, f, {"cmp": small_acc[f]}, proj=0.05, cos=0.01) for f in (10, 1)]
-    lm += [_lm_cell(2, 128, f, {"cmp": {10: 0.95, 1: 0.3}[f]}, proj=big_proj, cos=0.002) for f in (10, 1)]
-    rep = _rep(tmp_path)
-    tcx.decide_c6(rep, lm, CFG, setup)
-    claim = rep.claims["c6_lm_rare_tasks"]
-    assert claim.held is held
-    if held:  # every learned cell sits at the top frequency: the evidence must say so
-        assert "highest frequency tested" in claim.evidence
+def _ladder(small_acc, big_acc, big_proj=0.01):
+    freqs = sorted(small_acc)
+    return ([_lm_cell(32, f, {"cmp": small_acc[f]}, 0.05) for f in freqs]
+            + [_lm_cell(128, f, {"cmp": big_acc[f]}, big_proj) for f in freqs])
+
+
+def test_c6_held_not_held_and_undecided():
+    moving = _ladder({10: 0.9, 2: 0.2, 1: 0.1}, {10: 0.95, 2: 0.9, 1: 0.3})
+    assert d.decide_c6([_seed(lm=moving), _seed(lm=moving)], SMALL).held is True
+    # the frontier moves, but the larger model's background gradient interferes as much
+    same = _ladder({10: 0.9, 2: 0.2, 1: 0.1}, {10: 0.95, 2: 0.9, 1: 0.3}, big_proj=0.05)
+    assert d.decide_c6([_seed(lm=same), _seed(lm=same)], SMALL).held is False
+    # both sizes learn down to the same frequency: the frontier does not move
+    stuck = _ladder({10: 0.9, 2: 0.85, 1: 0.1}, {10: 0.95, 2: 0.9, 1: 0.3})
+    assert d.decide_c6([_seed(lm=stuck), _seed(lm=stuck)], SMALL).held is False
+    # only the top frequency is ever learned: not learned, with the accuracies
+    top = _ladder({10: 0.2, 2: 0.1, 1: 0.1}, {10: 0.95, 2: 0.3, 1: 0.1})
+    v = d.decide_c6([_seed(lm=top), _seed(lm=top)], SMALL)
+    assert v.held is None and v.reason.startswith("not learned") and "cmp L2d128@10 0.95" in v.reason
+    v = d.decide_c6([_seed(), _seed()], CFG)
+    assert v.held is None and v.reason.startswith("moved to small")
+
+
+def test_linear_checks_pass_fail_and_are_not_run():
+    assert d.check_eckart_young([_seed(), _seed()], CFG).status == "passed"
+    assert d.check_eckart_young([_seed(dev=0.3), _seed(dev=0.3)], CFG).status == "failed"
+    assert d.check_linear_allocation([_seed(), _seed()], CFG).status == "passed"
+    flat = _seed(shares=[0.6, 0.6, 0.55])
+    assert d.check_linear_allocation([flat, flat], CFG).status == "failed"
+    assert d.check_linear_retention([_seed(), _seed()], CFG).status == "not run"
+    ok = _seed(linear=GOOD_INJ)
+    assert d.check_linear_retention([ok, ok], CFG).status == "passed"
+    bad = _seed(linear=_inj({16: 0.9, 32: 0.95, 64: 0.95}, {16: 0.9, 32: 0.95, 64: 0.99}))
+    assert d.check_linear_retention([bad, bad], CFG).status == "failed"
+    verdicts = d.decide([_seed(linear=GOOD_INJ)] * 2, CFG)
+    assert {k for k, v in verdicts.items() if v.kind == "check"} == {"k1_linear_eckart_young", "k2_linear_allocation",
+                                                                    "k3_linear_retention"}
 
 
 def test_lm_interference_reads_the_second_half_and_scales_alignment_by_sqrt_params():
-    cell = _lm_cell(1, 8, 1, {"t": 1.0}, proj=0.0, cos=0.0, params=10_000)
+    cell = _lm_cell(8, 1, {"t": 1.0}, 0.0)
+    cell["params"] = 10_000
     cell["grads"]["t"] = {"projection": [9.0, 9.0, 0.2, -0.4], "cos": [0.5, 0.5, 0.01, -0.03]}
     cell["grads"]["bg_norm"] = [5.0, 5.0, 1.0, 3.0]
-    out = tcx.lm_interference([cell], ["t"])
+    out = d.lm_interference([cell], ["t"])
     assert out["projection"] == pytest.approx(0.3)
     assert out["alignment"] == pytest.approx(0.02 * 100)
     assert out["bg_norm"] == pytest.approx(2.0)
