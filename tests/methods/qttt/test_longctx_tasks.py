@@ -144,3 +144,44 @@ def test_spread_positions_cover_long_contexts_and_keep_lines_adjacent():
     # query-to-BOS distances reach the long-context range, and unspread rows (the eval layout) occur too
     assert max(lasts) >= 180 and min(lasts) <= n + 20
     assert np.array_equal(task.spread_positions(6, n, n, rng), np.arange(n))  # no room: contiguous
+
+
+@pytest.mark.parametrize("n_lines", [1, 8, 60])
+def test_prefix_kv_instances(n_lines):
+    from lmlab.methods.qttt.tasks import TARGET_TYPES, PrefixKV
+
+    task = PrefixKV(n_prefixes=4, n_suffixes=64, n_values=8, near_frac=0.5, repeat_frac=0.3)
+    inst = task.sample(n_lines, np.random.default_rng(n_lines), n_pause=2)
+    c = inst.context
+    assert c[0] == BOS and len(c) == task.context_tokens(n_lines) and inst.query[2:] == [PAUSE] * 2
+    lines = [tuple(c[i: i + 4]) for i in range(1, len(c), 4)]
+    keys = [ln[:2] for ln in lines]
+    assert keys.count(tuple(inst.query[:2])) == 1 and c[inst.needle_positions[2]] == inst.answer
+    mapping = {}
+    for p, s, v, chk in lines:  # one value per key; the check needs both key tokens
+        assert mapping.setdefault((p, s), v) == v
+        assert chk - task.check0 == ((p - task.prefix0) + (s - task.suffix0)) % task.n_checks
+    fresh = [k for i, k in enumerate(keys) if k not in keys[:i]]
+    assert inst.n_distinct == len(fresh) - 1 and len({k[1] for k in fresh}) == len(fresh)  # distinct suffixes
+    assert all(c[j] == inst.query[0] for j in inst.near_positions)  # near duplicates share the needle's prefix
+    assert set(inst.types[1:]) <= set(TARGET_TYPES)
+    for j in inst.retrieval_targets:
+        assert inst.types[j] == "retrieved_value"
+
+
+def test_prefix_kv_distinct_distractors_grow_with_length_and_weights_follow_types():
+    from lmlab.methods.qttt.tasks import PrefixKV
+
+    task = PrefixKV(n_prefixes=4, n_suffixes=256, n_values=8)
+    rng = np.random.default_rng(0)
+    near = [np.mean([len(task.sample(n, rng).near_positions) for _ in range(20)]) for n in (16, 64, 192)]
+    assert near[0] < near[1] < near[2]
+    inst = task.sample(10, rng)
+    ids, tgt, w = task.training_row(inst, {"check": 1.0, "retrieved_value": 1.0}, answer_weight=2.0)
+    assert tgt[:-1] == ids[1:] and w[len(ids) - 2] == 2.0 and tgt[len(ids) - 2] == inst.answer
+    for j in range(1, len(inst.context)):
+        assert w[j - 1] == (1.0 if inst.types[j] in ("check", "retrieved_value") else 0.0)
+    with pytest.raises(LmlabError, match="n_lines"):
+        task.sample(257, rng)
+    with pytest.raises(LmlabError, match="unknown target types"):
+        task.target_weights(inst, {"keys": 1.0})

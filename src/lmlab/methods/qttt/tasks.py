@@ -5,6 +5,12 @@
   with its value, so the context itself holds retrieval events that next-token loss on spans exercises.
   The needle line's key appears once; the question is that key (optionally followed by pause/"thinking"
   tokens) and the answer is its value. Keys of the needle's family are the near-duplicate distractors.
+- `PrefixKV`: key→value retrieval with two-token keys (prefix, suffix) for the fair test of qTTT: a share of the
+  distractor keys reuse the needle's prefix (near duplicates, within O(1) logit of the needle under a matching
+  circuit), every fresh key is distinct, so the number of distinct (near-duplicate) distractors grows with the
+  length, and repeated lines make retrieval events inside the context. Each context target has a type (fresh key,
+  repeat key, fresh value, retrieved value), so the LM's training loss and qTTT's span loss can name the targets
+  they cover.
 - `kv_text_prompt`: the same task as text (`key AB-1234 = 5821` lines) for tokenizer-based models, with
   near-duplicate keys that share the needle's prefix.
 - `TransactionLog`: synthetic banking logs with exactly one injected anomaly (CALC_ERROR, NEGATIVE_BAL,
@@ -179,6 +185,168 @@ def collate(rows: list[tuple[list[int], list[int], list[float]]]):
         tgt[i, : len(b)] = torch.tensor(b)
         w[i, : len(c)] = torch.tensor(c)
     return ids, tgt, w
+
+
+# ---------------------------------------------------------------- two-token keys with near duplicates
+TARGET_TYPES = ("check", "fresh_key", "repeat_key", "fresh_value", "retrieved_value")
+
+
+@dataclass
+class PrefixKVInstance:
+    context: list[int]  # BOS + lines `prefix suffix value check`
+    query: list[int]  # the needle's prefix and suffix (+ pause tokens)
+    answer: int  # the needle's value token
+    needle_positions: list[int]  # context indices of the needle line (prefix, suffix, value, check)
+    retrieval_targets: list[int]  # context indices of values of repeated lines (predictable by retrieval only)
+    near_positions: list[int]  # context indices of the prefix token of fresh lines sharing the needle's prefix
+    types: list[str]  # per context index j >= 1: the type of target j (TARGET_TYPES); "" at BOS
+    n_lines: int
+    n_distinct: int  # distinct distractor keys in the context
+
+
+@dataclass
+class PrefixKV:
+    """Vocabulary: PAD, BOS, PAUSE, then `n_prefixes` prefix tokens, `n_suffixes` suffix tokens, `n_values` values
+    and `n_checks` check tokens. A line is `prefix suffix value check` with check = (prefix + suffix) mod n_checks:
+    predicting it at the value token trains the heads that gather both key tokens there, the half of the matching
+    circuit that a value read later needs (in CPU trials a 2-layer LM did not learn two-token retrieval within
+    1500 steps without it).
+
+    A context of n lines holds the needle line once; every other line repeats an earlier fresh line (key and value)
+    with probability `repeat_frac`, else it is a fresh line whose key is new to the context; a fresh key shares the
+    needle's prefix with probability `near_frac` (while unused suffixes of that prefix remain), else it takes
+    another prefix. The question is the needle's key; the answer its value."""
+
+    n_prefixes: int = 8
+    n_suffixes: int = 64
+    n_values: int = 32
+    near_frac: float = 0.5
+    repeat_frac: float = 0.25
+    n_checks: int = 8
+    distinct_suffixes: bool = True  # every key of a context has its own suffix (see the class docstring)
+
+    def __post_init__(self):
+        if min(self.n_prefixes, self.n_suffixes, self.n_values, self.n_checks) < 2:
+            raise LmlabError(f"PrefixKV needs n_prefixes, n_suffixes, n_values and n_checks >= 2, got {self}")
+        for name in ("near_frac", "repeat_frac"):
+            if not 0 <= getattr(self, name) < 1:
+                raise LmlabError(f"PrefixKV {name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def prefix0(self) -> int:
+        """First prefix token id (ids below are specials)."""
+        return 3
+
+    @property
+    def suffix0(self) -> int:
+        """First suffix token id."""
+        return 3 + self.n_prefixes
+
+    @property
+    def value0(self) -> int:
+        """First value token id."""
+        return 3 + self.n_prefixes + self.n_suffixes
+
+    @property
+    def check0(self) -> int:
+        """First check token id."""
+        return self.value0 + self.n_values
+
+    @property
+    def vocab_size(self) -> int:
+        """Specials, prefixes, suffixes, values and checks."""
+        return self.check0 + self.n_checks
+
+    def is_value(self, tok: int) -> bool:
+        """Whether `tok` is a value token."""
+        return self.value0 <= tok < self.check0
+
+    def context_tokens(self, n_lines: int) -> int:
+        """Tokens of a context of `n_lines` lines (BOS and 4 a line)."""
+        return 1 + 4 * n_lines
+
+    def max_lines(self) -> int:
+        """The longest context whose fresh keys can all be distinct at any draw: one per suffix (distinct suffixes)
+        or one per key of the key space."""
+        return self.n_suffixes if self.distinct_suffixes else self.n_prefixes * self.n_suffixes
+
+    def sample(self, n_lines: int, rng: np.random.Generator, n_pause: int = 0) -> PrefixKVInstance:
+        """One context of `n_lines` lines (see the class docstring)."""
+        if not 1 <= n_lines <= self.max_lines():
+            raise LmlabError(f"n_lines must be in [1, {self.max_lines()}] (n_prefixes × n_suffixes keys), got "
+                             f"{n_lines}: raise n_suffixes or shorten the lengths")
+        p_star, s_star = int(rng.integers(self.n_prefixes)), int(rng.integers(self.n_suffixes))
+        used = {(p_star, s_star)}
+        free = [s for s in rng.permutation(self.n_suffixes).tolist() if s != s_star]  # suffixes no key holds yet
+        near_free = free if self.distinct_suffixes else list(free)
+        needle_line = int(rng.integers(n_lines))
+        fresh: list[tuple[int, int, int]] = []  # (prefix, suffix, value) of fresh non-needle lines
+        ctx, types, needle_pos, targets, near = [BOS], [""], [], [], []
+        answer = -1
+        for i in range(n_lines):
+            if i == needle_line:
+                p, s, v = p_star, s_star, int(rng.integers(self.n_values))
+                answer = self.value0 + v
+                needle_pos = [len(ctx) + j for j in range(4)]
+                kind = "fresh"
+            elif fresh and rng.random() < self.repeat_frac:
+                p, s, v = fresh[int(rng.integers(len(fresh)))]
+                kind = "repeat"
+            else:
+                p = None
+                if near_free and rng.random() < self.near_frac:
+                    p, s = p_star, near_free.pop()
+                    near.append(len(ctx))
+                elif self.distinct_suffixes and free:
+                    p, s = int((p_star + 1 + rng.integers(self.n_prefixes - 1)) % self.n_prefixes), free.pop()
+                elif not self.distinct_suffixes:
+                    for _ in range(1000):
+                        p, s = int(rng.integers(self.n_prefixes)), int(rng.integers(self.n_suffixes))
+                        if (p, s) not in used and p != p_star:
+                            break
+                    else:  # the other prefixes are full: a near duplicate, or a repeat when none is left
+                        p = None
+                if p is None and near_free:
+                    p, s = p_star, near_free.pop()
+                    near.append(len(ctx))
+                if p is None:
+                    p, s, v = fresh[int(rng.integers(len(fresh)))]
+                    kind = "repeat"
+                else:
+                    v = int(rng.integers(self.n_values))
+                    fresh.append((p, s, v))
+                    kind = "fresh"
+                used.add((p, s))
+            if kind == "repeat":
+                targets.append(len(ctx) + 2)
+            ctx += [self.prefix0 + p, self.suffix0 + s, self.value0 + v, self.check0 + (p + s) % self.n_checks]
+            types += [f"{kind}_key", f"{kind}_key", "fresh_value" if kind == "fresh" else "retrieved_value", "check"]
+        query = [self.prefix0 + p_star, self.suffix0 + s_star] + [PAUSE] * n_pause
+        return PrefixKVInstance(ctx, query, answer, needle_pos, targets, near, types, n_lines, len(fresh))
+
+    def target_weights(self, inst: PrefixKVInstance, weights: dict[str, float]) -> np.ndarray:
+        """Per context index j: the weight of predicting token j (`weights[type]`; 0 at BOS)."""
+        unknown = set(weights) - set(TARGET_TYPES)
+        if unknown:
+            raise LmlabError(f"unknown target types {sorted(unknown)}; choose from {', '.join(TARGET_TYPES)}")
+        return np.array([0.0] + [float(weights.get(t, 0.0)) for t in inst.types[1:]], dtype=np.float32)
+
+    def training_row(self, inst: PrefixKVInstance, weights: dict[str, float], answer_weight: float = 1.0
+                     ) -> tuple[list[int], list[int], list[float]]:
+        """(ids, next-token targets, weights) for context + query + answer: `weights[type]` on each context target,
+        `answer_weight` on the answer; the query key and pauses are given, not predicted (weight 0)."""
+        ids = inst.context + inst.query + [inst.answer]
+        targets = ids[1:] + [PAD]
+        ctx_w = self.target_weights(inst, weights)
+        # target i predicts ids[i + 1]: the context's targets, the query's (given), the answer, then nothing
+        w = [float(x) for x in ctx_w[1:]] + [0.0] * len(inst.query) + [float(answer_weight), 0.0]
+        return ids, targets, w
+
+    def retrieval_weights(self, inst: PrefixKVInstance) -> np.ndarray:
+        """Per context index: 1 at values of repeated lines (the retrieval events inside the context)."""
+        w = np.zeros(len(inst.context), dtype=np.float32)
+        w[inst.retrieval_targets] = 1.0
+        return w
 
 
 # ---------------------------------------------------------------- text key-value retrieval
