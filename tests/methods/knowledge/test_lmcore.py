@@ -4,7 +4,7 @@ import re
 import pytest
 import torch
 
-from lmlab.methods.knowledge.kg import KnowledgeGraph, Probe
+from lmlab.methods.knowledge.kg import KnowledgeGraph, Probe, Triple
 from lmlab.methods.knowledge.lmcore import (
     GPTReader,
     HFReader,
@@ -53,6 +53,30 @@ def test_training_example_holds_gold_and_k_facts():
         ex = training_example(w.kg, p, 3, rng, w.kg.triples)
         assert w.kg.verbalise(p.triple) in ex.context and ex.context.count(" .") == 3
         assert ex.prompt == p.prompt() and ex.answer == p.answer
+
+
+def test_a_counterfactual_example_moves_the_fact_in_knowledge_and_answer():
+    w = person_world(20, seed=3)
+    rng = random.Random(0)
+    for p in w.probes()[:20]:
+        ex = training_example(w.kg, p, 3, rng, w.kg.triples, tail="Zorblax")
+        moved = w.kg.verbalise(Triple(p.subject, p.relation, "Zorblax"))
+        assert moved in ex.context and ex.answer == "Zorblax"
+        assert w.kg.verbalise(p.triple) not in ex.context  # no second fact of the relation to contradict it
+
+
+def test_prompt_loss_targets_the_probe_text_after_sep_and_never_the_knowledge():
+    reader = GPTReader.create(["abc de fg ."], "char", seq_len=64, max_answer=4)
+    ex = ReadExample("ab cd .", "fg de", "ab")
+    _, answer_only = reader.batch([ex])
+    reader.prompt_loss = True
+    idx, tgt = reader.batch([ex])
+    seq = idx[0].tolist() + [reader.tok.eos_id]
+    sep = seq.index(reader.sep_id)
+    want = [IGNORE_INDEX] * sep + seq[sep + 1:]  # next-token targets from <sep> on, none inside the knowledge
+    assert tgt[0].tolist() == want
+    kept = answer_only[0] != IGNORE_INDEX
+    assert torch.equal(tgt[0][kept], answer_only[0][kept])  # the answer's targets are unchanged
 
 
 class CopyReader:

@@ -48,17 +48,25 @@ def probe_example(probe: Probe, context: str = "") -> ReadExample:
 
 
 def training_example(kg: KnowledgeGraph, probe: Probe, k: int, rng: random.Random,
-                     all_triples: Sequence[Triple]) -> ReadExample:
-    """The gold fact plus k-1 distractors (half from the same subject, half random), in random order."""
+                     all_triples: Sequence[Triple], tail: str | None = None) -> ReadExample:
+    """The gold fact plus k-1 distractors (half from the same subject, half random), in random order. With `tail`
+    the example is counterfactual: the probed fact is moved to `tail` in the knowledge and in the answer, and no
+    other fact of the subject under that relation is shown, so only reading the knowledge answers it."""
+    if tail is not None:
+        probe = Probe(probe.subject, probe.relation, tail, probe.template)
     gold = probe.triple
-    own = [t for t in kg.about(probe.subject) if t != gold]
+
+    def shown(t: Triple) -> bool:  # a counterfactual hides the subject's real facts of the moved relation
+        return t != gold and (tail is None or (t.head, t.relation) != (gold.head, gold.relation))
+
+    own = [t for t in kg.about(probe.subject) if shown(t)]
     ctx = [gold]
     for _ in range(20 * k):  # bounded: a tiny KG may hold fewer than k distinct facts
         if len(ctx) >= k:
             break
         pool = own if own and rng.random() < 0.5 else all_triples
         t = rng.choice(pool)
-        if t not in ctx:
+        if t not in ctx and shown(t):
             ctx.append(t)
     rng.shuffle(ctx)
     return probe_example(probe, verbalise(kg, ctx))
@@ -68,10 +76,12 @@ def training_example(kg: KnowledgeGraph, probe: Probe, k: int, rng: random.Rando
 class GPTReader:
     """lmlab GPT with an lmlab tokenizer: `<bos>{context}<sep>{prompt}` then ` {answer}<eos>` (loss there).
 
-    A character tokenizer maps unseen characters to "?"; a BPE tokenizer covers any text."""
+    A character tokenizer maps unseen characters to "?"; a BPE tokenizer covers any text. With `prompt_loss` the
+    probe's text after `<sep>` carries loss too (the causal counterpart of LM-CORE's masked-LM training on the
+    whole input sentence with its knowledge appended); the knowledge itself never does."""
 
-    def __init__(self, model: GPT, tok: Tokenizer, max_answer: int = 16):
-        self.model, self.tok, self.max_answer = model, tok, max_answer
+    def __init__(self, model: GPT, tok: Tokenizer, max_answer: int = 16, prompt_loss: bool = False):
+        self.model, self.tok, self.max_answer, self.prompt_loss = model, tok, max_answer, prompt_loss
         self.sep_id = tok.token_id(SEP)
         if isinstance(tok, CharTokenizer) and UNK not in tok.stoi:
             raise LmlabError(f"the reader's character tokenizer must contain {UNK!r} (for unseen characters)")
@@ -79,7 +89,7 @@ class GPTReader:
     @classmethod
     def create(cls, texts: Sequence[str], tokenizer: str = "char", vocab_size: int = 800, n_layers: int = 2,
                d_model: int = 64, n_heads: int = 4, seq_len: int = 256, device: torch.device | str = "cpu",
-               max_answer: int = 16, extra_specials: Sequence[str] = ()) -> GPTReader:
+               max_answer: int = 16, extra_specials: Sequence[str] = (), prompt_loss: bool = False) -> GPTReader:
         """A fresh reader whose tokenizer ("char" or "bpe") is built from `texts`; `extra_specials` (e.g.
         relation tokens "<AtLocation>") become single tokens."""
         specials = ["<pad>", "<bos>", "<eos>", SEP, *extra_specials]
@@ -91,7 +101,7 @@ class GPTReader:
             raise LmlabError(f"tokenizer must be 'char' or 'bpe', got {tokenizer!r}")
         cfg = GPTConfig(vocab_size=tok.vocab_size, n_layers=n_layers, n_heads=n_heads, d_model=d_model,
                         seq_len=seq_len)
-        return cls(GPT(cfg).to(device), tok, max_answer)
+        return cls(GPT(cfg).to(device), tok, max_answer, prompt_loss)
 
     @property
     def device(self) -> torch.device:
@@ -113,12 +123,13 @@ class GPTReader:
         return [self.tok.bos_id] + self.encode(ex.context)[:budget] + tail
 
     def batch(self, examples: Sequence[ReadExample]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) of the examples, targets only on the answer and its <eos>."""
+        """(inputs, targets) of the examples, targets on the answer and its <eos> (and with `prompt_loss` on the
+        probe's text after <sep>)."""
         seqs, starts = [], []
         for ex in examples:
             p = self.prompt_ids(ex)
             seqs.append(p + self.encode(" " + ex.answer)[: self.max_answer] + [self.tok.eos_id])
-            starts.append(len(p))
+            starts.append(len(p) - len(self.encode(ex.prompt)) if self.prompt_loss else len(p))  # after <sep>
         n = max(map(len, seqs)) - 1
         idx = torch.full((len(seqs), n), self.tok.pad_id, dtype=torch.long)
         tgt = torch.full((len(seqs), n), IGNORE_INDEX, dtype=torch.long)
