@@ -78,17 +78,22 @@ def test_report_card_counts_claims_and_checks_apart(engine, tmp_path):
     assert "checks: 1 passed, 0 failed" in md and "## Checks (not counted as claims)" in md
 
 
+def stopped_run(out, at: int) -> dict:
+    """The results.json of a toy_engine run into `out` stopped (as by Ctrl-C) when it reached seed `at`."""
+    STOP_AT.append(at)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ex.run_experiment("toy_engine", out_dir=out, quiet=True)
+    finally:
+        STOP_AT.clear()
+    return json.loads((out / "results.json").read_text())
+
+
 def test_a_stopped_run_resumes_at_its_next_seed_and_equals_an_uninterrupted_one(engine, tmp_path, monkeypatch):
     ex.run_experiment("toy_engine", out_dir=tmp_path / "whole", quiet=True)
     whole = json.loads((tmp_path / "whole" / "results.json").read_text())
     measured.clear()
-    STOP_AT.append(2)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            ex.run_experiment("toy_engine", out_dir=tmp_path / "cut", quiet=True)
-    finally:
-        STOP_AT.clear()
-    part = json.loads((tmp_path / "cut" / "results.json").read_text())
+    part = stopped_run(tmp_path / "cut", at=2)
     assert [r["seed"] for r in part["runs"]] == [0, 1]  # what was measured is on disk
     with pytest.raises(LmlabError, match="config differ"):  # another run's folder is refused
         ex.run_experiment("toy_engine", out_dir=tmp_path / "cut", quiet=True, resume=True, overrides={"margin": 0.2})
@@ -101,14 +106,8 @@ def test_a_stopped_run_resumes_at_its_next_seed_and_equals_an_uninterrupted_one(
 
 
 def test_resume_refuses_seeds_measured_by_another_commit(engine, tmp_path, monkeypatch):
-    STOP_AT.append(1)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            ex.run_experiment("toy_engine", out_dir=tmp_path / "cut", quiet=True)
-    finally:
-        STOP_AT.clear()
+    part = stopped_run(tmp_path / "cut", at=1)
     path = tmp_path / "cut" / "results.json"
-    part = json.loads(path.read_text())
     part["provenance"]["git_commit"] = "0" * 40  # as if measured by another version of the code
     path.write_text(json.dumps(part))
     here = ex.provenance([])["git_commit"]
