@@ -113,3 +113,26 @@ def test_ttt_cli_on_hf_model(tmp_path, capsys):
         ]
     )
     assert code == 0 and "with qTTT" in capsys.readouterr().out
+
+
+def test_ttt_cli_warns_past_the_trained_length(tmp_path, caplog):
+    """A context longer than the model's trained length (seq_len here; max_position_embeddings for Hugging Face
+    models) is answered, with a warning that names both lengths."""
+    tok = CharTokenizer.from_text(CONTEXT + "What is the value of key AB-12?", specials=["<bos>", "<eos>", "<pad>"])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16, seq_len=64))
+    run = tmp_path / "run"
+    checkpoint.save(run, 0, model)
+    tok.save(run / "tokenizer.json")
+    (tmp_path / "ctx.txt").write_text(CONTEXT)
+    args = ["ttt", str(run), "--context", str(tmp_path / "ctx.txt"), "--question", "q?", "--steps", "1", "--span",
+            "8", "--lr", "1e-3", "--max-new-tokens", "2", "--device", "cpu"]
+    with caplog.at_level("WARNING", logger="lmlab.methods.qttt.cli"):
+        assert main(args) == 0
+    msgs = [r.message for r in caplog.records if r.name == "lmlab.methods.qttt.cli"]
+    assert any("past the 64 the model was trained on" in m for m in msgs), msgs
+    caplog.clear()
+    (tmp_path / "ctx.txt").write_text(CONTEXT[:20])
+    with caplog.at_level("WARNING", logger="lmlab.methods.qttt.cli"):
+        assert main(args) == 0
+    assert not [r for r in caplog.records if r.name == "lmlab.methods.qttt.cli" and "trained on" in r.message]

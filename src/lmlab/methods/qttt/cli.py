@@ -53,6 +53,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     # heavy imports (torch) when the command runs, not when the parser is built
+    from lmlab.lengths import trained_length
     from lmlab.loading import load_policy
     from lmlab.methods.qttt.flops import FlopModel
     from lmlab.methods.qttt.ttt import QTTT, QTTTConfig
@@ -86,6 +87,13 @@ def run(args) -> int:
         raise LmlabError("the context encodes to fewer than 2 tokens: qTTT needs a longer context")
     if not question:
         raise LmlabError("the question encodes to no tokens")
+    trained = trained_length(model)
+    total = len(context) + len(question) + args.max_new_tokens
+    if trained is not None and total > trained:
+        log.warning("the context with its question and answer is %d tokens, past the %d the model was trained on "
+                    "(max_position_embeddings / seq_len): qTTT re-weights attention over the cache and cannot "
+                    "repair positions the model never learned; shorten the context to trust the answer",
+                    total, trained)
     stops = {codec.eos_id} if getattr(codec, "eos_id", None) is not None else None
     qttt = QTTT(model, cfg)
     flops = FlopModel.from_model(model)
