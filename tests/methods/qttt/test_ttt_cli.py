@@ -125,8 +125,8 @@ def test_ttt_cli_warns_past_the_trained_length(tmp_path, caplog):
     checkpoint.save(run, 0, model)
     tok.save(run / "tokenizer.json")
     (tmp_path / "ctx.txt").write_text(CONTEXT)
-    args = ["ttt", str(run), "--context", str(tmp_path / "ctx.txt"), "--question", "q?", "--steps", "1", "--span",
-            "8", "--lr", "1e-3", "--max-new-tokens", "2", "--device", "cpu"]
+    args = ["ttt", str(run), "--context", str(tmp_path / "ctx.txt"), "--question", "key AB-12?", "--steps", "1",
+            "--span", "8", "--lr", "1e-3", "--max-new-tokens", "2", "--device", "cpu"]
     with caplog.at_level("WARNING", logger="lmlab.methods.qttt.cli"):
         assert main(args) == 0
     msgs = [r.message for r in caplog.records if r.name == "lmlab.methods.qttt.cli"]
