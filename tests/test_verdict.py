@@ -6,7 +6,7 @@ import math
 import pytest
 from scipy import stats
 
-from lmlab.verdict import SMALL_N, Verdict, by_threshold, check, not_tested, t_interval, undecided
+from lmlab.verdict import SMALL_N, Verdict, all_of, by_threshold, check, not_tested, t_interval, undecided
 
 
 @pytest.mark.parametrize("values, held", [
@@ -80,3 +80,14 @@ def test_part_not_measured_names_the_budget_or_the_missing_data():
     assert absent.held is None and absent.reason.startswith("needs the real data: sumerian/ was not found")
     assert part_not_measured([{}], "mt", data="x", enabled=False, budget="b", preset="gpu").reason.endswith(
         "run --preset gpu")
+
+
+def test_all_of_is_kleenes_three_valued_and():
+    held, short = by_threshold([0.3, 0.4], 0.1), by_threshold([0.0, 0.05], 0.1)
+    mixed = by_threshold([0.3, 0.0], 0.1)
+    assert all_of({"a": held, "b": held}, "x").held is True
+    assert all_of({"a": held, "b": short}, "x").held is False
+    assert all_of({"a": mixed, "b": short}, "x").held is False  # one failing part decides
+    v = all_of({"a": held, "b": mixed}, "x")
+    assert v.held is None and v.reason.startswith("seeds disagree")
+    assert v.per_seed == held.per_seed and v.extra["b"]["held"] is None  # the first part's numbers, each part's verdict

@@ -8,6 +8,7 @@ paper claim it stood in for is reported as "not tested", never dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
@@ -147,3 +148,19 @@ def by_threshold(per_seed: Sequence[float], margin: float, *, noise: float | Non
 
 def _fmt(values: Sequence[float], fmt: str) -> str:
     return "[" + ", ".join(f"{v:{fmt}}" for v in values) + "]"
+
+
+def all_of(parts: dict[str, Verdict], head: str) -> Verdict:
+    """A claim that needs every part: held when every part holds, not held when some part does not, undecided
+    otherwise (Kleene's three-valued and). The first part's numbers are the claim's effect."""
+    held = [v.held for v in parts.values()]
+    ok = True if all(h is True for h in held) else False if any(h is False for h in held) else None
+    reason = "; ".join(f"{name}: {v.reason}" for name, v in parts.items())
+    if ok is False:
+        reason = f"{head}: not held on {', '.join(n for n, v in parts.items() if v.held is False)} — {reason}"
+    elif ok is None:
+        reason = reason if reason.startswith("seeds disagree") else f"seeds disagree: {head}: {reason}"
+    else:
+        reason = f"{head}: {reason}"
+    extra = {n: {"held": v.held, "per_seed": list(v.per_seed), "threshold": v.threshold} for n, v in parts.items()}
+    return dataclasses.replace(next(iter(parts.values())), held=ok, reason=reason, extra=extra)

@@ -14,14 +14,13 @@ the seeds are the replicates the rule needs to agree.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 from itertools import pairwise
 
 import numpy as np
 
-from lmlab.verdict import Verdict, by_threshold, check, undecided
+from lmlab.verdict import Verdict, all_of, by_threshold, check, undecided
 
 # ---- margins, each with its source (committed before any run of this version)
 TOP = 3  # spec 02 §8.1 criterion 2: the allocation share of the top-3 frequent tasks
@@ -46,22 +45,6 @@ EY_TOL = 0.1  # k1: the linear nets' errors within 0.1 of the Eckart–Young opt
 
 def _r(values, nd: int = 3) -> list:
     return [None if v is None else round(float(v), nd) for v in values]
-
-
-def all_of(parts: dict[str, Verdict], head: str) -> Verdict:
-    """A claim that needs every part: held when every part holds, not held when some part does not, undecided
-    otherwise (three-valued and). The first part's numbers are the claim's effect."""
-    held = [v.held for v in parts.values()]
-    ok = True if all(h is True for h in held) else False if any(h is False for h in held) else None
-    reason = "; ".join(f"{name}: {v.reason}" for name, v in parts.items())
-    if ok is False:
-        reason = f"{head}: not held on {', '.join(n for n, v in parts.items() if v.held is False)} — {reason}"
-    elif ok is None:
-        reason = f"seeds disagree: {head}: {reason}" if not reason.startswith("seeds disagree") else reason
-    else:
-        reason = f"{head}: {reason}"
-    extra = {n: {"held": v.held, "per_seed": list(v.per_seed), "threshold": v.threshold} for n, v in parts.items()}
-    return dataclasses.replace(next(iter(parts.values())), held=ok, reason=reason, extra=extra)
 
 
 # ============================================================================ the sweep: c1, c2, k1, k2

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import dataclasses
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ from lmlab.methods.lmc.connectivity import (
 )
 from lmlab.methods.lmc.tasks import HansLikeNLI, finetune_child, pretrain_parent
 from lmlab.utils import LmlabError
-from lmlab.verdict import Verdict, by_threshold, check, not_tested, part_not_measured, undecided
+from lmlab.verdict import Verdict, all_of, by_threshold, check, not_tested, part_not_measured, undecided
 
 
 @dataclass
@@ -283,24 +282,6 @@ def learned_gate(regimes: list[dict], what: str) -> Verdict | None:
     return undecided(f"not learned: {len(short)} {what} child(ren) below the ID accuracy that closes {LEARNED:.0%} of "
                      f"the gap from the constant baseline ({regimes[0]['baseline_id']:.3f}) to 1: {shown}",
                      not_learned=len(short))
-
-
-def all_of(parts: dict[str, Verdict], head: str) -> Verdict:
-    """A claim that needs every part: held when every part holds, not held when some part does not, undecided
-    otherwise (Kleene's three-valued and). The first part's numbers are the claim's effect."""
-    held = [v.held for v in parts.values()]
-    ok = True if all(h is True for h in held) else False if any(h is False for h in held) else None
-    first = next(iter(parts.values()))
-    reason = "; ".join(f"{name}: {v.reason}" for name, v in parts.items())
-    if ok is None:
-        reason = "seeds disagree: " + reason if not reason.startswith("seeds disagree") else reason
-    elif ok is False:
-        failing = [name for name, v in parts.items() if v.held is False]
-        reason = f"{head}: not held on {', '.join(failing)} — {reason}"
-    else:
-        reason = f"{head}: {reason}"
-    extra = {name: {"held": v.held, "per_seed": list(v.per_seed), "threshold": v.threshold} for name, v in parts.items()}
-    return dataclasses.replace(first, held=ok, reason=reason, extra=extra)
 
 
 def separation(r: dict) -> float:
