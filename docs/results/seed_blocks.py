@@ -1,5 +1,5 @@
-"""Are the verdicts stable across seed blocks? Runs `lmlab run NAME --preset P --seed S` for S in 0, 1, 2 (two
-processes at a time), prints each claim's status per block, flags any claim held in one block and not held in
+"""Are the verdicts stable across seed blocks? Runs `lmlab run NAME --preset P --seed S` for S in 0, 1, 2 (`--jobs`
+processes at a time, 2 by default), prints each claim's status per block, flags any claim held in one block and not held in
 another, and counts decided paper claims against the committed card (docs/results/<preset>/report_card.json).
 Exits 1 when a verdict flips.
 
@@ -37,10 +37,11 @@ def main() -> int:
     ap.add_argument("names", nargs="+")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (1 on a machine shared with other work)")
     args = ap.parse_args()
     out = Path(args.out)
     jobs = [(n, b) for n in args.names for b in BLOCKS]
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         results = dict(zip(jobs, pool.map(lambda j: run(j[0], args.preset, j[1], out), jobs)))
     card_path = CARDS / args.preset / "report_card.json"
     card = {e["experiment"]: e for e in json.loads(card_path.read_text())["experiments"]} if card_path.is_file() else {}
