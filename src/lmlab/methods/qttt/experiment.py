@@ -84,14 +84,16 @@ class Config:
     n_checks: int = 4
     near_frac: float = 0.5
     repeat_frac: float = 0.5
+    circuit_repeat_frac: float = 0.8  # the repeated-line share of the circuit phases' rows (denser retrieval events)
     # the toy LM and its training
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 2
     lr: float = 3e-3
     batch_size: int = 16
+    circuit_batch: int = 32  # the circuit phases' batch (more retrieval events per step)
     phase_steps: int = 1000
-    circuit_max_steps: int = 2000
+    circuit_max_steps: int = 3000
     calib_steps: int = 400
     max_steps: int = 2200
     all_weight: float = 1.0  # calibration phases: the weight of unpredictable targets (1 = every token alike)
@@ -119,7 +121,7 @@ PRESETS = presets(
            "max_steps": 9000, "think_max": 160, "lengths": [16, 64, 192], "n_eval": 128, "n_val": 48},
     gpu={"seeds": 3, "mechanism": True, "task": "prefix", "n_prefixes": 8, "n_suffixes": 1024, "n_values": 64,
          "n_checks": 16, "repeat_frac": 0.25, "d_model": 256, "n_layers": 4, "n_heads": 4, "lr": 1e-3,
-         "batch_size": 64, "phase_steps": 2000, "circuit_max_steps": 8000, "calib_steps": 1000, "max_steps": 12000,
+         "batch_size": 64, "circuit_batch": 64, "phase_steps": 2000, "circuit_max_steps": 8000, "calib_steps": 1000, "max_steps": 12000,
          "think_max": 600, "lengths": [32, 128, 512, 1024], "n_eval": 256, "n_val": 64, "ttt_steps": 16,
          "ttt_span": 16, "ttt_lrs": [1e-6, 1e-5, 1e-4, 1e-3], "eval_batch": 32},
 )

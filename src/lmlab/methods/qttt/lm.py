@@ -4,8 +4,10 @@ Read top to bottom:
 1. The task (`PrefixKV`, two-token keys with near-duplicate prefixes, or `KVRetrieval`, one-token keys) and the
    type of every context target (check, fresh key, repeat key, fresh value, retrieved value).
 2. Training in phases. *Circuit* phases train on the predictable targets only (checks, retrieved values, the
-   answer) until the LM retrieves at the shortest length (in CPU trials an LM trained on every token from the start
-   did not form the retrieval circuit within 1500 steps); *calibration* phases then train on every target with
+   answer), in larger batches of rows that repeat more lines than the task (`circuit_batch`,
+   `circuit_repeat_frac`), until the LM retrieves at the shortest length (in CPU trials an LM trained on every
+   token from the start did not form the retrieval circuit within 1500 steps); *calibration* phases — at least
+   one — then train on every target with
    `all_weight` (a calibrated LM of the whole context, as qTTT assumes), with pause tokens before some answers
    (`pause_frac`), repeated until pauses do not hurt at the shortest length or `max_steps` is spent. Rows draw
    their line count from the whole evaluated range, so every evaluated position and line count was trained.
@@ -44,12 +46,13 @@ ARMS = ("ic", "think", "qttt", "qttt_retrieval")
 
 
 # ====================================================================== 1. the task and its target types
-def build_task(cfg):
-    """The task the config names."""
+def build_task(cfg, repeat_frac: float | None = None):
+    """The task the config names (with another share of repeated lines when `repeat_frac` is given)."""
+    rep = cfg.repeat_frac if repeat_frac is None else repeat_frac
     if cfg.task == "prefix":
-        return PrefixKV(cfg.n_prefixes, cfg.n_suffixes, cfg.n_values, cfg.near_frac, cfg.repeat_frac, cfg.n_checks)
+        return PrefixKV(cfg.n_prefixes, cfg.n_suffixes, cfg.n_values, cfg.near_frac, rep, cfg.n_checks)
     if cfg.task == "kv":
-        return KVRetrieval(cfg.n_suffixes, cfg.n_values, cfg.n_checks, cfg.repeat_frac)
+        return KVRetrieval(cfg.n_suffixes, cfg.n_values, cfg.n_checks, rep)
     raise LmlabError(f"task must be 'prefix' or 'kv', got {cfg.task!r}")
 
 
@@ -108,13 +111,14 @@ def train_phase(model, task, cfg, device, rng, steps: int, phase: str, log) -> l
     only) in a `pause_frac` share of the batches."""
     lo, hi = min(cfg.lengths), max(cfg.lengths)
     weights = phase_weights(cfg, phase)
+    batch = cfg.circuit_batch if phase == "circuit" else cfg.batch_size
 
     def batches():
         while True:
             n = int(rng.integers(lo, hi + 1))
             pauses = phase == "calibration" and rng.random() < cfg.pause_frac
             rows = []
-            for _ in range(cfg.batch_size):
+            for _ in range(batch):
                 m = int(rng.integers(1, cfg.think_max + 1)) if pauses and cfg.think_max > 0 else 0
                 rows.append(training_row(task, task.sample(n, rng, n_pause=m), weights, cfg.answer_weight))
             yield tuple(t.to(device) for t in collate(rows))
@@ -132,15 +136,18 @@ def train_phase(model, task, cfg, device, rng, steps: int, phase: str, log) -> l
 
 def train_lm(model, task, cfg, device, seed: int, log) -> dict:
     """Circuit phases until the LM retrieves ≥ LEARNED_ACC at the shortest length (or the circuit budget is
-    spent), then calibration phases until pauses do not hurt there (or `max_steps` is spent)."""
+    spent), then calibration phases — at least one — until pauses do not hurt there (or `max_steps` is spent)."""
     rng = np.random.default_rng(seed)
     check_rng = np.random.default_rng(seed + 7)
     short = min(cfg.lengths)
     probe = [task.sample(short, check_rng) for _ in range(cfg.n_check)]  # the training-time check's own contexts
     ev = Evaluator(model, task, cfg.eval_batch)
+    # circuit batches are larger and their rows repeat more lines than the task's: more retrieval events per step.
+    # The tiny LM formed the circuit within 2000 steps on 1 of 6 seeds otherwise (docs/results/checks/qttt_circuit.md)
+    dense = build_task(cfg, cfg.circuit_repeat_frac)
     phases, used = [], 0
     while True:
-        losses = train_phase(model, task, cfg, device, rng, cfg.phase_steps, "circuit", log)
+        losses = train_phase(model, dense, cfg, device, rng, cfg.phase_steps, "circuit", log)
         used += cfg.phase_steps
         acc = ev.run(probe)["acc"]
         log(f"after circuit: accuracy {acc:.3f} at {short} lines")
@@ -148,7 +155,9 @@ def train_lm(model, task, cfg, device, seed: int, log) -> dict:
                        "probe_acc": acc})
         if acc >= LEARNED_ACC or used + cfg.phase_steps > cfg.circuit_max_steps:
             break
-    while used + cfg.calib_steps <= cfg.max_steps:
+    calibrated = False
+    while not calibrated or used + cfg.calib_steps <= cfg.max_steps:  # at least one calibration phase
+        calibrated = True
         losses = train_phase(model, task, cfg, device, rng, cfg.calib_steps, "calibration", log)
         used += cfg.calib_steps
         acc = ev.run(probe)["acc"]
