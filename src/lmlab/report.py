@@ -272,10 +272,11 @@ class Report:
             for folder, seeds_there in merged.items():
                 wall, cpu = (times.get(folder) or [None, None])[:2]
                 took = f"{wall:.0f} s, CPU {cpu:.0f} s" if wall is not None and cpu is not None else "time not recorded"
-                parts.append(f"seed{'s' if len(seeds_there) != 1 else ''} {', '.join(map(str, seeds_there))} ({took})")
+                label = "seeds" if len(seeds_there) != 1 else "seed"
+                parts.append(f"{label} {', '.join(map(str, seeds_there))} ({took})")
             at = self.provenance.get("measured_at")
-            lines += [f"Seeds measured by other processes and merged with `--seeds-from`"
-                      f"{f' (lmlab {at[:10]})' if at else ''}: {'; '.join(parts)}.", ""]
+            by = f" (lmlab {at[:10]})" if at else ""
+            lines += [f"Seeds measured by other processes and merged with `--seeds-from`{by}: {'; '.join(parts)}.", ""]
         if self.error:
             lines += ["**The run failed:**", "", "```", self.error.strip(), "```", ""]
         lines += ["## Claims", ""]
