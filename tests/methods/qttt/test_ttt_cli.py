@@ -9,16 +9,20 @@ from lmlab.tokenizer import CharTokenizer
 CONTEXT = "key AB-12 = 731\nkey AB-77 = 250\nkey QX-12 = 904\n" * 4
 
 
-def test_ttt_cli_on_lmlab_checkpoint(tmp_path, capsys):
-    tok = CharTokenizer.from_text(
-        CONTEXT + "What is the value of key AB-12?", specials=["<bos>", "<eos>", "<pad>"]
-    )
+def saved_run(tmp_path, **model_cfg):
+    """A random lmlab GPT (with `model_cfg`) and its char tokenizer saved as tmp_path/run, and CONTEXT as ctx.txt."""
+    tok = CharTokenizer.from_text(CONTEXT + "What is the value of key AB-12?", specials=["<bos>", "<eos>", "<pad>"])
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=2, n_heads=2, d_model=32, seq_len=512))
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **model_cfg))
     run = tmp_path / "run"
     checkpoint.save(run, 0, model)
     tok.save(run / "tokenizer.json")
     (tmp_path / "ctx.txt").write_text(CONTEXT)
+    return run
+
+
+def test_ttt_cli_on_lmlab_checkpoint(tmp_path, capsys):
+    run = saved_run(tmp_path, n_layers=2, n_heads=2, d_model=32, seq_len=512)
     code = main(
         [
             "ttt",
@@ -118,13 +122,7 @@ def test_ttt_cli_on_hf_model(tmp_path, capsys):
 def test_ttt_cli_warns_past_the_trained_length(tmp_path, caplog):
     """A context longer than the model's trained length (seq_len here; max_position_embeddings for Hugging Face
     models) is answered, with a warning that names both lengths."""
-    tok = CharTokenizer.from_text(CONTEXT + "What is the value of key AB-12?", specials=["<bos>", "<eos>", "<pad>"])
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16, seq_len=64))
-    run = tmp_path / "run"
-    checkpoint.save(run, 0, model)
-    tok.save(run / "tokenizer.json")
-    (tmp_path / "ctx.txt").write_text(CONTEXT)
+    run = saved_run(tmp_path, n_layers=1, n_heads=2, d_model=16, seq_len=64)
     args = ["ttt", str(run), "--context", str(tmp_path / "ctx.txt"), "--question", "key AB-12?", "--steps", "1",
             "--span", "8", "--lr", "1e-3", "--max-new-tokens", "2", "--device", "cpu"]
     with caplog.at_level("WARNING", logger="lmlab.methods.qttt.cli"):

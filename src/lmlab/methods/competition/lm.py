@@ -7,7 +7,6 @@ per-layer linear probes and the injected tasks' share of the last layer's unit e
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -144,19 +143,3 @@ def _lm_allocation(model, fns, setup) -> float:
     names, mat = itf.effect_matrix(eff)
     alloc = itf.allocation(mat, min_frac=0.01)
     return float(sum(alloc["fractions"][i] for i, n in enumerate(names) if n != "background"))
-
-
-def lm_interference(cells: list[dict], tasks: list[str]) -> dict:
-    """Mean over cells, tasks and the second half of the evaluation points of |g_bg·ĝ_task|, |cos|·√P and
-    the background gradient norm (one point at the end is as noisy as the sign flips of the cosine)."""
-    proj, align, bg = [], [], []
-    for c in cells:
-        g = c["grads"]
-        half = len(g["steps"]) // 2
-        bg.append(np.mean(g["bg_norm"][half:]))
-        for t in tasks:
-            proj.append(np.mean(np.abs(g[t]["projection"][half:])))
-            align.append(np.mean(np.abs(g[t]["cos"][half:])) * math.sqrt(c["params"]))
-    return {"projection": float(np.mean(proj)), "alignment": float(np.mean(align)), "bg_norm": float(np.mean(bg))}
-
-
