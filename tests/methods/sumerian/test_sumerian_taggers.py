@@ -221,7 +221,7 @@ def test_attested_entries_keep_only_list_names_the_corpus_tags_the_same_way():
     assert ["akhetaten"] not in lex["SN"] and ["urnammak"] not in lex.get("RN", [])
 
 
-@pytest.mark.parametrize("n_sentences", [1, 10, 19])
+@pytest.mark.parametrize("n_sentences", [1, 2, 3, 10, 14, 19])
 def test_bilstm_crf_trains_on_a_corpus_of_a_few_batches(n_sentences):
     # 10 steps once made OneCycleLR's 10 % warm-up zero steps long (ZeroDivisionError)
     cfg = BiLSTMCRFConfig(epochs=1, batch_size=1, hidden=8, word_dim=8, char_filters=8)

@@ -462,8 +462,9 @@ class BiLSTMCRFTagger:
         ]
         opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         steps = cfg.epochs * math.ceil(len(chunks) / cfg.batch_size)
-        # OneCycleLR divides by (pct_start * total_steps - 1): at 10 steps a 10 % warm-up is zero steps long
-        warmup = max(0.1, min(0.5, 2 / max(1, steps)))
+        # OneCycleLR divides by (pct_start * total_steps - 1) and by the length of its decay: at 10 steps a 10 %
+        # warm-up is zero steps long, so short runs warm up over 1.5 steps (runs of 15 steps or more are unchanged)
+        warmup = 0.1 if steps <= 1 else min(0.75, max(0.1, 1.5 / steps))
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=cfg.lr, total_steps=max(1, steps), pct_start=warmup
         )
