@@ -261,3 +261,21 @@ def test_small_preset_runs_on_cpu_with_the_prefix_task(tmp_path):
     n = json.loads((tmp_path / "results.json").read_text())["runs"][0]["numbers"]
     assert [r["lines"] for r in n["lm"]["rows"]] == [3, 6, 12] and n["lm"]["flop_budget"]
     assert (tmp_path / "accuracy_mass.png").stat().st_size > 1000
+
+
+def head_rows(acc, mass, oracle):
+    """The mechanism numbers of one seed: per length (short, long) accuracy, needle mass, accuracy after the oracle
+    W_Q update."""
+    return {"mechanism": {"head": [{"lines": n, "acc": a, "mass": m, "acc_oracle": o}
+                                   for n, a, m, o in zip((16, 1024), acc, mass, oracle)]}}
+
+
+def test_head_and_oracle_checks_pass_and_fail_from_synthetic_numbers():
+    diluted = head_rows((1.0, 0.8), (0.9, 0.3), (0.9, 0.9))  # falls; the update helps at long, hurts at short
+    assert mechanism.decide_head([diluted, diluted]).held is True
+    assert mechanism.decide_oracle([diluted, diluted]).held is True
+    flat_mass = head_rows((1.0, 0.8), (0.9, 0.8), (1.0, 0.8))  # mass above 0.8x, and no gain at long context
+    assert mechanism.decide_head([diluted, flat_mass]).held is False
+    assert mechanism.decide_oracle([diluted, flat_mass]).held is False
+    short_gain = head_rows((0.5, 0.8), (0.9, 0.3), (1.0, 0.9))  # the gain at short (0.5) exceeds the long one (0.1)
+    assert mechanism.decide_oracle([short_gain]).held is False
