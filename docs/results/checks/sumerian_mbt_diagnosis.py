@@ -52,14 +52,19 @@ def token_share(tr, parallel, extra) -> float:
     return count(extra) / (count(parallel) + count(extra))
 
 
-def main() -> None:
+def setup():
+    """Logging, one thread, and the data both designs use: (root, small preset, ur3_line train, test sources, test
+    references)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     root = Path(os.environ.get("LMLAB_DATA", "../shared/data")) / "sumerian"
-    cfg = PRESETS["small"]
     train = loaders.load_parallel("ur3_line", "train", root)
     test = loaders.load_parallel("ur3_line", "test", root)
-    src, refs = [s for s, _ in test], [e for _, e in test]
+    return root, PRESETS["small"], train, [s for s, _ in test], [e for _, e in test]
+
+
+def main() -> None:
+    root, cfg, train, src, refs = setup()
     parallel, mono, counts = pseudo_monolingual_split(train, cfg.bt_mono_frac, SEED, loaders.held_out_sources(root))
     texts = {"in_domain": mono[:N_MONO], "all_sent": old_all_sent_lines(root, N_MONO)}
     t0 = time.process_time()
@@ -111,13 +116,7 @@ def main() -> None:
 
 
 def old_design(seed: int = SEED) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(1)
-    root = Path(os.environ.get("LMLAB_DATA", "../shared/data")) / "sumerian"
-    cfg = PRESETS["small"]
-    train = loaders.load_parallel("ur3_line", "train", root)
-    test = loaders.load_parallel("ur3_line", "test", root)
-    src, refs = [s for s, _ in test], [e for _, e in test]
+    root, cfg, train, src, refs = setup()
     lines = old_all_sent_lines(root, N_MONO)
     t0 = time.process_time()
     base = train_translator(train, mt_config(cfg, seed), log=log.info)
