@@ -12,6 +12,22 @@ if "LMLAB_DATA" not in os.environ and SHARED_DATA.is_dir():
     os.environ["LMLAB_DATA"] = str(SHARED_DATA)
 
 
+def save_char_run(path, chars, step: int = 1, seed: int | None = 0, config: dict | None = None, **model) -> Path:
+    """A random lmlab GPT (1 layer, 2 heads, d_model 16, seq_len 64 unless `model` says otherwise) with a character
+    tokenizer over `chars`, saved as the run folder `path` at `step` (`seed` seeds its weights; None: as they come)."""
+    from lmlab import checkpoint
+    from lmlab.model import GPT, GPTConfig
+    from lmlab.tokenizer import CharTokenizer
+
+    tok = CharTokenizer(chars)
+    if seed is not None:
+        torch.manual_seed(seed)
+    shape = {"n_layers": 1, "n_heads": 2, "d_model": 16, "seq_len": 64, **model}
+    checkpoint.save(path, step, GPT(GPTConfig(vocab_size=tok.vocab_size, **shape)), config=config)
+    tok.save(Path(path) / "tokenizer.json")
+    return Path(path)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real-data root (../shared/data or $LMLAB_DATA); skips with a reason when absent."""

@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 import transformers as tf
+from conftest import save_char_run
 
-from lmlab import checkpoint
 from lmlab.cli import main
 from lmlab.errors import PositionLimitError
 from lmlab.generate import generate
@@ -38,13 +38,8 @@ def save_hf(path, family: str, positions: int = 16):
 
 
 def save_run(path, seq_len: int = 16, train_seq_len: int | None = None):
-    tok = CharTokenizer(CHARS)
-    torch.manual_seed(0)
-    checkpoint.save(path, 1, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16,
-                                           seq_len=seq_len)),
-                    config={"train": {"seq_len": train_seq_len}} if train_seq_len else None)
-    tok.save(path / "tokenizer.json")
-    return path
+    return save_char_run(path, CHARS, seq_len=seq_len,
+                         config={"train": {"seq_len": train_seq_len}} if train_seq_len else None)
 
 
 def interference(model, tmp_path, out: str):

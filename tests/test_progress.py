@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
+from conftest import save_char_run
 
-from lmlab import checkpoint, progress
+from lmlab import progress
 from lmlab.cli import main
 from lmlab.inputs import read_jsonl
 from lmlab.methods.posttrain.general import GeneralSuite
 from lmlab.methods.posttrain.tasks import DigitSumTask
-from lmlab.model import GPT, GPTConfig
 from lmlab.progress import MetricsLog, Progress
 from lmlab.tokenizer import CharTokenizer
 
@@ -30,11 +30,7 @@ def default_logging():
 
 
 def tiny_run(path):
-    tok = CharTokenizer(CHARS)
-    torch.manual_seed(0)
-    checkpoint.save(path, 1, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16, seq_len=64)))
-    tok.save(path / "tokenizer.json")
-    return path
+    return save_char_run(path, CHARS)
 
 
 def tiny_hf(path):

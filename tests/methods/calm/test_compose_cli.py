@@ -9,10 +9,9 @@ import re
 
 import pytest
 import torch
+from conftest import save_char_run
 
-from lmlab import checkpoint
 from lmlab.cli import main
-from lmlab.model import GPT, GPTConfig
 from lmlab.tokenizer import CharTokenizer
 
 CHARS = sorted(set("0123456789+=abcdefghij: "))
@@ -34,11 +33,7 @@ def save_hf(path, chars=CHARS, layers=2):
 
 
 def save_lmlab(path):
-    tok = CharTokenizer(CHARS)
-    torch.manual_seed(1)
-    checkpoint.save(path, 0, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=2, n_heads=2, d_model=32, seq_len=64)))
-    tok.save(path / "tokenizer.json")
-    return path
+    return save_char_run(path, CHARS, step=0, seed=1, n_layers=2, d_model=32)
 
 
 def data(tmp_path):

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from conftest import save_char_run
 
 from lmlab.cli import main
 from lmlab.errors import LmlabError
@@ -19,15 +20,7 @@ CHARS = sorted(set(DigitSumTask.alphabet + GeneralSuite.alphabet))  # as tests/m
 
 
 def _tiny_run(tmp_path):
-    from lmlab import checkpoint
-    from lmlab.model import GPT, GPTConfig
-
-    tok = CharTokenizer(CHARS)
-    run = tmp_path / "run"
-    torch.manual_seed(0)
-    checkpoint.save(run, 1, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16, seq_len=64)))
-    tok.save(run / "tokenizer.json")
-    return run
+    return save_char_run(tmp_path / "run", CHARS)
 
 
 def _save_tiny_hf_llama(path):

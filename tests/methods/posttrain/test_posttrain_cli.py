@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from conftest import save_char_run
 
 from lmlab.cli import main
 from lmlab.methods.posttrain.general import GeneralSuite
@@ -52,14 +53,8 @@ def test_post_train_on_a_local_hf_model(tmp_path, pipeline):
 
 def test_sft_and_rl_commands_on_an_lmlab_checkpoint(tmp_path):
     from lmlab import checkpoint
-    from lmlab.model import GPT, GPTConfig
-    from lmlab.tokenizer import CharTokenizer
 
-    tok = CharTokenizer(CHARS)
-    run = tmp_path / "run"
-    checkpoint.save(run, 7, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16,
-                                          seq_len=64)))
-    tok.save(run / "tokenizer.json")
+    run = save_char_run(tmp_path / "run", CHARS, step=7, seed=None)
     assert main(["sft", str(run), "--step", "7", "--out", str(tmp_path / "sft"), *SMALL, "--steps", "2",
                  "--batch-size", "4", "--gold"]) == 0
     _, meta = checkpoint.load(tmp_path / "sft")
@@ -71,16 +66,7 @@ def test_sft_and_rl_commands_on_an_lmlab_checkpoint(tmp_path):
 
 
 def _tiny_run(tmp_path):
-    from lmlab import checkpoint
-    from lmlab.model import GPT, GPTConfig
-    from lmlab.tokenizer import CharTokenizer
-
-    tok = CharTokenizer(CHARS)
-    run = tmp_path / "run"
-    torch.manual_seed(0)
-    checkpoint.save(run, 1, GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16, seq_len=64)))
-    tok.save(run / "tokenizer.json")
-    return run
+    return save_char_run(tmp_path / "run", CHARS)
 
 
 def _ctrl_c_after(steps: int):
