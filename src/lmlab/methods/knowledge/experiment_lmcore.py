@@ -168,6 +168,14 @@ def make_retrievers(kg: KnowledgeGraph, k: int, encoder, seed: int) -> dict:
     return out
 
 
+def relation_objects(triples) -> dict[str, list[str]]:
+    """Every relation's objects, sorted: what a fact of that relation can be moved to."""
+    objects = defaultdict(set)
+    for t in triples:
+        objects[t.relation].add(t.tail)
+    return {r: sorted(v) for r, v in objects.items()}
+
+
 def train_both(ctx: RunContext, kg: KnowledgeGraph, probes: list[Probe], texts: list[str], closed_facts: list[Probe],
                dev: tuple[KnowledgeGraph, list[Probe]], seed: int, steps: int, max_steps: int, d_model: int,
                n_layers: int, vocab: int, tag: str, prompt_loss: bool = False,
@@ -180,10 +188,7 @@ def train_both(ctx: RunContext, kg: KnowledgeGraph, probes: list[Probe], texts: 
     reader = GPTReader.create(texts, "bpe", vocab, n_layers, d_model, c.n_heads, seq_len=256, device=ctx.device,
                               prompt_loss=prompt_loss)
     triples = kg.triples
-    objects = defaultdict(set)
-    for t in triples:
-        objects[t.relation].add(t.tail)
-    objects = {r: sorted(v) for r, v in objects.items()}
+    objects = relation_objects(triples)
 
     def example(p: Probe, r: random.Random):
         moved = counterfactual and len(objects[p.relation]) > 1 and r.random() < counterfactual
@@ -353,12 +358,10 @@ def measure_lama(ctx: RunContext, folder, encoder, seed: int) -> dict:
     preds = evaluate(reader, kg, test_p, retrievers["bm25"], c.k)["predictions"]
     for p, y in zip(test_p, preds):
         per_rel[p.relation].append(y.strip().lower() == p.answer.strip().lower())
-    objects = defaultdict(set)
-    for t in kg:
-        objects[t.relation].add(t.tail)
+    objects = relation_objects(kg)
     old = {}
     for p in test_p:  # swap each probed fact for another object of the same relation
-        choices = sorted(objects[p.relation] - {p.answer})
+        choices = [o for o in objects[p.relation] if o != p.answer]
         if choices:
             old[(p.subject, p.relation)] = p.answer
             kg.update(p.subject, p.relation, rng.choice(choices))
