@@ -67,8 +67,46 @@ def test_qttt_end_to_end_on_hf(model):
     with q.adapt([c], steps=0) as st:
         again = st.forward([[3, 4]])[0, -1]
     assert (again - base).abs().max() < 1e-5
-    with pytest.raises(LmlabError), q.adapt([c, c]):
-        pass
+
+
+@pytest.mark.parametrize("params", ["q_full", "q_lora"])
+def test_batched_hf_adaptation_equals_one_context_at_a_time(model, params):
+    """Contexts of different lengths adapted in one left-padded batch give each context what it gets alone: the
+    same span losses and ΔW_Q at every step, the same answer logits and the same greedy answer."""
+    cs = [ids(45, 4), ids(30, 5), ids(38, 6)]
+    questions = [[1, 2, 3], [7], [4, 5]]
+    q = QTTT(model, QTTTConfig(steps=5, span_len=8, lr=1e-2, params=params, lora_rank=2))
+    singles = []
+    for c, qu in zip(cs, questions):
+        with q.adapt([c]) as st:
+            singles.append((st.losses, [d[0] for d in st.deltas.delta_weights()], st.forward([qu])[0, -1],
+                            st.generate([qu], max_new_tokens=6).tokens[0]))
+    with q.adapt(cs) as st:
+        losses = np.array(st.losses)
+        deltas = st.deltas.delta_weights()
+        logits = st.forward(questions)[:, -1]
+        answers = st.generate(questions, max_new_tokens=6).tokens
+    for i, (l1, d1, lg1, a1) in enumerate(singles):
+        assert np.allclose(losses[:, i], np.array(l1)[:, 0], atol=1e-5)
+        for a, b in zip(deltas, d1):
+            assert (a[i] - b).abs().max() < 1e-5
+        assert (logits[i] - lg1).abs().max() < 1e-4
+        assert answers[i] == a1
+
+
+def test_batched_hf_span_loss_equals_unpadded_full_forward(model):
+    """The 4D-masked span forward of a padded batch equals each context's own full causal forward."""
+    cs = [ids(40, 8), ids(25, 9)]
+    b = _HFBackend(model)
+    kv = b.prefill(cs)
+    starts, k = np.array([30, 10]), 8
+    got = b.span_loss(kv, starts, k, torch.ones(2, k))
+    for i, c in enumerate(cs):
+        with torch.no_grad():
+            logits = model(torch.tensor([c])).logits[0].float()
+        t = int(starts[i])
+        ref = torch.nn.functional.cross_entropy(logits[t : t + k], torch.tensor(c[t + 1 : t + k + 1]))
+        assert abs(float(got[i].detach()) - float(ref)) < 1e-5
 
 
 def test_flop_model_from_hf(model):
@@ -101,3 +139,23 @@ def test_query_deltas_on_fused_projections_change_the_queries_only(family):
             else:
                 mod.weight[rows] += ts[0][0]
         assert (model(x).logits - adapted).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_batched_hf_adaptation_on_fused_projections_equals_one_at_a_time(family):
+    """GPT-2 (learned absolute positions) and GPT-NeoX (partial rotary): padded contexts get their own positions."""
+    cfg = (transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                   bos_token_id=0, eos_token_id=0) if family == "gpt2"
+           else transformers.GPTNeoXConfig(**{k: v for k, v in TINY.items() if k != "num_key_value_heads"}))
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    cs, questions = [ids(45, 4), ids(30, 5)], [[1, 2, 3], [7]]
+    q = QTTT(model, QTTTConfig(steps=3, span_len=8, lr=1e-2))
+    singles = []
+    for c, qu in zip(cs, questions):
+        with q.adapt([c]) as st:
+            singles.append((np.array(st.losses)[:, 0], st.forward([qu])[0, -1]))
+    with q.adapt(cs) as st:
+        losses, logits = np.array(st.losses), st.forward(questions)[:, -1]
+    for i, (l1, lg1) in enumerate(singles):
+        assert np.allclose(losses[:, i], l1, atol=1e-5) and (logits[i] - lg1).abs().max() < 1e-4

@@ -13,7 +13,8 @@ projections: leaving `QTTT.adapt(...)` removes them, so nothing leaks into the n
 
 Works for lmlab `GPT` (batched per-sample adaptation with left padding; each sample has its own
 deltas, optimizer state and clipping, so a batch equals a loop over single contexts) and for Hugging
-Face decoders with named projections (Llama, Qwen2/3, Mistral, OLMo; one context at a time).
+Face decoders with named or fused query projections (Llama, Qwen2/3, Mistral, OLMo, GPT-2, GPT-NeoX), batched
+the same way: left-padded contexts keep their own positions, so a batch equals a loop there too.
 """
 
 from __future__ import annotations
@@ -308,9 +309,19 @@ class _GPTBackend:
         return self.pad[i]
 
 
+class _HFFork:
+    """A writable copy of the prefill for decoding on a Hugging Face model: the cache, the 2D key mask over its
+    slots (left padding of contexts and questions is 0) and each sample's next position."""
+
+    def __init__(self, cache, mask: torch.Tensor, next_pos: torch.Tensor):
+        self.cache, self.mask, self.next_pos = cache, mask, next_pos
+
+
 class _HFBackend:
-    """Hugging Face decoder, one context at a time. Span forwards see a DynamicCache whose layers return
-    the prefill's K/V up to the span's end (the span's own keys included) and never store anything."""
+    """Hugging Face decoder, a batch of left-padded contexts. Positions count each context's own tokens, so a
+    padded sample sees what it would see alone. A span forward sees the whole frozen prefill (a cache layer that
+    returns the prefill's K/V and stores nothing) through a 4D mask: sample i's span token j attends to its own
+    context slots up to its own slot, exactly the keys a one-context forward of that span would see."""
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -318,53 +329,65 @@ class _HFBackend:
         self.kw = _cache_kwarg(model)
         self.last_only = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    def _call(self, ids, cache, last_only: bool = False):
+    def _call(self, ids, cache, last_only: bool = False, **kwargs):
         extra = {"logits_to_keep": 1} if last_only and self.last_only else {}
         with autocast_ctx(self.device):
-            return self.model(input_ids=ids, use_cache=True, **{self.kw: cache}, **extra)
+            return self.model(input_ids=ids, use_cache=True, **{self.kw: cache}, **extra, **kwargs)
 
     def prefill(self, contexts: list[list[int]]):
-        if len(contexts) != 1:
-            raise LmlabError(
-                "qTTT on Hugging Face models adapts one context at a time: pass a single context"
-            )
         from transformers import DynamicCache  # heavy: transformers only for Hugging Face models
 
-        self.ids = torch.tensor([contexts[0]], device=self.device)
-        self.pad = [0]
+        self.ids, self.mask = pad_batch(contexts, 0, left=True, device=self.device)
+        self.pad = [self.ids.shape[1] - len(c) for c in contexts]
         with torch.no_grad():
-            out = self._call(self.ids, DynamicCache(), last_only=True)
+            out = self._call(self.ids, DynamicCache(), last_only=True, attention_mask=self.mask.long(),
+                             position_ids=_positions(self.mask))
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         return [(k.detach(), v.detach()) for k, v in _hf_layers_kv(cache)]
 
     def span_loss(self, kv, starts: np.ndarray, k: int, weights: torch.Tensor) -> torch.Tensor:
+        """Per-sample mean next-token loss on spans [t, t+k) of each context attending to the frozen prefill."""
         from transformers import DynamicCache  # heavy: transformers only for Hugging Face models
 
-        t = int(starts[0])
-        toks = self.ids[:, t : t + k + 1]
+        n = self.ids.shape[1]
+        starts_t = torch.as_tensor(starts, device=self.device)
+        slot0 = torch.tensor(self.pad, device=self.device) + starts_t
+        toks = self.ids.gather(1, slot0[:, None] + torch.arange(k + 1, device=self.device))
+        own_slot = slot0[:, None] + torch.arange(k, device=self.device)  # (B, k): each span token's cache slot
+        keys = torch.arange(n, device=self.device)
+        allowed = (keys[None, None] <= own_slot[:, :, None]) & self.mask[:, None, :]  # (B, k, n)
+        dtype = kv[0][0].dtype
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)[:, None]
         cache = DynamicCache()
-        cache.layers = [_frozen_layer(kk, vv, t) for kk, vv in kv]
-        logits = self._call(toks[:, :-1], cache).logits.float()
+        cache.layers = [_frozen_layer(kk, vv, n - k) for kk, vv in kv]
+        logits = self._call(toks[:, :-1], cache, attention_mask=bias,
+                            position_ids=starts_t[:, None] + torch.arange(k, device=self.device)).logits.float()
         loss = F.cross_entropy(logits.transpose(1, 2), toks[:, 1:], reduction="none")
         return _sum_per_sample(loss, weights)
 
-    def fork(self, kv, extra: int):
+    def fork(self, kv, extra: int) -> _HFFork:
         from transformers import DynamicCache  # heavy: transformers only for Hugging Face models
 
         cache = DynamicCache()
         for i, (kk, vv) in enumerate(kv):
             cache.update(kk.clone(), vv.clone(), i)
-        return cache
+        return _HFFork(cache, self.mask.clone(), self.mask.sum(1))
 
-    def step(self, cache, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if mask is not None and not bool(mask.all()):
-            raise LmlabError(
-                "padded questions are not supported for Hugging Face models: one question per context"
-            )
-        return self._call(ids, cache).logits.float()
+    def step(self, fork: _HFFork, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+        positions = fork.next_pos[:, None] + (mask.long().cumsum(1) - 1).clamp(min=0)
+        fork.mask = torch.cat([fork.mask, mask], 1)
+        fork.next_pos = fork.next_pos + mask.sum(1)
+        return self._call(ids, fork.cache, attention_mask=fork.mask.long(), position_ids=positions).logits.float()
 
     def context_slots(self, i: int) -> int:
-        return 0
+        return self.pad[i]
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded rows: each sample's tokens count from 0 (pads get 0)."""
+    return (mask.long().cumsum(1) - 1).clamp(min=0)
 
 
 def _hf_layers_kv(cache):
