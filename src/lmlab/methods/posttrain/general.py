@@ -31,6 +31,7 @@ class GeneralSuite:
     copy_len: tuple[int, int] = (4, 7)
     recall_pairs: tuple[int, int] = (3, 5)
     alphabet: str = LETTERS + "GCR|,?="
+    weights: tuple[float, float, float] = (0.6, 0.2, 0.2)  # shares of Markov, copy and recall documents
 
     def __post_init__(self):
         gen = np.random.default_rng(self.seed)
@@ -64,9 +65,9 @@ class GeneralSuite:
         ctx = ",".join(k + v for k, v in zip(keys, vals))
         return f"R{ctx}?{keys[i]}=", vals[i]
 
-    def document(self, rng: random.Random, weights=(0.6, 0.2, 0.2)) -> str:
-        """A general-capability document: Markov text, copy or recall, drawn by `weights`."""
-        kind = rng.choices(("markov", "copy", "recall"), weights)[0]
+    def document(self, rng: random.Random, weights=None) -> str:
+        """A general-capability document: Markov text, copy or recall, drawn by `weights` (default the suite's)."""
+        kind = rng.choices(("markov", "copy", "recall"), weights or self.weights)[0]
         if kind == "markov":
             return self.markov_doc(rng)
         prompt, answer = self.copy_example(rng) if kind == "copy" else self.recall_example(rng)
@@ -119,6 +120,28 @@ def heldout_nll(model, codec, texts: list[str], batch_size: int = 64) -> float:
     return total / max(1, count)
 
 
+@torch.no_grad()
+def answer_nll(model, codec, examples: list[tuple[str, str]], batch_size: int = 64) -> float:
+    """Mean loss (nats per letter) of the answers of (prompt, answer) examples given their prompts: a graded
+    measure of in-context copying or recall that moves before greedy accuracy does."""
+    total, count = 0.0, 0
+    dev = next(model.parameters()).device
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        seqs = [[codec.bos_id] + codec.encode(p + a) for p, a in chunk]
+        ids, mask = pad_batch(seqs, codec.pad_id)
+        ids, mask = ids.to(dev), mask.to(dev)
+        logp = torch.log_softmax(forward_logits(model, ids, mask)[:, :-1].float(), -1)
+        logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        scored = torch.zeros_like(mask[:, 1:])
+        for r, (p, a) in enumerate(chunk):  # target position t predicts token t + 1: the answer's letters
+            start = len(codec.encode(p))  # BOS + prompt occupy positions 0..start; answer targets follow
+            scored[r, start:start + len(codec.encode(a))] = True
+        total += float(-(logp * scored).sum())
+        count += int(scored.sum())
+    return total / max(1, count)
+
+
 def greedy_accuracy(model, codec, examples: list[tuple[str, str]], batch_size: int = 128) -> float:
     """Share of (prompt, answer) examples whose greedy completion is the answer."""
     prompts = [[codec.bos_id] + codec.encode(p) for p, _ in examples]
@@ -128,11 +151,13 @@ def greedy_accuracy(model, codec, examples: list[tuple[str, str]], batch_size: i
 
 
 def evaluate_general(model, codec, suite: GeneralSuite, n: int = 128, seed: int = 99991) -> dict[str, float]:
-    """Held-out next-token loss on fresh general-language text, copy and recall accuracy (greedy)."""
+    """Held-out next-token loss on fresh general-language text, copy and recall accuracy (greedy) and the loss of
+    the copy and recall answers (`answer_nll`; uniform guessing scores log 16 = 2.77 nats)."""
     rng = random.Random(seed)
     texts = [suite.markov_doc(rng) for _ in range(n)]
     copies = [suite.copy_example(rng) for _ in range(n)]
     recalls = [suite.recall_example(rng) for _ in range(n)]
     nll = heldout_nll(model, codec, texts)
     return {"general_nll": nll, "copy_acc": greedy_accuracy(model, codec, copies),
-            "recall_acc": greedy_accuracy(model, codec, recalls), "general_nll_floor": suite.nll_floor()}
+            "recall_acc": greedy_accuracy(model, codec, recalls), "general_nll_floor": suite.nll_floor(),
+            "copy_nll": answer_nll(model, codec, copies), "recall_nll": answer_nll(model, codec, recalls)}

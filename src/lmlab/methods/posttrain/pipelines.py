@@ -107,9 +107,9 @@ def _sft_optimizer(model, lr: float, cfg: SFTConfig):
 
 
 def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, seed: int,
-           callback=None, resume: Resume | None = None) -> list[dict]:
+           callback=None, resume: Resume | None = None, until=None) -> list[dict]:
     """parallel_avg / combined / interleaved: cfg.rl.steps steps, each with an RL batch and an SFT batch
-    (cfg already validated for `pipeline` by run_pipeline)."""
+    (cfg already validated for `pipeline` by run_pipeline); `until(rl_logs)` true ends them early."""
     sft_data = sft_examples(task, problems, codec, cfg.mixed_sft_data, cfg.gold_limit, seed)
     stream = BatchStream(sft_data, cfg.mixed_sft_batch or cfg.sft.batch_size, seed)
     sft_lr = cfg.mixed_sft_lr if cfg.mixed_sft_lr is not None else cfg.sft.lr
@@ -162,19 +162,41 @@ def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, se
         history.append(log)
         if callback is not None:
             callback(step, log)
+        if until is not None and until([h for h in history if "reward" in h]):
+            break
+    model.eval()
+    return history
+
+
+def _grpo_until(model, codec, task, problems, cfg: GRPOConfig, seed: int, ref, callback, until) -> list[dict]:
+    """GRPO steps (at most `cfg.steps`) until `until(logs so far)` is true, e.g. on a flat training reward."""
+    trainer = GRPOTrainer(model, codec, task, problems, cfg, seed, ref_model=ref)
+    history = []
+    for step in range(cfg.steps):
+        history.append({"step": step, **trainer.step()})
+        if callback is not None:
+            callback(step, history[-1])
+        if until(history):
+            break
     model.eval()
     return history
 
 
 def run_pipeline(pipeline: str, model: nn.Module, codec, task, problems: list, cfg: PostTrainConfig,
                  seed: int = 0, callback: Callable[[str, int, dict], None] | None = None,
-                 resume: Resume | None = None) -> dict[str, list[dict]]:
+                 resume: Resume | None = None, until: Callable[[list[dict]], bool] | None = None
+                 ) -> dict[str, list[dict]]:
     """Post-train `model` in place; returns {"sft": [...logs], "rl": [...logs]} (phases that ran).
+
+    until(rl_logs) is asked after every RL step (with the RL logs so far): true ends RL before `rl.steps`, which
+    is then a cap (e.g. stop on a flat training reward). It cannot be combined with `resume`.
 
     callback(phase, step, log) is called after every step (e.g. to evaluate pass@k dynamics); there
     `resume.snapshot(step + 1)` captures the run, and a run given `Resume(snapshot)` (with the snapshot's weights
     loaded into `model`) continues exactly where it stopped."""
     cfg.validate(pipeline)  # includes the pipeline name
+    if until is not None and resume is not None:
+        raise LmlabError("run_pipeline: an early stop (until) cannot be combined with resume")
 
     def cb(phase):
         return None if callback is None else (lambda step, log: callback(phase, step, log))
@@ -185,8 +207,11 @@ def run_pipeline(pipeline: str, model: nn.Module, codec, task, problems: list, c
         out["sft"] = train_sft(model, data, codec.pad_id, cfg.sft, seed, cb("sft"), resume=resume)
     if pipeline in ("rl", "sft_rl"):
         ref = copy.deepcopy(model) if cfg.rl.kl_coef > 0 or cfg.rl.log_kl else None  # KL to the RL start
-        out["rl"] = train_grpo(model, codec, task, problems, cfg.rl, seed, ref_model=ref, callback=cb("rl"),
-                               resume=resume)
+        if until is None:
+            out["rl"] = train_grpo(model, codec, task, problems, cfg.rl, seed, ref_model=ref, callback=cb("rl"),
+                                   resume=resume)
+        else:
+            out["rl"] = _grpo_until(model, codec, task, problems, cfg.rl, seed, ref, cb("rl"), until)
     if pipeline in MIXED:
-        out[pipeline] = _mixed(model, codec, task, problems, cfg, pipeline, seed, cb(pipeline), resume)
+        out[pipeline] = _mixed(model, codec, task, problems, cfg, pipeline, seed, cb(pipeline), resume, until)
     return out
