@@ -236,7 +236,7 @@ def test_compose_cli_trains_bridges_between_two_checkpoints(tmp_path):
 def test_prefix_encoder_reads_each_rows_own_prompt_in_training():
     """augment_sees="prefix": in a right-padded batch of a 2-key and a 3-key prompt, the 3-key row's augmenting
     context holds its third key (it used to be cut to the batch's shortest prompt)."""
-    from lmlab.methods.calm.experiment import _prefix_len, encode_pairs
+    from lmlab.methods.calm.measure import encode_pairs, prefix_len
 
     task = KVTask(n_keys=30, seed=0)
     tok = task.tokenizer()
@@ -248,7 +248,7 @@ def test_prefix_encoder_reads_each_rows_own_prompt_in_training():
     pairs = [("<k1>+<k2>>", "1+2=3"), ("<k1>+<k2>-<k3>>", "1+2-3=0")]
     ids, tg = encode_pairs(tok, pairs, "cpu")
     p_short, p_long = (len(tok.encode(p, bos=True)) for p, _ in pairs)
-    plen = _prefix_len(tg)
+    plen = prefix_len(tg)
     assert plen.tolist() == [p_short, p_long]
     k3 = tok.encode("<k3>")[0]
     assert ids[1, p_long - 2] == k3 and p_long - 2 >= p_short  # the third key lies beyond the short prompt

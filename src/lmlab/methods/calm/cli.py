@@ -136,7 +136,7 @@ def _run(args, pairs, ev, paths: dict[str, Path]) -> int:
 
     from lmlab.checkpoint import load_snapshot, random_state, save_snapshot
     from lmlab.methods.calm.compose import compose, parse_connections
-    from lmlab.methods.calm.experiment import encode_pairs
+    from lmlab.methods.calm.measure import encode_pairs
     from lmlab.hf import unwrap_hf
     from lmlab.loading import load_policy
     from lmlab.progress import MetricsLog, Progress

@@ -1,0 +1,202 @@
+"""How calm_kv decides, from the per-seed numbers of `measure` (pure functions; `lmlab.verdict.RULE`).
+
+Each claim reads one row — a KV-MATH format with a rehearsal share — named in its text: the composition claims
+decide on the direct format (the paper's) with bridges trained on D_C alone (the paper's setting); the fine-tune
+comparisons also on the rehearsal row, where CALM and the fine-tuned anchor see the same share of anchor-labelled
+NUM-MATH. The noise of a difference of two accuracies is twice the binomial standard error of that difference on
+the seed's evaluation prompts (the sampling noise of the eval set), the largest over the seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from lmlab.verdict import Verdict, all_of, by_threshold, undecided
+
+# ---- margins, each with its source (committed before any run of this version)
+SUBS_MIN = 0.8  # augment_knows_values: the previous version's committed KV-SUBS floor (paper Table 1: 98.1 %)
+MATH_MAX = 0.2  # both base models' KV-MATH ceiling, the previous version's (paper Table 1: 0.7 and 0.0 %)
+NUM_MIN = 0.6  # anchor_does_arithmetic: the previous version's NUM-MATH floor (paper Table 1: 73.7 %)
+SOLVE_MARGIN = 0.3  # composed_solves_heldout: the previous version's margin over the better base model (paper: 84.3
+#                     vs 0.7 %); also how far above the base models an arm must score on D_C keys to count as learned
+RANDOM_GAP = 0.2  # gain_needs_augment: the previous version's margin of CALM over a random augmenting model
+KEEP_MARGIN = 0.1  # calm_keeps_anchor_skill: the previous version's tolerance (paper Table 1: 72.0 vs 73.7 %)
+FT_GAP = 0.2  # beats_anchor_finetune: the previous version's margin of CALM over the fine-tuned anchor
+FORGET_MARGIN = KEEP_MARGIN  # finetune_forgets_calm_keeps: CALM keeps ≥ this much more NUM-MATH (the keep tolerance)
+PAPER_FORMAT = "direct"
+
+
+def _r(values, nd: int = 2) -> list:
+    return [round(float(v), nd) for v in values]
+
+
+def diff_noise(pairs, n_evals) -> float:
+    """Twice the binomial standard error of p1 − p2 on n prompts each, the largest over the seeds."""
+    return max(2 * math.sqrt((a * (1 - a) + b * (1 - b)) / max(1, n)) for (a, b), n in zip(pairs, n_evals))
+
+
+def _row(per_seed: list[dict], fmt: str, share: str) -> tuple[str, Verdict | None]:
+    """The row's name and None, or an undecided verdict when some seed did not measure that row."""
+    name = f"{fmt}/{share}"
+    if all(name in n["rows"] for n in per_seed):
+        return name, None
+    why = {"dc_only": f"the {fmt} format was not measured (formats lists the measured ones)",
+           "rehearsal": f"the {fmt} rehearsal row was not measured (rehearsal lists its formats)"}[share]
+    return name, undecided(f"moved to small for the time budget: {why}; run --preset small")
+
+
+def _arm(per_seed: list[dict], row: str, arm: str) -> Verdict | None:
+    if all(arm in n["rows"][row] for n in per_seed):
+        return None
+    return undecided(f"moved to small for the time budget: the {arm} baseline was not trained (baselines lists the "
+                     "trained ones); run --preset small")
+
+
+def best_base(n: dict, fmt: str) -> float:
+    """The better base model's held-out KV-MATH in format `fmt`."""
+    return max(n["base"]["aug"]["kv_math"][fmt], n["base"]["anchor"]["kv_math"][fmt])
+
+
+def _bases_learned(per_seed: list[dict], fmt: str) -> Verdict | None:
+    subs = [n["base"]["aug"]["kv_subs"][fmt] for n in per_seed]
+    num = [n["base"]["anchor"]["num_math"][fmt] for n in per_seed]
+    if min(subs) >= SUBS_MIN and min(num) >= NUM_MIN:
+        return None
+    return undecided(f"not learned: a base model lacks its skill (augmenting KV-SUBS per seed {_r(subs)} vs "
+                     f"{SUBS_MIN}; anchor {fmt} NUM-MATH per seed {_r(num)} vs {NUM_MIN})", kv_subs=subs, num_math=num)
+
+
+def _arms_learned(per_seed: list[dict], fmt: str, row: str, arms: list[str]) -> Verdict | None:
+    """Undecided when an arm did not fit the composition data: its D_C-key KV-MATH is not SOLVE_MARGIN above the
+    better base model in every seed."""
+    for arm in arms:
+        gain = [n["rows"][row][arm]["dc"] - best_base(n, fmt) for n in per_seed]
+        if min(gain) <= SOLVE_MARGIN:
+            dc = [n["rows"][row][arm]["dc"] for n in per_seed]
+            return undecided(f"not learned: {arm} did not fit D_C ({row}): KV-MATH on D_C keys per seed {_r(dc)}, "
+                             f"{_r(gain)} above the better base model, vs {SOLVE_MARGIN} needed", dc=dc)
+    return None
+
+
+def _gate(per_seed, fmt, share, arms) -> tuple[str, Verdict | None]:
+    row, missing = _row(per_seed, fmt, share)
+    if missing:
+        return row, missing
+    for arm in arms:
+        if (m := _arm(per_seed, row, arm)) is not None:
+            return row, m
+    return row, _bases_learned(per_seed, fmt) or _arms_learned(per_seed, fmt, row, arms[:1])
+
+
+# ============================================================================ the base models
+def decide_augment(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
+    if any(fmt not in n["base"]["aug"]["kv_math"] for n in per_seed):
+        return undecided(f"the {fmt} format was not measured (formats lists the measured ones)")
+    subs = [n["base"]["aug"]["kv_subs"][fmt] for n in per_seed]
+    kvm = [n["base"]["aug"]["kv_math"][fmt] for n in per_seed]
+    return by_threshold([min(s - SUBS_MIN, MATH_MAX - k) for s, k in zip(subs, kvm)], 0.0, fmt=".3g",
+                        what=f"min(KV-SUBS − {SUBS_MIN}, {MATH_MAX} − {fmt} KV-MATH) of the augmenting model (KV-SUBS "
+                             f"per seed {_r(subs)}, KV-MATH {_r(kvm)})")
+
+
+def decide_anchor(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
+    if any(fmt not in n["base"]["anchor"]["num_math"] for n in per_seed):
+        return undecided(f"the {fmt} format was not measured (formats lists the measured ones)")
+    num = [n["base"]["anchor"]["num_math"][fmt] for n in per_seed]
+    kvm = [n["base"]["anchor"]["kv_math"][fmt] for n in per_seed]
+    return by_threshold([min(a - NUM_MIN, MATH_MAX - k) for a, k in zip(num, kvm)], 0.0, fmt=".3g",
+                        what=f"min({fmt} NUM-MATH − {NUM_MIN}, {MATH_MAX} − KV-MATH) of the anchor (NUM-MATH per seed "
+                             f"{_r(num)}, KV-MATH {_r(kvm)})")
+
+
+# ============================================================================ the composition
+def decide_solves(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
+    """CALM's held-out KV-MATH minus the better base model's, on the D_C-alone row of `fmt`."""
+    row, gate = _gate(per_seed, fmt, "dc_only", ["calm"])
+    if gate:
+        return gate
+    calm = [n["rows"][row]["calm"]["heldout"] for n in per_seed]
+    base = [best_base(n, fmt) for n in per_seed]
+    noise = diff_noise(zip(calm, base), [n["rows"][row]["calm"]["n"] for n in per_seed])
+    return by_threshold([c - b for c, b in zip(calm, base)], SOLVE_MARGIN, noise=noise, fmt=".3g",
+                        what=f"CALM's held-out KV-MATH ({row}) minus the better base model's (CALM per seed "
+                             f"{_r(calm)}, base {_r(base)})")
+
+
+def decide_gain(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
+    row, gate = _gate(per_seed, fmt, "dc_only", ["calm", "random_augment"])
+    if gate:
+        return gate
+    calm = [n["rows"][row]["calm"]["heldout"] for n in per_seed]
+    rnd = [n["rows"][row]["random_augment"]["heldout"] for n in per_seed]
+    noise = diff_noise(zip(calm, rnd), [n["rows"][row]["calm"]["n"] for n in per_seed])
+    return by_threshold([c - r for c, r in zip(calm, rnd)], RANDOM_GAP, noise=noise, fmt=".3g",
+                        what=f"CALM minus the random-augment composition on held-out KV-MATH ({row}; CALM per seed "
+                             f"{_r(calm)}, random {_r(rnd)})")
+
+
+def decide_keep(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
+    """KEEP_MARGIN minus CALM's NUM-MATH drop (exact completions) from the anchor's, on the D_C-alone row; a
+    composition that did not learn D_C would keep the anchor's skill vacuously, so it leaves the claim undecided."""
+    row, gate = _gate(per_seed, fmt, "dc_only", ["calm"])
+    if gate:
+        return gate
+    calm = [n["rows"][row]["calm"]["num_math_exact"] for n in per_seed]
+    anc = [n["base"]["anchor"]["num_math_exact"][fmt] for n in per_seed]
+    noise = diff_noise(zip(calm, anc), [n["rows"][row]["calm"]["n"] for n in per_seed])
+    v = by_threshold([KEEP_MARGIN - (a - c) for c, a in zip(calm, anc)], 0.0, noise=noise, fmt=".3g",
+                     what=f"{KEEP_MARGIN} minus CALM's NUM-MATH drop from the anchor's, exact completions ({row}; CALM "
+                          f"per seed {_r(calm)}, anchor {_r(anc)})")
+    reh = f"{fmt}/rehearsal"
+    if all(reh in n["rows"] for n in per_seed):  # reported, not decided: the paper's CALM has no rehearsal
+        kept = [n["rows"][reh]["calm"]["num_math_exact"] for n in per_seed]
+        v = dataclasses.replace(v, reason=f"{v.reason}; with the rehearsal share CALM keeps {_r(kept)}",
+                                extra={**v.extra, "rehearsal_calm_num_math_exact": kept})
+    return v
+
+
+def _ft_part(per_seed, fmt, share, what_key: str, margin: float, label: str) -> Verdict:
+    row, gate = _gate(per_seed, fmt, share, ["calm", "anchor_finetune"])
+    if gate is None:
+        gate = _arms_learned(per_seed, fmt, row, ["anchor_finetune"])
+    if gate:
+        return gate
+    calm = [n["rows"][row]["calm"][what_key] for n in per_seed]
+    ft = [n["rows"][row]["anchor_finetune"][what_key] for n in per_seed]
+    noise = diff_noise(zip(calm, ft), [n["rows"][row]["calm"]["n"] for n in per_seed])
+    return by_threshold([c - f for c, f in zip(calm, ft)], margin, noise=noise, fmt=".3g",
+                        what=f"CALM minus the fine-tuned anchor, {label} ({row}; CALM per seed {_r(calm)}, fine-tuned "
+                             f"{_r(ft)})")
+
+
+def both_rows(parts: dict[str, Verdict], head: str) -> Verdict:
+    """`all_of` the D_C-alone and rehearsal rows; when undecided, the reason starts with the first undecided row's
+    own cause (not learned, not measured, seeds disagree) rather than all_of's "seeds disagree"."""
+    v = all_of(parts, head)
+    if v.held is not None:
+        return v
+    first = next(p for p in parts.values() if p.held is None)
+    rest = "; ".join(f"{name}: {p.reason}" for name, p in parts.items())
+    return dataclasses.replace(v, reason=f"{first.reason.split(':')[0]}: {head}: {rest}")
+
+
+def decide_beats_finetune(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
+    return both_rows({share: _ft_part(per_seed, fmt, share, "heldout", FT_GAP, "held-out KV-MATH")
+                      for share in ("dc_only", "rehearsal")}, "CALM generalises beyond the fine-tuned anchor")
+
+
+def decide_forgetting(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
+    return both_rows({share: _ft_part(per_seed, fmt, share, "num_math", FORGET_MARGIN, "NUM-MATH")
+                      for share in ("dc_only", "rehearsal")}, "the fine-tuned anchor forgets more than CALM")
+
+
+def decide(per_seed: list[dict], cfg) -> dict[str, Verdict]:
+    return {"augment_knows_values": decide_augment(per_seed, cfg),
+            "anchor_does_arithmetic": decide_anchor(per_seed, cfg),
+            "composed_solves_heldout": decide_solves(per_seed, cfg),
+            "composed_solves_heldout_scratchpad": decide_solves(per_seed, cfg, "scratchpad"),
+            "gain_needs_augment": decide_gain(per_seed, cfg),
+            "calm_keeps_anchor_skill": decide_keep(per_seed, cfg),
+            "beats_anchor_finetune": decide_beats_finetune(per_seed, cfg),
+            "finetune_forgets_calm_keeps": decide_forgetting(per_seed, cfg)}
