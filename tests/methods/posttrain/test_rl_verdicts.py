@@ -135,6 +135,9 @@ def test_c5_held_not_held_and_undecided():
     v = d.decide_c5([_seed(data=_data(big=(0.04, 0.1)))], CFG)
     assert v.held is None and "not at least as good" in v.reason
     assert d.decide_c5([_seed(data=None)], CFG).held is None
+    # the targeted mix's base never solves a test question in one seed: learned before compared
+    v = d.decide_c5([_seed(), _seed(data=_data(t=(0.0, 0.0)))], CFG)
+    assert v.held is None and v.reason.startswith("not learned") and "targeted mix" in v.reason
 
 
 def test_checks_pass_fail_and_not_run():

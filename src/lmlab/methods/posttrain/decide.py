@@ -243,22 +243,27 @@ def _gain_diff(a: dict, b: dict, n: int) -> tuple[float, float]:
 
 
 def decide_c5(per_seed: list[dict], cfg) -> Verdict:
-    """The targeted mix's RL gain minus the base mix's and minus the 2x model's, per seed; the 2x model must be at
-    least as good as the 1x model at its base checkpoint (else it is no stronger baseline: undecided)."""
+    """The targeted mix's RL gain minus the base mix's and minus the 2x model's, per seed. Undecided when some model's
+    base never samples a verified test solution (not learned), or when the 2x model is worse than the 1x model at its
+    base checkpoint (no stronger baseline)."""
     arms = [s.get("data_arm") for s in per_seed]
     if not all(arms):
         return undecided("this preset does not run the data-composition arm (data_arm false): run --preset small "
                          "or gpu")
     tg, bm, big = "targeted mix", "base mix", "base mix, 2x model"
+    n = per_seed[0]["n"]
+    unlearned = {nm: _r(a[nm]["before"]["passk"] for a in arms) for nm in (tg, bm, big)}
+    unlearned = {nm: v for nm, v in unlearned.items() if min(v) == 0}
+    if unlearned:  # learned before compared: a base that never samples a verified test solution has no RL gain to show
+        return undecided("not learned: at the latest checkpoint the base of "
+                         + "; ".join(f"the {nm} never samples a verified test solution in some seed (pass@{n} per "
+                                     f"seed {v})" for nm, v in unlearned.items()), passk=unlearned)
     b1 = [a[bm]["before"]["pass1"] for a in arms]
     b2 = [a[big]["before"]["pass1"] for a in arms]
     if any(y < x for x, y in zip(b1, b2)):
         return undecided(f"the 2x model is not at least as good as the 1x model at its base checkpoint (test pass@1 "
                          f"per seed: 2x {_r(b2)} vs 1x {_r(b1)}), so it is no stronger model to compare RL gains with",
                          pass1_2x=b2, pass1_1x=b1)
-    if all(a[nm]["before"]["passk"] == 0 and a[nm]["after"]["pass1"] == 0 for a in arms for nm in (tg, bm, big)):
-        return undecided("not learned: no model ever samples a verified test solution, before or after RL")
-    n = per_seed[0]["n"]
     vs_base = [_gain_diff(a[tg], a[bm], n) for a in arms]
     vs_big = [_gain_diff(a[tg], a[big], n) for a in arms]
     gains = {nm: _r(a[nm]["after"]["pass1"] - a[nm]["before"]["pass1"] for a in arms) for nm in (tg, bm, big)}
