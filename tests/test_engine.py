@@ -129,8 +129,10 @@ def test_decide_recomputes_verdicts_from_stored_numbers_without_measuring(engine
 
 
 def test_engine_flags_on_experiments_not_on_it_and_bad_folders_are_user_errors(engine, tmp_path, capsys):
+    # every built-in experiment is on the engine now: a plugin's one-run experiment (no decide) stands in
+    ex.experiment("toy_one_run", "A toy paper", {"c": "x"}, {p: Cfg() for p in ex.PRESETS})(lambda ctx: None)
     with pytest.raises(LmlabError, match="not on the decision engine"):
-        ex.run_experiment("calm_kv", out_dir=tmp_path / "x", seeds=2, quiet=True)
+        ex.run_experiment("toy_one_run", out_dir=tmp_path / "x", seeds=2, quiet=True)
     assert cli.main(["decide", str(tmp_path / "nowhere")]) == 2
     assert "results.json not found" in capsys.readouterr().err
     with pytest.raises(LmlabError, match="--seeds must be >= 1"):

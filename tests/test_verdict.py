@@ -91,3 +91,7 @@ def test_all_of_is_kleenes_three_valued_and():
     v = all_of({"a": held, "b": mixed}, "x")
     assert v.held is None and v.reason.startswith("seeds disagree")
     assert v.per_seed == held.per_seed and v.extra["b"]["held"] is None  # the first part's numbers, each part's verdict
+    # the claim's cause is its first undecided part's, not always "seeds disagree"
+    assert all_of({"a": held, "b": undecided("not learned: b's model is at chance")}, "x").reason.startswith(
+        "not learned: x: ")
+    assert all_of({"a": undecided("no checkpoint in the bin"), "b": mixed}, "x").reason.startswith("undecided on a: ")

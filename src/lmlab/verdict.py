@@ -23,6 +23,10 @@ RULE = ("Each claim's effect is measured once per seed and compared with a thres
         "not hold when it lies below, and is undecided when it contains it. Models that did not learn the task "
         "leave a claim undecided (not learned), never not held.")
 
+# how undecided reasons begin (`undecided`, `part_not_measured`, `by_threshold`): a claim made of parts takes the
+# cause of its first undecided part
+UNDECIDED_CAUSES = ("not learned", "needs the real data", "needs data", "moved to", "time budget", "not measured",
+                    "seeds disagree")
 SMALL_N = 4  # up to this many seeds, every seed must agree; beyond it, the interval decides
 
 
@@ -158,8 +162,10 @@ def all_of(parts: dict[str, Verdict], head: str) -> Verdict:
     reason = "; ".join(f"{name}: {v.reason}" for name, v in parts.items())
     if ok is False:
         reason = f"{head}: not held on {', '.join(n for n, v in parts.items() if v.held is False)} — {reason}"
-    elif ok is None:
-        reason = reason if reason.startswith("seeds disagree") else f"seeds disagree: {head}: {reason}"
+    elif ok is None:  # the cause of the first undecided part (not learned, needs data, ...) is the claim's cause
+        name, first = next((n, v.reason) for n, v in parts.items() if v.held is None)
+        cause = next((c for c in UNDECIDED_CAUSES if first.startswith(c)), f"undecided on {name}")
+        reason = f"{cause}: {head}: {reason}"
     else:
         reason = f"{head}: {reason}"
     extra = {n: {"held": v.held, "per_seed": list(v.per_seed), "threshold": v.threshold} for n, v in parts.items()}
