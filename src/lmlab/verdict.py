@@ -164,7 +164,8 @@ def all_of(parts: dict[str, Verdict], head: str) -> Verdict:
         reason = f"{head}: not held on {', '.join(n for n, v in parts.items() if v.held is False)} — {reason}"
     elif ok is None:  # the cause of the first undecided part (not learned, needs data, ...) is the claim's cause
         name, first = next((n, v.reason) for n, v in parts.items() if v.held is None)
-        cause = next((c for c in UNDECIDED_CAUSES if first.startswith(c)), f"undecided on {name}")
+        known = any(first.startswith(c) for c in UNDECIDED_CAUSES)
+        cause = first.split(":")[0] if known else f"undecided on {name}"
         reason = f"{cause}: {head}: {reason}"
     else:
         reason = f"{head}: {reason}"

@@ -170,24 +170,13 @@ def _ft_part(per_seed, fmt, share, what_key: str, margin: float, label: str) -> 
                              f"{_r(ft)})")
 
 
-def both_rows(parts: dict[str, Verdict], head: str) -> Verdict:
-    """`all_of` the D_C-alone and rehearsal rows; when undecided, the reason starts with the first undecided row's
-    own cause (not learned, not measured, seeds disagree) rather than all_of's "seeds disagree"."""
-    v = all_of(parts, head)
-    if v.held is not None:
-        return v
-    first = next(p for p in parts.values() if p.held is None)
-    rest = "; ".join(f"{name}: {p.reason}" for name, p in parts.items())
-    return dataclasses.replace(v, reason=f"{first.reason.split(':')[0]}: {head}: {rest}")
-
-
 def decide_beats_finetune(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
-    return both_rows({share: _ft_part(per_seed, fmt, share, "heldout", FT_GAP, "held-out KV-MATH")
+    return all_of({share: _ft_part(per_seed, fmt, share, "heldout", FT_GAP, "held-out KV-MATH")
                       for share in ("dc_only", "rehearsal")}, "CALM generalises beyond the fine-tuned anchor")
 
 
 def decide_forgetting(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
-    return both_rows({share: _ft_part(per_seed, fmt, share, "num_math", FORGET_MARGIN, "NUM-MATH")
+    return all_of({share: _ft_part(per_seed, fmt, share, "num_math", FORGET_MARGIN, "NUM-MATH")
                       for share in ("dc_only", "rehearsal")}, "the fine-tuned anchor forgets more than CALM")
 
 
