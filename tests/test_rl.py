@@ -14,6 +14,7 @@ from lmlab.rl import (
     k3_kl,
     sample_ids,
     token_logprobs,
+    train_grpo,
 )
 from lmlab.methods.posttrain.tasks import DigitSumTask, make_split
 from lmlab.tokenizer import CharTokenizer
@@ -305,3 +306,25 @@ def test_rollout_rewards_and_pass_at_k_reject_special_tokens(monkeypatch):
     assert res["counts"] == [1] and res["format_rate"] == 0.5
     outs = rl_mod.sample_completions(trainer.model, tok, [[tok.bos_id]] * 2, 20)
     assert outs[0] == "+3=3+5=8+2=0A0" and "<bos>" in outs[1]
+
+
+def test_an_early_stop_gives_the_first_steps_of_the_uninterrupted_run():
+    """`until` ends GRPO after the step it first says true: the logs and weights equal those of a run of that many
+    steps; with `resume` it is refused."""
+    task = DigitSumTask()
+    tok = CharTokenizer(task.alphabet)
+    probs = make_split(task, 8, 2, seed=0)
+    cfg = GRPOConfig(steps=5, prompts_per_step=2, group_size=4, max_new_tokens=8)
+
+    def fresh():
+        torch.manual_seed(0)
+        return GPT(GPTConfig(vocab_size=tok.vocab_size, n_layers=1, n_heads=2, d_model=16, seq_len=32))
+
+    stopped, short = fresh(), fresh()
+    logs = train_grpo(stopped, tok, task, probs, cfg, seed=1, until=lambda h: len(h) == 3)
+    ref = train_grpo(short, tok, task, probs, GRPOConfig(**{**cfg.__dict__, "steps": 3}), seed=1)
+    assert [l["step"] for l in logs] == [0, 1, 2]
+    assert [l["reward"] for l in logs] == [l["reward"] for l in ref] and [l["loss"] for l in logs] == [l["loss"] for l in ref]
+    assert all(torch.equal(a, b) for a, b in zip(stopped.state_dict().values(), short.state_dict().values()))
+    with pytest.raises(LmlabError, match="cannot be combined with resume"):
+        train_grpo(fresh(), tok, task, probs, cfg, until=lambda h: True, resume=object())

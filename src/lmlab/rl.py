@@ -361,10 +361,13 @@ class GRPOTrainer:
 
 
 def train_grpo(model: nn.Module, codec, task, problems: list, cfg: GRPOConfig, seed: int = 0,
-               ref_model: nn.Module | None = None, callback=None, resume=None) -> list[dict]:
+               ref_model: nn.Module | None = None, callback=None, resume=None, until=None) -> list[dict]:
     """Run `cfg.steps` GRPO steps; returns per-step logs (callback(step, log) after each).
-    `resume`: a `lmlab.checkpoint.Resume` (snapshots between steps, exact continuation)."""
-
+    `resume`: a `lmlab.checkpoint.Resume` (snapshots between steps, exact continuation).
+    `until(logs so far)`, asked after every step: true ends the run early, so `cfg.steps` is a cap (e.g. a stop on a
+    flat training reward); a resumed run would not see the logs before its snapshot, so the two do not combine."""
+    if until is not None and resume is not None:
+        raise LmlabError("train_grpo: an early stop (until) cannot be combined with resume")
     trainer = GRPOTrainer(model, codec, task, problems, cfg, seed, ref_model=ref_model)
     history = []
     for step in phase_range(resume, "rl", cfg.steps, model, {"rl": trainer.opt}, {"rl": trainer}, trainer.ref):
@@ -372,6 +375,8 @@ def train_grpo(model: nn.Module, codec, task, problems: list, cfg: GRPOConfig, s
         history.append(log)
         if callback is not None:
             callback(step, log)
+        if until is not None and until(history):
+            break
     model.eval()
     return history
 

@@ -168,20 +168,6 @@ def _mixed(model, codec, task, problems, cfg: PostTrainConfig, pipeline: str, se
     return history
 
 
-def _grpo_until(model, codec, task, problems, cfg: GRPOConfig, seed: int, ref, callback, until) -> list[dict]:
-    """GRPO steps (at most `cfg.steps`) until `until(logs so far)` is true, e.g. on a flat training reward."""
-    trainer = GRPOTrainer(model, codec, task, problems, cfg, seed, ref_model=ref)
-    history = []
-    for step in range(cfg.steps):
-        history.append({"step": step, **trainer.step()})
-        if callback is not None:
-            callback(step, history[-1])
-        if until(history):
-            break
-    model.eval()
-    return history
-
-
 def run_pipeline(pipeline: str, model: nn.Module, codec, task, problems: list, cfg: PostTrainConfig,
                  seed: int = 0, callback: Callable[[str, int, dict], None] | None = None,
                  resume: Resume | None = None, until: Callable[[list[dict]], bool] | None = None
@@ -207,11 +193,8 @@ def run_pipeline(pipeline: str, model: nn.Module, codec, task, problems: list, c
         out["sft"] = train_sft(model, data, codec.pad_id, cfg.sft, seed, cb("sft"), resume=resume)
     if pipeline in ("rl", "sft_rl"):
         ref = copy.deepcopy(model) if cfg.rl.kl_coef > 0 or cfg.rl.log_kl else None  # KL to the RL start
-        if until is None:
-            out["rl"] = train_grpo(model, codec, task, problems, cfg.rl, seed, ref_model=ref, callback=cb("rl"),
-                                   resume=resume)
-        else:
-            out["rl"] = _grpo_until(model, codec, task, problems, cfg.rl, seed, ref, cb("rl"), until)
+        out["rl"] = train_grpo(model, codec, task, problems, cfg.rl, seed, ref_model=ref, callback=cb("rl"),
+                               resume=resume, until=until)
     if pipeline in MIXED:
         out[pipeline] = _mixed(model, codec, task, problems, cfg, pipeline, seed, cb(pipeline), resume, until)
     return out
