@@ -7,14 +7,13 @@ import json
 import random
 
 import pytest
+from conftest import EXAMPLE_METHODS
 
 import lmlab.experiment as ex
 from lmlab import cli
 from lmlab.report import write_report_card
 from lmlab.utils import LmlabError
 from lmlab.verdict import by_threshold, check, not_tested
-
-from conftest import EXAMPLE_METHODS
 
 
 @dataclasses.dataclass

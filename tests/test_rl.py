@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lmlab.generate import generate
+from lmlab.methods.posttrain.tasks import DigitSumTask, make_split
 from lmlab.model import GPT, GPTConfig
 from lmlab.rl import (
     GRPOConfig,
@@ -16,7 +17,6 @@ from lmlab.rl import (
     token_logprobs,
     train_grpo,
 )
-from lmlab.methods.posttrain.tasks import DigitSumTask, make_split
 from lmlab.tokenizer import CharTokenizer
 from lmlab.utils import LmlabError
 
@@ -298,7 +298,7 @@ def test_rollout_rewards_and_pass_at_k_reject_special_tokens(monkeypatch):
     monkeypatch.setattr(rl_mod, "sample_ids", lambda *a, **k: [good, bad])
     batch = trainer.rollout()
     assert batch.correct.tolist() == [[True, False]] and batch.stats["format_rate"] == 0.5
-    fake = lambda model, prompts, *a, **k: Generation(  # noqa: E731
+    fake = lambda model, prompts, *a, **k: Generation(
         [good if i % 2 == 0 else bad for i in range(len(prompts))], [[0.0]] * len(prompts), [True] * len(prompts))
     for mod in (eval_mod, rl_mod):  # each module's own reference to the engine
         monkeypatch.setattr(mod, "generate", fake)

@@ -4,7 +4,14 @@ import pytest
 
 from lmlab.experiment import run_experiment
 from lmlab.methods.calm.experiment import CLAIMS
-from lmlab.methods.calm.measure import accuracy, anchor_skill_pairs, base_gen, encode_pairs, mixed_batches, scores
+from lmlab.methods.calm.measure import (
+    accuracy,
+    anchor_skill_pairs,
+    base_gen,
+    encode_pairs,
+    mixed_batches,
+    scores,
+)
 from lmlab.methods.calm.tasks import KVTask
 
 TASK = KVTask(n_keys=20, dc_key_frac=0.5, seed=3)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lmlab.methods.calm.compose import ComposedModel, compose, evenly_spaced, parse_connections
-from lmlab.model import GPT, GPTConfig
 from lmlab.methods.calm.tasks import KVTask
+from lmlab.model import GPT, GPTConfig
 from lmlab.utils import LmlabError
 
 

@@ -5,7 +5,6 @@ import torch
 from lmlab import hf
 from lmlab.methods.qttt.flops import FlopModel
 from lmlab.methods.qttt.ttt import QTTT, QTTTConfig, QueryDeltas, _frozen_layer, _HFBackend
-from lmlab.utils import LmlabError
 
 transformers = pytest.importorskip("transformers")
 

@@ -135,10 +135,10 @@ def _run(args, pairs, ev, paths: dict[str, Path]) -> int:
     import torch
 
     from lmlab.checkpoint import load_snapshot, random_state, save_snapshot
-    from lmlab.methods.calm.compose import compose, parse_connections
-    from lmlab.methods.calm.measure import encode_pairs
     from lmlab.hf import unwrap_hf
     from lmlab.loading import load_policy
+    from lmlab.methods.calm.compose import compose, parse_connections
+    from lmlab.methods.calm.measure import encode_pairs
     from lmlab.progress import MetricsLog, Progress
     from lmlab.train import StopOnSigint, StopRequested, TrainingDiverged, fit
     from lmlab.utils import get_device, seed_everything

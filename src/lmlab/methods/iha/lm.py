@@ -18,7 +18,13 @@ import torch
 
 from lmlab.generate import generate
 from lmlab.methods.iha.attention import hybrid_config
-from lmlab.methods.iha.niah import COMPACT_TEMPLATES, NeedleHaystack, random_number, string_match_all, word_vocabulary
+from lmlab.methods.iha.niah import (
+    COMPACT_TEMPLATES,
+    NeedleHaystack,
+    random_number,
+    string_match_all,
+    word_vocabulary,
+)
 from lmlab.model import GPT, IGNORE_INDEX, GPTConfig, flop_ratio_vs_mha
 from lmlab.tokenizer import CharTokenizer
 from lmlab.train import fit, make_optimizer

@@ -14,8 +14,8 @@ import math
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from lmlab.methods.iha.attention import InterleavedHeadAttention
 from lmlab.methods.iha.tasks import PAD, RelationBatch, RelationCompositionTask

@@ -12,8 +12,8 @@ import math
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from lmlab.methods.iha.attention import InterleavedHeadAttention, collapse_pseudo, mix_pseudo
 from lmlab.methods.iha.tasks import CPM3Task, PolynomialFilterTask, cyclic_workspace, nmse

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lmlab.checkpoint import Resume, phase_range
-from lmlab.methods.posttrain import MIXED, PIPELINES  # noqa: F401  (re-exported)
+from lmlab.methods.posttrain import MIXED, PIPELINES
 from lmlab.rl import GRPOConfig, GRPOTrainer, train_grpo
 from lmlab.sft import BatchStream, SFTConfig, sft_backward, sft_examples, train_sft
 from lmlab.train import clip_and_step, make_optimizer
