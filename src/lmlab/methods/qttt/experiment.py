@@ -116,9 +116,12 @@ class Config:
 PRESETS = presets(
     Config,
     tiny={},
-    small={"seeds": 3, "task": "prefix", "n_suffixes": 256, "n_checks": 8, "repeat_frac": 0.25, "d_model": 128,
-           "n_heads": 4, "n_layers": 3, "phase_steps": 1500, "circuit_max_steps": 6000, "calib_steps": 1000,
-           "max_steps": 9000, "think_max": 160, "lengths": [16, 64, 192], "n_eval": 128, "n_val": 48},
+    # sized from CPU trials (docs/results/checks/qttt_small_trials.md): the two-token task forms its circuit at
+    # 3500-4000 steps of 64-row circuit batches at 4-32 lines with tiny's width; 16/64/192 lines at d_model 128 cost
+    # seconds a step on a CPU
+    small={"seeds": 3, "task": "prefix", "n_checks": 8, "repeat_frac": 0.25, "circuit_batch": 64,
+           "phase_steps": 1000, "circuit_max_steps": 6000, "calib_steps": 1000, "max_steps": 9000,
+           "lengths": [4, 12, 32], "n_eval": 128, "n_val": 48},
     gpu={"seeds": 3, "mechanism": True, "task": "prefix", "n_prefixes": 8, "n_suffixes": 1024, "n_values": 64,
          "n_checks": 16, "repeat_frac": 0.25, "d_model": 256, "n_layers": 4, "n_heads": 4, "lr": 1e-3,
          "batch_size": 64, "circuit_batch": 64, "phase_steps": 2000, "circuit_max_steps": 8000, "calib_steps": 1000, "max_steps": 12000,
