@@ -90,24 +90,25 @@ def _gate(per_seed, fmt, share, arms) -> tuple[str, Verdict | None]:
 
 
 # ============================================================================ the base models
-def decide_augment(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
-    if any(fmt not in n["base"]["aug"]["kv_math"] for n in per_seed):
+def _base_model(per_seed: list[dict], fmt: str, model: str, name: str, skill: str, floor: float, skill_label: str,
+                kvm_label: str) -> Verdict:
+    """A base model has its own skill (`skill` accuracy ≥ `floor`) but not the composed one (KV-MATH ≤ MATH_MAX)."""
+    base = [n["base"][model] for n in per_seed]
+    if any(fmt not in b[skill] or fmt not in b["kv_math"] for b in base):
         return undecided(f"the {fmt} format was not measured (formats lists the measured ones)")
-    subs = [n["base"]["aug"]["kv_subs"][fmt] for n in per_seed]
-    kvm = [n["base"]["aug"]["kv_math"][fmt] for n in per_seed]
-    return by_threshold([min(s - SUBS_MIN, MATH_MAX - k) for s, k in zip(subs, kvm)], 0.0, fmt=".3g",
-                        what=f"min(KV-SUBS − {SUBS_MIN}, {MATH_MAX} − {fmt} KV-MATH) of the augmenting model (KV-SUBS "
-                             f"per seed {_r(subs)}, KV-MATH {_r(kvm)})")
+    own, kvm = [b[skill][fmt] for b in base], [b["kv_math"][fmt] for b in base]
+    short = skill_label.split()[-1]
+    return by_threshold([min(a - floor, MATH_MAX - k) for a, k in zip(own, kvm)], 0.0, fmt=".3g",
+                        what=f"min({skill_label} − {floor}, {MATH_MAX} − {kvm_label}) of the {name} ({short} per seed "
+                             f"{_r(own)}, KV-MATH {_r(kvm)})")
+
+
+def decide_augment(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
+    return _base_model(per_seed, fmt, "aug", "augmenting model", "kv_subs", SUBS_MIN, "KV-SUBS", f"{fmt} KV-MATH")
 
 
 def decide_anchor(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
-    if any(fmt not in n["base"]["anchor"]["num_math"] for n in per_seed):
-        return undecided(f"the {fmt} format was not measured (formats lists the measured ones)")
-    num = [n["base"]["anchor"]["num_math"][fmt] for n in per_seed]
-    kvm = [n["base"]["anchor"]["kv_math"][fmt] for n in per_seed]
-    return by_threshold([min(a - NUM_MIN, MATH_MAX - k) for a, k in zip(num, kvm)], 0.0, fmt=".3g",
-                        what=f"min({fmt} NUM-MATH − {NUM_MIN}, {MATH_MAX} − KV-MATH) of the anchor (NUM-MATH per seed "
-                             f"{_r(num)}, KV-MATH {_r(kvm)})")
+    return _base_model(per_seed, fmt, "anchor", "anchor", "num_math", NUM_MIN, f"{fmt} NUM-MATH", "KV-MATH")
 
 
 # ============================================================================ the composition
