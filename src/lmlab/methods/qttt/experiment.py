@@ -96,6 +96,7 @@ class Config:
     circuit_max_steps: int = 3000
     calib_steps: int = 400
     max_steps: int = 2200
+    calib_lr_frac: float = 1.0  # calibration phases' learning rate as a share of lr (below 1: keep the formed circuit)
     all_weight: float = 1.0  # calibration phases: the weight of unpredictable targets (1 = every token alike)
     answer_weight: float = 1.0
     pause_frac: float = 0.3
@@ -117,10 +118,12 @@ PRESETS = presets(
     Config,
     tiny={},
     # sized from CPU trials (docs/results/checks/qttt_small_trials.md): the two-token task forms its circuit at
-    # 3500-4000 steps of 64-row circuit batches at 4-32 lines with tiny's width; 16/64/192 lines at d_model 128 cost
-    # seconds a step on a CPU
+    # 3500-4000 steps of 500-step phases of 64-row circuit batches at 4-32 lines with tiny's width (1000-step phases
+    # had not by 6000), and a calibration at the full lr undid half of a partly formed circuit; 16/64/192 lines at
+    # d_model 128 cost seconds a step on a CPU
     small={"seeds": 3, "task": "prefix", "n_checks": 8, "repeat_frac": 0.25, "circuit_batch": 64,
-           "phase_steps": 1000, "circuit_max_steps": 6000, "calib_steps": 1000, "max_steps": 9000,
+           "phase_steps": 500, "circuit_max_steps": 12000, "calib_steps": 1000, "calib_lr_frac": 0.3,
+           "max_steps": 15000,
            "lengths": [4, 12, 32], "n_eval": 128, "n_val": 48},
     gpu={"seeds": 3, "mechanism": True, "task": "prefix", "n_prefixes": 8, "n_suffixes": 1024, "n_values": 64,
          "n_checks": 16, "repeat_frac": 0.25, "d_model": 256, "n_layers": 4, "n_heads": 4, "lr": 1e-3,

@@ -128,7 +128,8 @@ def train_phase(model, task, cfg, device, rng, steps: int, phase: str, log) -> l
         return (m(ids, tgt, loss_reduction="none") * w).sum() / w.sum()
 
     t0 = time.time()
-    losses = fit(model, loss_fn, batches(), steps, lr=cfg.lr, weight_decay=0.1, warmup=min(100, steps // 10),
+    lr = cfg.lr if phase == "circuit" else cfg.lr * cfg.calib_lr_frac
+    losses = fit(model, loss_fn, batches(), steps, lr=lr, weight_decay=0.1, warmup=min(100, steps // 10),
                  grad_clip=1.0, device=device)
     log(f"{phase} phase: {steps} steps in {time.time() - t0:.0f}s, loss {np.mean(losses[-20:]):.3f}")
     return losses
