@@ -173,13 +173,16 @@ def _lm_gate(per_seed: list[dict]) -> Verdict | None:
     parts = [n["lm"] for n in per_seed]
     acc = [p["learned_acc"] for p in parts]
     if any(a < lm.LEARNED_ACC for a in acc) or any("rows" not in p for p in parts):
-        by_len = [p.get("ic_by_length") for p in parts]
+        by_len = [p.get("ic_by_length") or {str(r["lines"]): r["arms"]["ic"]["acc"] for r in p.get("rows", [])}
+                  for p in parts]
         steps = [p["train"]["steps"] for p in parts]
+        ran = sum("rows" in p for p in parts)
+        arms = ("its thinking and qTTT numbers are not compared" if ran == len(parts) else
+                "the thinking and qTTT arms were not run" + (" on every seed" if ran else ""))
         return undecided(f"not learned: in-context accuracy at the shortest length per seed {_r(acc)} is below "
                          f"{lm.LEARNED_ACC} on {sum(a < lm.LEARNED_ACC for a in acc)} of {len(acc)} seeds after "
                          f"{steps} training steps (in-context accuracy by length per seed {by_len}); there is no "
-                         "retrieval to dilute or recover, and the thinking and qTTT arms were not run",
-                         learned_acc=acc)
+                         f"retrieval to dilute or recover, and {arms}", learned_acc=acc)
     return None
 
 
