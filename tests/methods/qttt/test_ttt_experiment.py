@@ -281,3 +281,16 @@ def test_head_and_oracle_checks_pass_and_fail_from_synthetic_numbers():
     assert mechanism.decide_oracle([diluted, flat_mass]).held is False
     short_gain = head_rows((0.5, 0.8), (0.9, 0.3), (1.0, 0.9))  # the gain at short (0.5) exceeds the long one (0.1)
     assert mechanism.decide_oracle([short_gain]).held is False
+
+
+def test_circuit_rows_stop_at_circuit_max_lines_and_calibration_spans_every_length():
+    cfg = dataclasses.replace(CFG, lengths=[2, 8], circuit_max_lines=4, d_model=16, circuit_batch=2, batch_size=2,
+                              think_max=2)
+    task = lm.build_task(cfg)
+    drawn, sample = [], task.sample
+    task.sample = lambda n, rng, n_pause=0: drawn.append(n) or sample(n, rng, n_pause)
+    model = lm.build_model(cfg, task, torch.device("cpu"))
+    for phase, hi in (("circuit", 4), ("calibration", 8)):
+        drawn.clear()
+        lm.train_phase(model, task, cfg, torch.device("cpu"), np.random.default_rng(0), 60, phase, lambda s: None)
+        assert min(drawn) == 2 and max(drawn) == hi

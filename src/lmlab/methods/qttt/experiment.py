@@ -92,6 +92,7 @@ class Config:
     lr: float = 3e-3
     batch_size: int = 16
     circuit_batch: int = 32  # the circuit phases' batch (more retrieval events per step)
+    circuit_max_lines: int = 0  # the circuit phases' longest rows (0: the longest evaluated length)
     phase_steps: int = 1000
     circuit_max_steps: int = 3000
     calib_steps: int = 400

@@ -107,9 +107,11 @@ def build_model(cfg, task, device) -> GPT:
 
 
 def train_phase(model, task, cfg, device, rng, steps: int, phase: str, log) -> list[float]:
-    """`steps` steps of one phase; line counts uniform over [min(lengths), max(lengths)], pauses (calibration phases
-    only) in a `pause_frac` share of the batches."""
+    """`steps` steps of one phase; line counts uniform over [min(lengths), max(lengths)] (circuit phases: up to
+    `circuit_max_lines` when set), pauses (calibration phases only) in a `pause_frac` share of the batches."""
     lo, hi = min(cfg.lengths), max(cfg.lengths)
+    if phase == "circuit" and cfg.circuit_max_lines:
+        hi = max(lo, min(hi, cfg.circuit_max_lines))
     weights = phase_weights(cfg, phase)
     batch = cfg.circuit_batch if phase == "circuit" else cfg.batch_size
 
