@@ -294,3 +294,11 @@ def test_circuit_rows_stop_at_circuit_max_lines_and_calibration_spans_every_leng
         drawn.clear()
         lm.train_phase(model, task, cfg, torch.device("cpu"), np.random.default_rng(0), 60, phase, lambda s: None)
         assert min(drawn) == 2 and max(drawn) == hi
+
+
+def test_the_retrieval_head_is_the_costliest_head_after_layer_0():
+    mass = np.array([[0.3, 0.1], [0.9, 0.2]])
+    ablated = {(0, 0): 0.1, (0, 1): 1.0, (1, 0): 0.5, (1, 1): 0.5}  # L0H0 costs most; L1H0 ties L1H1, more mass
+    assert lm.retrieval_head(1.0, ablated, mass) == (1, 0)
+    assert lm.retrieval_head(1.0, {**ablated, (1, 1): 0.4}, mass) == (1, 1)
+    assert lm.retrieval_head(1.0, {(0, 0): 0.1, (0, 1): 1.0}, mass[:1]) == (0, 0)  # a one-layer model: layer 0 counts

@@ -329,13 +329,12 @@ def measure(cfg, seed: int, device, log) -> dict:
                           "qttt_retrieval": r["qttt_retrieval"]["span_types"]}})
         log(f"{n} lines (T={T}): " + ", ".join(f"{a} {r[a]['acc']:.3f}" for a in ARMS))
 
-    # the retrieval head: zero each head's output at the answer position at the shortest length; the head whose loss
-    # costs most accuracy carries the retrieval to the answer (ties: most needle mass)
     s = per_len[lengths[0]]["ic"]
     m0 = s["mass"].mean(1)
     n_l, n_h = m0.shape
-    ablated = {(li, h): ev.run(insts[lengths[0]], ablate=(li, h))["acc"] for li in range(n_l) for h in range(n_h)}
-    L, H = max(ablated, key=lambda lh: (s["acc"] - ablated[lh], float(m0[lh])))
+    ablated = {(li, h): ev.run(insts[lengths[0]], ablate=(li, h))["acc"] for li in range(min(1, n_l - 1), n_l)
+               for h in range(n_h)}
+    L, H = retrieval_head(s["acc"], ablated, m0)
     out["head"] = {"layer": L, "head": H, "acc_without_it": ablated[(L, H)]}
     for row in rows:
         r = per_len[row["lines"]]
@@ -345,6 +344,15 @@ def measure(cfg, seed: int, device, log) -> dict:
     out["flop_budget"] = flops.budget_table(N, k, [row["T"] for row in rows])
     out["seconds"] = time.time() - t0
     return out
+
+
+def retrieval_head(acc: float, ablated: dict[tuple[int, int], float], mass: np.ndarray) -> tuple[int, int]:
+    """The (layer, head) that carries the retrieval to the answer: of the heads whose output at the answer position
+    was zeroed (`ablated`: accuracy without it), the one whose loss costs most accuracy (ties: most needle mass).
+    Heads of layer 0 do not count when a later layer exists: no position holds its previous token there yet, so a
+    layer-0 head can find the needle's key but not read the value after it."""
+    later = {lh: a for lh, a in ablated.items() if lh[0] > 0} or ablated
+    return max(later, key=lambda lh: (acc - later[lh], float(mass[lh])))
 
 
 def lr_over_std(lr: float, steps: int, std: float) -> float:
