@@ -177,9 +177,12 @@ def test_seeds_run_in_other_processes_merge_into_the_block_equal_to_one_run(engi
     assert [c["status"] for c in merged["claims"]] == [c["status"] for c in whole["claims"]]
     assert merged["provenance"]["seeds_from"] == {str(tmp_path / "s2"): [2], str(tmp_path / "s1"): [1]}
     s2 = json.loads((tmp_path / "s2" / "results.json").read_text())
-    assert merged["provenance"]["seeds_from_time_s"][str(tmp_path / "s2")] == [s2["runtime_s"], s2["cpu_time_s"]]
+    threads = s2["environment"]["cpu_threads"]  # the other process's threads, not the merging one's
+    assert merged["provenance"]["seeds_from_time_s"][str(tmp_path / "s2")] == [s2["runtime_s"], s2["cpu_time_s"],
+                                                                             threads]
     md = (tmp_path / "merged" / "report.md").read_text()
     assert "merged with `--seeds-from`" in md and f"seed 2 ({s2['runtime_s']:.0f} s, CPU " in md
+    assert f"CPU {s2['cpu_time_s']:.0f} s, {threads} thread" in md
 
 
 def test_seeds_from_refuses_other_settings_code_or_seeds_outside_the_block(engine, tmp_path, monkeypatch):

@@ -326,7 +326,8 @@ def _seeds_from(folder: str | Path, rep: Report) -> tuple[dict[int, dict], dict]
     outside = sorted(set(runs) - set(rep.seeds))
     if outside:
         raise LmlabError(f"--seeds-from: {path} holds seeds {outside} outside this run's block {rep.seeds}")
-    return runs, {**theirs, "runtime_s": other.get("runtime_s"), "cpu_time_s": other.get("cpu_time_s")}
+    return runs, {**theirs, "runtime_s": other.get("runtime_s"), "cpu_time_s": other.get("cpu_time_s"),
+                  "cpu_threads": (other.get("environment") or {}).get("cpu_threads")}
 
 
 def _check_merge(rep: Report, merged: dict[str, dict], done: dict[int, dict]) -> None:
@@ -446,7 +447,7 @@ def run_experiment(
             found, merged[str(folder)] = _seeds_from(folder, ctx.report)
             ctx.report.provenance.setdefault("seeds_from", {})[str(folder)] = sorted(found)
             ctx.report.provenance.setdefault("seeds_from_time_s", {})[str(folder)] = [
-                merged[str(folder)]["runtime_s"], merged[str(folder)]["cpu_time_s"]]
+                merged[str(folder)]["runtime_s"], merged[str(folder)]["cpu_time_s"], merged[str(folder)]["cpu_threads"]]
             done.update({s: r for s, r in found.items() if s not in done})
         if merged:
             _check_merge(ctx.report, merged, done)

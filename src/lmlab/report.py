@@ -270,8 +270,9 @@ class Report:
             times = self.provenance.get("seeds_from_time_s") or {}
             parts = []
             for folder, seeds_there in merged.items():
-                wall, cpu = (times.get(folder) or [None, None])[:2]
+                wall, cpu, threads = ([*(times.get(folder) or []), None, None, None])[:3]
                 took = f"{wall:.0f} s, CPU {cpu:.0f} s" if wall is not None and cpu is not None else "time not recorded"
+                took += f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
                 label = "seeds" if len(seeds_there) != 1 else "seed"
                 parts.append(f"{label} {', '.join(map(str, seeds_there))} ({took})")
             at = self.provenance.get("measured_at")
