@@ -302,3 +302,21 @@ def test_the_retrieval_head_is_the_costliest_head_after_layer_0():
     assert lm.retrieval_head(1.0, ablated, mass) == (1, 0)
     assert lm.retrieval_head(1.0, {**ablated, (1, 1): 0.4}, mass) == (1, 1)
     assert lm.retrieval_head(1.0, {(0, 0): 0.1, (0, 1): 1.0}, mass[:1]) == (0, 0)  # a one-layer model: layer 0 counts
+
+
+@pytest.mark.parametrize("calib_max, think, phases", [(0, 0.0, 4), (2000, 0.0, 2), (500, 0.0, 1), (0, 1.0, 1)])
+def test_calibration_runs_until_pauses_are_harmless_or_a_budget_is_spent(monkeypatch, calib_max, think, phases):
+    class Probe:  # retrieves at once; pauses cost everything unless `think`
+        def __init__(self, *a):
+            pass
+
+        def run(self, insts, n_pause=0, **kw):
+            return {"acc": think if n_pause else 1.0}
+
+    monkeypatch.setattr(lm, "Evaluator", Probe)
+    monkeypatch.setattr(lm, "train_phase", lambda *a, **kw: [0.0])
+    cfg = dataclasses.replace(CFG, phase_steps=500, calib_steps=1000, max_steps=4500, calib_max_steps=calib_max)
+    task = lm.build_task(cfg)
+    got = lm.train_lm(None, task, cfg, torch.device("cpu"), 0, lambda s: None)
+    assert [p["phase"] for p in got["phases"]] == ["circuit"] + ["calibration"] * phases
+    assert got["steps"] == 500 + 1000 * phases

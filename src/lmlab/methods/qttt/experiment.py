@@ -97,6 +97,7 @@ class Config:
     circuit_max_steps: int = 3000
     calib_steps: int = 400
     max_steps: int = 2200
+    calib_max_steps: int = 0  # the calibration phases' own budget (0: only max_steps bounds them)
     calib_lr_frac: float = 1.0  # calibration phases' learning rate as a share of lr (below 1: keep the formed circuit)
     all_weight: float = 1.0  # calibration phases: the weight of unpredictable targets (1 = every token alike)
     answer_weight: float = 1.0
@@ -122,10 +123,12 @@ PRESETS = presets(
     # 3500-4000 steps of 500-step phases of 64-row circuit batches at 4-32 lines with tiny's width (1000-step phases
     # had not by 6000), and a calibration at the full lr undid half of a partly formed circuit; 16/64/192 lines at
     # d_model 128 cost seconds a step on a CPU
-    small={"seeds": 3, "task": "prefix", "n_checks": 8, "repeat_frac": 0.25, "circuit_batch": 64,
-           "phase_steps": 500, "circuit_max_steps": 12000, "calib_steps": 1000, "calib_lr_frac": 0.3,
-           "max_steps": 15000,
-           "lengths": [4, 12, 32], "n_eval": 128, "n_val": 48},
+    # 4-32 lines did not dilute (0.969-0.992 at 32 lines, docs/results/checks/qttt_small_trials.md): 128 lines, with a
+    # suffix per line, and circuit rows kept at <= 32 lines, where the circuit forms
+    small={"seeds": 3, "task": "prefix", "n_suffixes": 128, "n_checks": 8, "repeat_frac": 0.25, "circuit_batch": 64,
+           "circuit_max_lines": 32, "phase_steps": 500, "circuit_max_steps": 12000, "calib_steps": 2000,
+           "calib_max_steps": 4000, "calib_lr_frac": 0.3, "max_steps": 16000,
+           "lengths": [4, 32, 128], "n_eval": 128, "n_val": 48},
     gpu={"seeds": 3, "mechanism": True, "task": "prefix", "n_prefixes": 8, "n_suffixes": 1024, "n_values": 64,
          "n_checks": 16, "repeat_frac": 0.25, "d_model": 256, "n_layers": 4, "n_heads": 4, "lr": 1e-3,
          "batch_size": 64, "circuit_batch": 64, "phase_steps": 2000, "circuit_max_steps": 8000, "calib_steps": 1000, "max_steps": 12000,

@@ -139,7 +139,8 @@ def train_phase(model, task, cfg, device, rng, steps: int, phase: str, log) -> l
 
 def train_lm(model, task, cfg, device, seed: int, log) -> dict:
     """Circuit phases until the LM retrieves ≥ LEARNED_ACC at the shortest length (or the circuit budget is
-    spent), then calibration phases — at least one — until pauses do not hurt there (or `max_steps` is spent)."""
+    spent), then calibration phases — at least one — until pauses do not hurt there (or `max_steps`, or the
+    calibration's own `calib_max_steps`, is spent)."""
     rng = np.random.default_rng(seed)
     check_rng = np.random.default_rng(seed + 7)
     short = min(cfg.lengths)
@@ -158,11 +159,16 @@ def train_lm(model, task, cfg, device, seed: int, log) -> dict:
                        "probe_acc": acc})
         if acc >= LEARNED_ACC or used + cfg.phase_steps > cfg.circuit_max_steps:
             break
-    calibrated = False
-    while not calibrated or used + cfg.calib_steps <= cfg.max_steps:  # at least one calibration phase
-        calibrated = True
+    calib = 0
+
+    def room() -> bool:
+        return (used + cfg.calib_steps <= cfg.max_steps
+                and (not cfg.calib_max_steps or calib + cfg.calib_steps <= cfg.calib_max_steps))
+
+    while calib == 0 or room():  # at least one calibration phase
         losses = train_phase(model, task, cfg, device, rng, cfg.calib_steps, "calibration", log)
         used += cfg.calib_steps
+        calib += cfg.calib_steps
         acc = ev.run(probe)["acc"]
         think = ev.run(probe, n_pause=cfg.think_max)["acc"] if cfg.think_max else acc
         phases.append({"phase": "calibration", "steps": cfg.calib_steps, "loss": float(np.mean(losses[-20:])),
