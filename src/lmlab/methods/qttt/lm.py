@@ -9,8 +9,10 @@ Read top to bottom:
    token from the start did not form the retrieval circuit within 1500 steps); *calibration* phases — at least
    one — then train on every target with
    `all_weight` (a calibrated LM of the whole context, as qTTT assumes), with pause tokens before some answers
-   (`pause_frac`), repeated until pauses do not hurt at the shortest length or `max_steps` is spent. Rows draw
-   their line count from the whole evaluated range, so every evaluated position and line count was trained.
+   (`pause_frac`), at `calib_lr_frac` of the learning rate (so as to keep the circuit), repeated until pauses do
+   not hurt at the shortest length or `max_steps` (or `calib_max_steps`) is spent. Calibration rows draw their
+   line count from the whole evaluated range, so every evaluated position and line count was trained; circuit rows
+   may stop at `circuit_max_lines`, where the circuit forms sooner.
 3. Evaluation at each length on the same contexts: in-context, thinking (pause tokens at the FLOPs of the qTTT
    budget, `flops.FlopModel`), qTTT with its span loss on the targets the LM was trained on in its last phase
    (`target_weights`), and the retrieval-weighted ablation (spans and loss on retrieved values only). The qTTT
