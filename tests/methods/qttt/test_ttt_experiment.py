@@ -108,6 +108,11 @@ def test_k4_fails_when_the_span_loss_weighs_untrained_targets():
     bad["lm"]["train_target_weights"] = {"check": 1.0, "retrieved_value": 1.0}
     v = lct.decide_k4([bad], CFG)
     assert v.held is False and "not trained on" in v.reason and "fresh_key" in v.reason
+    skipped = {"lm": {k: v for k, v in _seed()["lm"].items() if k not in ("span_target_weights", "rows")}}
+    assert lct.decide_k4([skipped], CFG).held is None  # no seed ran qTTT
+    mixed = lct.decide_k4([skipped, good], CFG)  # the seed that ran it is checked
+    assert mixed.held is True and "1 of 2 seeds" in mixed.reason
+    assert lct.decide_k4([skipped, bad], CFG).held is False
 
 
 # ---------------------------------------------------------------- the pipeline
