@@ -1,6 +1,7 @@
 """Circuit-phase trial for long_context_ttt's small preset: accuracy at the shortest / longest length after each phase.
-python3 trial.py SEED PHASES PHASE_STEPS key=value ..."""
-import sys, dataclasses, time, ast
+python3 qttt_small_trials.py SEED PHASES PHASE_STEPS key=value ... (besides the preset's keys: check_suffix=True,
+schedule="'constant'" for the circuit phases' learning-rate schedule, default 'cosine')"""
+import sys, dataclasses, time, ast, functools
 import numpy as np, torch
 torch.set_num_threads(1)
 from lmlab.methods.qttt import lm
@@ -11,6 +12,7 @@ for kv in sys.argv[4:]:
     k, v = kv.split("=", 1)
     over[k] = ast.literal_eval(v)
 check_suffix = over.pop("check_suffix", False)
+lm.fit = functools.partial(lm.fit, schedule=over.pop("schedule", "cosine"))
 cfg = dataclasses.replace(PRESETS["small"], **over)
 if check_suffix:  # the line's check is its suffix mod n_checks (one token at offset 1, like KV's family check)
     _build = lm.build_task
