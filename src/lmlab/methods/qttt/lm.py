@@ -340,8 +340,7 @@ def measure(cfg, seed: int, device, log) -> dict:
     s = per_len[lengths[0]]["ic"]
     m0 = s["mass"].mean(1)
     n_l, n_h = m0.shape
-    ablated = {(li, h): ev.run(insts[lengths[0]], ablate=(li, h))["acc"] for li in range(min(1, n_l - 1), n_l)
-               for h in range(n_h)}
+    ablated = {(li, h): ev.run(insts[lengths[0]], ablate=(li, h))["acc"] for li in range(n_l) for h in range(n_h)}
     L, H = retrieval_head(s["acc"], ablated, m0)
     out["head"] = {"layer": L, "head": H, "acc_without_it": ablated[(L, H)]}
     for row in rows:
