@@ -447,7 +447,7 @@ def run_experiment(
             found, merged[str(folder)] = _seeds_from(folder, ctx.report)
             ctx.report.provenance.setdefault("seeds_from", {})[str(folder)] = sorted(found)
             ctx.report.provenance.setdefault("seeds_from_time_s", {})[str(folder)] = [
-                merged[str(folder)]["runtime_s"], merged[str(folder)]["cpu_time_s"], merged[str(folder)]["cpu_threads"]]
+                merged[str(folder)][k] for k in ("runtime_s", "cpu_time_s", "cpu_threads")]
             done.update({s: r for s, r in found.items() if s not in done})
         if merged:
             _check_merge(ctx.report, merged, done)

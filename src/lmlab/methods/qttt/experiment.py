@@ -119,12 +119,10 @@ class Config:
 PRESETS = presets(
     Config,
     tiny={},
-    # sized from CPU trials (docs/results/checks/qttt_small_trials.md): the two-token task forms its circuit at
-    # 3500-4000 steps of 500-step phases of 64-row circuit batches at 4-32 lines with tiny's width (1000-step phases
-    # had not by 6000), and a calibration at the full lr undid half of a partly formed circuit; 16/64/192 lines at
-    # d_model 128 cost seconds a step on a CPU
-    # 4-32 lines did not dilute (0.969-0.992 at 32 lines, docs/results/checks/qttt_small_trials.md): 128 lines, with a
-    # suffix per line, and circuit rows kept at <= 32 lines, where the circuit forms
+    # sized from CPU trials (docs/results/checks/qttt_small_trials.md): with tiny's width the two-token task forms its
+    # circuit on 4-32-line rows after 3000-12000 steps of 500-step phases (1000-step phases had not by 6000);
+    # calibration at the full lr undid half of a partly formed circuit; 4-32 lines did not dilute (0.969-0.992 at 32),
+    # so the lengths reach 128 lines (a suffix per line) with circuit rows kept at <= 32
     small={"seeds": 3, "task": "prefix", "n_suffixes": 128, "n_checks": 8, "repeat_frac": 0.25, "circuit_batch": 64,
            "circuit_max_lines": 32, "phase_steps": 500, "circuit_max_steps": 12000, "calib_steps": 2000,
            "calib_max_steps": 4000, "calib_lr_frac": 0.3, "max_steps": 16000,
