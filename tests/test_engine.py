@@ -182,6 +182,7 @@ def test_seeds_run_in_other_processes_merge_into_the_block_equal_to_one_run(engi
                                                                              threads]
     md = (tmp_path / "merged" / "report.md").read_text()
     assert "merged with `--seeds-from`" in md and f"seed 2 ({s2['runtime_s']:.0f} s, CPU " in md
+    assert "in this process (the merged seeds' own times are on the next line)" in md
     assert f"CPU {s2['cpu_time_s']:.0f} s, {threads} thread" in md
 
 

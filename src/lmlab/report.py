@@ -260,12 +260,14 @@ class Report:
         commit = self.provenance.get("git_commit")
         code = f", lmlab {commit[:10]}{' (uncommitted changes)' if self.provenance.get('git_dirty') else ''}" \
             if commit else ""
+        merged = self.provenance.get("seeds_from") or {}
+        if merged:  # the merging process's own time and threads say nothing about how the merged seeds ran
+            hw, rt = f"this process on {hw}", f"{rt} in this process (the merged seeds' own times are on the next line)"
         lines += [
             f"Run: {seeds}, {hw}, torch {env['torch']}{code}, runtime {rt}. "
             f"Reproduce with `{self.reproduce_command()}`.",
             "",
         ]
-        merged = self.provenance.get("seeds_from") or {}
         if merged:
             times = self.provenance.get("seeds_from_time_s") or {}
             parts = []
