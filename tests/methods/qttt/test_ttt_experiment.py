@@ -248,6 +248,24 @@ def test_ablation_zeroes_only_the_answer_row():
     assert torch.allclose(base[:, :-1], abl[:, :-1]) and not torch.allclose(base[:, -1], abl[:, -1])
 
 
+@pytest.mark.parametrize("task_name", ["kv", "prefix"])
+def test_needle_mass_is_the_uncached_pattern_on_the_needle_line_and_the_token_after_it(task_name):
+    cfg = dataclasses.replace(lct.PRESETS["tiny"], task=task_name, d_model=16, n_suffixes=16, n_values=4, n_checks=2)
+    task = lm.build_task(cfg)
+    torch.manual_seed(0)
+    model = lm.build_model(cfg, task, torch.device("cpu")).eval()
+    rng = np.random.default_rng(0)
+    insts = [task.sample(5, rng) for _ in range(40)]
+    assert {i.needle_positions[-1] + 1 == len(i.context) for i in insts} == {True, False}  # needle last and not
+    got = lm.Evaluator(model, task, batch=7).run(insts)["mass"]  # (L, B, H), over the cache and a fork of it
+    for b, inst in enumerate(insts):
+        seq = torch.tensor([inst.context + list(inst.query)])
+        _, pats = lm.ast.attention_patterns(model, lambda: model(seq), last_rows=1)
+        after = inst.needle_positions[-1] + 1  # the next line's first token, or the question's first token
+        want = torch.stack([pats[layer][0, :, -1, inst.needle_positions + [after]].sum(-1) for layer in sorted(pats)])
+        assert torch.allclose(got[:, b], want, atol=1e-5)
+
+
 def test_the_kv_target_types_match_the_instances():
     cfg = dataclasses.replace(lct.PRESETS["tiny"], n_suffixes=16, n_values=4, n_checks=2)
     task = lm.build_task(cfg)

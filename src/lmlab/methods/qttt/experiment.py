@@ -346,8 +346,8 @@ def summarize(ctx: RunContext, per_seed: list[dict], verdicts: dict) -> None:
                          a, round(_mean([p["rows"][i]["arms"][a]["acc"] for p in parts]), 3),
                          round(_mean([p["rows"][i]["arms"][a]["mass"] for p in parts]), 4),
                          parts[0]["rows"][i]["m_think"] if a == "think" else ""])
-    rep.table(rows, ["lines", "tokens", "distinct distractors", "arm", "accuracy", "needle mass (retrieval head)",
-                     "pause tokens"], f"Long-context retrieval, mean over {len(parts)} seeds (per-seed numbers in "
+    rep.table(rows, ["lines", "tokens", "distinct distractors", "arm", "accuracy",
+                     "needle mass (retrieval head; the needle line and the token after it)", "pause tokens"], f"Long-context retrieval, mean over {len(parts)} seeds (per-seed numbers in "
               "results.json)")
     srows = []
     for i, n in enumerate(parts[0]["lengths"]):

@@ -193,7 +193,8 @@ def _zero_head_last_row(head: int):
 
 class Evaluator:
     """Answers needle questions for a batch of contexts under one method; records per-context correctness, the
-    answer's log-probability, and the attention mass per layer/head at the answer position on the needle line."""
+    answer's log-probability, and the attention mass per layer/head at the answer position on the needle's slots
+    (`needle_slots`)."""
 
     def __init__(self, model: GPT, task, batch: int):
         self.model, self.task, self.batch = model, task, batch
@@ -222,13 +223,22 @@ class Evaluator:
             ans = torch.tensor([i.answer for i in chunk], device=last.device)
             correct += (vids[lp.argmax(-1)] == ans).float().tolist()
             logp += lp.gather(1, (ans - self.task.value0)[:, None]).squeeze(1).tolist()
-            slots = [[st.context_slot(b, p) for p in i.needle_positions] for b, i in enumerate(chunk)]
+            slots = [[st.context_slot(b, p) for p in needle_slots(i)] for b, i in enumerate(chunk)]
             masses.append(ast.needle_mass(pats, slots))  # (L, B, H)
         out = {"correct": correct, "acc": float(np.mean(correct)), "logp": float(np.mean(logp)),
                "mass": torch.cat(masses, dim=1)}
         if span_types:
             out["span_types"] = _merge_types(per_type)
         return out
+
+
+def needle_slots(inst) -> list[int]:
+    """The needle line's context positions and the one after it: the next line's first token, or (needle last)
+    position len(context), which `context_slot` maps to the question's first token when the batch's questions are
+    unpadded, as here. A layer-0 head can copy the value into that token, and the small LM reads it there: at 4
+    lines its layer-1 heads put 0.85 of their answer-row mass on it and 0.02 on the line
+    (docs/results/checks/qttt_small_trials.md)."""
+    return list(inst.needle_positions) + [inst.needle_positions[-1] + 1]
 
 
 def span_loss_by_type(st, task, chunk) -> dict[str, tuple[float, int]]:
