@@ -86,6 +86,17 @@ def test_c2_held_not_held_and_undecided():
     assert unused.held is None and unused.reason.startswith("thinking not learned")
     nodrop = lct.decide_c2([_seed(ic=(1.0, 0.99), think=(1.0, 0.99))] * 2, CFG)
     assert nodrop.held is None and "no long-context drop" in nodrop.reason
+    untrained = lct.decide_c2([_seed()] * 2, dataclasses.replace(CFG, think_max=64))  # 90 matched pauses > 64
+    assert untrained.held is None and "never saw" in untrained.reason
+
+
+def test_the_small_and_gpu_presets_train_the_pause_counts_their_thinking_arm_uses():
+    for name in ("small", "gpu"):
+        cfg = lct.PRESETS[name]
+        task = lm.build_task(cfg)
+        flops = lm.FlopModel.from_model(lm.build_model(cfg, task, torch.device("cpu")))
+        longest = len(task.sample(max(cfg.lengths), np.random.default_rng(0)).context)
+        assert round(flops.matched_thinking_tokens(cfg.ttt_steps, cfg.ttt_span, longest)) <= cfg.think_max
 
 
 def test_c3_held_not_held_and_undecided():

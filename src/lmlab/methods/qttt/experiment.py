@@ -123,10 +123,11 @@ PRESETS = presets(
     # circuit on 4-32-line rows after 3000-12000 steps of 500-step phases (1000-step phases had not by 6000);
     # calibration at the full lr undid half of a partly formed circuit; 4-32 lines did not dilute (0.969-0.992 at 32),
     # so the lengths reach 128 lines (a suffix per line) with circuit rows kept at <= 32; with 128 suffixes one seed
-    # of three was still forming its circuit at 21000 steps (0.5-0.6 at 4 lines), hence a 40000-step circuit budget
+    # of three was still forming its circuit at 21000 steps (0.5-0.6 at 4 lines), hence a 40000-step circuit budget;
+    # pauses are trained up to 112, the FLOP-matched count at 128 lines (98 at 4)
     small={"seeds": 3, "task": "prefix", "n_suffixes": 128, "n_checks": 8, "repeat_frac": 0.25, "circuit_batch": 64,
            "circuit_max_lines": 32, "phase_steps": 500, "circuit_max_steps": 40000, "calib_steps": 2000,
-           "calib_max_steps": 4000, "calib_lr_frac": 0.3, "max_steps": 44000,
+           "calib_max_steps": 4000, "calib_lr_frac": 0.3, "max_steps": 44000, "think_max": 112,
            "lengths": [4, 32, 128], "n_eval": 128, "n_val": 48},
     gpu={"seeds": 3, "mechanism": True, "task": "prefix", "n_prefixes": 8, "n_suffixes": 1024, "n_values": 64,
          "n_checks": 16, "repeat_frac": 0.25, "d_model": 256, "n_layers": 4, "n_heads": 4, "lr": 1e-3,
@@ -234,6 +235,10 @@ def decide_c2(per_seed: list[dict], cfg: Config) -> Verdict:
                          f"without, per seed {[f'{t:.3f} vs {ic:.3f}' for t, ic in short_think]} — pauses cost more "
                          f"than {lm.PAUSE_TOL} on some seed (pause counts short/long {pauses}; trained up to "
                          f"{cfg.think_max}), so the thinking baseline is not one the LM can use", think=short_think)
+    if max(m for pair in pauses for m in pair) > cfg.think_max:
+        return undecided(f"the FLOP-matched pause counts (short, long) per seed {pauses} exceed the {cfg.think_max} "
+                         "the LM was trained with: the thinking arm runs pause counts it never saw (raise think_max)",
+                         pauses=pauses)
     drop, _ = _drops(per_seed)
     if any(d <= C1_MARGIN for d in drop):
         return undecided(f"no long-context drop to recover: in-context accuracy drop per seed {_r(drop)} is within "
