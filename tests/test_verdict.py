@@ -6,7 +6,7 @@ import math
 import pytest
 from scipy import stats
 
-from lmlab.verdict import SMALL_N, Verdict, all_of, by_threshold, check, not_tested, t_interval, undecided
+from lmlab.verdict import SMALL_N, Verdict, all_of, by_threshold, check, not_tested, rounded, t_interval, undecided
 
 
 @pytest.mark.parametrize("values, held", [
@@ -95,3 +95,8 @@ def test_all_of_is_kleenes_three_valued_and():
     assert all_of({"a": held, "b": undecided("not learned: b's model is at chance")}, "x").reason.startswith(
         "not learned: x: ")
     assert all_of({"a": undecided("no checkpoint in the bin"), "b": mixed}, "x").reason.startswith("undecided on a: ")
+
+
+def test_rounded_rounds_each_number_and_keeps_the_unmeasured():
+    assert rounded([0.12345, 1, None, -2.5e-4], 3) == [0.123, 1.0, None, -0.0]
+    assert rounded((x / 3 for x in range(3)), 2) == [0.0, 0.33, 0.67]

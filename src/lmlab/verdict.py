@@ -105,6 +105,11 @@ def check(passed: bool | None, reason: str, **numbers) -> Verdict:
     return Verdict(None if passed is None else bool(passed), reason, kind="check", extra=numbers)
 
 
+def rounded(values: Sequence, nd: int = 3) -> list:
+    """Per-seed numbers for a verdict's text, each rounded to `nd` places (None, a number not measured, stays)."""
+    return [None if x is None else round(float(x), nd) for x in values]
+
+
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """The two-sided t-interval of the mean of `values` (n ≥ 2)."""
     n = len(values)

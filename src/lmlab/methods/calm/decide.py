@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from lmlab.verdict import Verdict, all_of, by_threshold, undecided
+from lmlab.verdict import Verdict, all_of, by_threshold, rounded, undecided
 
 # ---- margins, each with its source (committed before any run of this version)
 SUBS_MIN = 0.8  # augment_knows_values: the previous version's committed KV-SUBS floor (paper Table 1: 98.1 %)
@@ -25,10 +25,6 @@ KEEP_MARGIN = 0.1  # calm_keeps_anchor_skill: the previous version's tolerance (
 FT_GAP = 0.2  # beats_anchor_finetune: the previous version's margin of CALM over the fine-tuned anchor
 FORGET_MARGIN = KEEP_MARGIN  # finetune_forgets_calm_keeps: CALM keeps ≥ this much more NUM-MATH (the keep tolerance)
 PAPER_FORMAT = "direct"
-
-
-def _r(values, nd: int = 2) -> list:
-    return [round(float(v), nd) for v in values]
 
 
 def diff_noise(pairs, n_evals) -> float:
@@ -63,8 +59,9 @@ def _bases_learned(per_seed: list[dict], fmt: str) -> Verdict | None:
     num = [n["base"]["anchor"]["num_math"][fmt] for n in per_seed]
     if min(subs) >= SUBS_MIN and min(num) >= NUM_MIN:
         return None
-    return undecided(f"not learned: a base model lacks its skill (augmenting KV-SUBS per seed {_r(subs)} vs "
-                     f"{SUBS_MIN}; anchor {fmt} NUM-MATH per seed {_r(num)} vs {NUM_MIN})", kv_subs=subs, num_math=num)
+    return undecided(f"not learned: a base model lacks its skill (augmenting KV-SUBS per seed {rounded(subs, 2)} vs "
+                     f"{SUBS_MIN}; anchor {fmt} NUM-MATH per seed {rounded(num, 2)} vs {NUM_MIN})", kv_subs=subs,
+                     num_math=num)
 
 
 def _arms_learned(per_seed: list[dict], fmt: str, row: str, arms: list[str]) -> Verdict | None:
@@ -74,8 +71,8 @@ def _arms_learned(per_seed: list[dict], fmt: str, row: str, arms: list[str]) -> 
         gain = [n["rows"][row][arm]["dc"] - best_base(n, fmt) for n in per_seed]
         if min(gain) <= SOLVE_MARGIN:
             dc = [n["rows"][row][arm]["dc"] for n in per_seed]
-            return undecided(f"not learned: {arm} did not fit D_C ({row}): KV-MATH on D_C keys per seed {_r(dc)}, "
-                             f"{_r(gain)} above the better base model, vs {SOLVE_MARGIN} needed", dc=dc)
+            return undecided(f"not learned: {arm} did not fit D_C ({row}): KV-MATH on D_C keys per seed "
+                             f"{rounded(dc, 2)}, {rounded(gain, 2)} above the better base model, vs {SOLVE_MARGIN} needed", dc=dc)
     return None
 
 
@@ -100,7 +97,7 @@ def _base_model(per_seed: list[dict], fmt: str, model: str, name: str, skill: st
     short = skill_label.split()[-1]
     return by_threshold([min(a - floor, MATH_MAX - k) for a, k in zip(own, kvm)], 0.0, fmt=".3g",
                         what=f"min({skill_label} − {floor}, {MATH_MAX} − {kvm_label}) of the {name} ({short} per seed "
-                             f"{_r(own)}, KV-MATH {_r(kvm)})")
+                             f"{rounded(own, 2)}, KV-MATH {rounded(kvm, 2)})")
 
 
 def decide_augment(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
@@ -122,7 +119,7 @@ def decide_solves(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Ve
     noise = diff_noise(zip(calm, base), [n["rows"][row]["calm"]["n"] for n in per_seed])
     return by_threshold([c - b for c, b in zip(calm, base)], SOLVE_MARGIN, noise=noise, fmt=".3g",
                         what=f"CALM's held-out KV-MATH ({row}) minus the better base model's (CALM per seed "
-                             f"{_r(calm)}, base {_r(base)})")
+                             f"{rounded(calm, 2)}, base {rounded(base, 2)})")
 
 
 def decide_gain(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
@@ -134,7 +131,7 @@ def decide_gain(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verd
     noise = diff_noise(zip(calm, rnd), [n["rows"][row]["calm"]["n"] for n in per_seed])
     return by_threshold([c - r for c, r in zip(calm, rnd)], RANDOM_GAP, noise=noise, fmt=".3g",
                         what=f"CALM minus the random-augment composition on held-out KV-MATH ({row}; CALM per seed "
-                             f"{_r(calm)}, random {_r(rnd)})")
+                             f"{rounded(calm, 2)}, random {rounded(rnd, 2)})")
 
 
 def decide_keep(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:
@@ -148,11 +145,11 @@ def decide_keep(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verd
     noise = diff_noise(zip(calm, anc), [n["rows"][row]["calm"]["n"] for n in per_seed])
     v = by_threshold([KEEP_MARGIN - (a - c) for c, a in zip(calm, anc)], 0.0, noise=noise, fmt=".3g",
                      what=f"{KEEP_MARGIN} minus CALM's NUM-MATH drop from the anchor's, exact completions ({row}; CALM "
-                          f"per seed {_r(calm)}, anchor {_r(anc)})")
+                          f"per seed {rounded(calm, 2)}, anchor {rounded(anc, 2)})")
     reh = f"{fmt}/rehearsal"
     if all(reh in n["rows"] for n in per_seed):  # reported, not decided: the paper's CALM has no rehearsal
         kept = [n["rows"][reh]["calm"]["num_math_exact"] for n in per_seed]
-        v = dataclasses.replace(v, reason=f"{v.reason}; with the rehearsal share CALM keeps {_r(kept)}",
+        v = dataclasses.replace(v, reason=f"{v.reason}; with the rehearsal share CALM keeps {rounded(kept, 2)}",
                                 extra={**v.extra, "rehearsal_calm_num_math_exact": kept})
     return v
 
@@ -167,8 +164,8 @@ def _ft_part(per_seed, fmt, share, what_key: str, margin: float, label: str) -> 
     ft = [n["rows"][row]["anchor_finetune"][what_key] for n in per_seed]
     noise = diff_noise(zip(calm, ft), [n["rows"][row]["calm"]["n"] for n in per_seed])
     return by_threshold([c - f for c, f in zip(calm, ft)], margin, noise=noise, fmt=".3g",
-                        what=f"CALM minus the fine-tuned anchor, {label} ({row}; CALM per seed {_r(calm)}, fine-tuned "
-                             f"{_r(ft)})")
+                        what=f"CALM minus the fine-tuned anchor, {label} ({row}; CALM per seed {rounded(calm, 2)}, "
+                             f"fine-tuned {rounded(ft, 2)})")
 
 
 def decide_beats_finetune(per_seed: list[dict], cfg=None, fmt: str = PAPER_FORMAT) -> Verdict:

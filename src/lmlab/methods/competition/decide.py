@@ -20,7 +20,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from lmlab.verdict import Verdict, all_of, by_threshold, check, undecided
+from lmlab.verdict import Verdict, all_of, by_threshold, check, rounded, undecided
 
 # ---- margins, each with its source (committed before any run of this version)
 TOP = 3  # spec 02 §8.1 criterion 2: the allocation share of the top-3 frequent tasks
@@ -41,10 +41,6 @@ LM_RATIO = 2.0  # the previous version's committed c6 criterion: interference (|
 #                 model >= 2
 EY_TOL = 0.1  # k1: the linear nets' errors within 0.1 of the Eckart–Young optimum: below the learned line, so a
 #               deviation cannot change which tasks count as learned
-
-
-def _r(values, nd: int = 3) -> list:
-    return [None if v is None else round(float(v), nd) for v in values]
 
 
 # ============================================================================ the sweep: c1, c2, k1, k2
@@ -128,7 +124,7 @@ def _c2_parts(sweeps: list[dict], cfg, what: str) -> dict[str, Verdict] | Verdic
     shown = "; ".join(f"seed #{i} " + ", ".join(f"N={w}: {v:.2f}" for w, v in zip(widths[i0:], sh))
                       for i, sh in enumerate(shares))
     skipped = (f"; from N={widths[i0]}, the narrowest width whose nets learn the most frequent task in every seed "
-               f"(error per seed at N={widths[0]}: {_r(first[:, 0])})" if i0 else "")
+               f"(error per seed at N={widths[0]}: {rounded(first[:, 0])})" if i0 else "")
     return {"falls with width": by_threshold(
                 drops, ALLOC_DROP, noise=max(noise), fmt=".3f",
                 what=f"top-{TOP} share of units at the narrowest minus the widest width ({shown}{skipped}; noise = "
@@ -153,7 +149,7 @@ def check_eckart_young(per_seed: list[dict], cfg) -> Verdict:
     c1 = parts if isinstance(parts, Verdict) else all_of(parts, "tasks learned grow")
     worst = [s["widths"][int(np.argmax(np.abs(mean_errors(s) - np.asarray(s["optimal"])).max(1)))] for s in sweeps]
     ok = all(d <= EY_TOL for d in dev) and c1.held is True
-    return check(ok, f"max |error − Eckart–Young optimum| per seed {_r(dev, 4)} (at widths {worst}; passes if ≤ "
+    return check(ok, f"max |error − Eckart–Young optimum| per seed {rounded(dev, 4)} (at widths {worst}; passes if ≤ "
                      f"{EY_TOL}: SGD reached the optimum); c1's criterion on the linear nets: {c1.status} — "
                      f"{c1.reason}", deviation=dev)
 
@@ -188,7 +184,7 @@ def _kept_somewhere(runs_per_seed: list[list[dict]], cfg) -> Verdict | None:
     best = [max(max(finals(r).values()) for r in runs) for runs in runs_per_seed]
     if all(b <= cfg.retained for b in best):
         return undecided(f"not learned: no width keeps the rare task (final signal > {cfg.retained}) at any "
-                         f"injection schedule in any seed (best per seed {_r(best)})", best=best)
+                         f"injection schedule in any seed (best per seed {rounded(best)})", best=best)
     return None
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from lmlab.verdict import Verdict, all_of, by_threshold, check, part_not_measured, undecided
+from lmlab.verdict import Verdict, all_of, by_threshold, check, part_not_measured, rounded, undecided
 
 # ---- margins, each with its source (committed before any run of this version)
 NMSE_FIT, NMSE_FAIL = 1e-2, 0.1  # spec §13.1 I5: fitted below 1e-2, cannot fit above 0.1
@@ -31,15 +31,11 @@ FLOP_MATCHED = 1.0  # k2: the hybrid's attention FLOPs at most the all-MHA stack
 POLY_MODELS = ("MHA H=2", "IHA H=2 P=2", "MHA H=4 (control)")
 
 
-def _r(values, nd: int = 3) -> list:
-    return [round(float(v), nd) for v in values]
-
-
 def decide_c1(per_seed: list[dict]) -> Verdict:
     """c1: the MHA(H=4) control fits in every seed (else not learned); IHA(H=2,P=2) fits (nmse < NMSE_FIT) and
     MHA(H=2) cannot (nmse > NMSE_FAIL), every seed. Effects in decades: log10 of the ratio to the threshold."""
     mha2, iha, mha4 = ([n["poly"][m]["nmse"] for n in per_seed] for m in POLY_MODELS)
-    shown = f"test nmse per seed: IHA(H=2,P=2) {_r(iha, 6)}, MHA(H=2) {_r(mha2, 4)}, MHA(H=4) {_r(mha4, 6)}"
+    shown = f"test nmse per seed: IHA(H=2,P=2) {rounded(iha, 6)}, MHA(H=2) {rounded(mha2, 4)}, MHA(H=4) {rounded(mha4, 6)}"
     if any(e >= NMSE_FIT for e in mha4):
         return undecided(f"not learned: the control MHA(H=4) did not fit the filter bank (nmse < {NMSE_FIT}) in every "
                          f"seed, so the optimiser, not the heads, may limit; {shown}", mha4=mha4)
@@ -55,7 +51,7 @@ def decide_c2(per_seed: list[dict]) -> Verdict:
     """c2: the MHA(H=4) control builds the workspace in every seed (else not learned); IHA(H=P=2) row accuracy
     above ACC_OK and MHA(H=2) below ACC_FAIL, every seed."""
     mha2, iha, mha4 = ([n["cpm3"][m]["row_acc"] for n in per_seed] for m in POLY_MODELS)
-    shown = f"row accuracy per seed: IHA(H=P=2) {_r(iha, 4)}, MHA(H=2) {_r(mha2, 4)}, MHA(H=4) {_r(mha4, 4)}"
+    shown = f"row accuracy per seed: IHA(H=P=2) {rounded(iha, 4)}, MHA(H=2) {rounded(mha2, 4)}, MHA(H=4) {rounded(mha4, 4)}"
     if any(a <= ACC_OK for a in mha4):
         return undecided(f"not learned: the control MHA(H=4) did not build the workspace (row accuracy > {ACC_OK}) "
                          f"in every seed; {shown}", mha4=mha4)
@@ -125,8 +121,8 @@ def decide_c4(per_seed: list[dict], cfg) -> Verdict:
     mha = [n["niah"]["mha"]["score"] for n in per_seed]
     hyb = [n["niah"]["hybrid"]["score"] for n in per_seed]
     steps = [n["niah"]["steps"] for n in per_seed]
-    shown = (f"string_match_all at the trained length {cfg.niah_seq_len} per seed: MHA {_r(mha, 1)}, hybrid "
-             f"{_r(hyb, 1)} after {steps} steps")
+    shown = (f"string_match_all at the trained length {cfg.niah_seq_len} per seed: MHA {rounded(mha, 1)}, hybrid "
+             f"{rounded(hyb, 1)} after {steps} steps")
     if any(s < NIAH_LEARNED for s in mha):
         return undecided(f"not learned: the MHA LM does not retrieve (>= {NIAH_LEARNED}) at its trained length in "
                          f"every seed within the {cfg.niah_max_steps}-step cap; {shown}", mha=mha, hybrid=hyb)

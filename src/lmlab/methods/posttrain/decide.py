@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from lmlab.evaluate import pass_at_k
-from lmlab.verdict import Verdict, all_of, by_threshold, check, undecided
+from lmlab.verdict import Verdict, all_of, by_threshold, check, rounded, undecided
 
 CLAIMS = {
     "c1_too_early": "RL is effective as soon as the base sometimes samples a verified solution on the RL training "
@@ -54,10 +54,6 @@ M_DATA = 0.05  # c5: RL-gain advantage (the previous version's committed margin;
 POST = ("rl", "sft", "sft_gold", "sft_rl", "parallel_avg")
 
 
-def _r(xs, nd: int = 3) -> list:
-    return [round(float(x), nd) for x in xs]
-
-
 def se_diff(a: list[int], b: list[int], n: int, k: int) -> float:
     """Standard error over questions of pass@k(a) − pass@k(b), paired (correct counts a, b of n per question)."""
     d = [pass_at_k(n, x, k) - pass_at_k(n, y, k) for x, y in zip(a, b)]
@@ -89,8 +85,8 @@ def decide_c1(per_seed: list[dict], cfg) -> Verdict:
         g = [r["arms"]["rl"]["pass1"] - r["arms"]["base"]["pass1"] for r in low]
         gains.append(float(np.mean(g)))
         ses.append(max(se_diff(r["arms"]["rl"]["counts"], r["arms"]["base"]["counts"], n, 1) for r in low))
-        shown.append(f"seed #{i} steps {[r['step'] for r in low]} (readiness {_r(ready[r['step']] for r in low)}, "
-                     f"base test pass@1 {_r(r['arms']['base']['pass1'] for r in low)}, RL gain {_r(g)})")
+        shown.append(f"seed #{i} steps {[r['step'] for r in low]} (readiness {rounded(ready[r['step']] for r in low)}, "
+                     f"base test pass@1 {rounded(r['arms']['base']['pass1'] for r in low)}, RL gain {rounded(g)})")
     if not gains:
         return undecided(f"the checkpoint grid has no checkpoint with RL-readiness in (0, {READY_LOW}] in any seed, "
                          "so 'as soon as the base sometimes succeeds' is not tested: " + "; ".join(missed))
@@ -112,7 +108,7 @@ def no_rise(per_seed: list[float], ses: list[float], margin: float, what: str) -
     """'Does not rise by `margin`', per seed: yes when estimate + 2 SE < margin, no when estimate − 2 SE ≥ margin
     (it rose beyond the noise), else that seed is underpowered; the seeds must agree (RULE)."""
     states = [True if e + 2 * s < margin else False if e - 2 * s >= margin else None for e, s in zip(per_seed, ses)]
-    head = (f"{what} per seed {_r(per_seed)} ± 2 SE {_r(2 * s for s in ses)} vs margin {margin} (no rise needs "
+    head = (f"{what} per seed {rounded(per_seed)} ± 2 SE {rounded(2 * s for s in ses)} vs margin {margin} (no rise needs "
             f"estimate + 2 SE < margin; a rise needs estimate − 2 SE >= margin)")
     common = {"effect": float(np.mean(per_seed)), "per_seed": tuple(per_seed), "margin": margin,
               "threshold": margin, "n": len(per_seed), "noise": _noise(ses)}
@@ -181,15 +177,15 @@ def decide_c3(per_seed: list[dict], cfg) -> Verdict:
         base = [float(np.mean([r["arms"]["base"][key] for r in rr])) for rr in rows]
         if max(base) > UNIFORM - LEARNED_NLL:
             parts[f"{name}: RL unchanged"] = undecided(
-                f"not learned: the base's {name} {_r(base)} per seed is not {LEARNED_NLL} below uniform guessing "
+                f"not learned: the base's {name} {rounded(base)} per seed is not {LEARNED_NLL} below uniform guessing "
                 f"({UNIFORM:.3f}), so this measure carries no signal")
             continue
         parts[f"{name}: RL unchanged"] = by_threshold(
             [-abs(x) for x in d["rl"]], -M_NLL, fmt=".4f",
-            what=f"−|RL − base| {name} (nats; RL change per seed {_r(d['rl'], 4)}; held needs |Δ| < {M_NLL})")
+            what=f"−|RL − base| {name} (nats; RL change per seed {rounded(d['rl'], 4)}; held needs |Δ| < {M_NLL})")
         parts[f"{name}: SFT degrades beyond RL"] = by_threshold(
             [a - b for a, b in zip(d["sft"], d["rl"])], M_NLL, fmt=".4f",
-            what=f"(SFT − base) − (RL − base) {name} (nats; SFT change per seed {_r(d['sft'], 4)})")
+            what=f"(SFT − base) − (RL − base) {name} (nats; SFT change per seed {rounded(d['sft'], 4)})")
     return all_of(parts, "general capability unchanged by RL, degraded by SFT (checkpoints with RL signal: "
                   f"{[[r['step'] for r in rr] for rr in rows]})")
 
@@ -221,7 +217,7 @@ def decide_c4(per_seed: list[dict], cfg) -> Verdict:
         pres.append(float(np.mean([(r["arms"]["parallel_avg"]["general_nll"] - r["arms"]["rl"]["general_nll"])
                                    for r in rows])))
         shown.append(f"seed #{i} (SFT LR {s['mixed_lr']['chosen']}) steps {[r['step'] for r in rows]}: parallel_avg "
-                     f"{_r(pa)} vs best other {_r(best)}")
+                     f"{rounded(pa)} vs best other {rounded(best)}")
     return all_of({
         "best pass@k_max": by_threshold(gaps, -M_PASSK_TIE, fmt=".3f",
                                         what="parallel_avg − best other arm pass@k_max (smallest over checkpoints; "
@@ -252,7 +248,7 @@ def decide_c5(per_seed: list[dict], cfg) -> Verdict:
                          "or gpu")
     tg, bm, big = "targeted mix", "base mix", "base mix, 2x model"
     n = per_seed[0]["n"]
-    unlearned = {nm: _r(a[nm]["before"]["passk"] for a in arms) for nm in (tg, bm, big)}
+    unlearned = {nm: rounded(a[nm]["before"]["passk"] for a in arms) for nm in (tg, bm, big)}
     unlearned = {nm: v for nm, v in unlearned.items() if min(v) == 0}
     if unlearned:  # learned before compared: a base that never samples a verified test solution has no RL gain to show
         return undecided("not learned: at the latest checkpoint the base of "
@@ -262,11 +258,11 @@ def decide_c5(per_seed: list[dict], cfg) -> Verdict:
     b2 = [a[big]["before"]["pass1"] for a in arms]
     if any(y < x for x, y in zip(b1, b2)):
         return undecided(f"the 2x model is not at least as good as the 1x model at its base checkpoint (test pass@1 "
-                         f"per seed: 2x {_r(b2)} vs 1x {_r(b1)}), so it is no stronger model to compare RL gains with",
+                         f"per seed: 2x {rounded(b2)} vs 1x {rounded(b1)}), so it is no stronger model to compare RL gains with",
                          pass1_2x=b2, pass1_1x=b1)
     vs_base = [_gain_diff(a[tg], a[bm], n) for a in arms]
     vs_big = [_gain_diff(a[tg], a[big], n) for a in arms]
-    gains = {nm: _r(a[nm]["after"]["pass1"] - a[nm]["before"]["pass1"] for a in arms) for nm in (tg, bm, big)}
+    gains = {nm: rounded(a[nm]["after"]["pass1"] - a[nm]["before"]["pass1"] for a in arms) for nm in (tg, bm, big)}
     note = f" (RL gain per seed: {gains}; noise = 2 SE over test questions)"
     return all_of({
         "targeted beats the base mix": by_threshold([d for d, _ in vs_base], M_DATA, noise=_noise([e for _, e in vs_base]),

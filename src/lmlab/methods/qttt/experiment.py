@@ -25,7 +25,7 @@ from lmlab.experiment import RunContext, experiment, presets
 from lmlab.methods.qttt import lm, mechanism
 from lmlab.methods.qttt.tasks import TARGET_TYPES
 from lmlab.utils import LmlabError, tiny_threads
-from lmlab.verdict import Verdict, by_threshold, check, undecided
+from lmlab.verdict import Verdict, by_threshold, check, rounded, undecided
 
 PAPER = ("Bansal et al., Let's (not) just put things in Context: Test-Time Training for Long-Context LLMs (qTTT), "
          "2025")
@@ -153,10 +153,6 @@ def measure(ctx: RunContext, seed: int) -> dict:
 
 
 # ============================================================================ deciding (pure)
-def _r(values, nd: int = 3) -> list:
-    return [round(float(v), nd) for v in values]
-
-
 def _se(x: list[float]) -> float:
     return statistics.stdev(x) / math.sqrt(len(x)) if len(x) > 1 else float("inf")
 
@@ -183,7 +179,7 @@ def _lm_gate(per_seed: list[dict]) -> Verdict | None:
         ran = sum("rows" in p for p in parts)
         arms = ("its thinking and qTTT numbers are not compared" if ran == len(parts) else
                 "the thinking and qTTT arms were not run" + (" on every seed" if ran else ""))
-        return undecided(f"not learned: in-context accuracy at the shortest length per seed {_r(acc)} is below "
+        return undecided(f"not learned: in-context accuracy at the shortest length per seed {rounded(acc)} is below "
                          f"{lm.LEARNED_ACC} on {sum(a < lm.LEARNED_ACC for a in acc)} of {len(acc)} seeds after "
                          f"{steps} training steps (in-context accuracy by length per seed {by_len}); there is no "
                          f"retrieval to dilute or recover, and {arms}", learned_acc=acc)
@@ -241,13 +237,13 @@ def decide_c2(per_seed: list[dict], cfg: Config) -> Verdict:
                          pauses=pauses)
     drop, _ = _drops(per_seed)
     if any(d <= C1_MARGIN for d in drop):
-        return undecided(f"no long-context drop to recover: in-context accuracy drop per seed {_r(drop)} is within "
+        return undecided(f"no long-context drop to recover: in-context accuracy drop per seed {rounded(drop)} is within "
                          f"{C1_MARGIN} on some seed", drop=drop)
     rec = [_paired(l["arms"]["ic"]["correct"], l["arms"]["think"]["correct"]) for _, l in map(_rows, per_seed)]
     shortfall = [0.5 * d - r for d, (r, _) in zip(drop, rec)]
     v = by_threshold(shortfall, 0.0, noise=Z95 * max(se for _, se in rec), what="half the short→long drop minus the "
                      "accuracy thinking recovers at the longest length", fmt=".3f")
-    return Verdict(v.held, f"{v.reason}; recovery per seed {_r([r for r, _ in rec])}, drop {_r(drop)}, pause tokens "
+    return Verdict(v.held, f"{v.reason}; recovery per seed {rounded([r for r, _ in rec])}, drop {rounded(drop)}, pause tokens "
                    f"(short, long) {pauses}; at short context thinking vs in-context "
                    f"{[f'{t:.3f} vs {ic:.3f}' for t, ic in short_think]}", effect=v.effect, per_seed=v.per_seed,
                    spread=v.spread, interval=v.interval, margin=v.margin, noise=v.noise, threshold=v.threshold,
@@ -265,10 +261,10 @@ def decide_c3(per_seed: list[dict], cfg: Config) -> Verdict:
         s, l = p["rows"][0], p["rows"][-1]
         ablation.append(_paired(l["arms"]["ic"]["correct"], l["arms"]["qttt_retrieval"]["correct"])[0])
     detail = (f"lr per seed {[p['lr']['qttt'] for p in parts]} (grid {cfg.ttt_lrs}, W_Q element std per seed "
-              f"{[_r(p['wq_std']) for p in parts]}); the retrieval-weighted ablation changes long-context accuracy by "
-              f"{_r(ablation)} per seed (lr {[p['lr']['qttt_retrieval'] for p in parts]})")
+              f"{[rounded(p['wq_std']) for p in parts]}); the retrieval-weighted ablation changes long-context accuracy by "
+              f"{rounded(ablation)} per seed (lr {[p['lr']['qttt_retrieval'] for p in parts]})")
     if any(d <= C1_MARGIN for d in drop):
-        return undecided(f"no long-context drop to recover: in-context accuracy drop per seed {_r(drop)} is within "
+        return undecided(f"no long-context drop to recover: in-context accuracy drop per seed {rounded(drop)} is within "
                          f"{C1_MARGIN} on some seed; {detail}", drop=drop)
     g_l, g_s, mass = [], [], []
     for p in parts:
@@ -289,8 +285,8 @@ def decide_c3(per_seed: list[dict], cfg: Config) -> Verdict:
         held = None
     if held is None and v_gain.held is not False and v_more.held is not False and all(m < 0 for m in mass):
         held = False
-    why = "" if held == v.held else f" — needle mass gain per seed {_r(mass)} changes the verdict"
-    return Verdict(held, f"{v.reason}; needle mass gain at the longest length per seed {_r(mass)}{why}; {detail}",
+    why = "" if held == v.held else f" — needle mass gain per seed {rounded(mass)} changes the verdict"
+    return Verdict(held, f"{v.reason}; needle mass gain at the longest length per seed {rounded(mass)}{why}; {detail}",
                    effect=v.effect, per_seed=v.per_seed, spread=v.spread, interval=v.interval, margin=v.margin,
                    noise=v.noise, threshold=v.threshold, n=v.n, extra=v.extra)
 

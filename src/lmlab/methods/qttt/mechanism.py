@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.methods.qttt import attention_stats as ast
-from lmlab.verdict import Verdict, check
+from lmlab.verdict import Verdict, check, rounded
 
 HEAD_VALUES = 16  # values a hand-built head retrieves among
 HEAD_MASS_FALL = 0.2  # the head's needle mass at the longest length at most 0.8× the shortest's (the old c1 rule)
@@ -163,13 +163,9 @@ def decide_oracle(per_seed: list[dict]) -> Verdict:
     g_short = [r[0]["acc_oracle"] - r[0]["acc"] for r in rows]
     ok = [gl > 0 and gl > gs for gl, gs in zip(g_long, g_short)]
     return check(all(ok), f"W_Q of the hand-built head updated on the oracle loss −log p(value) of the context's other "
-                 f"lines (not qTTT): accuracy gain at {rows[0][-1]['lines']} lines per seed {_r(g_long)} vs "
-                 f"{_r(g_short)} at {rows[0][0]['lines']}; passes when the long gain is positive and larger on every "
+                 f"lines (not qTTT): accuracy gain at {rows[0][-1]['lines']} lines per seed {rounded(g_long)} vs "
+                 f"{rounded(g_short)} at {rows[0][0]['lines']}; passes when the long gain is positive and larger on every "
                  f"seed ({sum(ok)} of {len(ok)})", gain_long=g_long, gain_short=g_short)
-
-
-def _r(values) -> list:
-    return [round(float(v), 3) for v in values]
 
 
 def _pairs(pairs) -> str:

@@ -60,7 +60,7 @@ from lmlab.methods.sumerian.translate import (
 )
 from lmlab.train import fit
 from lmlab.utils import DATA_HINT
-from lmlab.verdict import Verdict, by_threshold, check, not_tested, part_not_measured, undecided
+from lmlab.verdict import Verdict, by_threshold, check, not_tested, part_not_measured, rounded, undecided
 
 CLAIMS = {
     "pos_taggers_beat_baselines": (
@@ -422,10 +422,6 @@ def measure_synthetic(ctx: RunContext, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------- decide: pure functions of the per-seed numbers
-def _r(values, nd: int = 3) -> list:
-    return [round(float(v), nd) for v in values]
-
-
 def decide_taggers(per_seed: list[dict], cfg: Config, task: str) -> Verdict:
     """Every tagger's score minus the strongest baseline's (best of `BASELINES` on that seed), its minimum over
     taggers per seed, against `TAGGER_MARGIN[task]` — once every tagger beats the majority class by
@@ -448,7 +444,7 @@ def decide_taggers(per_seed: list[dict], cfg: Config, task: str) -> Verdict:
     v = by_threshold(worst, TAGGER_MARGIN[task], what=f"{task.upper()} {metric} of the weakest tagger minus the "
                      "strongest baseline", fmt=".3f")
     detail = ("; strongest baseline per seed: " + ", ".join(f"{b} {s[b]:.3f}" for s, b in zip(scores, best))
-              + "; tagger − strongest baseline per seed: " + "; ".join(f"{m} {_r(gaps[m])}" for m in names))
+              + "; tagger − strongest baseline per seed: " + "; ".join(f"{m} {rounded(gaps[m])}" for m in names))
     return dataclasses.replace(v, reason=v.reason + detail,
                                extra={m: [s[m] for s in scores] for m in (*BASELINES, *names)})
 
@@ -473,12 +469,12 @@ def decide_mt_beats_baseline(per_seed: list[dict], cfg: Config) -> Verdict:
     t, cp, lx = ([s[k]["bleu"] for s in sc] for k in ("transformer", "copy", "lexicon"))
     numbers = {"transformer": t, "copy": cp, "lexicon": lx}
     if any(a - c <= MT_LEARNED_BLEU for a, c in zip(t, cp)):
-        return undecided(f"not learned: transformer BLEU per seed {_r(t, 2)} is within {MT_LEARNED_BLEU} of the "
-                         f"copy baseline {_r(cp, 2)} on some seed (lexicon {_r(lx, 2)})", **numbers)
+        return undecided(f"not learned: transformer BLEU per seed {rounded(t, 2)} is within {MT_LEARNED_BLEU} of the "
+                         f"copy baseline {rounded(cp, 2)} on some seed (lexicon {rounded(lx, 2)})", **numbers)
     v = by_threshold([a - max(c, x) for a, c, x in zip(t, cp, lx)], BLEU_MARGIN,
                      what="BLEU of the transformer minus the better of copy and lexicon", fmt=".2f")
-    return dataclasses.replace(v, reason=v.reason + f"; transformer {_r(t, 2)}, copy {_r(cp, 2)}, lexicon "
-                               f"{_r(lx, 2)} BLEU per seed", extra=numbers)
+    return dataclasses.replace(v, reason=v.reason + f"; transformer {rounded(t, 2)}, copy {rounded(cp, 2)}, lexicon "
+                               f"{rounded(lx, 2)} BLEU per seed", extra=numbers)
 
 
 def decide_back_translation(per_seed: list[dict], cfg: Config) -> Verdict:
@@ -494,14 +490,14 @@ def decide_back_translation(per_seed: list[dict], cfg: Config) -> Verdict:
     boot = [n["mt"]["back_translation"]["bootstrap"] for n in per_seed]
     numbers = {"parallel_only": base, "mbt": bt, "copy": cp, "bootstrap_sd": [b["sd"] for b in boot]}
     if any(min(a, b) - c <= MT_LEARNED_BLEU for a, b, c in zip(base, bt, cp)):
-        return undecided(f"not learned: BLEU per seed of the parallel-only translator {_r(base, 2)} or the M-BT one "
-                         f"{_r(bt, 2)} is within {MT_LEARNED_BLEU} of the copy baseline {_r(cp, 2)} on some seed",
+        return undecided(f"not learned: BLEU per seed of the parallel-only translator {rounded(base, 2)} or the M-BT one "
+                         f"{rounded(bt, 2)} is within {MT_LEARNED_BLEU} of the copy baseline {rounded(cp, 2)} on some seed",
                          **numbers)
     noise = BOOTSTRAP_Z * max(b["sd"] for b in boot)
     v = by_threshold([b - a for a, b in zip(base, bt)], BT_MARGIN, noise=noise, fmt=".2f",
                      what="BLEU of the M-BT translator minus the parallel-only one")
     mt0 = per_seed[0]["mt"]["back_translation"]
-    detail = (f"; parallel-only {_r(base, 2)}, M-BT {_r(bt, 2)} BLEU per seed; paired-bootstrap 95 % interval of "
+    detail = (f"; parallel-only {rounded(base, 2)}, M-BT {rounded(bt, 2)} BLEU per seed; paired-bootstrap 95 % interval of "
               "the difference per seed " + ", ".join(f"[{b['lo']:.2f}, {b['hi']:.2f}]" for b in boot)
               + f" ({boot[0]['n']} test resamples); {mt0['parallel']} parallel pairs and {mt0['mono']} "
               "pseudo-monolingual lines (first seed)")
@@ -529,16 +525,16 @@ def decide_synthetic(per_seed: list[dict], cfg: Config) -> Verdict:
     numbers = {"exact_match": exact, "mean_ap_gain": gains, "methods_not_higher": lower,
                "ig_delta_mean": [s["ig_delta_mean"] for s in syn]}
     if any(e < SYNTH_LEARNED for e in exact):
-        return check(None, f"not learned: exact match per seed {_r(exact)} below {SYNTH_LEARNED} on some seed",
+        return check(None, f"not learned: exact match per seed {rounded(exact)} below {SYNTH_LEARNED} on some seed",
                      **numbers)
     ok = [g > AP_MARGIN and not lo for g, lo in zip(gains, lower)]
     gain = {m: [s["agreement"][m]["trained"]["ap"] - s["agreement"][m]["untrained"]["ap"] for s in syn]
             for m in METHODS}
-    per_method = "; ".join(f"{m} {_r(gain[m], 2)}" for m in METHODS)
-    return check(all(ok), f"mean AP gain (trained − untrained) per seed {_r(gains)} vs margin {AP_MARGIN}; methods "
+    per_method = "; ".join(f"{m} {rounded(gain[m], 2)}" for m in METHODS)
+    return check(all(ok), f"mean AP gain (trained − untrained) per seed {rounded(gains)} vs margin {AP_MARGIN}; methods "
                  f"not higher per seed {lower}; {sum(ok)} of {len(ok)} seeds pass; AP gain per method per seed: "
-                 f"{per_method}; exact match per seed {_r(exact)}; IG completeness |δ| mean per seed "
-                 f"{_r(numbers['ig_delta_mean'], 3)} ({cfg.ig_steps} steps)", **numbers)
+                 f"{per_method}; exact match per seed {rounded(exact)}; IG completeness |δ| mean per seed "
+                 f"{rounded(numbers['ig_delta_mean'], 3)} ({cfg.ig_steps} steps)", **numbers)
 
 
 def decide_expert_example(per_seed: list[dict], cfg: Config) -> Verdict:
@@ -556,8 +552,8 @@ def decide_expert_example(per_seed: list[dict], cfg: Config) -> Verdict:
     chance = ex[0]["chance_ap"]
     ok = all(a > chance for m in EXPERT_METHODS for a in aps[m])
     return check(ok, f"one sentence, {len(HIGHLIGHT['alignment'])} expert-aligned word pairs: AP per seed "
-                 + ", ".join(f"{m} {_r(aps[m])}" for m in EXPERT_METHODS) + f" vs chance {chance:.3f}; hit@1 per "
-                 "seed " + ", ".join(f"{m} {_r([e['agreement'][m]['hit@1'] for e in ex])}" for m in EXPERT_METHODS),
+                 + ", ".join(f"{m} {rounded(aps[m])}" for m in EXPERT_METHODS) + f" vs chance {chance:.3f}; hit@1 per "
+                 "seed " + ", ".join(f"{m} {rounded([e['agreement'][m]['hit@1'] for e in ex])}" for m in EXPERT_METHODS),
                  chance_ap=chance, **aps)
 
 
