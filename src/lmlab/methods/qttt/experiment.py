@@ -119,11 +119,10 @@ class Config:
 PRESETS = presets(
     Config,
     tiny={},
-    # sized from CPU trials (docs/results/checks/qttt_small_trials.md): with tiny's width the two-token task forms its
-    # circuit on 4-32-line rows after 3000-12000 steps of 500-step phases (1000-step phases had not by 6000);
-    # calibration at the full lr undid half of a partly formed circuit; 4-32 lines did not dilute (0.969-0.992 at 32),
-    # so the lengths reach 128 lines (a suffix per line) with circuit rows kept at <= 32; with 128 suffixes one seed
-    # of three was still forming its circuit at 21000 steps (0.5-0.6 at 4 lines), hence a 40000-step circuit budget;
+    # sized from CPU runs (docs/results/checks/qttt_small_trials.md): with tiny's width the two-token task forms its
+    # circuit on <= 32-line rows after a seed-dependent plateau of 3000-34500 steps of 500-step phases (1000-step
+    # phases had not by 6000), hence a 40000-step budget; calibration at the full lr undid half of a partly formed
+    # circuit; 4-32 lines did not dilute (0.969-0.992 at 32), so the lengths reach 128 lines (a suffix per line);
     # pauses are trained up to 112, the FLOP-matched count at 128 lines (98 at 4)
     small={"seeds": 3, "task": "prefix", "n_suffixes": 128, "n_checks": 8, "repeat_frac": 0.25, "circuit_batch": 64,
            "circuit_max_lines": 32, "phase_steps": 500, "circuit_max_steps": 40000, "calib_steps": 2000,
