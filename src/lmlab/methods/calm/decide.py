@@ -72,7 +72,8 @@ def _arms_learned(per_seed: list[dict], fmt: str, row: str, arms: list[str]) -> 
         if min(gain) <= SOLVE_MARGIN:
             dc = [n["rows"][row][arm]["dc"] for n in per_seed]
             return undecided(f"not learned: {arm} did not fit D_C ({row}): KV-MATH on D_C keys per seed "
-                             f"{rounded(dc, 2)}, {rounded(gain, 2)} above the better base model, vs {SOLVE_MARGIN} needed", dc=dc)
+                             f"{rounded(dc, 2)}, {rounded(gain, 2)} above the better base model, vs {SOLVE_MARGIN} "
+                             "needed", dc=dc)
     return None
 
 

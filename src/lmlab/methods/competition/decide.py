@@ -149,8 +149,8 @@ def check_eckart_young(per_seed: list[dict], cfg) -> Verdict:
     c1 = parts if isinstance(parts, Verdict) else all_of(parts, "tasks learned grow")
     worst = [s["widths"][int(np.argmax(np.abs(mean_errors(s) - np.asarray(s["optimal"])).max(1)))] for s in sweeps]
     ok = all(d <= EY_TOL for d in dev) and c1.held is True
-    return check(ok, f"max |error − Eckart–Young optimum| per seed {rounded(dev, 4)} (at widths {worst}; passes if ≤ "
-                     f"{EY_TOL}: SGD reached the optimum); c1's criterion on the linear nets: {c1.status} — "
+    return check(ok, f"max |error − Eckart–Young optimum| per seed {rounded(dev, 4)} (at widths {worst}; passes "
+                     f"if ≤ {EY_TOL}: SGD reached the optimum); c1's criterion on the linear nets: {c1.status} — "
                      f"{c1.reason}", deviation=dev)
 
 

@@ -35,7 +35,8 @@ def decide_c1(per_seed: list[dict]) -> Verdict:
     """c1: the MHA(H=4) control fits in every seed (else not learned); IHA(H=2,P=2) fits (nmse < NMSE_FIT) and
     MHA(H=2) cannot (nmse > NMSE_FAIL), every seed. Effects in decades: log10 of the ratio to the threshold."""
     mha2, iha, mha4 = ([n["poly"][m]["nmse"] for n in per_seed] for m in POLY_MODELS)
-    shown = f"test nmse per seed: IHA(H=2,P=2) {rounded(iha, 6)}, MHA(H=2) {rounded(mha2, 4)}, MHA(H=4) {rounded(mha4, 6)}"
+    shown = (f"test nmse per seed: IHA(H=2,P=2) {rounded(iha, 6)}, MHA(H=2) {rounded(mha2, 4)}, "
+             f"MHA(H=4) {rounded(mha4, 6)}")
     if any(e >= NMSE_FIT for e in mha4):
         return undecided(f"not learned: the control MHA(H=4) did not fit the filter bank (nmse < {NMSE_FIT}) in every "
                          f"seed, so the optimiser, not the heads, may limit; {shown}", mha4=mha4)
@@ -51,7 +52,8 @@ def decide_c2(per_seed: list[dict]) -> Verdict:
     """c2: the MHA(H=4) control builds the workspace in every seed (else not learned); IHA(H=P=2) row accuracy
     above ACC_OK and MHA(H=2) below ACC_FAIL, every seed."""
     mha2, iha, mha4 = ([n["cpm3"][m]["row_acc"] for n in per_seed] for m in POLY_MODELS)
-    shown = f"row accuracy per seed: IHA(H=P=2) {rounded(iha, 4)}, MHA(H=2) {rounded(mha2, 4)}, MHA(H=4) {rounded(mha4, 4)}"
+    shown = (f"row accuracy per seed: IHA(H=P=2) {rounded(iha, 4)}, MHA(H=2) {rounded(mha2, 4)}, "
+             f"MHA(H=4) {rounded(mha4, 4)}")
     if any(a <= ACC_OK for a in mha4):
         return undecided(f"not learned: the control MHA(H=4) did not build the workspace (row accuracy > {ACC_OK}) "
                          f"in every seed; {shown}", mha4=mha4)

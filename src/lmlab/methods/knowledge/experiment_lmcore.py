@@ -380,8 +380,8 @@ def _gate(parts: list[dict], steps_what: str) -> Verdict | None:
     copy = [p["gold_copy"] for p in parts]
     if any(g < GOLD_COPY for g in copy):
         return undecided(f"not learned: the reader's accuracy with the gold fact in its input (oracle knowledge) per "
-                         f"seed {rounded(copy)} is below {GOLD_COPY} on {sum(g < GOLD_COPY for g in copy)} of {len(copy)} "
-                         f"seeds after {[p['steps'] for p in parts]} steps ({steps_what}); train loss per seed "
+                         f"seed {rounded(copy)} is below {GOLD_COPY} on {sum(g < GOLD_COPY for g in copy)} of "
+                         f"{len(copy)} seeds after {[p['steps'] for p in parts]} steps ({steps_what}); train loss per seed "
                          f"{rounded([p['train_loss'] for p in parts])}; gold-copy on dev after each phase "
                          f"{[rounded(p['dev_gold_copy']) for p in parts]}", gold_copy=copy)
     return None
@@ -401,16 +401,17 @@ def _decide_helps(parts: list[dict], what: str, steps_what: str, cfg: LMCoreConf
                "gold_copy": [p["gold_copy"] for p in parts]}
     if any(cb - pr <= CLOSED_BOOK_LEARNED for cb, pr in zip(closed, prior)):
         return undecided(f"not learned: the closed-book LM's accuracy on the probed facts it trained on per seed "
-                         f"{rounded(closed)} is within {CLOSED_BOOK_LEARNED} of the relation-prior guess {rounded(prior)} on "
-                         f"some seed (train loss {rounded([p['closed_book_train_loss'] for p in parts])}, "
+                         f"{rounded(closed)} is within {CLOSED_BOOK_LEARNED} of the relation-prior guess "
+                         f"{rounded(prior)} on some seed (train loss "
+                         f"{rounded([p['closed_book_train_loss'] for p in parts])}, "
                          f"{[p['steps'] for p in parts]} steps); reader with BM25 {rounded(numbers['reader_bm25'])}",
                          **numbers)
     v = by_threshold([p["before"] - p["closed_book"] for p in parts], HELP_MARGIN,
                      what=f"{what}: accuracy of the reader with BM25 top-k knowledge minus the closed-book LM's",
                      fmt=".3f")
-    detail = (f"; reader with BM25 {rounded(numbers['reader_bm25'])}, closed-book LM {rounded(closed)}, relation-prior guess "
-              f"{rounded(prior)}, gold-copy {rounded(numbers['gold_copy'])} per seed; {parts[0]['n_probes']} probes, "
-              f"{[p['steps'] for p in parts]} steps each; no replicate of either model is trained, so no replicate "
+    detail = (f"; reader with BM25 {rounded(numbers['reader_bm25'])}, closed-book LM {rounded(closed)}, "
+              f"relation-prior guess {rounded(prior)}, gold-copy {rounded(numbers['gold_copy'])} per seed; "
+              f"{parts[0]['n_probes']} probes, {[p['steps'] for p in parts]} steps each; no replicate of either model is trained, so no replicate "
               "noise enters the threshold")
     return Verdict(v.held, v.reason + detail, kind=v.kind, effect=v.effect, per_seed=v.per_seed, spread=v.spread,
                    interval=v.interval, margin=v.margin, noise=v.noise, threshold=v.threshold, n=v.n, extra=numbers)
@@ -426,8 +427,9 @@ def _decide_updates(parts: list[dict], what: str, steps_what: str) -> Verdict:
     v = by_threshold(worst, -UPDATE_TOL, what=f"{what}: the worse of (accuracy against the edited KG − accuracy "
                      "before the edit) and −(agreement with the replaced facts), BM25 knowledge", fmt=".3f")
     numbers = {"before": before, "new": new, "old": old}
-    detail = (f"; per seed: before the edit {rounded(before)}, after it agreement with the new facts {rounded(new)} and with "
-              f"the replaced facts {rounded(old)} ({parts[0]['n_updated']} facts changed, no retraining)")
+    detail = (f"; per seed: before the edit {rounded(before)}, after it agreement with the new facts "
+              f"{rounded(new)} and with the replaced facts {rounded(old)} ({parts[0]['n_updated']} facts changed, "
+              "no retraining)")
     if all("closed_book" in p["update"] for p in parts):
         numbers["closed_book_new"] = [p["update"]["closed_book"]["new"] for p in parts]
         numbers["closed_book_old"] = [p["update"]["closed_book"]["old"] for p in parts]
@@ -499,10 +501,10 @@ def decide_retrieval_bound(per_seed: list[dict], cfg: LMCoreConfig) -> Verdict:
         over.append(max(r["accuracy"] - (r["recall"] + (1 - r["recall"]) * s["chance"]) for r in pts))
         rho.append(spearman([r["recall"] for r in pts], [r["accuracy"] for r in pts]))
     ok = [o <= NOISE and r >= RHO for o, r in zip(over, rho)]
-    return check(all(ok), f"max(accuracy − bound) per seed {rounded(over)} (passes if ≤ {NOISE}), where bound = recall@k + "
-                 f"(1 − recall)·chance and chance = {per_seed[0]['synthetic']['chance']:.3f} is uniform guessing among "
-                 f"the relation's objects; Spearman ρ(recall, accuracy) per seed {rounded(rho, 2)} (passes if ≥ {RHO}); "
-                 f"{sum(ok)} of {len(ok)} seeds pass", over=over, rho=rho)
+    return check(all(ok), f"max(accuracy − bound) per seed {rounded(over)} (passes if ≤ {NOISE}), where bound = "
+                 f"recall@k + (1 − recall)·chance and chance = {per_seed[0]['synthetic']['chance']:.3f} is uniform "
+                 f"guessing among the relation's objects; Spearman ρ(recall, accuracy) per seed {rounded(rho, 2)} "
+                 f"(passes if ≥ {RHO}); {sum(ok)} of {len(ok)} seeds pass", over=over, rho=rho)
 
 
 def decide(per_seed: list[dict], cfg: LMCoreConfig) -> dict[str, Verdict]:

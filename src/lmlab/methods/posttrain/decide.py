@@ -108,8 +108,8 @@ def no_rise(per_seed: list[float], ses: list[float], margin: float, what: str) -
     """'Does not rise by `margin`', per seed: yes when estimate + 2 SE < margin, no when estimate − 2 SE ≥ margin
     (it rose beyond the noise), else that seed is underpowered; the seeds must agree (RULE)."""
     states = [True if e + 2 * s < margin else False if e - 2 * s >= margin else None for e, s in zip(per_seed, ses)]
-    head = (f"{what} per seed {rounded(per_seed)} ± 2 SE {rounded(2 * s for s in ses)} vs margin {margin} (no rise needs "
-            f"estimate + 2 SE < margin; a rise needs estimate − 2 SE >= margin)")
+    head = (f"{what} per seed {rounded(per_seed)} ± 2 SE {rounded(2 * s for s in ses)} vs margin {margin} (no rise "
+            f"needs estimate + 2 SE < margin; a rise needs estimate − 2 SE >= margin)")
     common = {"effect": float(np.mean(per_seed)), "per_seed": tuple(per_seed), "margin": margin,
               "threshold": margin, "n": len(per_seed), "noise": _noise(ses)}
     if all(x is True for x in states):
@@ -258,7 +258,8 @@ def decide_c5(per_seed: list[dict], cfg) -> Verdict:
     b2 = [a[big]["before"]["pass1"] for a in arms]
     if any(y < x for x, y in zip(b1, b2)):
         return undecided(f"the 2x model is not at least as good as the 1x model at its base checkpoint (test pass@1 "
-                         f"per seed: 2x {rounded(b2)} vs 1x {rounded(b1)}), so it is no stronger model to compare RL gains with",
+                         f"per seed: 2x {rounded(b2)} vs 1x {rounded(b1)}), so it is no stronger model to compare RL "
+                         "gains with",
                          pass1_2x=b2, pass1_1x=b1)
     vs_base = [_gain_diff(a[tg], a[bm], n) for a in arms]
     vs_big = [_gain_diff(a[tg], a[big], n) for a in arms]

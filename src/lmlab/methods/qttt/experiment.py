@@ -236,14 +236,14 @@ def decide_c2(per_seed: list[dict], cfg: Config) -> Verdict:
                          pauses=pauses)
     drop, _ = _drops(per_seed)
     if any(d <= C1_MARGIN for d in drop):
-        return undecided(f"no long-context drop to recover: in-context accuracy drop per seed {rounded(drop)} is within "
-                         f"{C1_MARGIN} on some seed", drop=drop)
+        return undecided(f"no long-context drop to recover: in-context accuracy drop per seed {rounded(drop)} is "
+                         f"within {C1_MARGIN} on some seed", drop=drop)
     rec = [_paired(l["arms"]["ic"]["correct"], l["arms"]["think"]["correct"]) for _, l in map(_rows, per_seed)]
     shortfall = [0.5 * d - r for d, (r, _) in zip(drop, rec)]
     v = by_threshold(shortfall, 0.0, noise=Z95 * max(se for _, se in rec), what="half the short→long drop minus the "
                      "accuracy thinking recovers at the longest length", fmt=".3f")
-    return Verdict(v.held, f"{v.reason}; recovery per seed {rounded([r for r, _ in rec])}, drop {rounded(drop)}, pause tokens "
-                   f"(short, long) {pauses}; at short context thinking vs in-context "
+    return Verdict(v.held, f"{v.reason}; recovery per seed {rounded([r for r, _ in rec])}, drop {rounded(drop)}, "
+                   f"pause tokens (short, long) {pauses}; at short context thinking vs in-context "
                    f"{[f'{t:.3f} vs {ic:.3f}' for t, ic in short_think]}", effect=v.effect, per_seed=v.per_seed,
                    spread=v.spread, interval=v.interval, margin=v.margin, noise=v.noise, threshold=v.threshold,
                    n=v.n, extra={"recovery": [r for r, _ in rec], "drop": drop})
@@ -260,11 +260,11 @@ def decide_c3(per_seed: list[dict], cfg: Config) -> Verdict:
         s, l = p["rows"][0], p["rows"][-1]
         ablation.append(_paired(l["arms"]["ic"]["correct"], l["arms"]["qttt_retrieval"]["correct"])[0])
     detail = (f"lr per seed {[p['lr']['qttt'] for p in parts]} (grid {cfg.ttt_lrs}, W_Q element std per seed "
-              f"{[rounded(p['wq_std']) for p in parts]}); the retrieval-weighted ablation changes long-context accuracy by "
-              f"{rounded(ablation)} per seed (lr {[p['lr']['qttt_retrieval'] for p in parts]})")
+              f"{[rounded(p['wq_std']) for p in parts]}); the retrieval-weighted ablation changes long-context "
+              f"accuracy by {rounded(ablation)} per seed (lr {[p['lr']['qttt_retrieval'] for p in parts]})")
     if any(d <= C1_MARGIN for d in drop):
-        return undecided(f"no long-context drop to recover: in-context accuracy drop per seed {rounded(drop)} is within "
-                         f"{C1_MARGIN} on some seed; {detail}", drop=drop)
+        return undecided(f"no long-context drop to recover: in-context accuracy drop per seed {rounded(drop)} is "
+                         f"within {C1_MARGIN} on some seed; {detail}", drop=drop)
     g_l, g_s, mass = [], [], []
     for p in parts:
         s, l = p["rows"][0], p["rows"][-1]
@@ -347,8 +347,8 @@ def summarize(ctx: RunContext, per_seed: list[dict], verdicts: dict) -> None:
                          round(_mean([p["rows"][i]["arms"][a]["mass"] for p in parts]), 4),
                          parts[0]["rows"][i]["m_think"] if a == "think" else ""])
     rep.table(rows, ["lines", "tokens", "distinct distractors", "arm", "accuracy",
-                     "needle mass (retrieval head; the needle line and the token after it)", "pause tokens"], f"Long-context retrieval, mean over {len(parts)} seeds (per-seed numbers in "
-              "results.json)")
+                     "needle mass (retrieval head; the needle line and the token after it)", "pause tokens"],
+              f"Long-context retrieval, mean over {len(parts)} seeds (per-seed numbers in results.json)")
     srows = []
     for i, n in enumerate(parts[0]["lengths"]):
         for t in TARGET_TYPES:

@@ -164,8 +164,8 @@ def decide_oracle(per_seed: list[dict]) -> Verdict:
     ok = [gl > 0 and gl > gs for gl, gs in zip(g_long, g_short)]
     return check(all(ok), f"W_Q of the hand-built head updated on the oracle loss −log p(value) of the context's other "
                  f"lines (not qTTT): accuracy gain at {rows[0][-1]['lines']} lines per seed {rounded(g_long)} vs "
-                 f"{rounded(g_short)} at {rows[0][0]['lines']}; passes when the long gain is positive and larger on every "
-                 f"seed ({sum(ok)} of {len(ok)})", gain_long=g_long, gain_short=g_short)
+                 f"{rounded(g_short)} at {rows[0][0]['lines']}; passes when the long gain is positive and larger on "
+                 f"every seed ({sum(ok)} of {len(ok)})", gain_long=g_long, gain_short=g_short)
 
 
 def _pairs(pairs) -> str:

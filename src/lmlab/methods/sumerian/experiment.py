@@ -490,15 +490,16 @@ def decide_back_translation(per_seed: list[dict], cfg: Config) -> Verdict:
     boot = [n["mt"]["back_translation"]["bootstrap"] for n in per_seed]
     numbers = {"parallel_only": base, "mbt": bt, "copy": cp, "bootstrap_sd": [b["sd"] for b in boot]}
     if any(min(a, b) - c <= MT_LEARNED_BLEU for a, b, c in zip(base, bt, cp)):
-        return undecided(f"not learned: BLEU per seed of the parallel-only translator {rounded(base, 2)} or the M-BT one "
-                         f"{rounded(bt, 2)} is within {MT_LEARNED_BLEU} of the copy baseline {rounded(cp, 2)} on some seed",
+        return undecided(f"not learned: BLEU per seed of the parallel-only translator {rounded(base, 2)} or the M-BT "
+                         f"one {rounded(bt, 2)} is within {MT_LEARNED_BLEU} of the copy baseline {rounded(cp, 2)} on "
+                         "some seed",
                          **numbers)
     noise = BOOTSTRAP_Z * max(b["sd"] for b in boot)
     v = by_threshold([b - a for a, b in zip(base, bt)], BT_MARGIN, noise=noise, fmt=".2f",
                      what="BLEU of the M-BT translator minus the parallel-only one")
     mt0 = per_seed[0]["mt"]["back_translation"]
-    detail = (f"; parallel-only {rounded(base, 2)}, M-BT {rounded(bt, 2)} BLEU per seed; paired-bootstrap 95 % interval of "
-              "the difference per seed " + ", ".join(f"[{b['lo']:.2f}, {b['hi']:.2f}]" for b in boot)
+    detail = (f"; parallel-only {rounded(base, 2)}, M-BT {rounded(bt, 2)} BLEU per seed; paired-bootstrap 95 % "
+              "interval of the difference per seed " + ", ".join(f"[{b['lo']:.2f}, {b['hi']:.2f}]" for b in boot)
               + f" ({boot[0]['n']} test resamples); {mt0['parallel']} parallel pairs and {mt0['mono']} "
               "pseudo-monolingual lines (first seed)")
     return dataclasses.replace(v, reason=v.reason + detail, extra=numbers)
@@ -531,8 +532,8 @@ def decide_synthetic(per_seed: list[dict], cfg: Config) -> Verdict:
     gain = {m: [s["agreement"][m]["trained"]["ap"] - s["agreement"][m]["untrained"]["ap"] for s in syn]
             for m in METHODS}
     per_method = "; ".join(f"{m} {rounded(gain[m], 2)}" for m in METHODS)
-    return check(all(ok), f"mean AP gain (trained − untrained) per seed {rounded(gains)} vs margin {AP_MARGIN}; methods "
-                 f"not higher per seed {lower}; {sum(ok)} of {len(ok)} seeds pass; AP gain per method per seed: "
+    return check(all(ok), f"mean AP gain (trained − untrained) per seed {rounded(gains)} vs margin {AP_MARGIN}; "
+                 f"methods not higher per seed {lower}; {sum(ok)} of {len(ok)} seeds pass; AP gain per method per seed: "
                  f"{per_method}; exact match per seed {rounded(exact)}; IG completeness |δ| mean per seed "
                  f"{rounded(numbers['ig_delta_mean'], 3)} ({cfg.ig_steps} steps)", **numbers)
 
@@ -553,7 +554,8 @@ def decide_expert_example(per_seed: list[dict], cfg: Config) -> Verdict:
     ok = all(a > chance for m in EXPERT_METHODS for a in aps[m])
     return check(ok, f"one sentence, {len(HIGHLIGHT['alignment'])} expert-aligned word pairs: AP per seed "
                  + ", ".join(f"{m} {rounded(aps[m])}" for m in EXPERT_METHODS) + f" vs chance {chance:.3f}; hit@1 per "
-                 "seed " + ", ".join(f"{m} {rounded([e['agreement'][m]['hit@1'] for e in ex])}" for m in EXPERT_METHODS),
+                 "seed " + ", ".join(f"{m} {rounded([e['agreement'][m]['hit@1'] for e in ex])}"
+                                     for m in EXPERT_METHODS),
                  chance_ap=chance, **aps)
 
 
