@@ -262,7 +262,8 @@ class Report:
             if commit else ""
         merged = self.provenance.get("seeds_from") or {}
         if merged:  # the merging process's own time and threads say nothing about how the merged seeds ran
-            hw, rt = f"this process on {hw}", f"{rt} in this process (the merged seeds' own times are on the next line)"
+            hw = f"this process on {hw}"
+            rt = f"{rt} in this process (the merged seeds' own times are on the next line)"
         lines += [
             f"Run: {seeds}, {hw}, torch {env['torch']}{code}, runtime {rt}. "
             f"Reproduce with `{self.reproduce_command()}`.",
