@@ -10,6 +10,7 @@ from lmlab.methods.info.experiment import (
     REL_MARGIN,
     TAU_MARGIN,
     decide,
+    decide_direction,
     decide_example,
     decide_heuristic,
     decide_ranking,
@@ -150,3 +151,21 @@ def test_decide_covers_every_declared_claim():
     assert set(verdicts) == set(get("info_memorization").claims)
     assert verdicts["c4_text"].held is None
     assert all(v.held is None for v in decide([], cfg).values())  # no seed measured: nothing decided
+
+
+def test_decide_direction_reads_the_family_and_the_direction_it_is_given():
+    rising = sweep((0.0, 2.0, 1.0), (1.0, 2.5, 0.5))  # entropy +25 %, MI −50 %
+    falling = sweep((0.0, 2.0, 1.0), (1.0, 1.5, 2.0))  # entropy −25 %, MI +100 %
+    assert decide_direction([{"fam": rising}] * 2, "fam", entropy_up=True).held is True
+    assert decide_direction([{"fam": rising}] * 2, "fam", entropy_up=False).held is False
+    assert decide_direction([{"fam": falling}] * 2, "fam", entropy_up=False).held is True
+    mixed = decide_direction([{"fam": rising}, {"fam": falling}], "fam", entropy_up=True)
+    assert mixed.held is None and mixed.reason.startswith("seeds disagree")
+    unlearned = decide_direction([{"fam": rising}, {"fam": sweep((0.0, 2.0, 1.0, {"train_acc": 0.6}),
+                                                                 (1.0, 2.5, 0.5))}], "fam", entropy_up=True)
+    assert unlearned.held is None and unlearned.reason.startswith("not learned")
+    forgot = sweep((0.0, 2.0, 1.0), (1.0, 2.5, 0.5, {"mem_acc": 0.3}))  # fits its labels, not the relabelled points
+    assert decide_direction([{"fam": forgot}] * 2, "fam", entropy_up=True).held is True
+    v = decide_direction([{"fam": forgot}] * 2, "fam", entropy_up=True, memorised_last=True)
+    assert v.held is None and "mem_acc 0.300" in v.reason
+    assert decide_direction([], "fam", entropy_up=True).held is None

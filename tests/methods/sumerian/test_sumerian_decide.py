@@ -26,6 +26,7 @@ from lmlab.methods.sumerian.experiment import (
     decide_ner_taggers,
     decide_pos_taggers,
     decide_synthetic,
+    decide_taggers,
 )
 
 CFG = Config()  # taggers hmm, crf, bilstm_crf; no translator (tiny)
@@ -60,6 +61,16 @@ def test_taggers_not_held_when_the_weakest_tagger_falls_short_on_every_seed(deci
     v = decide_task([seed(0.95, 0.8, weakest=0.82), seed(0.95, 0.8, weakest=0.79)], CFG)
     assert v.held is False and v.per_seed == pytest.approx((0.02, -0.01))
     assert "hmm [0.02, -0.01]" in v.reason and "crf [0.15, 0.15]" in v.reason
+
+
+@pytest.mark.parametrize("task, majority", [("pos", 0.45), ("ner", 0.0)])
+def test_decide_taggers_holds_fails_and_stays_undecided_on_the_task_it_is_given(task, majority):
+    assert decide_taggers([seed(0.9, 0.8)] * 2, CFG, task).held is True
+    assert decide_taggers([seed(0.95, 0.8, weakest=0.82)] * 2, CFG, task).held is False  # 0.02 < the 0.05 margin
+    mixed = decide_taggers([seed(0.9, 0.8), seed(0.95, 0.8, weakest=0.82)], CFG, task)
+    assert mixed.held is None and mixed.reason.startswith("seeds disagree")
+    near = decide_taggers([seed(0.9, 0.8, weakest=majority + TAGGER_LEARNED[task] / 2)] * 2, CFG, task)
+    assert near.held is None and near.reason.startswith("not learned") and "hmm" in near.reason
 
 
 def test_taggers_judged_against_the_best_baseline_of_each_seed():
